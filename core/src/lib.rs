@@ -1,0 +1,21 @@
+//! FieldReport core: everything that is not FFI or the HTTP server.
+//!
+//! - [`model`]: the typed incident report, its schema and limits;
+//! - [`crdt`]: the signed operation log and its conflict-keeping merge;
+//! - [`evidence`]: device keys, signatures and hash-chain verification;
+//! - [`store`]: the device store (SQLite) and media store.
+//!
+//! The same code validates and merges on the phone and on the station, so
+//! both always agree on what a report says.
+
+pub mod crdt;
+pub mod error;
+pub mod evidence;
+pub mod model;
+pub mod store;
+
+pub use crdt::{Change, ChangeId, Edit};
+pub use error::{Error, Result};
+pub use evidence::{DeviceIdentity, DeviceRecord, Person};
+pub use model::{LifecycleState, Report, Role, Value};
+pub use store::{ListQuery, MediaMeta, Origin, Store};

@@ -1,0 +1,990 @@
+//! The device store: one SQLite database (WAL, one writer connection and
+//! reader connections beside it) holding the signed changes, the
+//! materialised reports, the device identity and directory, media records
+//! and sync bookkeeping; plus the content-addressed media directory.
+//!
+//! Every write is one transaction: a change is acknowledged to the caller
+//! only once it and the report it updates are durably committed
+//! (`synchronous=FULL`).
+
+pub mod media;
+pub mod migrations;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ed25519_dalek::VerifyingKey;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::crdt::author::{build_ops, Writer};
+use crate::crdt::{Action, Change, ChangeBody, ChangeId, Edit, Hash, Hlc, ReportDoc, State, Target};
+use crate::error::{Error, Result};
+use crate::evidence::{verify_batch, ChainLookup, DeviceIdentity, DeviceRecord, Person};
+use crate::model::schema::{self, LIFECYCLE_FIELD};
+use crate::model::{LifecycleState, Report, Value};
+pub use media::{MediaStore, StoredMedia};
+
+/// Source of wall-clock time (replaceable in tests: skewed clocks).
+pub trait WallClock: Send + Sync {
+    fn now_ms(&self) -> i64;
+}
+
+pub struct SystemClock;
+
+impl WallClock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis()
+    }
+}
+
+pub struct StoreOptions {
+    pub clock: Arc<dyn WallClock>,
+    pub readers: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            clock: Arc::new(SystemClock),
+            readers: 2,
+        }
+    }
+}
+
+/// Facts about a photo or other file being attached.
+#[derive(Debug, Clone, Default)]
+pub struct MediaMeta {
+    pub mime_type: String,
+    pub file_name: Option<String>,
+    pub captured_at_ms: Option<i64>,
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+    pub caption: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedMedia {
+    pub entry: Uuid,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// One row of the report list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportSummary {
+    pub id: Uuid,
+    pub lifecycle: LifecycleState,
+    pub occurred_start_ms: Option<i64>,
+    pub updated_ms: i64,
+    pub conflict_count: u32,
+    /// Changes not yet acknowledged by the station.
+    pub unsynced_count: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub lifecycle: Option<LifecycleState>,
+    /// Only reports updated strictly before this (for paging).
+    pub updated_before_ms: Option<i64>,
+    pub limit: u32,
+}
+
+/// One value in the history of a field or entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub change: ChangeId,
+    pub clock_ms: u64,
+    pub clock_counter: u32,
+    pub wall_clock_ms: i64,
+    /// `set`, `add` or `remove`.
+    pub action: String,
+    pub value: Option<Value>,
+    /// Still a live value (not superseded).
+    pub live: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ApplyOutcome {
+    pub applied: usize,
+    pub duplicates: usize,
+}
+
+/// The latest seq of each (report, device) chain a replica holds. Chains are
+/// stored gap-free, so this summarises exactly what a replica has.
+pub type Heads = BTreeMap<(Uuid, Uuid), u64>;
+
+/// Where a batch of changes comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The station: the changes are acknowledged there already.
+    Station,
+    /// Another device: they still need to reach the station.
+    Peer,
+}
+
+struct WriterState {
+    conn: Connection,
+    identity: Option<Arc<DeviceIdentity>>,
+    next_seq: u64,
+    hlc: Hlc,
+}
+
+pub struct Store {
+    dir: PathBuf,
+    writer: Mutex<WriterState>,
+    readers: Vec<Mutex<Connection>>,
+    media: MediaStore,
+    clock: Arc<dyn WallClock>,
+}
+
+const DB_FILE: &str = "fieldreport.db";
+const ZERO_HASH: Hash = [0u8; 32];
+
+fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock rolled its transaction back on unwind;
+    // the connection is still sound.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn uuid_of(bytes: Vec<u8>) -> Result<Uuid> {
+    Uuid::from_slice(&bytes).map_err(|_| Error::Corrupt("uuid column".into()))
+}
+
+fn hash_of(bytes: Vec<u8>) -> Result<Hash> {
+    bytes
+        .try_into()
+        .map_err(|_| Error::Corrupt("hash column".into()))
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`. A store that fails to
+    /// open is reported and left exactly as it was.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
+        Self::open_with(dir, StoreOptions::default())
+    }
+
+    pub fn open_with(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(DB_FILE);
+        let mut conn = Connection::open(&path)?;
+        configure(&conn)?;
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Corrupt("cannot enable WAL".into()));
+        }
+        migrations::migrate(&mut conn)?;
+        let (identity, next_seq, hlc) = load_identity(&conn)?;
+        let mut readers = Vec::new();
+        for _ in 0..options.readers.max(1) {
+            let r = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            r.busy_timeout(Duration::from_secs(10))?;
+            readers.push(Mutex::new(r));
+        }
+        let media = MediaStore::open(dir.join("media"))?;
+        Ok(Store {
+            dir,
+            writer: Mutex::new(WriterState {
+                conn,
+                identity: identity.map(Arc::new),
+                next_seq,
+                hlc,
+            }),
+            readers,
+            media,
+            clock: options.clock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn media(&self) -> &MediaStore {
+        &self.media
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        for r in &self.readers {
+            if let Ok(conn) = r.try_lock() {
+                return f(&conn);
+            }
+        }
+        f(&lock(&self.readers[0]))
+    }
+
+    // ----- identity and directory
+
+    /// This device's directory record, if it has an identity.
+    pub fn identity(&self) -> Option<DeviceRecord> {
+        lock(&self.writer).identity.as_ref().map(|i| i.record.clone())
+    }
+
+    /// Creates this device's key pair (at enrollment) and adds it to the
+    /// directory.
+    pub fn create_identity(&self, person: Person) -> Result<DeviceRecord> {
+        self.install_identity(DeviceIdentity::generate(person)?)
+    }
+
+    /// Installs a given identity (tests, and restoring a device).
+    pub fn install_identity(&self, identity: DeviceIdentity) -> Result<DeviceRecord> {
+        let mut w = lock(&self.writer);
+        if w.identity.is_some() {
+            return Err(Error::IdentityExists);
+        }
+        let tx = w.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO identity (id, device_id, secret_key, next_seq, hlc_wall, hlc_counter)
+             VALUES (1, ?1, ?2, 1, 0, 0)",
+            params![
+                identity.device_id().as_bytes().as_slice(),
+                identity.signing_key.to_bytes().as_slice()
+            ],
+        )?;
+        upsert_device(&tx, &identity.record)?;
+        tx.commit()?;
+        let record = identity.record.clone();
+        w.identity = Some(Arc::new(identity));
+        w.next_seq = 1;
+        Ok(record)
+    }
+
+    /// Adds or updates a known device (the station distributes these).
+    pub fn add_known_device(&self, record: &DeviceRecord) -> Result<()> {
+        let key = record.verifying_key()?;
+        if key.is_weak() {
+            return Err(Error::Corrupt(format!("weak public key for device {}", record.device_id)));
+        }
+        let w = lock(&self.writer);
+        upsert_device(&w.conn, record)
+    }
+
+    pub fn known_devices(&self) -> Result<Vec<DeviceRecord>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT record FROM devices ORDER BY device_id")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            rows.map(|r| {
+                serde_json::from_str(&r?).map_err(|_| Error::Corrupt("device record".into()))
+            })
+            .collect()
+        })
+    }
+
+    // ----- authoring
+
+    /// Creates a draft report; the reporting officer comes from this
+    /// device's enrollment.
+    pub fn create_report(&self) -> Result<Uuid> {
+        let person = self.identity().ok_or(Error::NoIdentity)?.person;
+        let id = Uuid::new_v4();
+        let set = |path: &str, v: &str| Edit::SetField {
+            path: path.into(),
+            value: Value::Text(v.into()),
+        };
+        self.commit_edits(
+            id,
+            &[
+                set(LIFECYCLE_FIELD, LifecycleState::Draft.as_str()),
+                set("reporting_officer.name", &person.name),
+                set("reporting_officer.star_number", &person.star_number),
+                set("reporting_officer.unit", &person.unit),
+            ],
+            Writer::System,
+            true,
+        )?;
+        Ok(id)
+    }
+
+    /// Applies one user action (one or more edits) as one signed change.
+    pub fn edit(&self, report: Uuid, edits: &[Edit]) -> Result<ChangeId> {
+        self.commit_edits(report, edits, Writer::User, false)
+    }
+
+    pub fn set_field(&self, report: Uuid, path: &str, value: Value) -> Result<ChangeId> {
+        self.edit(
+            report,
+            &[Edit::SetField {
+                path: path.into(),
+                value,
+            }],
+        )
+    }
+
+    /// Adds an entry to a collection; returns its id.
+    pub fn add_entry(
+        &self,
+        report: Uuid,
+        collection: &str,
+        fields: Vec<(String, Value)>,
+    ) -> Result<Uuid> {
+        let entry = Uuid::new_v4();
+        self.edit(
+            report,
+            &[Edit::AddEntry {
+                collection: collection.into(),
+                entry,
+                fields,
+            }],
+        )?;
+        Ok(entry)
+    }
+
+    pub fn set_entry_field(
+        &self,
+        report: Uuid,
+        collection: &str,
+        entry: Uuid,
+        field: &str,
+        value: Value,
+    ) -> Result<ChangeId> {
+        self.edit(
+            report,
+            &[Edit::SetEntryField {
+                collection: collection.into(),
+                entry,
+                field: field.into(),
+                value,
+            }],
+        )
+    }
+
+    pub fn remove_entry(&self, report: Uuid, collection: &str, entry: Uuid) -> Result<ChangeId> {
+        self.edit(
+            report,
+            &[Edit::RemoveEntry {
+                collection: collection.into(),
+                entry,
+            }],
+        )
+    }
+
+    /// Resolves a value conflict on a field or entry field (path form, e.g.
+    /// `supervisory_federal_officer.badge_number` or `force/<uuid>/type`) by
+    /// setting the chosen value over all the live ones.
+    pub fn resolve_conflict(&self, report: Uuid, path: &str, value: Value) -> Result<ChangeId> {
+        let target = Target::parse_path(path)?;
+        let state = self.state(report)?;
+        let in_conflict = state.register(&target).is_some_and(|r| r.is_conflict());
+        if !in_conflict {
+            return Err(Error::NoConflict(path.to_string()));
+        }
+        let edit = match target {
+            Target::Field(path) => Edit::SetField { path, value },
+            Target::EntryField {
+                collection,
+                entry,
+                field,
+            } => Edit::SetEntryField {
+                collection,
+                entry,
+                field,
+                value,
+            },
+            Target::Entry { .. } => return Err(Error::NoConflict(path.to_string())),
+        };
+        self.edit(report, &[edit])
+    }
+
+    /// Submits a draft (or returned) report after checking the fields the
+    /// order requires.
+    pub fn submit(&self, report: Uuid) -> Result<ChangeId> {
+        let r = self.report(report)?;
+        if !matches!(r.lifecycle, LifecycleState::Draft | LifecycleState::Returned) {
+            return Err(Error::InvalidState {
+                state: r.lifecycle.as_str(),
+                action: "submit",
+            });
+        }
+        let missing = missing_for_submission(&r);
+        if !missing.is_empty() {
+            return Err(Error::MissingRequired(missing));
+        }
+        self.commit_edits(
+            report,
+            &[Edit::SetField {
+                path: LIFECYCLE_FIELD.into(),
+                value: Value::Text(LifecycleState::Submitted.as_str().into()),
+            }],
+            Writer::System,
+            false,
+        )
+    }
+
+    /// Streams a file into the media store and attaches it to the report in
+    /// a signed change carrying its hash, size and capture facts.
+    pub fn attach_media(&self, report: Uuid, path: &Path, meta: MediaMeta) -> Result<AttachedMedia> {
+        let mut fields = vec![("mime_type".to_string(), Value::Text(meta.mime_type.clone()))];
+        let mut opt = |name: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                fields.push((name.to_string(), v));
+            }
+        };
+        opt("file_name", meta.file_name.clone().map(Value::Text));
+        opt("captured_at", meta.captured_at_ms.map(Value::Time));
+        opt("latitude", meta.latitude.map(Value::Float));
+        opt("longitude", meta.longitude.map(Value::Float));
+        opt("caption", meta.caption.clone().map(Value::Text));
+        // Validate everything before touching the disk.
+        for (name, v) in &fields {
+            schema::validate(name, schema::entry_field(schema::MEDIA_COLLECTION, name)?, v)?;
+        }
+        if !self.report_exists(report)? {
+            return Err(Error::ReportNotFound(report));
+        }
+        let stored = self.media.ingest(path)?;
+        fields.push(("sha256".into(), Value::Text(stored.sha256.clone())));
+        fields.push(("size".into(), Value::Int(stored.size as i64)));
+        let entry = Uuid::new_v4();
+        let now = self.clock.now_ms();
+        let sha = stored.sha256.clone();
+        let mime = meta.mime_type.clone();
+        self.commit_with(
+            report,
+            &[Edit::AddEntry {
+                collection: schema::MEDIA_COLLECTION.into(),
+                entry,
+                fields,
+            }],
+            Writer::System,
+            false,
+            move |tx| {
+                tx.execute(
+                    "INSERT OR IGNORE INTO media (sha256, size, mime_type, stored_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![sha, stored.size as i64, mime, now],
+                )?;
+                Ok(())
+            },
+        )?;
+        Ok(AttachedMedia {
+            entry,
+            sha256: stored.sha256,
+            size: stored.size,
+        })
+    }
+
+    fn commit_edits(&self, report: Uuid, edits: &[Edit], writer: Writer, create: bool) -> Result<ChangeId> {
+        self.commit_with(report, edits, writer, create, |_| Ok(()))
+    }
+
+    fn commit_with(
+        &self,
+        report: Uuid,
+        edits: &[Edit],
+        writer: Writer,
+        create: bool,
+        extra: impl FnOnce(&rusqlite::Transaction) -> Result<()>,
+    ) -> Result<ChangeId> {
+        let mut guard = lock(&self.writer);
+        let w = &mut *guard;
+        let identity = w.identity.clone().ok_or(Error::NoIdentity)?;
+        let device = identity.device_id();
+        let tx = w.conn.transaction()?;
+        let mut doc = load_doc(&tx, report)?;
+        if doc.is_empty() != create {
+            return Err(if create {
+                Error::Corrupt("report id collision".into())
+            } else {
+                Error::ReportNotFound(report)
+            });
+        }
+        let state = doc.materialise();
+        let ops = build_ops(&state, edits, writer)?;
+        let now = self.clock.now_ms();
+        let hlc = w.hlc.tick(now.max(0) as u64);
+        let body = ChangeBody {
+            format: crate::crdt::change::FORMAT_VERSION,
+            report,
+            device,
+            seq: w.next_seq,
+            hlc,
+            wall_clock_ms: now,
+            prev: doc.chain_head(device),
+            ops,
+        };
+        let change = Change::sign(body, &identity.signing_key)?;
+        let id = change.id();
+        insert_change(&tx, &change, false, now)?;
+        doc.insert(Arc::new(change));
+        write_report_row(&tx, report, &doc.materialise())?;
+        tx.execute(
+            "UPDATE identity SET next_seq = ?1, hlc_wall = ?2, hlc_counter = ?3 WHERE id = 1",
+            params![(w.next_seq + 1) as i64, hlc.wall_ms as i64, hlc.counter],
+        )?;
+        extra(&tx)?;
+        tx.commit()?;
+        w.next_seq += 1;
+        w.hlc = hlc;
+        Ok(id)
+    }
+
+    // ----- reading
+
+    fn report_exists(&self, report: Uuid) -> Result<bool> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT 1 FROM reports WHERE report_id = ?1",
+                [report.as_bytes().as_slice()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+        })
+    }
+
+    /// The materialised CRDT state of a report, rebuilt from its changes.
+    pub fn state(&self, report: Uuid) -> Result<State> {
+        let doc = self.read(|c| load_doc(c, report))?;
+        if doc.is_empty() {
+            return Err(Error::ReportNotFound(report));
+        }
+        Ok(doc.materialise())
+    }
+
+    /// The report as stored in the materialised table.
+    pub fn report(&self, report: Uuid) -> Result<Report> {
+        let json: Option<String> = self.read(|c| {
+            Ok(c.query_row(
+                "SELECT json FROM reports WHERE report_id = ?1",
+                [report.as_bytes().as_slice()],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })?;
+        let json = json.ok_or(Error::ReportNotFound(report))?;
+        serde_json::from_str(&json).map_err(|_| Error::Corrupt("materialised report".into()))
+    }
+
+    /// The report's canonical JSON (identical on all replicas with the same
+    /// changes).
+    pub fn report_json(&self, report: Uuid) -> Result<String> {
+        Ok(self.report(report)?.to_canonical_json())
+    }
+
+    /// Every value a field or entry ever had, oldest first.
+    pub fn field_history(&self, report: Uuid, path: &str) -> Result<Vec<HistoryEntry>> {
+        let target = Target::parse_path(path)?;
+        let doc = self.read(|c| load_doc(c, report))?;
+        if doc.is_empty() {
+            return Err(Error::ReportNotFound(report));
+        }
+        let state = doc.materialise();
+        let live: BTreeSet<_> = match &target {
+            Target::Entry { collection, entry } => state
+                .entry(collection, *entry)
+                .map(|e| e.existence_live.iter().copied().collect())
+                .unwrap_or_default(),
+            t => state.pred_for(t).into_iter().collect(),
+        };
+        let mut out = Vec::new();
+        for c in doc.changes() {
+            let b = c.body();
+            for (i, op) in b.ops.iter().enumerate() {
+                if op.target != target {
+                    continue;
+                }
+                let op_id = crate::crdt::OpId {
+                    device: b.device,
+                    seq: b.seq,
+                    index: i as u32,
+                };
+                let (action, value) = match &op.action {
+                    Action::Set(v) => ("set", Some(v.clone())),
+                    Action::Add => ("add", None),
+                    Action::Remove => ("remove", None),
+                };
+                out.push(HistoryEntry {
+                    change: b.id(),
+                    clock_ms: b.hlc.wall_ms,
+                    clock_counter: b.hlc.counter,
+                    wall_clock_ms: b.wall_clock_ms,
+                    action: action.into(),
+                    value,
+                    live: live.contains(&op_id),
+                });
+            }
+        }
+        out.sort_by_key(|h| (h.clock_ms, h.clock_counter, h.change));
+        Ok(out)
+    }
+
+    /// Reports, newest update first.
+    pub fn list_reports(&self, q: &ListQuery) -> Result<Vec<ReportSummary>> {
+        let limit = if q.limit == 0 { 50 } else { q.limit.min(1000) };
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT r.report_id, r.lifecycle, r.occurred_start, r.updated_ms, r.conflict_count,
+                        (SELECT COUNT(*) FROM changes ch WHERE ch.report_id = r.report_id AND ch.acked = 0)
+                 FROM reports r
+                 WHERE (?1 IS NULL OR r.lifecycle = ?1) AND (?2 IS NULL OR r.updated_ms < ?2)
+                 ORDER BY r.updated_ms DESC, r.report_id LIMIT ?3",
+            )?;
+            let rows = st.query_map(
+                params![q.lifecycle.map(|l| l.as_str()), q.updated_before_ms, limit],
+                |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, u32>(4)?,
+                        r.get::<_, u32>(5)?,
+                    ))
+                },
+            )?;
+            rows.map(|row| {
+                let (id, lc, occ, upd, conflicts, unsynced) = row?;
+                Ok(ReportSummary {
+                    id: uuid_of(id)?,
+                    lifecycle: LifecycleState::parse(&lc)
+                        .ok_or_else(|| Error::Corrupt("lifecycle".into()))?,
+                    occurred_start_ms: occ,
+                    updated_ms: upd,
+                    conflict_count: conflicts,
+                    unsynced_count: unsynced,
+                })
+            })
+            .collect()
+        })
+    }
+
+    // ----- replication
+
+    /// All changes of one report, in chain order.
+    pub fn report_changes(&self, report: Uuid) -> Result<Vec<Change>> {
+        let doc = self.read(|c| load_doc(c, report))?;
+        Ok(doc.changes().map(|c| c.as_ref().clone()).collect())
+    }
+
+    /// What this replica holds, per (report, device) chain.
+    pub fn heads(&self) -> Result<Heads> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT report_id, device_id, MAX(seq) FROM changes GROUP BY report_id, device_id")?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?))
+            })?;
+            rows.map(|row| {
+                let (r, d, s) = row?;
+                Ok(((uuid_of(r)?, uuid_of(d)?), s as u64))
+            })
+            .collect()
+        })
+    }
+
+    /// The changes a peer with `heads` lacks, in chain order.
+    pub fn changes_missing_from(&self, heads: &Heads) -> Result<Vec<Change>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT report_id, device_id, seq, body, signature FROM changes ORDER BY device_id, seq")?;
+            let mut rows = st.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let key = (uuid_of(r.get(0)?)?, uuid_of(r.get(1)?)?);
+                let seq = r.get::<_, i64>(2)? as u64;
+                if heads.get(&key).is_some_and(|&h| h >= seq) {
+                    continue;
+                }
+                out.push(decode_row(r.get(3)?, r.get(4)?)?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Verifies and stores a batch of changes from a peer or the station.
+    /// A batch with any bad change is refused whole; nothing is applied.
+    pub fn apply_changes(&self, batch: Vec<Change>, origin: Origin) -> Result<ApplyOutcome> {
+        let mut guard = lock(&self.writer);
+        let w = &mut *guard;
+        let tx = w.conn.transaction()?;
+        let verified = verify_batch(batch, &SqlLookup(&tx))?;
+        let now = self.clock.now_ms();
+        let mut touched = BTreeSet::new();
+        let mut max_hlc = w.hlc;
+        for c in &verified.new {
+            insert_change(&tx, c, origin == Origin::Station, now)?;
+            touched.insert(c.report());
+            max_hlc = max_hlc.max(c.body().hlc);
+        }
+        for report in touched {
+            let doc = load_doc(&tx, report)?;
+            write_report_row(&tx, report, &doc.materialise())?;
+        }
+        if w.identity.is_some() && max_hlc != w.hlc {
+            tx.execute(
+                "UPDATE identity SET hlc_wall = ?1, hlc_counter = ?2 WHERE id = 1",
+                params![max_hlc.wall_ms as i64, max_hlc.counter],
+            )?;
+        }
+        tx.commit()?;
+        w.hlc = w.hlc.observe(max_hlc);
+        Ok(ApplyOutcome {
+            applied: verified.new.len(),
+            duplicates: verified.duplicates,
+        })
+    }
+
+    pub fn has_change(&self, id: ChangeId) -> Result<bool> {
+        self.read(|c| Ok(SqlLookup(c).stored_hash(id)?.is_some()))
+    }
+
+    /// Checks the store against its own log: every change decodes and its
+    /// signature verifies, every chain is intact, every materialised report
+    /// equals a rebuild from its changes, and the next sequence number is
+    /// past every change this device made. Returns the number of changes.
+    pub fn verify_integrity(&self) -> Result<u64> {
+        let w = lock(&self.writer);
+        let c = &w.conn;
+        let lookup = SqlLookup(c);
+        let mut st = c.prepare("SELECT report_id, body, signature, prev FROM changes ORDER BY device_id, seq")?;
+        let mut rows = st.query([])?;
+        let mut reports = BTreeSet::new();
+        let mut count = 0u64;
+        let mut max_own = 0u64;
+        let me = w.identity.as_ref().map(|i| i.device_id());
+        while let Some(r) = rows.next()? {
+            let report = uuid_of(r.get(0)?)?;
+            let change = decode_row(r.get(1)?, r.get(2)?)?;
+            let key = lookup
+                .device_key(change.device())?
+                .ok_or_else(|| Error::Corrupt(format!("change {} of unknown device", change.id())))?;
+            change.verify(&key)?;
+            let prev = hash_of(r.get(3)?)?;
+            if change.body().prev.unwrap_or(ZERO_HASH) != prev || change.report() != report {
+                return Err(Error::Corrupt(format!("change {} columns", change.id())));
+            }
+            if let Some(p) = change.body().prev {
+                match lookup.stored_by_hash(&p)? {
+                    Some((d, rep, seq)) if d == change.device() && rep == report && seq < change.body().seq => {}
+                    _ => return Err(Error::Corrupt(format!("chain of change {}", change.id()))),
+                }
+            }
+            if Some(change.device()) == me {
+                max_own = max_own.max(change.body().seq);
+            }
+            reports.insert(report);
+            count += 1;
+        }
+        if me.is_some() && w.next_seq <= max_own {
+            return Err(Error::Corrupt("next sequence number reused".into()));
+        }
+        for report in reports {
+            let doc = load_doc(c, report)?;
+            let expected = Report::from_state(report, &doc.materialise()).to_canonical_json();
+            let stored: String = c.query_row(
+                "SELECT json FROM reports WHERE report_id = ?1",
+                [report.as_bytes().as_slice()],
+                |r| r.get(0),
+            )?;
+            if stored != expected {
+                return Err(Error::Corrupt(format!("materialised report {report}")));
+            }
+        }
+        Ok(count)
+    }
+
+    /// Number of changes stored (all reports, all devices).
+    pub fn change_count(&self) -> Result<u64> {
+        self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM changes", [], |r| r.get::<_, i64>(0))? as u64))
+    }
+
+    /// Rebuilds every materialised report from its changes (after an
+    /// upgrade, or to check the tables against the log).
+    pub fn rebuild_materialised(&self) -> Result<usize> {
+        let mut guard = lock(&self.writer);
+        let tx = guard.conn.transaction()?;
+        let reports: Vec<Uuid> = {
+            let mut st = tx.prepare("SELECT DISTINCT report_id FROM changes")?;
+            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            rows.map(|r| uuid_of(r?)).collect::<Result<_>>()?
+        };
+        for &r in &reports {
+            let doc = load_doc(&tx, r)?;
+            write_report_row(&tx, r, &doc.materialise())?;
+        }
+        tx.commit()?;
+        Ok(reports.len())
+    }
+}
+
+/// The order's minimum for a submitted report.
+pub fn missing_for_submission(r: &Report) -> Vec<String> {
+    let mut missing = Vec::new();
+    if r.occurred.start.is_none() {
+        missing.push("occurred.start".to_string());
+    }
+    let has_coords = r.location.latitude.is_some() && r.location.longitude.is_some();
+    if !has_coords && r.location.address.is_none() {
+        missing.push("location".to_string());
+    }
+    if r.federal_agencies.is_empty() {
+        missing.push("federal_agencies".to_string());
+    }
+    missing
+}
+
+fn load_identity(conn: &Connection) -> Result<(Option<DeviceIdentity>, u64, Hlc)> {
+    let row = conn
+        .query_row(
+            "SELECT i.device_id, i.secret_key, i.next_seq, i.hlc_wall, i.hlc_counter, d.record
+             FROM identity i JOIN devices d ON d.device_id = i.device_id WHERE i.id = 1",
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, u32>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((id, secret, next_seq, wall, counter, record)) = row else {
+        return Ok((None, 1, Hlc::default()));
+    };
+    let secret: [u8; 32] = secret
+        .try_into()
+        .map_err(|_| Error::Corrupt("device key".into()))?;
+    let record: DeviceRecord =
+        serde_json::from_str(&record).map_err(|_| Error::Corrupt("device record".into()))?;
+    let identity = DeviceIdentity::from_secret(uuid_of(id)?, secret, record.person);
+    let hlc = Hlc {
+        wall_ms: wall as u64,
+        counter,
+    };
+    Ok((Some(identity), next_seq as u64, hlc))
+}
+
+fn upsert_device(conn: &Connection, record: &DeviceRecord) -> Result<()> {
+    let json = serde_json::to_string(record).map_err(|_| Error::Corrupt("device record".into()))?;
+    conn.execute(
+        "INSERT INTO devices (device_id, public_key, record) VALUES (?1, ?2, ?3)
+         ON CONFLICT (device_id) DO UPDATE SET public_key = excluded.public_key, record = excluded.record",
+        params![record.device_id.as_bytes().as_slice(), record.public_key.as_slice(), json],
+    )?;
+    Ok(())
+}
+
+fn decode_row(body: Vec<u8>, signature: Vec<u8>) -> Result<Change> {
+    let sig: [u8; 64] = signature
+        .try_into()
+        .map_err(|_| Error::Corrupt("signature column".into()))?;
+    Change::from_parts(body, sig).map_err(|_| Error::Corrupt("stored change".into()))
+}
+
+fn load_doc(conn: &Connection, report: Uuid) -> Result<ReportDoc> {
+    let mut st = conn.prepare_cached("SELECT body, signature FROM changes WHERE report_id = ?1")?;
+    let mut rows = st.query([report.as_bytes().as_slice()])?;
+    let mut doc = ReportDoc::new();
+    while let Some(r) = rows.next()? {
+        doc.insert(Arc::new(decode_row(r.get(0)?, r.get(1)?)?));
+    }
+    Ok(doc)
+}
+
+fn insert_change(conn: &Connection, c: &Change, acked: bool, now: i64) -> Result<()> {
+    let b = c.body();
+    let mut st = conn.prepare_cached(
+        "INSERT INTO changes (hash, device_id, seq, report_id, prev, body, signature, hlc_wall, acked, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    st.execute(params![
+        c.hash().as_slice(),
+        b.device.as_bytes().as_slice(),
+        b.seq as i64,
+        b.report.as_bytes().as_slice(),
+        b.prev.as_ref().unwrap_or(&ZERO_HASH).as_slice(),
+        c.bytes(),
+        c.signature().as_slice(),
+        b.hlc.wall_ms as i64,
+        acked,
+        now
+    ])?;
+    Ok(())
+}
+
+fn write_report_row(conn: &Connection, report: Uuid, state: &State) -> Result<()> {
+    let r = Report::from_state(report, state);
+    let mut st = conn.prepare_cached(
+        "INSERT INTO reports (report_id, lifecycle, occurred_start, updated_ms, conflict_count, json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (report_id) DO UPDATE SET lifecycle = excluded.lifecycle,
+           occurred_start = excluded.occurred_start, updated_ms = excluded.updated_ms,
+           conflict_count = excluded.conflict_count, json = excluded.json",
+    )?;
+    st.execute(params![
+        report.as_bytes().as_slice(),
+        r.lifecycle.as_str(),
+        r.occurred.start.map(|t| t.timestamp_millis()),
+        state.updated.map(|h| h.wall_ms as i64).unwrap_or(0),
+        state.conflict_count() as i64,
+        r.to_canonical_json()
+    ])?;
+    Ok(())
+}
+
+/// Chain lookups against the store, inside the applying transaction.
+struct SqlLookup<'a>(&'a Connection);
+
+impl ChainLookup for SqlLookup<'_> {
+    fn stored_hash(&self, id: ChangeId) -> Result<Option<Hash>> {
+        let mut st = self.0.prepare_cached("SELECT hash FROM changes WHERE device_id = ?1 AND seq = ?2")?;
+        st.query_row(params![id.device.as_bytes().as_slice(), id.seq as i64], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?
+            .map(hash_of)
+            .transpose()
+    }
+
+    fn stored_by_hash(&self, hash: &Hash) -> Result<Option<(Uuid, Uuid, u64)>> {
+        let mut st = self.0.prepare_cached("SELECT device_id, report_id, seq FROM changes WHERE hash = ?1")?;
+        let row = st
+            .query_row([hash.as_slice()], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?))
+            })
+            .optional()?;
+        row.map(|(d, r, s)| Ok((uuid_of(d)?, uuid_of(r)?, s as u64))).transpose()
+    }
+
+    fn has_stored_child(&self, device: Uuid, report: Uuid, prev: Option<&Hash>) -> Result<bool> {
+        let mut st = self.0.prepare_cached(
+            "SELECT 1 FROM changes WHERE report_id = ?1 AND device_id = ?2 AND prev = ?3",
+        )?;
+        Ok(st
+            .query_row(
+                params![
+                    report.as_bytes().as_slice(),
+                    device.as_bytes().as_slice(),
+                    prev.unwrap_or(&ZERO_HASH).as_slice()
+                ],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    fn device_key(&self, device: Uuid) -> Result<Option<VerifyingKey>> {
+        let mut st = self.0.prepare_cached("SELECT public_key FROM devices WHERE device_id = ?1")?;
+        let key = st
+            .query_row([device.as_bytes().as_slice()], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?;
+        key.map(|k| {
+            let k: [u8; 32] = k.try_into().map_err(|_| Error::Corrupt("public key".into()))?;
+            VerifyingKey::from_bytes(&k).map_err(|_| Error::Corrupt("public key".into()))
+        })
+        .transpose()
+    }
+}
