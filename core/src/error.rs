@@ -60,7 +60,10 @@ pub enum Error {
     #[error("change {change}: from unknown device")]
     UnknownDevice { change: String },
     #[error("change {change}: hash chain broken ({reason})")]
-    BrokenChain { change: String, reason: &'static str },
+    BrokenChain {
+        change: String,
+        reason: &'static str,
+    },
     #[error("change {change}: differs from the stored change with the same id")]
     Equivocation { change: String },
 

@@ -20,9 +20,14 @@ const T0: i64 = 1_764_000_000_000; // 2025-11-24
 
 fn fill_required(s: &Store, r: Uuid) {
     s.set_field(r, "occurred.start", Value::Time(T0)).unwrap();
-    s.set_field(r, "location.address", text("1200 W Example St")).unwrap();
-    s.set_field(r, "federal_agencies", Value::List(vec!["ice".into(), "cbp_border_patrol".into()]))
+    s.set_field(r, "location.address", text("1200 W Example St"))
         .unwrap();
+    s.set_field(
+        r,
+        "federal_agencies",
+        Value::List(vec!["ice".into(), "cbp_border_patrol".into()]),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -32,27 +37,50 @@ fn capture_and_read_typed_report() {
     s.create_identity(person("Alvarez", Role::Officer)).unwrap();
     let r = s.create_report().unwrap();
     fill_required(&s, r);
-    s.set_field(r, "occurred.time_zone", text("America/Chicago")).unwrap();
-    s.set_field(r, "supervisory_federal_officer.badge_number", text("B-4471")).unwrap();
-    s.set_field(r, "supervisory_federal_officer.refused_identification", Value::Bool(false))
+    s.set_field(r, "occurred.time_zone", text("America/Chicago"))
         .unwrap();
-    s.set_field(r, "location.latitude", Value::Float(41.8781)).unwrap();
+    s.set_field(
+        r,
+        "supervisory_federal_officer.badge_number",
+        text("B-4471"),
+    )
+    .unwrap();
+    s.set_field(
+        r,
+        "supervisory_federal_officer.refused_identification",
+        Value::Bool(false),
+    )
+    .unwrap();
+    s.set_field(r, "location.latitude", Value::Float(41.8781))
+        .unwrap();
     let force = s
         .add_entry(
             r,
             "force",
-            vec![("type".into(), text("chemical_agent")), ("at".into(), Value::Time(T0 + 60_000))],
+            vec![
+                ("type".into(), text("chemical_agent")),
+                ("at".into(), Value::Time(T0 + 60_000)),
+            ],
         )
         .unwrap();
     let rep = s.report(r).unwrap();
     assert_eq!(rep.lifecycle, LifecycleState::Draft);
     assert_eq!(rep.reporting_officer.name.as_deref(), Some("Alvarez"));
     assert_eq!(rep.occurred.time_zone.as_deref(), Some("America/Chicago"));
-    assert_eq!(rep.federal_agencies, vec![FederalAgency::Ice, FederalAgency::CbpBorderPatrol]);
-    assert_eq!(rep.supervisory_federal_officer.badge_number.as_deref(), Some("B-4471"));
+    assert_eq!(
+        rep.federal_agencies,
+        vec![FederalAgency::Ice, FederalAgency::CbpBorderPatrol]
+    );
+    assert_eq!(
+        rep.supervisory_federal_officer.badge_number.as_deref(),
+        Some("B-4471")
+    );
     assert_eq!(rep.force.len(), 1);
     assert_eq!(rep.force[0].id, force);
-    assert_eq!(rep.force[0].fields.force_type, Some(ForceType::ChemicalAgent));
+    assert_eq!(
+        rep.force[0].fields.force_type,
+        Some(ForceType::ChemicalAgent)
+    );
     assert!(rep.conflicts.is_empty());
 
     // Reopen: everything is still there, identical.
@@ -68,8 +96,10 @@ fn concurrent_edits_are_kept_as_conflict_and_resolved_by_a_new_set() {
     let (_d, s) = replicas(2);
     let r = s[0].create_report().unwrap();
     sync(&s[0], &s[1]);
-    s[0].set_field(r, "supervisory_federal_officer.badge_number", text("A-1")).unwrap();
-    s[1].set_field(r, "supervisory_federal_officer.badge_number", text("B-2")).unwrap();
+    s[0].set_field(r, "supervisory_federal_officer.badge_number", text("A-1"))
+        .unwrap();
+    s[1].set_field(r, "supervisory_federal_officer.badge_number", text("B-2"))
+        .unwrap();
     sync(&s[0], &s[1]);
     sync(&s[1], &s[0]);
     let a = s[0].report(r).unwrap();
@@ -82,7 +112,10 @@ fn concurrent_edits_are_kept_as_conflict_and_resolved_by_a_new_set() {
     assert_eq!(vals, vec![text("A-1"), text("B-2")]);
     // The displayed value is the first candidate.
     assert_eq!(
-        a.supervisory_federal_officer.badge_number.as_ref().map(|b| text(b)),
+        a.supervisory_federal_officer
+            .badge_number
+            .as_ref()
+            .map(|b| text(b)),
         Some(c.values[0].value.clone())
     );
     let devices: Vec<_> = c.values.iter().map(|v| v.device).collect();
@@ -90,19 +123,31 @@ fn concurrent_edits_are_kept_as_conflict_and_resolved_by_a_new_set() {
     assert!(devices.contains(&s[1].identity().unwrap().device_id));
 
     // Listing shows the conflict.
-    assert_eq!(s[0].list_reports(&ListQuery::default()).unwrap()[0].conflict_count, 1);
+    assert_eq!(
+        s[0].list_reports(&ListQuery::default()).unwrap()[0].conflict_count,
+        1
+    );
 
     // No conflict elsewhere to resolve.
-    assert!(matches!(s[0].resolve_conflict(r, "narrative", text("x")), Err(Error::NoConflict(_))));
+    assert!(matches!(
+        s[0].resolve_conflict(r, "narrative", text("x")),
+        Err(Error::NoConflict(_))
+    ));
 
-    s[1].resolve_conflict(r, "supervisory_federal_officer.badge_number", text("B-2")).unwrap();
+    s[1].resolve_conflict(r, "supervisory_federal_officer.badge_number", text("B-2"))
+        .unwrap();
     sync(&s[1], &s[0]);
     let a = s[0].report(r).unwrap();
     assert!(a.conflicts.is_empty());
-    assert_eq!(a.supervisory_federal_officer.badge_number.as_deref(), Some("B-2"));
+    assert_eq!(
+        a.supervisory_federal_officer.badge_number.as_deref(),
+        Some("B-2")
+    );
 
     // Nothing is lost: history holds all three values, only the last live.
-    let h = s[0].field_history(r, "supervisory_federal_officer.badge_number").unwrap();
+    let h = s[0]
+        .field_history(r, "supervisory_federal_officer.badge_number")
+        .unwrap();
     assert_eq!(h.len(), 3);
     assert_eq!(h.iter().filter(|e| e.live).count(), 1);
     assert_eq!(h.last().unwrap().value, Some(text("B-2")));
@@ -112,10 +157,13 @@ fn concurrent_edits_are_kept_as_conflict_and_resolved_by_a_new_set() {
 fn removal_concurrent_with_edit_keeps_entry_flagged() {
     let (_d, s) = replicas(2);
     let r = s[0].create_report().unwrap();
-    let e = s[0].add_entry(r, "agents", vec![("name".into(), text("Agent X"))]).unwrap();
+    let e = s[0]
+        .add_entry(r, "agents", vec![("name".into(), text("Agent X"))])
+        .unwrap();
     sync(&s[0], &s[1]);
     s[0].remove_entry(r, "agents", e).unwrap();
-    s[1].set_entry_field(r, "agents", e, "badge_number", text("77")).unwrap();
+    s[1].set_entry_field(r, "agents", e, "badge_number", text("77"))
+        .unwrap();
     sync(&s[0], &s[1]);
     sync(&s[1], &s[0]);
     let a = s[0].report(r).unwrap();
@@ -129,8 +177,14 @@ fn removal_concurrent_with_edit_keeps_entry_flagged() {
     assert!(s[1].report(r).unwrap().agents.is_empty());
     assert!(s[1].report(r).unwrap().conflicts.is_empty());
     // And it can be restored, with its values.
-    s[1].edit(r, &[fieldreport_core::Edit::RestoreEntry { collection: "agents".into(), entry: e }])
-        .unwrap();
+    s[1].edit(
+        r,
+        &[fieldreport_core::Edit::RestoreEntry {
+            collection: "agents".into(),
+            entry: e,
+        }],
+    )
+    .unwrap();
     let a = s[1].report(r).unwrap();
     assert_eq!(a.agents[0].fields.badge_number.as_deref(), Some("77"));
 }
@@ -154,7 +208,10 @@ fn submit_requires_the_orders_fields() {
     assert_eq!(s.report(r).unwrap().lifecycle, LifecycleState::Submitted);
     assert!(matches!(s.submit(r), Err(Error::InvalidState { .. })));
     let submitted = s
-        .list_reports(&ListQuery { lifecycle: Some(LifecycleState::Submitted), ..Default::default() })
+        .list_reports(&ListQuery {
+            lifecycle: Some(LifecycleState::Submitted),
+            ..Default::default()
+        })
         .unwrap();
     assert_eq!(submitted.len(), 1);
     assert_eq!(submitted[0].unsynced_count, 5);
@@ -168,27 +225,52 @@ fn bad_input_gets_typed_error_and_changes_nothing() {
     let r = s.create_report().unwrap();
     let e = s.add_entry(r, "injuries", vec![]).unwrap();
     let before = snapshot(&s);
-    let cases: Vec<(&str, Value, fn(&Error) -> bool)> = vec![
-        ("no_such_field", text("x"), |e| matches!(e, Error::UnknownField(_))),
-        ("occurred.start", text("yesterday"), |e| matches!(e, Error::WrongType { .. })),
-        ("location.latitude", Value::Float(123.0), |e| matches!(e, Error::InvalidValue { .. })),
-        ("location.latitude", Value::Float(f64::NAN), |e| matches!(e, Error::InvalidValue { .. })),
-        ("occurred.time_zone", text("Mars/Olympus"), |e| matches!(e, Error::InvalidValue { .. })),
-        ("involvement.kind", text("telepathy"), |e| matches!(e, Error::InvalidValue { .. })),
-        ("narrative", text(&"x".repeat(NARRATIVE_MAX + 1)), |e| {
-            matches!(e, Error::TooLong { max, .. } if *max == NARRATIVE_MAX)
+    type Case = (&'static str, Value, fn(&Error) -> bool);
+    let cases: Vec<Case> = vec![
+        ("no_such_field", text("x"), |e| {
+            matches!(e, Error::UnknownField(_))
         }),
-        ("supervisory_federal_officer.name", text(&"x".repeat(SHORT_TEXT_MAX + 1)), |e| {
-            matches!(e, Error::TooLong { .. })
+        ("occurred.start", text("yesterday"), |e| {
+            matches!(e, Error::WrongType { .. })
         }),
-        ("cpd_units", Value::List(vec!["u".repeat(LIST_ITEM_MAX + 1)]), |e| {
-            matches!(e, Error::TooLong { .. })
-        }),
-        ("federal_agencies", Value::List(vec!["ice".into(), "ice".into()]), |e| {
+        ("location.latitude", Value::Float(123.0), |e| {
             matches!(e, Error::InvalidValue { .. })
         }),
-        ("reporting_officer.name", text("someone else"), |e| matches!(e, Error::ReadOnlyField(_))),
-        ("lifecycle.state", text("approved"), |e| matches!(e, Error::ReadOnlyField(_))),
+        ("location.latitude", Value::Float(f64::NAN), |e| {
+            matches!(e, Error::InvalidValue { .. })
+        }),
+        ("occurred.time_zone", text("Mars/Olympus"), |e| {
+            matches!(e, Error::InvalidValue { .. })
+        }),
+        ("involvement.kind", text("telepathy"), |e| {
+            matches!(e, Error::InvalidValue { .. })
+        }),
+        (
+            "narrative",
+            text(&"x".repeat(NARRATIVE_MAX + 1)),
+            |e| matches!(e, Error::TooLong { max, .. } if *max == NARRATIVE_MAX),
+        ),
+        (
+            "supervisory_federal_officer.name",
+            text(&"x".repeat(SHORT_TEXT_MAX + 1)),
+            |e| matches!(e, Error::TooLong { .. }),
+        ),
+        (
+            "cpd_units",
+            Value::List(vec!["u".repeat(LIST_ITEM_MAX + 1)]),
+            |e| matches!(e, Error::TooLong { .. }),
+        ),
+        (
+            "federal_agencies",
+            Value::List(vec!["ice".into(), "ice".into()]),
+            |e| matches!(e, Error::InvalidValue { .. }),
+        ),
+        ("reporting_officer.name", text("someone else"), |e| {
+            matches!(e, Error::ReadOnlyField(_))
+        }),
+        ("lifecycle.state", text("approved"), |e| {
+            matches!(e, Error::ReadOnlyField(_))
+        }),
     ];
     for (path, value, ok) in cases {
         let err = s.set_field(r, path, value).unwrap_err();
@@ -221,17 +303,33 @@ fn bad_input_gets_typed_error_and_changes_nothing() {
         .edit(
             r,
             &[
-                fieldreport_core::Edit::SetField { path: "narrative".into(), value: text("ok") },
-                fieldreport_core::Edit::SetField { path: "occurred.end".into(), value: Value::Bool(true) },
+                fieldreport_core::Edit::SetField {
+                    path: "narrative".into(),
+                    value: text("ok"),
+                },
+                fieldreport_core::Edit::SetField {
+                    path: "occurred.end".into(),
+                    value: Value::Bool(true),
+                },
             ],
         )
         .unwrap_err();
     assert!(matches!(err, Error::WrongType { .. }));
     // Missing media file.
     let err = s
-        .attach_media(r, &d.path().join("nope.jpg"), MediaMeta { mime_type: "image/jpeg".into(), ..Default::default() })
+        .attach_media(
+            r,
+            &d.path().join("nope.jpg"),
+            MediaMeta {
+                mime_type: "image/jpeg".into(),
+                ..Default::default()
+            },
+        )
         .unwrap_err();
-    assert!(matches!(err, Error::MediaUnreadable(std::io::ErrorKind::NotFound)), "{err:?}");
+    assert!(
+        matches!(err, Error::MediaUnreadable(std::io::ErrorKind::NotFound)),
+        "{err:?}"
+    );
     assert_eq!(snapshot(&s), before);
     s.verify_integrity().unwrap();
 }
@@ -244,7 +342,10 @@ fn media_is_streamed_hashed_and_recorded_in_a_signed_change() {
     let r = s.create_report().unwrap();
     let src = d.path().join("photo.jpg");
     let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    std::fs::File::create(&src).unwrap().write_all(&bytes).unwrap();
+    std::fs::File::create(&src)
+        .unwrap()
+        .write_all(&bytes)
+        .unwrap();
     let m = s
         .attach_media(
             r,
@@ -265,11 +366,15 @@ fn media_is_streamed_hashed_and_recorded_in_a_signed_change() {
     assert_eq!(std::fs::read(s.media().path_of(&m.sha256)).unwrap(), bytes);
     let rep = s.report(r).unwrap();
     assert_eq!(rep.media.len(), 1);
-    assert_eq!(rep.media[0].fields.sha256.as_deref(), Some(m.sha256.as_str()));
+    assert_eq!(
+        rep.media[0].fields.sha256.as_deref(),
+        Some(m.sha256.as_str())
+    );
     assert_eq!(rep.media[0].fields.size, Some(bytes.len() as i64));
     assert_eq!(rep.media[0].fields.latitude, Some(41.88));
     // The caption is the only media field the user edits.
-    s.set_entry_field(r, "media", m.entry, "caption", text("front door")).unwrap();
+    s.set_entry_field(r, "media", m.entry, "caption", text("front door"))
+        .unwrap();
     assert!(matches!(
         s.set_entry_field(r, "media", m.entry, "sha256", text(&"0".repeat(64))),
         Err(Error::ReadOnlyField(_))
@@ -282,15 +387,25 @@ fn list_pages_newest_first() {
     let s = Store::open(d.path()).unwrap();
     s.create_identity(person("Alvarez", Role::Officer)).unwrap();
     let ids: Vec<Uuid> = (0..7).map(|_| s.create_report().unwrap()).collect();
-    s.set_field(ids[2], "narrative", text("updated last")).unwrap();
-    let first = s.list_reports(&ListQuery { limit: 3, ..Default::default() }).unwrap();
+    s.set_field(ids[2], "narrative", text("updated last"))
+        .unwrap();
+    let first = s
+        .list_reports(&ListQuery {
+            limit: 3,
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(first.len(), 3);
     assert_eq!(first[0].id, ids[2]);
     let mut all = first.clone();
     let mut before = first.last().unwrap().updated_ms;
     loop {
         let page = s
-            .list_reports(&ListQuery { limit: 3, updated_before_ms: Some(before), ..Default::default() })
+            .list_reports(&ListQuery {
+                limit: 3,
+                updated_before_ms: Some(before),
+                ..Default::default()
+            })
             .unwrap();
         if page.is_empty() {
             break;

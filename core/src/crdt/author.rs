@@ -17,7 +17,10 @@ use crate::model::value::Value;
 pub enum Edit {
     /// Set (or clear, with `Value::Null`) a report field. Setting a field in
     /// conflict resolves the conflict.
-    SetField { path: String, value: Value },
+    SetField {
+        path: String,
+        value: Value,
+    },
     /// Add an entry with its first field values.
     AddEntry {
         collection: String,
@@ -30,9 +33,15 @@ pub enum Edit {
         field: String,
         value: Value,
     },
-    RemoveEntry { collection: String, entry: Uuid },
+    RemoveEntry {
+        collection: String,
+        entry: Uuid,
+    },
     /// Keep an entry that was removed (or removed concurrently with an edit).
-    RestoreEntry { collection: String, entry: Uuid },
+    RestoreEntry {
+        collection: String,
+        entry: Uuid,
+    },
 }
 
 /// Who is writing: the app (user fields only) or the core itself.
@@ -93,7 +102,8 @@ pub(crate) fn build_ops(state: &State, edits: &[Edit], writer: Writer) -> Result
                 };
                 push(op(target, Action::Add, Vec::new()), &mut ops)?;
                 for (field, value) in fields {
-                    let target = entry_field(state, collection, *entry, field, value, writer, true)?;
+                    let target =
+                        entry_field(state, collection, *entry, field, value, writer, true)?;
                     push(op(target, Action::Set(value.clone()), Vec::new()), &mut ops)?;
                 }
             }
@@ -172,7 +182,7 @@ fn entry_field(
     let path = format!("{collection}.{field}");
     check_access(&path, spec.access, writer)?;
     schema::validate(&path, spec, value)?;
-    if !new_entry && !state.entry(collection, entry).is_some_and(|e| !e.removed) {
+    if !new_entry && state.entry(collection, entry).is_none_or(|e| e.removed) {
         return Err(not_found(collection, entry));
     }
     Ok(Target::EntryField {

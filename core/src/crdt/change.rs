@@ -179,7 +179,11 @@ impl ChangeBody {
             if op.pred.len() > MAX_PRED_PER_OP {
                 return Err(malformed("too many predecessors".into()));
             }
-            if op.pred.iter().any(|p| p.device == self.device && p.seq >= self.seq) {
+            if op
+                .pred
+                .iter()
+                .any(|p| p.device == self.device && p.seq >= self.seq)
+            {
                 return Err(malformed("predecessor is not earlier".into()));
             }
             validate_op(op).map_err(|e| Error::InvalidOperation {

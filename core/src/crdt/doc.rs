@@ -126,7 +126,10 @@ impl State {
                 .entry(collection, *entry)
                 .map(|e| e.existence_live.clone())
                 .unwrap_or_default(),
-            other => self.register(other).map(Register::live_ids).unwrap_or_default(),
+            other => self
+                .register(other)
+                .map(Register::live_ids)
+                .unwrap_or_default(),
         }
     }
 
@@ -189,7 +192,12 @@ impl ReportDoc {
     /// Hash of the newest change by `device` (the next change's `prev`).
     pub fn chain_head(&self, device: Uuid) -> Option<Hash> {
         self.changes
-            .range(ChangeId { device, seq: 0 }..=ChangeId { device, seq: u64::MAX })
+            .range(
+                ChangeId { device, seq: 0 }..=ChangeId {
+                    device,
+                    seq: u64::MAX,
+                },
+            )
             .next_back()
             .map(|(_, c)| *c.hash())
     }
@@ -315,11 +323,13 @@ fn entry_acc<'m, 'a>(
     ops: &[OpRef<'a>],
 ) -> &'m mut EntryAcc<'a> {
     let first = ops.iter().map(|o| o.hlc).min().unwrap_or_default();
-    let acc = entries.entry((collection, entry)).or_insert_with(|| EntryAcc {
-        created: first,
-        existence: Vec::new(),
-        fields: BTreeMap::new(),
-    });
+    let acc = entries
+        .entry((collection, entry))
+        .or_insert_with(|| EntryAcc {
+            created: first,
+            existence: Vec::new(),
+            fields: BTreeMap::new(),
+        });
     acc.created = acc.created.min(first);
     acc
 }
@@ -337,6 +347,6 @@ fn register<'a, 'b: 'a>(live: impl Iterator<Item = &'a OpRef<'b>>) -> Register {
         })
         .collect();
     // Displayed value first: highest clock, then device id, then op id.
-    live.sort_by(|a, b| (b.hlc, b.op).cmp(&(a.hlc, a.op)));
+    live.sort_by_key(|c| std::cmp::Reverse((c.hlc, c.op)));
     Register { live }
 }

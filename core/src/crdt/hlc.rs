@@ -52,20 +52,42 @@ mod tests {
             seen.push(c);
         }
         assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
-        assert_eq!(seen[2], Hlc { wall_ms: 1005, counter: 1 });
+        assert_eq!(
+            seen[2],
+            Hlc {
+                wall_ms: 1005,
+                counter: 1
+            }
+        );
     }
 
     #[test]
     fn observe_moves_past_remote() {
-        let local = Hlc { wall_ms: 10, counter: 3 };
-        let remote = Hlc { wall_ms: 50, counter: 7 };
+        let local = Hlc {
+            wall_ms: 10,
+            counter: 3,
+        };
+        let remote = Hlc {
+            wall_ms: 50,
+            counter: 7,
+        };
         let after = local.observe(remote).tick(20);
         assert!(after > remote);
     }
 
     #[test]
     fn counter_overflow_bumps_wall() {
-        let c = Hlc { wall_ms: 5, counter: u32::MAX }.tick(1);
-        assert_eq!(c, Hlc { wall_ms: 6, counter: 0 });
+        let c = Hlc {
+            wall_ms: 5,
+            counter: u32::MAX,
+        }
+        .tick(1);
+        assert_eq!(
+            c,
+            Hlc {
+                wall_ms: 6,
+                counter: 0
+            }
+        );
     }
 }

@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 
 /// What the verifier needs to know of the changes already stored.
 pub trait ChainLookup {
-    /// Hash of the stored change with this id.
-    fn stored_hash(&self, id: ChangeId) -> Result<Option<Hash>>;
+    /// Hash and signature of the stored change with this id.
+    fn stored(&self, id: ChangeId) -> Result<Option<(Hash, [u8; 64])>>;
     /// (device, report, seq) of the stored change with this hash.
     fn stored_by_hash(&self, hash: &Hash) -> Result<Option<(Uuid, Uuid, u64)>>;
     /// Whether a stored change of `device` on `report` has this `prev`
@@ -53,8 +53,15 @@ pub fn verify_batch(batch: Vec<Change>, lookup: &impl ChainLookup) -> Result<Ver
             None => {}
         }
         seen.insert(id, *change.hash());
-        match lookup.stored_hash(id)? {
-            Some(h) if &h == change.hash() => duplicates += 1,
+        match lookup.stored(id)? {
+            // Ed25519 signatures are deterministic: an honest re-send is
+            // byte-identical, signature included.
+            Some((h, sig)) if &h == change.hash() && &sig == change.signature() => duplicates += 1,
+            Some((h, _)) if &h == change.hash() => {
+                return Err(Error::BadSignature {
+                    change: id.to_string(),
+                })
+            }
             Some(_) => return Err(equivocation()),
             None => new.push(change),
         }
@@ -64,11 +71,11 @@ pub fn verify_batch(batch: Vec<Change>, lookup: &impl ChainLookup) -> Result<Ver
     // 2. Known devices.
     let mut keys: HashMap<Uuid, VerifyingKey> = HashMap::new();
     for c in &new {
-        if !keys.contains_key(&c.device()) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(c.device()) {
             let key = lookup.device_key(c.device())?.ok_or(Error::UnknownDevice {
                 change: c.id().to_string(),
             })?;
-            keys.insert(c.device(), key);
+            slot.insert(key);
         }
     }
 
@@ -101,8 +108,12 @@ pub fn verify_batch(batch: Vec<Change>, lookup: &impl ChainLookup) -> Result<Ver
             }
         }
         let link = (b.device, b.report, b.prev);
-        if children.contains(&link) || lookup.has_stored_child(b.device, b.report, b.prev.as_ref())? {
-            return Err(broken("fork: another change already follows the same previous change"));
+        if children.contains(&link)
+            || lookup.has_stored_child(b.device, b.report, b.prev.as_ref())?
+        {
+            return Err(broken(
+                "fork: another change already follows the same previous change",
+            ));
         }
         children.insert(link);
         in_batch.insert(*c.hash(), (b.device, b.report, b.seq));

@@ -16,9 +16,11 @@ fn time(ms: i64) -> Option<Time> {
     Utc.timestamp_millis_opt(ms).single()
 }
 
+type Getter<'a> = Box<dyn Fn(&str) -> Option<&'a Value> + 'a>;
+
 /// Typed reads from a set of registers.
 struct Fields<'a> {
-    get: Box<dyn Fn(&str) -> Option<&'a Value> + 'a>,
+    get: Getter<'a>,
 }
 
 impl<'a> Fields<'a> {
@@ -371,7 +373,8 @@ impl Report {
                 badge_number: f.text("supervisory_federal_officer.badge_number"),
                 agency: f.parsed("supervisory_federal_officer.agency", FederalAgency::parse),
                 identified_how: f.text("supervisory_federal_officer.identified_how"),
-                refused_identification: f.bool("supervisory_federal_officer.refused_identification"),
+                refused_identification: f
+                    .bool("supervisory_federal_officer.refused_identification"),
             },
             medical_aid: MedicalAid {
                 ems_summoned_at: f.time("medical_aid.ems_summoned_at"),
@@ -432,7 +435,9 @@ impl Report {
                 longitude: e.float("longitude"),
                 caption: e.text("caption"),
             }),
-            addenda: entries(s, "addenda", |e| Addendum { text: e.text("text") }),
+            addenda: entries(s, "addenda", |e| Addendum {
+                text: e.text("text"),
+            }),
             conflicts: conflicts(s),
         }
     }

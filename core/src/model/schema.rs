@@ -354,7 +354,11 @@ pub fn validate(path: &str, spec: &FieldSpec, value: &Value) -> Result<(), Error
             }
         }
         (Kind::Sha256Hex, Value::Text(s)) => {
-            if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+            if s.len() != 64
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            {
                 return Err(invalid("not a lowercase sha256 hex digest"));
             }
         }

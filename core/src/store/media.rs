@@ -47,7 +47,11 @@ impl MediaStore {
     /// Copies `src` into the store; returns its hash and size.
     pub fn ingest(&self, src: &Path) -> Result<StoredMedia> {
         let mut input = File::open(src).map_err(|e| Error::MediaUnreadable(e.kind()))?;
-        let mut reader = |buf: &mut [u8]| input.read(buf).map_err(|e| Error::MediaUnreadable(e.kind()));
+        let mut reader = |buf: &mut [u8]| {
+            input
+                .read(buf)
+                .map_err(|e| Error::MediaUnreadable(e.kind()))
+        };
         self.ingest_from(&mut reader)
     }
 

@@ -67,14 +67,20 @@ pub fn current_version() -> i64 {
     MIGRATIONS.len() as i64
 }
 
-/// Brings the store to the current version. Refuses (and leaves untouched)
-/// a store written by a newer build.
-pub fn migrate(conn: &mut Connection) -> Result<()> {
+/// Refuses a store written by a newer build.
+pub fn check_version(conn: &Connection) -> Result<i64> {
     let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let supported = current_version();
     if found > supported {
         return Err(Error::SchemaTooNew { found, supported });
     }
+    Ok(found)
+}
+
+/// Brings the store to the current version. Refuses (and leaves untouched)
+/// a store written by a newer build.
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let found = check_version(conn)?;
     for (i, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(step)?;

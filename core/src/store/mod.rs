@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::crdt::author::{build_ops, Writer};
-use crate::crdt::{Action, Change, ChangeBody, ChangeId, Edit, Hash, Hlc, ReportDoc, State, Target};
+use crate::crdt::{
+    Action, Change, ChangeBody, ChangeId, Edit, Hash, Hlc, ReportDoc, State, Target,
+};
 use crate::error::{Error, Result};
 use crate::evidence::{verify_batch, ChainLookup, DeviceIdentity, DeviceRecord, Person};
 use crate::model::schema::{self, LIFECYCLE_FIELD};
@@ -180,8 +182,12 @@ impl Store {
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(DB_FILE);
         let mut conn = Connection::open(&path)?;
+        // Check the version before anything writes to the file: a store from
+        // a newer build is left exactly as it is.
+        migrations::check_version(&conn)?;
         configure(&conn)?;
-        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::Corrupt("cannot enable WAL".into()));
         }
@@ -232,7 +238,10 @@ impl Store {
 
     /// This device's directory record, if it has an identity.
     pub fn identity(&self) -> Option<DeviceRecord> {
-        lock(&self.writer).identity.as_ref().map(|i| i.record.clone())
+        lock(&self.writer)
+            .identity
+            .as_ref()
+            .map(|i| i.record.clone())
     }
 
     /// Creates this device's key pair (at enrollment) and adds it to the
@@ -268,7 +277,10 @@ impl Store {
     pub fn add_known_device(&self, record: &DeviceRecord) -> Result<()> {
         let key = record.verifying_key()?;
         if key.is_weak() {
-            return Err(Error::Corrupt(format!("weak public key for device {}", record.device_id)));
+            return Err(Error::Corrupt(format!(
+                "weak public key for device {}",
+                record.device_id
+            )));
         }
         let w = lock(&self.writer);
         upsert_device(&w.conn, record)
@@ -404,7 +416,10 @@ impl Store {
     /// order requires.
     pub fn submit(&self, report: Uuid) -> Result<ChangeId> {
         let r = self.report(report)?;
-        if !matches!(r.lifecycle, LifecycleState::Draft | LifecycleState::Returned) {
+        if !matches!(
+            r.lifecycle,
+            LifecycleState::Draft | LifecycleState::Returned
+        ) {
             return Err(Error::InvalidState {
                 state: r.lifecycle.as_str(),
                 action: "submit",
@@ -427,7 +442,12 @@ impl Store {
 
     /// Streams a file into the media store and attaches it to the report in
     /// a signed change carrying its hash, size and capture facts.
-    pub fn attach_media(&self, report: Uuid, path: &Path, meta: MediaMeta) -> Result<AttachedMedia> {
+    pub fn attach_media(
+        &self,
+        report: Uuid,
+        path: &Path,
+        meta: MediaMeta,
+    ) -> Result<AttachedMedia> {
         let mut fields = vec![("mime_type".to_string(), Value::Text(meta.mime_type.clone()))];
         let mut opt = |name: &str, v: Option<Value>| {
             if let Some(v) = v {
@@ -441,7 +461,11 @@ impl Store {
         opt("caption", meta.caption.clone().map(Value::Text));
         // Validate everything before touching the disk.
         for (name, v) in &fields {
-            schema::validate(name, schema::entry_field(schema::MEDIA_COLLECTION, name)?, v)?;
+            schema::validate(
+                name,
+                schema::entry_field(schema::MEDIA_COLLECTION, name)?,
+                v,
+            )?;
         }
         if !self.report_exists(report)? {
             return Err(Error::ReportNotFound(report));
@@ -477,7 +501,13 @@ impl Store {
         })
     }
 
-    fn commit_edits(&self, report: Uuid, edits: &[Edit], writer: Writer, create: bool) -> Result<ChangeId> {
+    fn commit_edits(
+        &self,
+        report: Uuid,
+        edits: &[Edit],
+        writer: Writer,
+        create: bool,
+    ) -> Result<ChangeId> {
         self.commit_with(report, edits, writer, create, |_| Ok(()))
     }
 
@@ -673,9 +703,15 @@ impl Store {
     /// What this replica holds, per (report, device) chain.
     pub fn heads(&self) -> Result<Heads> {
         self.read(|c| {
-            let mut st = c.prepare("SELECT report_id, device_id, MAX(seq) FROM changes GROUP BY report_id, device_id")?;
+            let mut st = c.prepare(
+                "SELECT report_id, device_id, MAX(seq) FROM changes GROUP BY report_id, device_id",
+            )?;
             let rows = st.query_map([], |r| {
-                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?))
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })?;
             rows.map(|row| {
                 let (r, d, s) = row?;
@@ -737,7 +773,7 @@ impl Store {
     }
 
     pub fn has_change(&self, id: ChangeId) -> Result<bool> {
-        self.read(|c| Ok(SqlLookup(c).stored_hash(id)?.is_some()))
+        self.read(|c| Ok(SqlLookup(c).stored(id)?.is_some()))
     }
 
     /// Checks the store against its own log: every change decodes and its
@@ -748,7 +784,9 @@ impl Store {
         let w = lock(&self.writer);
         let c = &w.conn;
         let lookup = SqlLookup(c);
-        let mut st = c.prepare("SELECT report_id, body, signature, prev FROM changes ORDER BY device_id, seq")?;
+        let mut st = c.prepare(
+            "SELECT report_id, body, signature, prev FROM changes ORDER BY device_id, seq",
+        )?;
         let mut rows = st.query([])?;
         let mut reports = BTreeSet::new();
         let mut count = 0u64;
@@ -757,9 +795,9 @@ impl Store {
         while let Some(r) = rows.next()? {
             let report = uuid_of(r.get(0)?)?;
             let change = decode_row(r.get(1)?, r.get(2)?)?;
-            let key = lookup
-                .device_key(change.device())?
-                .ok_or_else(|| Error::Corrupt(format!("change {} of unknown device", change.id())))?;
+            let key = lookup.device_key(change.device())?.ok_or_else(|| {
+                Error::Corrupt(format!("change {} of unknown device", change.id()))
+            })?;
             change.verify(&key)?;
             let prev = hash_of(r.get(3)?)?;
             if change.body().prev.unwrap_or(ZERO_HASH) != prev || change.report() != report {
@@ -767,7 +805,8 @@ impl Store {
             }
             if let Some(p) = change.body().prev {
                 match lookup.stored_by_hash(&p)? {
-                    Some((d, rep, seq)) if d == change.device() && rep == report && seq < change.body().seq => {}
+                    Some((d, rep, seq))
+                        if d == change.device() && rep == report && seq < change.body().seq => {}
                     _ => return Err(Error::Corrupt(format!("chain of change {}", change.id()))),
                 }
             }
@@ -797,7 +836,9 @@ impl Store {
 
     /// Number of changes stored (all reports, all devices).
     pub fn change_count(&self) -> Result<u64> {
-        self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM changes", [], |r| r.get::<_, i64>(0))? as u64))
+        self.read(|c| {
+            Ok(c.query_row("SELECT COUNT(*) FROM changes", [], |r| r.get::<_, i64>(0))? as u64)
+        })
     }
 
     /// Rebuilds every materialised report from its changes (after an
@@ -941,22 +982,40 @@ fn write_report_row(conn: &Connection, report: Uuid, state: &State) -> Result<()
 struct SqlLookup<'a>(&'a Connection);
 
 impl ChainLookup for SqlLookup<'_> {
-    fn stored_hash(&self, id: ChangeId) -> Result<Option<Hash>> {
-        let mut st = self.0.prepare_cached("SELECT hash FROM changes WHERE device_id = ?1 AND seq = ?2")?;
-        st.query_row(params![id.device.as_bytes().as_slice(), id.seq as i64], |r| r.get::<_, Vec<u8>>(0))
-            .optional()?
-            .map(hash_of)
-            .transpose()
+    fn stored(&self, id: ChangeId) -> Result<Option<(Hash, [u8; 64])>> {
+        let mut st = self.0.prepare_cached(
+            "SELECT hash, signature FROM changes WHERE device_id = ?1 AND seq = ?2",
+        )?;
+        let row = st
+            .query_row(
+                params![id.device.as_bytes().as_slice(), id.seq as i64],
+                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            )
+            .optional()?;
+        row.map(|(h, s)| {
+            let sig: [u8; 64] = s
+                .try_into()
+                .map_err(|_| Error::Corrupt("signature column".into()))?;
+            Ok((hash_of(h)?, sig))
+        })
+        .transpose()
     }
 
     fn stored_by_hash(&self, hash: &Hash) -> Result<Option<(Uuid, Uuid, u64)>> {
-        let mut st = self.0.prepare_cached("SELECT device_id, report_id, seq FROM changes WHERE hash = ?1")?;
+        let mut st = self
+            .0
+            .prepare_cached("SELECT device_id, report_id, seq FROM changes WHERE hash = ?1")?;
         let row = st
             .query_row([hash.as_slice()], |r| {
-                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?))
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })
             .optional()?;
-        row.map(|(d, r, s)| Ok((uuid_of(d)?, uuid_of(r)?, s as u64))).transpose()
+        row.map(|(d, r, s)| Ok((uuid_of(d)?, uuid_of(r)?, s as u64)))
+            .transpose()
     }
 
     fn has_stored_child(&self, device: Uuid, report: Uuid, prev: Option<&Hash>) -> Result<bool> {
@@ -977,12 +1036,16 @@ impl ChainLookup for SqlLookup<'_> {
     }
 
     fn device_key(&self, device: Uuid) -> Result<Option<VerifyingKey>> {
-        let mut st = self.0.prepare_cached("SELECT public_key FROM devices WHERE device_id = ?1")?;
+        let mut st = self
+            .0
+            .prepare_cached("SELECT public_key FROM devices WHERE device_id = ?1")?;
         let key = st
             .query_row([device.as_bytes().as_slice()], |r| r.get::<_, Vec<u8>>(0))
             .optional()?;
         key.map(|k| {
-            let k: [u8; 32] = k.try_into().map_err(|_| Error::Corrupt("public key".into()))?;
+            let k: [u8; 32] = k
+                .try_into()
+                .map_err(|_| Error::Corrupt("public key".into()))?;
             VerifyingKey::from_bytes(&k).map_err(|_| Error::Corrupt("public key".into()))
         })
         .transpose()

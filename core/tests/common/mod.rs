@@ -29,11 +29,17 @@ pub fn person(name: &str, role: Role) -> Person {
 /// Stores that know each other's devices.
 pub fn replicas(n: usize) -> (Vec<tempfile::TempDir>, Vec<Store>) {
     let dirs: Vec<_> = (0..n).map(|_| tempdir()).collect();
-    let stores: Vec<Store> = dirs.iter().map(|d| Store::open(d.path()).expect("open")).collect();
+    let stores: Vec<Store> = dirs
+        .iter()
+        .map(|d| Store::open(d.path()).expect("open"))
+        .collect();
     let records: Vec<_> = stores
         .iter()
         .enumerate()
-        .map(|(i, s)| s.create_identity(person(&format!("officer{i}"), Role::Officer)).unwrap())
+        .map(|(i, s)| {
+            s.create_identity(person(&format!("officer{i}"), Role::Officer))
+                .unwrap()
+        })
         .collect();
     for s in &stores {
         for r in &records {
@@ -46,7 +52,10 @@ pub fn replicas(n: usize) -> (Vec<tempfile::TempDir>, Vec<Store>) {
 /// Everything observable about a store's data, to assert "nothing changed".
 pub fn snapshot(s: &Store) -> (u64, Vec<String>) {
     let list = s
-        .list_reports(&fieldreport_core::ListQuery { limit: 1000, ..Default::default() })
+        .list_reports(&fieldreport_core::ListQuery {
+            limit: 1000,
+            ..Default::default()
+        })
         .unwrap();
     let mut jsons: Vec<String> = list.iter().map(|r| s.report_json(r.id).unwrap()).collect();
     jsons.sort();
@@ -56,5 +65,6 @@ pub fn snapshot(s: &Store) -> (u64, Vec<String>) {
 /// Sends everything `from` has that `to` lacks.
 pub fn sync(from: &Store, to: &Store) {
     let missing = from.changes_missing_from(&to.heads().unwrap()).unwrap();
-    to.apply_changes(missing, fieldreport_core::Origin::Peer).unwrap();
+    to.apply_changes(missing, fieldreport_core::Origin::Peer)
+        .unwrap();
 }

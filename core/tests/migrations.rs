@@ -1,0 +1,188 @@
+//! Schema upgrades: every earlier version has a saved store in
+//! `tests/fixtures/store_vN.sql`; each must open, upgrade to the current
+//! version, and keep every change and report. A store from a newer build is
+//! refused and left byte-for-byte untouched.
+//!
+//! After adding migration N+1, save the current schema with data first:
+//! `FR_WRITE_FIXTURE=1 cargo test -p fieldreport-core --test migrations`.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use fieldreport_core::store::migrations::current_version;
+use fieldreport_core::store::Store;
+use fieldreport_core::{Error, ListQuery, Role, Value};
+use rusqlite::Connection;
+
+fn fixture(v: i64) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/store_v{v}.sql"))
+}
+
+/// Dumps a store's tables as SQL (schema from sqlite_master, rows as literals).
+fn dump(conn: &Connection) -> String {
+    let mut out = String::new();
+    let v: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    out.push_str(&format!("PRAGMA user_version = {v};\n"));
+    let mut st = conn
+        .prepare("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY type DESC, name")
+        .unwrap();
+    let items: Vec<(String, String)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for (_, sql) in &items {
+        out.push_str(sql);
+        out.push_str(";\n");
+    }
+    for (name, sql) in &items {
+        if !sql.starts_with("CREATE TABLE") {
+            continue;
+        }
+        let mut st = conn.prepare(&format!("SELECT * FROM {name}")).unwrap();
+        let cols = st.column_count();
+        let mut rows = st.query([]).unwrap();
+        while let Some(r) = rows.next().unwrap() {
+            let vals: Vec<String> = (0..cols)
+                .map(|i| match r.get_ref(i).unwrap() {
+                    rusqlite::types::ValueRef::Null => "NULL".into(),
+                    rusqlite::types::ValueRef::Integer(i) => i.to_string(),
+                    rusqlite::types::ValueRef::Real(f) => f.to_string(),
+                    rusqlite::types::ValueRef::Text(t) => {
+                        format!("'{}'", String::from_utf8_lossy(t).replace('\'', "''"))
+                    }
+                    rusqlite::types::ValueRef::Blob(b) => format!("X'{}'", hex::encode(b)),
+                })
+                .collect();
+            out.push_str(&format!(
+                "INSERT INTO {name} VALUES ({});\n",
+                vals.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn write_fixture_of_current_version() {
+    if std::env::var("FR_WRITE_FIXTURE").is_err() {
+        return;
+    }
+    let (_d, s) = replicas(2);
+    let r = s[0].create_report().unwrap();
+    sync(&s[0], &s[1]);
+    s[0].set_field(r, "narrative", Value::Text("a".into()))
+        .unwrap();
+    s[1].set_field(r, "narrative", Value::Text("b".into()))
+        .unwrap();
+    s[1].add_entry(
+        r,
+        "force",
+        vec![("type".into(), Value::Text("takedown".into()))],
+    )
+    .unwrap();
+    sync(&s[1], &s[0]);
+    let conn = Connection::open(s[0].dir().join("fieldreport.db")).unwrap();
+    std::fs::write(fixture(current_version()), dump(&conn)).unwrap();
+}
+
+#[test]
+fn every_earlier_version_upgrades() {
+    for v in 1..=current_version() {
+        let path = fixture(v);
+        let sql = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+            panic!(
+                "missing {} (save it before adding migration {})",
+                path.display(),
+                v + 1
+            )
+        });
+        let d = tempdir();
+        {
+            let conn = Connection::open(d.path().join("fieldreport.db")).unwrap();
+            conn.execute_batch(&sql).unwrap();
+        }
+        let s = Store::open(d.path()).unwrap_or_else(|e| panic!("v{v} does not open: {e}"));
+        let version: i64 = Connection::open(d.path().join("fieldreport.db"))
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, current_version());
+        let n = s.verify_integrity().unwrap_or_else(|e| panic!("v{v}: {e}"));
+        assert!(n >= 4, "v{v}: changes kept");
+        s.rebuild_materialised().unwrap();
+        let list = s.list_reports(&ListQuery::default()).unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(
+            list[0].conflict_count, 1,
+            "v{v}: the kept conflict survives"
+        );
+        // The upgraded store keeps working.
+        s.set_field(list[0].id, "narrative", Value::Text("c".into()))
+            .unwrap();
+    }
+}
+
+#[test]
+fn fresh_store_opens_at_current_version() {
+    let d = tempdir();
+    Store::open(d.path()).unwrap();
+    let conn = Connection::open(d.path().join("fieldreport.db")).unwrap();
+    let v: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, current_version());
+}
+
+#[test]
+fn newer_store_is_refused_and_untouched() {
+    let d = tempdir();
+    {
+        let s = Store::open(d.path()).unwrap();
+        s.create_identity(person("A", Role::Officer)).unwrap();
+        let r = s.create_report().unwrap();
+        s.set_field(r, "narrative", Value::Text("unsynced work".into()))
+            .unwrap();
+    }
+    let db = d.path().join("fieldreport.db");
+    {
+        let conn = Connection::open(&db).unwrap();
+        conn.pragma_update(None, "user_version", current_version() + 1)
+            .unwrap();
+        conn.pragma_update(None, "journal_mode", "DELETE").unwrap();
+    }
+    let before = std::fs::read(&db).unwrap();
+    match Store::open(d.path()) {
+        Err(Error::SchemaTooNew { found, supported }) => {
+            assert_eq!(
+                (found, supported),
+                (current_version() + 1, current_version())
+            )
+        }
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("a newer store opened"),
+    }
+    assert!(
+        std::fs::read(&db).unwrap() == before,
+        "the newer store was modified"
+    );
+}
+
+#[test]
+fn garbage_file_is_reported_not_deleted() {
+    let d = tempdir();
+    let db = d.path().join("fieldreport.db");
+    std::fs::write(
+        &db,
+        b"this is not a database, but it might be someone's work",
+    )
+    .unwrap();
+    assert!(matches!(Store::open(d.path()), Err(Error::Database(_))));
+    assert!(
+        std::fs::read(&db).unwrap() == b"this is not a database, but it might be someone's work"
+    );
+}
