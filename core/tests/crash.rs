@@ -48,7 +48,7 @@ fn crash_child() {
             .unwrap()
             .first()
         {
-            Some(r) if i % 40 != 0 => r.id,
+            Some(r) if !i.is_multiple_of(40) => r.id,
             _ => {
                 let r = s.create_report().unwrap();
                 let c = s.report_changes(r).unwrap();

@@ -398,26 +398,24 @@ fn list_pages_newest_first() {
     assert_eq!(first.len(), 3);
     assert_eq!(first[0].id, ids[2]);
     let mut all = first.clone();
-    let mut before = first.last().unwrap().updated_ms;
+    let mut after = first.last().unwrap().cursor();
     loop {
         let page = s
             .list_reports(&ListQuery {
                 limit: 3,
-                updated_before_ms: Some(before),
+                after: Some(after),
                 ..Default::default()
             })
             .unwrap();
-        if page.is_empty() {
-            break;
-        }
-        before = page.last().unwrap().updated_ms;
+        let Some(last) = page.last() else { break };
+        after = last.cursor();
         all.extend(page);
     }
-    // Reports made within the same millisecond share a page boundary;
-    // the list itself must still be newest-first and never repeat.
-    let mut seen = std::collections::HashSet::new();
-    assert!(all.iter().all(|r| seen.insert(r.id)));
-    assert!(all.windows(2).all(|w| w[0].updated_ms >= w[1].updated_ms));
+    // Every report exactly once, newest first, even when many share a
+    // millisecond: creation order reversed, with ids[2] moved to the front.
+    let mut want: Vec<Uuid> = ids.iter().rev().copied().filter(|&i| i != ids[2]).collect();
+    want.insert(0, ids[2]);
+    assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), want);
 }
 
 #[test]

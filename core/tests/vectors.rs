@@ -19,7 +19,7 @@ struct Vector {
 
 fn identity() -> DeviceIdentity {
     DeviceIdentity::from_secret(
-        Uuid::from_u128(0x0123_4567_89ab_4def_8123_456789abcdef),
+        Uuid::from_u128(0x0123_4567_89ab_4def_8123_4567_89ab_cdef),
         [7u8; 32],
         Person {
             name: "Vector".into(),
@@ -32,8 +32,8 @@ fn identity() -> DeviceIdentity {
 
 fn bodies() -> Vec<(&'static str, ChangeBody)> {
     let id = identity();
-    let report = Uuid::from_u128(0xfeed_beef_0000_4000_8000_000000000001);
-    let entry = Uuid::from_u128(0xfeed_beef_0000_4000_8000_000000000002);
+    let report = Uuid::from_u128(0xfeed_beef_0000_4000_8000_0000_0000_0001);
+    let entry = Uuid::from_u128(0xfeed_beef_0000_4000_8000_0000_0000_0002);
     let base = |seq, prev, ops| ChangeBody {
         format: 1,
         report,

@@ -45,10 +45,11 @@ pub const MIGRATIONS: &[&str] = &[
         lifecycle TEXT NOT NULL,
         occurred_start INTEGER,
         updated_ms INTEGER NOT NULL,
+        updated_counter INTEGER NOT NULL,
         conflict_count INTEGER NOT NULL,
         json TEXT NOT NULL
     );
-    CREATE INDEX reports_updated ON reports (updated_ms DESC);
+    CREATE INDEX reports_updated ON reports (updated_ms DESC, updated_counter DESC, report_id);
     CREATE TABLE media (
         sha256 TEXT PRIMARY KEY,
         size INTEGER NOT NULL,

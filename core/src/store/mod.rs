@@ -82,6 +82,7 @@ pub struct ReportSummary {
     pub lifecycle: LifecycleState,
     pub occurred_start_ms: Option<i64>,
     pub updated_ms: i64,
+    pub updated_counter: u32,
     pub conflict_count: u32,
     /// Changes not yet acknowledged by the station.
     pub unsynced_count: u32,
@@ -90,9 +91,27 @@ pub struct ReportSummary {
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
     pub lifecycle: Option<LifecycleState>,
-    /// Only reports updated strictly before this (for paging).
-    pub updated_before_ms: Option<i64>,
+    /// Continue after this row of a previous page.
+    pub after: Option<ListCursor>,
     pub limit: u32,
+}
+
+/// Keyset position in the list (newest update first, then report id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListCursor {
+    pub updated_ms: i64,
+    pub updated_counter: u32,
+    pub id: Uuid,
+}
+
+impl ReportSummary {
+    pub fn cursor(&self) -> ListCursor {
+        ListCursor {
+            updated_ms: self.updated_ms,
+            updated_counter: self.updated_counter,
+            id: self.id,
+        }
+    }
 }
 
 /// One value in the history of a field or entry.
@@ -657,14 +676,25 @@ impl Store {
         let limit = if q.limit == 0 { 50 } else { q.limit.min(1000) };
         self.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT r.report_id, r.lifecycle, r.occurred_start, r.updated_ms, r.conflict_count,
+                "SELECT r.report_id, r.lifecycle, r.occurred_start, r.updated_ms, r.updated_counter,
+                        r.conflict_count,
                         (SELECT COUNT(*) FROM changes ch WHERE ch.report_id = r.report_id AND ch.acked = 0)
                  FROM reports r
-                 WHERE (?1 IS NULL OR r.lifecycle = ?1) AND (?2 IS NULL OR r.updated_ms < ?2)
-                 ORDER BY r.updated_ms DESC, r.report_id LIMIT ?3",
+                 WHERE (?1 IS NULL OR r.lifecycle = ?1)
+                   AND (?2 IS NULL OR r.updated_ms < ?2
+                        OR (r.updated_ms = ?2 AND (r.updated_counter < ?3
+                            OR (r.updated_counter = ?3 AND r.report_id > ?4))))
+                 ORDER BY r.updated_ms DESC, r.updated_counter DESC, r.report_id LIMIT ?5",
             )?;
+            let after = q.after;
             let rows = st.query_map(
-                params![q.lifecycle.map(|l| l.as_str()), q.updated_before_ms, limit],
+                params![
+                    q.lifecycle.map(|l| l.as_str()),
+                    after.map(|a| a.updated_ms),
+                    after.map(|a| a.updated_counter),
+                    after.map(|a| a.id.as_bytes().to_vec()),
+                    limit
+                ],
                 |r| {
                     Ok((
                         r.get::<_, Vec<u8>>(0)?,
@@ -673,17 +703,19 @@ impl Store {
                         r.get::<_, i64>(3)?,
                         r.get::<_, u32>(4)?,
                         r.get::<_, u32>(5)?,
+                        r.get::<_, u32>(6)?,
                     ))
                 },
             )?;
             rows.map(|row| {
-                let (id, lc, occ, upd, conflicts, unsynced) = row?;
+                let (id, lc, occ, upd, counter, conflicts, unsynced) = row?;
                 Ok(ReportSummary {
                     id: uuid_of(id)?,
                     lifecycle: LifecycleState::parse(&lc)
                         .ok_or_else(|| Error::Corrupt("lifecycle".into()))?,
                     occurred_start_ms: occ,
                     updated_ms: upd,
+                    updated_counter: counter,
                     conflict_count: conflicts,
                     unsynced_count: unsynced,
                 })
@@ -961,17 +993,20 @@ fn insert_change(conn: &Connection, c: &Change, acked: bool, now: i64) -> Result
 fn write_report_row(conn: &Connection, report: Uuid, state: &State) -> Result<()> {
     let r = Report::from_state(report, state);
     let mut st = conn.prepare_cached(
-        "INSERT INTO reports (report_id, lifecycle, occurred_start, updated_ms, conflict_count, json)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO reports (report_id, lifecycle, occurred_start, updated_ms, updated_counter, conflict_count, json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (report_id) DO UPDATE SET lifecycle = excluded.lifecycle,
            occurred_start = excluded.occurred_start, updated_ms = excluded.updated_ms,
+           updated_counter = excluded.updated_counter,
            conflict_count = excluded.conflict_count, json = excluded.json",
     )?;
+    let updated = state.updated.unwrap_or_default();
     st.execute(params![
         report.as_bytes().as_slice(),
         r.lifecycle.as_str(),
         r.occurred.start.map(|t| t.timestamp_millis()),
-        state.updated.map(|h| h.wall_ms as i64).unwrap_or(0),
+        updated.wall_ms as i64,
+        updated.counter,
         state.conflict_count() as i64,
         r.to_canonical_json()
     ])?;
