@@ -14,7 +14,8 @@ pub const MIGRATIONS: &[&str] = &[
         id INTEGER PRIMARY KEY CHECK (id = 1),
         device_id BLOB NOT NULL,
         secret_key BLOB NOT NULL,
-        next_seq INTEGER NOT NULL,
+        -- Highest clock seen from peers; the device's own clock and next
+        -- sequence number are derived from its newest change.
         hlc_wall INTEGER NOT NULL,
         hlc_counter INTEGER NOT NULL
     );
@@ -38,7 +39,7 @@ pub const MIGRATIONS: &[&str] = &[
         UNIQUE (device_id, seq),
         UNIQUE (report_id, device_id, prev)
     );
-    CREATE INDEX changes_report ON changes (report_id, device_id, seq);
+    -- UNIQUE (report_id, device_id, prev) also serves lookups by report.
     CREATE INDEX changes_outbox ON changes (id) WHERE acked = 0;
     CREATE TABLE reports (
         report_id BLOB PRIMARY KEY,

@@ -152,6 +152,33 @@ struct WriterState {
     identity: Option<Arc<DeviceIdentity>>,
     next_seq: u64,
     hlc: Hlc,
+    /// Recently written reports' documents, as committed.
+    docs: DocCache,
+}
+
+/// A small cache of report documents so an edit does not re-read and
+/// re-decode the report's whole log. Only committed state goes in.
+#[derive(Default)]
+struct DocCache {
+    docs: std::collections::HashMap<Uuid, ReportDoc>,
+}
+
+impl DocCache {
+    const CAPACITY: usize = 64;
+
+    fn get_or_load(&mut self, conn: &Connection, report: Uuid) -> Result<ReportDoc> {
+        if let Some(doc) = self.docs.get(&report) {
+            return Ok(doc.clone());
+        }
+        load_doc(conn, report)
+    }
+
+    fn put(&mut self, report: Uuid, doc: ReportDoc) {
+        if self.docs.len() >= Self::CAPACITY && !self.docs.contains_key(&report) {
+            self.docs.clear();
+        }
+        self.docs.insert(report, doc);
+    }
 }
 
 pub struct Store {
@@ -229,6 +256,7 @@ impl Store {
                 identity: identity.map(Arc::new),
                 next_seq,
                 hlc,
+                docs: DocCache::default(),
             }),
             readers,
             media,
@@ -277,8 +305,8 @@ impl Store {
         }
         let tx = w.conn.transaction()?;
         tx.execute(
-            "INSERT INTO identity (id, device_id, secret_key, next_seq, hlc_wall, hlc_counter)
-             VALUES (1, ?1, ?2, 1, 0, 0)",
+            "INSERT INTO identity (id, device_id, secret_key, hlc_wall, hlc_counter)
+             VALUES (1, ?1, ?2, 0, 0)",
             params![
                 identity.device_id().as_bytes().as_slice(),
                 identity.signing_key.to_bytes().as_slice()
@@ -543,7 +571,7 @@ impl Store {
         let identity = w.identity.clone().ok_or(Error::NoIdentity)?;
         let device = identity.device_id();
         let tx = w.conn.transaction()?;
-        let mut doc = load_doc(&tx, report)?;
+        let mut doc = w.docs.get_or_load(&tx, report)?;
         if doc.is_empty() != create {
             return Err(if create {
                 Error::Corrupt("report id collision".into())
@@ -570,12 +598,9 @@ impl Store {
         insert_change(&tx, &change, false, now)?;
         doc.insert(Arc::new(change));
         write_report_row(&tx, report, &doc.materialise())?;
-        tx.execute(
-            "UPDATE identity SET next_seq = ?1, hlc_wall = ?2, hlc_counter = ?3 WHERE id = 1",
-            params![(w.next_seq + 1) as i64, hlc.wall_ms as i64, hlc.counter],
-        )?;
         extra(&tx)?;
         tx.commit()?;
+        w.docs.put(report, doc);
         w.next_seq += 1;
         w.hlc = hlc;
         Ok(id)
@@ -786,9 +811,11 @@ impl Store {
             touched.insert(c.report());
             max_hlc = max_hlc.max(c.body().hlc);
         }
+        let mut docs = Vec::with_capacity(touched.len());
         for report in touched {
             let doc = load_doc(&tx, report)?;
             write_report_row(&tx, report, &doc.materialise())?;
+            docs.push((report, doc));
         }
         if w.identity.is_some() && max_hlc != w.hlc {
             tx.execute(
@@ -797,6 +824,9 @@ impl Store {
             )?;
         }
         tx.commit()?;
+        for (report, doc) in docs {
+            w.docs.put(report, doc);
+        }
         w.hlc = w.hlc.observe(max_hlc);
         Ok(ApplyOutcome {
             applied: verified.new.len(),
@@ -911,7 +941,7 @@ pub fn missing_for_submission(r: &Report) -> Vec<String> {
 fn load_identity(conn: &Connection) -> Result<(Option<DeviceIdentity>, u64, Hlc)> {
     let row = conn
         .query_row(
-            "SELECT i.device_id, i.secret_key, i.next_seq, i.hlc_wall, i.hlc_counter, d.record
+            "SELECT i.device_id, i.secret_key, i.hlc_wall, i.hlc_counter, d.record
              FROM identity i JOIN devices d ON d.device_id = i.device_id WHERE i.id = 1",
             [],
             |r| {
@@ -919,16 +949,28 @@ fn load_identity(conn: &Connection) -> Result<(Option<DeviceIdentity>, u64, Hlc)
                     r.get::<_, Vec<u8>>(0)?,
                     r.get::<_, Vec<u8>>(1)?,
                     r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, u32>(4)?,
-                    r.get::<_, String>(5)?,
+                    r.get::<_, u32>(3)?,
+                    r.get::<_, String>(4)?,
                 ))
             },
         )
         .optional()?;
-    let Some((id, secret, next_seq, wall, counter, record)) = row else {
+    let Some((id, secret, wall, counter, record)) = row else {
         return Ok((None, 1, Hlc::default()));
     };
+    // This device's newest change gives the next seq and its own clock.
+    let newest = conn
+        .query_row(
+            "SELECT body, signature FROM changes WHERE device_id = ?1 ORDER BY seq DESC LIMIT 1",
+            [id.as_slice()],
+            |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
+        )
+        .optional()?
+        .map(|(b, s)| decode_row(b, s))
+        .transpose()?;
+    let (next_seq, own_hlc) = newest
+        .map(|c| (c.body().seq + 1, c.body().hlc))
+        .unwrap_or((1, Hlc::default()));
     let secret: [u8; 32] = secret
         .try_into()
         .map_err(|_| Error::Corrupt("device key".into()))?;
@@ -938,8 +980,9 @@ fn load_identity(conn: &Connection) -> Result<(Option<DeviceIdentity>, u64, Hlc)
     let hlc = Hlc {
         wall_ms: wall as u64,
         counter,
-    };
-    Ok((Some(identity), next_seq as u64, hlc))
+    }
+    .max(own_hlc);
+    Ok((Some(identity), next_seq, hlc))
 }
 
 fn upsert_device(conn: &Connection, record: &DeviceRecord) -> Result<()> {
