@@ -99,12 +99,15 @@ fn bench_local_edit(dir: &Path, n: usize) -> Vec<Row> {
     rows
 }
 
+/// A change as it travels: canonical body bytes and signature.
+type WireChange = (Vec<u8>, [u8; 64]);
+
 /// `devices` devices × `reports` reports × `edits` changes, signed, chained.
 fn remote_changes(
     devices: usize,
     reports: usize,
     edits: usize,
-) -> (Vec<DeviceIdentity>, Vec<(Vec<u8>, [u8; 64])>) {
+) -> (Vec<DeviceIdentity>, Vec<WireChange>) {
     let ids: Vec<DeviceIdentity> = (0..devices)
         .map(|i| {
             let mut secret = [0u8; 32];
