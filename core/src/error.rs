@@ -80,6 +80,16 @@ pub enum Error {
     Corrupt(String),
     #[error("operation cancelled")]
     Cancelled,
+
+    // --- sync
+    #[error("cannot reach the station: {0}")]
+    Network(String),
+    #[error("the station refused the request ({status} {code})")]
+    Station { status: u16, code: String },
+    #[error("the station does not accept this device's credential")]
+    Unauthorized,
+    #[error("this device is not enrolled with a station")]
+    NotEnrolled,
 }
 
 impl From<rusqlite::Error> for Error {

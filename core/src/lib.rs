@@ -13,6 +13,7 @@ pub mod error;
 pub mod evidence;
 pub mod model;
 pub mod store;
+pub mod sync;
 
 pub use crdt::{Change, ChangeId, Edit};
 pub use error::{Error, Result};

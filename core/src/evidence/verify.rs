@@ -30,6 +30,8 @@ pub struct VerifiedBatch {
     pub new: Vec<Change>,
     /// Changes that were already stored (byte-identical).
     pub duplicates: usize,
+    /// Hashes of the changes already stored.
+    pub duplicate_hashes: Vec<Hash>,
 }
 
 const SIGNATURE_CHUNK: usize = 128;
@@ -39,6 +41,7 @@ pub fn verify_batch(batch: Vec<Change>, lookup: &impl ChainLookup) -> Result<Ver
     let mut seen: HashMap<ChangeId, Hash> = HashMap::with_capacity(batch.len());
     let mut new = Vec::with_capacity(batch.len());
     let mut duplicates = 0;
+    let mut duplicate_hashes = Vec::new();
     for change in batch {
         let id = change.id();
         let equivocation = || Error::Equivocation {
@@ -56,7 +59,10 @@ pub fn verify_batch(batch: Vec<Change>, lookup: &impl ChainLookup) -> Result<Ver
         match lookup.stored(id)? {
             // Ed25519 signatures are deterministic: an honest re-send is
             // byte-identical, signature included.
-            Some((h, sig)) if &h == change.hash() && &sig == change.signature() => duplicates += 1,
+            Some((h, sig)) if &h == change.hash() && &sig == change.signature() => {
+                duplicates += 1;
+                duplicate_hashes.push(h);
+            }
             Some((h, _)) if &h == change.hash() => {
                 return Err(Error::BadSignature {
                     change: id.to_string(),
@@ -118,7 +124,11 @@ pub fn verify_batch(batch: Vec<Change>, lookup: &impl ChainLookup) -> Result<Ver
         children.insert(link);
         in_batch.insert(*c.hash(), (b.device, b.report, b.seq));
     }
-    Ok(VerifiedBatch { new, duplicates })
+    Ok(VerifiedBatch {
+        new,
+        duplicates,
+        duplicate_hashes,
+    })
 }
 
 fn verify_chunk(chunk: &[Change], keys: &HashMap<Uuid, VerifyingKey>) -> Result<()> {

@@ -7,6 +7,7 @@
 //! only once it and the report it updates are durably committed
 //! (`synchronous=FULL`).
 
+pub mod log;
 pub mod media;
 pub mod migrations;
 
@@ -15,19 +16,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ed25519_dalek::VerifyingKey;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::crdt::author::{build_ops, Writer};
-use crate::crdt::{
-    Action, Change, ChangeBody, ChangeId, Edit, Hash, Hlc, ReportDoc, State, Target,
-};
+use crate::crdt::{Action, Change, ChangeBody, ChangeId, Edit, Hlc, ReportDoc, State, Target};
 use crate::error::{Error, Result};
 use crate::evidence::{verify_batch, ChainLookup, DeviceIdentity, DeviceRecord, Person};
 use crate::model::schema::{self, LIFECYCLE_FIELD};
 use crate::model::{LifecycleState, Report, Value};
+pub use log::SqlLookup;
+use log::{decode_row, hash_of, insert_change, load_doc, upsert_device, uuid_of, ZERO_HASH};
 pub use media::{MediaStore, StoredMedia};
 
 /// Source of wall-clock time (replaceable in tests: skewed clocks).
@@ -190,7 +190,6 @@ pub struct Store {
 }
 
 const DB_FILE: &str = "fieldreport.db";
-const ZERO_HASH: Hash = [0u8; 32];
 
 fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
@@ -204,16 +203,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock rolled its transaction back on unwind;
     // the connection is still sound.
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn uuid_of(bytes: Vec<u8>) -> Result<Uuid> {
-    Uuid::from_slice(&bytes).map_err(|_| Error::Corrupt("uuid column".into()))
-}
-
-fn hash_of(bytes: Vec<u8>) -> Result<Hash> {
-    bytes
-        .try_into()
-        .map_err(|_| Error::Corrupt("hash column".into()))
 }
 
 impl Store {
@@ -806,6 +795,15 @@ impl Store {
         let now = self.clock.now_ms();
         let mut touched = BTreeSet::new();
         let mut max_hlc = w.hlc;
+        if origin == Origin::Station {
+            // Changes we already held (ours, or a partner's) are now known
+            // to be at the station.
+            let mut st =
+                tx.prepare_cached("UPDATE changes SET acked = 1 WHERE hash = ?1 AND acked = 0")?;
+            for h in &verified.duplicate_hashes {
+                st.execute([h.as_slice()])?;
+            }
+        }
         for c in &verified.new {
             insert_change(&tx, c, origin == Origin::Station, now)?;
             touched.insert(c.report());
@@ -894,6 +892,109 @@ impl Store {
             }
         }
         Ok(count)
+    }
+
+    // ----- sync bookkeeping
+
+    /// This device's changes the station has not acknowledged yet, oldest
+    /// first. Changes received from a partner's phone are not forwarded
+    /// (they may attach media this device lacks); they are acknowledged
+    /// when they come back from the station.
+    pub fn outbox(&self, limit: u32) -> Result<Vec<Change>> {
+        let Some(me) = self.identity().map(|r| r.device_id) else {
+            return Ok(Vec::new());
+        };
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT body, signature FROM changes WHERE acked = 0 AND device_id = ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let mut rows = st.query(params![me.as_bytes().as_slice(), limit])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(decode_row(r.get(0)?, r.get(1)?)?);
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn outbox_len(&self) -> Result<u64> {
+        let Some(me) = self.identity().map(|r| r.device_id) else {
+            return Ok(0);
+        };
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM changes WHERE acked = 0 AND device_id = ?1",
+                [me.as_bytes().as_slice()],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
+        })
+    }
+
+    /// Records that the station holds these changes.
+    pub fn mark_acked(&self, ids: &[ChangeId]) -> Result<()> {
+        let mut w = lock(&self.writer);
+        let tx = w.conn.transaction()?;
+        {
+            let mut st = tx
+                .prepare_cached("UPDATE changes SET acked = 1 WHERE device_id = ?1 AND seq = ?2")?;
+            for id in ids {
+                st.execute(params![id.device.as_bytes().as_slice(), id.seq as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Media not yet uploaded: (sha256, size), oldest first.
+    pub fn pending_media(&self) -> Result<Vec<(String, u64)>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT sha256, size FROM media WHERE uploaded = 0 ORDER BY stored_at, sha256",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    pub fn mark_media_uploaded(&self, sha256: &str) -> Result<()> {
+        let w = lock(&self.writer);
+        w.conn
+            .execute("UPDATE media SET uploaded = 1 WHERE sha256 = ?1", [sha256])?;
+        Ok(())
+    }
+
+    /// Records a media file received from the station (already verified and
+    /// in the media store).
+    pub fn record_downloaded_media(&self, stored: &StoredMedia, mime_type: &str) -> Result<()> {
+        let w = lock(&self.writer);
+        w.conn.execute(
+            "INSERT OR IGNORE INTO media (sha256, size, mime_type, stored_at, uploaded) VALUES (?1, ?2, ?3, ?4, 1)",
+            params![stored.sha256, stored.size as i64, mime_type, self.clock.now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn sync_value(&self, key: &str) -> Result<Option<String>> {
+        self.read(|c| {
+            Ok(
+                c.query_row("SELECT value FROM sync_state WHERE key = ?1", [key], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            )
+        })
+    }
+
+    pub fn set_sync_value(&self, key: &str, value: &str) -> Result<()> {
+        let w = lock(&self.writer);
+        w.conn.execute(
+            "INSERT INTO sync_state (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [key, value],
+        )?;
+        Ok(())
     }
 
     /// Number of changes stored (all reports, all devices).
@@ -985,54 +1086,6 @@ fn load_identity(conn: &Connection) -> Result<(Option<DeviceIdentity>, u64, Hlc)
     Ok((Some(identity), next_seq, hlc))
 }
 
-fn upsert_device(conn: &Connection, record: &DeviceRecord) -> Result<()> {
-    let json = serde_json::to_string(record).map_err(|_| Error::Corrupt("device record".into()))?;
-    conn.execute(
-        "INSERT INTO devices (device_id, public_key, record) VALUES (?1, ?2, ?3)
-         ON CONFLICT (device_id) DO UPDATE SET public_key = excluded.public_key, record = excluded.record",
-        params![record.device_id.as_bytes().as_slice(), record.public_key.as_slice(), json],
-    )?;
-    Ok(())
-}
-
-fn decode_row(body: Vec<u8>, signature: Vec<u8>) -> Result<Change> {
-    let sig: [u8; 64] = signature
-        .try_into()
-        .map_err(|_| Error::Corrupt("signature column".into()))?;
-    Change::from_parts(body, sig).map_err(|_| Error::Corrupt("stored change".into()))
-}
-
-fn load_doc(conn: &Connection, report: Uuid) -> Result<ReportDoc> {
-    let mut st = conn.prepare_cached("SELECT body, signature FROM changes WHERE report_id = ?1")?;
-    let mut rows = st.query([report.as_bytes().as_slice()])?;
-    let mut doc = ReportDoc::new();
-    while let Some(r) = rows.next()? {
-        doc.insert(Arc::new(decode_row(r.get(0)?, r.get(1)?)?));
-    }
-    Ok(doc)
-}
-
-fn insert_change(conn: &Connection, c: &Change, acked: bool, now: i64) -> Result<()> {
-    let b = c.body();
-    let mut st = conn.prepare_cached(
-        "INSERT INTO changes (hash, device_id, seq, report_id, prev, body, signature, hlc_wall, acked, received_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?;
-    st.execute(params![
-        c.hash().as_slice(),
-        b.device.as_bytes().as_slice(),
-        b.seq as i64,
-        b.report.as_bytes().as_slice(),
-        b.prev.as_ref().unwrap_or(&ZERO_HASH).as_slice(),
-        c.bytes(),
-        c.signature().as_slice(),
-        b.hlc.wall_ms as i64,
-        acked,
-        now
-    ])?;
-    Ok(())
-}
-
 fn write_report_row(conn: &Connection, report: Uuid, state: &State) -> Result<()> {
     let r = Report::from_state(report, state);
     let mut st = conn.prepare_cached(
@@ -1054,78 +1107,4 @@ fn write_report_row(conn: &Connection, report: Uuid, state: &State) -> Result<()
         r.to_canonical_json()
     ])?;
     Ok(())
-}
-
-/// Chain lookups against the store, inside the applying transaction.
-struct SqlLookup<'a>(&'a Connection);
-
-impl ChainLookup for SqlLookup<'_> {
-    fn stored(&self, id: ChangeId) -> Result<Option<(Hash, [u8; 64])>> {
-        let mut st = self.0.prepare_cached(
-            "SELECT hash, signature FROM changes WHERE device_id = ?1 AND seq = ?2",
-        )?;
-        let row = st
-            .query_row(
-                params![id.device.as_bytes().as_slice(), id.seq as i64],
-                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
-            )
-            .optional()?;
-        row.map(|(h, s)| {
-            let sig: [u8; 64] = s
-                .try_into()
-                .map_err(|_| Error::Corrupt("signature column".into()))?;
-            Ok((hash_of(h)?, sig))
-        })
-        .transpose()
-    }
-
-    fn stored_by_hash(&self, hash: &Hash) -> Result<Option<(Uuid, Uuid, u64)>> {
-        let mut st = self
-            .0
-            .prepare_cached("SELECT device_id, report_id, seq FROM changes WHERE hash = ?1")?;
-        let row = st
-            .query_row([hash.as_slice()], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })
-            .optional()?;
-        row.map(|(d, r, s)| Ok((uuid_of(d)?, uuid_of(r)?, s as u64)))
-            .transpose()
-    }
-
-    fn has_stored_child(&self, device: Uuid, report: Uuid, prev: Option<&Hash>) -> Result<bool> {
-        let mut st = self.0.prepare_cached(
-            "SELECT 1 FROM changes WHERE report_id = ?1 AND device_id = ?2 AND prev = ?3",
-        )?;
-        Ok(st
-            .query_row(
-                params![
-                    report.as_bytes().as_slice(),
-                    device.as_bytes().as_slice(),
-                    prev.unwrap_or(&ZERO_HASH).as_slice()
-                ],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
-    }
-
-    fn device_key(&self, device: Uuid) -> Result<Option<VerifyingKey>> {
-        let mut st = self
-            .0
-            .prepare_cached("SELECT public_key FROM devices WHERE device_id = ?1")?;
-        let key = st
-            .query_row([device.as_bytes().as_slice()], |r| r.get::<_, Vec<u8>>(0))
-            .optional()?;
-        key.map(|k| {
-            let k: [u8; 32] = k
-                .try_into()
-                .map_err(|_| Error::Corrupt("public key".into()))?;
-            VerifyingKey::from_bytes(&k).map_err(|_| Error::Corrupt("public key".into()))
-        })
-        .transpose()
-    }
 }

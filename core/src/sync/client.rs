@@ -1,0 +1,587 @@
+//! The sync client (blocking; apps call it from a background thread).
+//!
+//! One `sync` run: refresh the device directory, upload pending media
+//! (resumable: ask the station how much it holds, send the rest), push the
+//! outbox (changes not yet acknowledged), then pull visible changes after the
+//! persisted cursor and download media they reference. Everything that must
+//! survive a restart is in the store (outbox = unacknowledged changes, media
+//! `uploaded` flags, pull cursor), so a killed app resumes where it stopped.
+//! Transient failures are retried with exponential backoff; every request is
+//! idempotent on the station.
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::StatusCode;
+use uuid::Uuid;
+
+use super::wire::*;
+use crate::crdt::{Action, Change, Target};
+use crate::error::{Error, Result};
+use crate::evidence::DeviceIdentity;
+use crate::model::schema::MEDIA_COLLECTION;
+use crate::model::Value;
+use crate::store::{Origin, Store};
+
+const KEY_URL: &str = "station_url";
+const KEY_CREDENTIAL: &str = "station_credential";
+const KEY_CURSOR: &str = "pull_cursor";
+
+/// Changes per push request (well under the station's limit).
+pub const PUSH_BATCH: u32 = 500;
+pub const PULL_PAGE: u32 = 500;
+/// Bytes per media upload request.
+pub const UPLOAD_CHUNK: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Devices,
+    UploadMedia,
+    Push,
+    Pull,
+    DownloadMedia,
+    Done,
+}
+
+/// Items and bytes, done and total, of the current phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub phase: Phase,
+    pub items_done: u64,
+    pub items_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+pub trait SyncProgress: Send + Sync {
+    fn on_progress(&self, progress: Progress);
+}
+
+pub struct NoProgress;
+
+impl SyncProgress for NoProgress {
+    fn on_progress(&self, _: Progress) {}
+}
+
+/// Cancels a running sync from another thread.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst)
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+    fn check(&self) -> Result<()> {
+        if self.is_cancelled() {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub media_uploaded: u64,
+    /// Media bytes actually sent in this run (a resumed upload sends only the rest).
+    pub media_bytes_sent: u64,
+    pub pushed: u64,
+    pub pulled: u64,
+    pub media_downloaded: u64,
+}
+
+pub struct SyncClient {
+    base: String,
+    credential: String,
+    http: Client,
+    /// Attempts per request before giving up (transient errors only).
+    pub max_attempts: u32,
+    pub backoff_start: Duration,
+}
+
+fn http_client() -> Result<Client> {
+    Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|e| Error::Network(e.to_string()))
+}
+
+/// Maps a response to the typed error the station's JSON body names.
+fn check(resp: Response) -> Result<Response> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        return Err(Error::Unauthorized);
+    }
+    let code = resp
+        .json::<ErrorBody>()
+        .map(|b| b.error)
+        .unwrap_or_else(|_| "unknown".into());
+    Err(Error::Station {
+        status: status.as_u16(),
+        code,
+    })
+}
+
+fn transient(e: &Error) -> bool {
+    match e {
+        Error::Network(_) => true,
+        Error::Station { status, .. } => *status >= 500 || *status == 429,
+        _ => false,
+    }
+}
+
+impl SyncClient {
+    pub fn new(base_url: &str, credential: &str) -> Result<Self> {
+        Ok(SyncClient {
+            base: base_url.trim_end_matches('/').to_string(),
+            credential: credential.to_string(),
+            http: http_client()?,
+            max_attempts: 6,
+            backoff_start: Duration::from_millis(100),
+        })
+    }
+
+    /// The client for a store that has enrolled.
+    pub fn for_store(store: &Store) -> Result<Self> {
+        let url = store.sync_value(KEY_URL)?.ok_or(Error::NotEnrolled)?;
+        let cred = store
+            .sync_value(KEY_CREDENTIAL)?
+            .ok_or(Error::NotEnrolled)?;
+        Self::new(&url, &cred)
+    }
+
+    /// Enrolls this device with a one-time code: creates its key pair,
+    /// registers the public key, and installs the identity the station
+    /// returns (the person comes from the enrollment record).
+    pub fn enroll(store: &Store, base_url: &str, code: &str) -> Result<SyncClient> {
+        if store.identity().is_some() {
+            return Err(Error::IdentityExists);
+        }
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|_| Error::Io(std::io::ErrorKind::Other))?;
+        let device_id = Uuid::new_v4();
+        let public_key = ed25519_dalek::SigningKey::from_bytes(&secret)
+            .verifying_key()
+            .to_bytes();
+        let base = base_url.trim_end_matches('/');
+        let resp = http_client()?
+            .post(format!("{base}/v1/enroll"))
+            .json(&EnrollRequest {
+                code: code.to_string(),
+                device_id,
+                public_key: hex::encode(public_key),
+            })
+            .send()
+            .map_err(|e| Error::Network(e.to_string()))?;
+        let enrolled: EnrollResponse = check(resp)?
+            .json()
+            .map_err(|e| Error::Network(e.to_string()))?;
+        if enrolled.device.device_id != device_id || enrolled.device.public_key != public_key {
+            return Err(Error::Station {
+                status: 200,
+                code: "enrollment_mismatch".into(),
+            });
+        }
+        store.install_identity(DeviceIdentity::from_secret(
+            device_id,
+            secret,
+            enrolled.device.person,
+        ))?;
+        store.set_sync_value(KEY_URL, base)?;
+        store.set_sync_value(KEY_CREDENTIAL, &enrolled.credential)?;
+        let client = SyncClient::new(base, &enrolled.credential)?;
+        client.refresh_devices(store)?;
+        Ok(client)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    fn auth(&self, rb: RequestBuilder) -> RequestBuilder {
+        rb.bearer_auth(&self.credential)
+    }
+
+    /// Runs a request, retrying transient failures with exponential backoff.
+    fn retry<T>(&self, cancel: &CancelToken, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut delay = self.backoff_start;
+        let mut attempt = 1;
+        loop {
+            cancel.check()?;
+            match f() {
+                Err(e) if transient(&e) && attempt < self.max_attempts => {
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn send(&self, rb: RequestBuilder) -> Result<Response> {
+        check(
+            self.auth(rb)
+                .send()
+                .map_err(|e| Error::Network(e.to_string()))?,
+        )
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(&self, rb: RequestBuilder) -> Result<T> {
+        self.send(rb)?
+            .json()
+            .map_err(|e| Error::Network(e.to_string()))
+    }
+
+    /// Fetches the device directory into the store.
+    pub fn refresh_devices(&self, store: &Store) -> Result<usize> {
+        let cancel = CancelToken::new();
+        let resp: DevicesResponse = self.retry(&cancel, || {
+            self.json(self.http.get(self.url("/v1/devices")))
+        })?;
+        for d in &resp.devices {
+            store.add_known_device(d)?;
+        }
+        Ok(resp.devices.len())
+    }
+
+    /// One full sync. See the module documentation for the steps.
+    pub fn sync(
+        &self,
+        store: &Store,
+        progress: &dyn SyncProgress,
+        cancel: &CancelToken,
+    ) -> Result<SyncReport> {
+        let mut report = SyncReport::default();
+        progress.on_progress(Progress {
+            phase: Phase::Devices,
+            items_done: 0,
+            items_total: 1,
+            bytes_done: 0,
+            bytes_total: 0,
+        });
+        self.refresh_devices(store)?;
+        self.upload_media(store, progress, cancel, &mut report)?;
+        self.push(store, progress, cancel, &mut report)?;
+        let wanted_media = self.pull(store, progress, cancel, &mut report)?;
+        self.download_media(store, &wanted_media, progress, cancel, &mut report)?;
+        progress.on_progress(Progress {
+            phase: Phase::Done,
+            items_done: 0,
+            items_total: 0,
+            bytes_done: 0,
+            bytes_total: 0,
+        });
+        Ok(report)
+    }
+
+    fn upload_media(
+        &self,
+        store: &Store,
+        progress: &dyn SyncProgress,
+        cancel: &CancelToken,
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        let pending = store.pending_media()?;
+        let mut p = Progress {
+            phase: Phase::UploadMedia,
+            items_done: 0,
+            items_total: pending.len() as u64,
+            bytes_done: 0,
+            bytes_total: pending.iter().map(|(_, s)| s).sum(),
+        };
+        progress.on_progress(p);
+        for (sha, size) in pending {
+            let path = store.media().path_of(&sha);
+            let mut file =
+                std::fs::File::open(&path).map_err(|e| Error::MediaUnreadable(e.kind()))?;
+            let base_done = p.bytes_done;
+            loop {
+                cancel.check()?;
+                let status: MediaStatus = self.retry(cancel, || {
+                    self.json(self.http.get(self.url(&format!("/v1/media/{sha}/status"))))
+                })?;
+                p.bytes_done = base_done + status.received;
+                progress.on_progress(p);
+                if status.complete {
+                    break;
+                }
+                // Send the rest, chunk by chunk, from what the station holds.
+                let result =
+                    (|| -> Result<()> {
+                        let mut offset = status.received;
+                        file.seek(SeekFrom::Start(offset))?;
+                        let mut buf = vec![0u8; UPLOAD_CHUNK];
+                        while offset < size {
+                            cancel.check()?;
+                            let n = read_full(&mut file, &mut buf)?;
+                            if n == 0 {
+                                return Err(Error::Corrupt(format!(
+                                    "media {sha} shorter than recorded"
+                                )));
+                            }
+                            self.send(
+                                self.http
+                                    .put(self.url(&format!(
+                                        "/v1/media/{sha}?offset={offset}&total={size}"
+                                    )))
+                                    .body(buf[..n].to_vec()),
+                            )?;
+                            offset += n as u64;
+                            report.media_bytes_sent += n as u64;
+                            p.bytes_done = base_done + offset;
+                            progress.on_progress(p);
+                        }
+                        Ok(())
+                    })();
+                match result {
+                    Ok(()) => {}
+                    // A dropped connection: ask again how much arrived.
+                    Err(e) if transient(&e) => {
+                        std::thread::sleep(self.backoff_start);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            store.mark_media_uploaded(&sha)?;
+            report.media_uploaded += 1;
+            p.items_done += 1;
+            progress.on_progress(p);
+        }
+        Ok(())
+    }
+
+    fn push(
+        &self,
+        store: &Store,
+        progress: &dyn SyncProgress,
+        cancel: &CancelToken,
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        let mut p = Progress {
+            phase: Phase::Push,
+            items_done: 0,
+            items_total: store.outbox_len()?,
+            bytes_done: 0,
+            bytes_total: 0,
+        };
+        progress.on_progress(p);
+        loop {
+            let batch = store.outbox(PUSH_BATCH)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let body = PushRequest {
+                changes: batch.iter().map(WireChange::from_change).collect(),
+            };
+            let _: PushResponse = self.retry(cancel, || {
+                self.json(self.http.post(self.url("/v1/changes")).json(&body))
+            })?;
+            let ids: Vec<_> = batch.iter().map(Change::id).collect();
+            store.mark_acked(&ids)?;
+            report.pushed += ids.len() as u64;
+            p.items_done += ids.len() as u64;
+            progress.on_progress(p);
+        }
+    }
+
+    /// Returns the media hashes referenced by pulled changes.
+    fn pull(
+        &self,
+        store: &Store,
+        progress: &dyn SyncProgress,
+        cancel: &CancelToken,
+        report: &mut SyncReport,
+    ) -> Result<Vec<String>> {
+        let mut cursor: i64 = store
+            .sync_value(KEY_CURSOR)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut p = Progress {
+            phase: Phase::Pull,
+            items_done: 0,
+            items_total: 0,
+            bytes_done: 0,
+            bytes_total: 0,
+        };
+        let mut media = Vec::new();
+        loop {
+            let page: PullResponse = self.retry(cancel, || {
+                self.json(
+                    self.http
+                        .get(self.url(&format!("/v1/changes?after={cursor}&limit={PULL_PAGE}"))),
+                )
+            })?;
+            let changes = page
+                .changes
+                .iter()
+                .map(WireChange::to_change)
+                .collect::<Result<Vec<_>>>()?;
+            media.extend(media_refs(&changes));
+            let n = changes.len() as u64;
+            self.apply_pulled(store, changes, cancel)?;
+            cursor = page.next;
+            store.set_sync_value(KEY_CURSOR, &cursor.to_string())?;
+            report.pulled += n;
+            p.items_done += n;
+            p.items_total = p.items_done + u64::from(page.more);
+            progress.on_progress(p);
+            if !page.more {
+                return Ok(media);
+            }
+        }
+    }
+
+    /// Applies a pulled page. A report that became visible mid-history
+    /// lacks earlier chain links: fetch its whole history and apply again.
+    fn apply_pulled(
+        &self,
+        store: &Store,
+        changes: Vec<Change>,
+        cancel: &CancelToken,
+    ) -> Result<()> {
+        match store.apply_changes(changes.clone(), Origin::Station) {
+            Err(Error::BrokenChain { .. }) => {
+                let mut reports: Vec<Uuid> = changes.iter().map(Change::report).collect();
+                reports.sort();
+                reports.dedup();
+                let mut all = changes;
+                for r in reports {
+                    let resp: ReportChangesResponse = self.retry(cancel, || {
+                        self.json(self.http.get(self.url(&format!("/v1/reports/{r}/changes"))))
+                    })?;
+                    for w in &resp.changes {
+                        all.push(w.to_change()?);
+                    }
+                }
+                store.apply_changes(all, Origin::Station).map(|_| ())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    fn download_media(
+        &self,
+        store: &Store,
+        wanted: &[String],
+        progress: &dyn SyncProgress,
+        cancel: &CancelToken,
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        let missing: Vec<&String> = wanted
+            .iter()
+            .filter(|h| !store.media().contains(h))
+            .collect();
+        let mut p = Progress {
+            phase: Phase::DownloadMedia,
+            items_done: 0,
+            items_total: missing.len() as u64,
+            bytes_done: 0,
+            bytes_total: 0,
+        };
+        progress.on_progress(p);
+        for sha in missing {
+            let stored = self.retry(cancel, || {
+                let mut resp = self.send(self.http.get(self.url(&format!("/v1/media/{sha}"))))?;
+                let mime = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("application/octet-stream")
+                    .to_string();
+                let mut read = |buf: &mut [u8]| {
+                    cancel.check()?;
+                    resp.read(buf).map_err(|e| Error::Network(e.to_string()))
+                };
+                Ok((store.media().ingest_from(&mut read)?, mime))
+            })?;
+            let (stored, mime) = stored;
+            if &stored.sha256 != sha {
+                return Err(Error::Station {
+                    status: 200,
+                    code: "media_hash_mismatch".into(),
+                });
+            }
+            store.record_downloaded_media(&stored, &mime)?;
+            report.media_downloaded += 1;
+            p.items_done += 1;
+            p.bytes_done += stored.size;
+            progress.on_progress(p);
+        }
+        Ok(())
+    }
+
+    /// Listens to the station's event stream (supervisors), calling
+    /// `on_event` for each report event until it returns false or the
+    /// connection ends.
+    pub fn listen_events(&self, mut on_event: impl FnMut(ReportEvent) -> bool) -> Result<()> {
+        let resp = check(
+            self.auth(
+                Client::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .build()
+                    .map_err(|e| Error::Network(e.to_string()))?
+                    .get(self.url("/v1/events")),
+            )
+            .send()
+            .map_err(|e| Error::Network(e.to_string()))?,
+        )?;
+        let reader = BufReader::new(resp);
+        for line in reader.lines() {
+            let line = line.map_err(|e| Error::Network(e.to_string()))?;
+            if let Some(data) = line.strip_prefix("data:") {
+                if let Ok(ev) = serde_json::from_str::<ReportEvent>(data.trim()) {
+                    if !on_event(ev) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Media hashes that changes attach.
+pub fn media_refs(changes: &[Change]) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in changes {
+        for op in &c.body().ops {
+            if let (
+                Target::EntryField {
+                    collection, field, ..
+                },
+                Action::Set(Value::Text(h)),
+            ) = (&op.target, &op.action)
+            {
+                if collection == MEDIA_COLLECTION && field == "sha256" {
+                    out.push(h.clone());
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,6 @@
+//! Sync with the station: wire types and the blocking sync client.
+
+pub mod client;
+pub mod wire;
+
+pub use client::{CancelToken, NoProgress, Phase, Progress, SyncClient, SyncProgress, SyncReport};

@@ -1,0 +1,127 @@
+//! JSON wire types of the station's HTTP API (`/v1`), shared by the sync
+//! client and the station. Changes travel as their canonical bytes and
+//! signature (base64), never re-encoded, so what is signed is what is sent.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::crdt::Change;
+use crate::error::{Error, Result};
+use crate::evidence::{DeviceRecord, Person};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireChange {
+    /// Canonical body bytes, base64.
+    pub body: String,
+    /// Ed25519 signature, base64.
+    pub signature: String,
+}
+
+impl WireChange {
+    pub fn from_change(c: &Change) -> Self {
+        WireChange {
+            body: B64.encode(c.bytes()),
+            signature: B64.encode(c.signature()),
+        }
+    }
+
+    /// Decodes and structurally validates (the signature is checked when
+    /// the change is applied).
+    pub fn to_change(&self) -> Result<Change> {
+        let malformed = |reason: &str| Error::MalformedChange {
+            change: "?".into(),
+            reason: reason.into(),
+        };
+        let body = B64
+            .decode(&self.body)
+            .map_err(|_| malformed("body is not base64"))?;
+        let sig: [u8; 64] = B64
+            .decode(&self.signature)
+            .map_err(|_| malformed("signature is not base64"))?
+            .try_into()
+            .map_err(|_| malformed("signature is not 64 bytes"))?;
+        Change::from_parts(body, sig)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    pub code: String,
+    pub device_id: Uuid,
+    /// Ed25519 public key, hex.
+    pub public_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    /// Bearer credential for this device (shown once; the station keeps a hash).
+    pub credential: String,
+    pub device: DeviceRecord,
+    pub station_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevicesResponse {
+    pub devices: Vec<DeviceRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PushRequest {
+    pub changes: Vec<WireChange>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushResponse {
+    pub applied: usize,
+    pub duplicates: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PullResponse {
+    /// Visible changes after the cursor, in station log order.
+    pub changes: Vec<WireChange>,
+    /// Pass as `after` to continue.
+    pub next: i64,
+    pub more: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportChangesResponse {
+    pub changes: Vec<WireChange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaStatus {
+    pub sha256: String,
+    /// Bytes the station holds (send the rest from this offset).
+    pub received: u64,
+    pub complete: bool,
+}
+
+/// Every 4xx/5xx response carries this body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable machine code, e.g. `bad_signature`, `unauthorized`.
+    pub error: String,
+    pub message: String,
+}
+
+/// A Server-Sent Event on `/v1/events` (event name `report`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportEvent {
+    pub report_id: Uuid,
+    /// Station log position of the newest change in the push.
+    pub log_id: i64,
+    /// `new` (first changes of the report) or `changed`.
+    pub kind: String,
+}
+
+/// What the admin's enrollment command creates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollmentOffer {
+    pub person: Person,
+    pub code: String,
+    pub expires_at_ms: i64,
+}

@@ -1,0 +1,327 @@
+//! The HTTP API (`/v1`, JSON). Devices authenticate with the bearer
+//! credential issued at enrollment. Every refused request gets a JSON error
+//! body; refused pushes are kept for audit.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use fieldreport_core::sync::wire::*;
+use fieldreport_core::{Change, Role};
+use futures_util::stream::Stream;
+use serde::Deserialize;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::StreamExt;
+use uuid::Uuid;
+
+use crate::error::{Result, StationError};
+use crate::storage::{Enrolled, StationStorage};
+
+/// Changes per push request.
+pub const MAX_PUSH_CHANGES: usize = 1000;
+/// Bytes per push request body.
+pub const MAX_PUSH_BYTES: usize = 32 << 20;
+/// Bytes per media chunk.
+pub const MAX_CHUNK_BYTES: usize = 8 << 20;
+pub const MAX_PULL_LIMIT: u32 = 1000;
+
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+#[derive(Clone)]
+pub struct AppState {
+    pub storage: Arc<dyn StationStorage>,
+    /// (unit, event) for every report a push changed.
+    pub events: broadcast::Sender<(String, ReportEvent)>,
+    pub station_id: String,
+    /// Ends open event streams when the station stops.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl AppState {
+    pub fn new(storage: Arc<dyn StationStorage>, station_id: String) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        AppState {
+            storage,
+            events,
+            station_id,
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/enroll", post(enroll))
+        .route("/v1/devices", get(devices))
+        .route(
+            "/v1/changes",
+            post(push)
+                .get(pull)
+                .layer(DefaultBodyLimit::max(MAX_PUSH_BYTES)),
+        )
+        .route("/v1/reports/{id}/changes", get(report_changes))
+        .route("/v1/reports/{id}", get(report))
+        .route("/v1/media/{sha}/status", get(media_status))
+        .route(
+            "/v1/media/{sha}",
+            put(media_put)
+                .get(media_get)
+                .layer(DefaultBodyLimit::max(MAX_CHUNK_BYTES)),
+        )
+        .route("/v1/events", get(events))
+        .fallback(|| async { StationError::NotFound })
+        .with_state(state)
+}
+
+/// The authenticated device of a request.
+pub struct Device(pub Enrolled);
+
+impl FromRequestParts<AppState> for Device {
+    type Rejection = StationError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(StationError::Unauthorized)?;
+        match state.storage.authenticate(token.trim()).await? {
+            Some(d) if !d.revoked => Ok(Device(d)),
+            _ => Err(StationError::Unauthorized),
+        }
+    }
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+/// Parses a JSON body ourselves, so malformed JSON gets our error body.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        StationError::BadRequest(
+            "malformed_json",
+            format!("request body: {}", e.classify_name()),
+        )
+    })
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "unreadable",
+            serde_json::error::Category::Syntax => "invalid JSON",
+            serde_json::error::Category::Data => "wrong shape",
+            serde_json::error::Category::Eof => "truncated JSON",
+        }
+    }
+}
+
+async fn enroll(State(s): State<AppState>, body: Bytes) -> Result<Json<EnrollResponse>> {
+    let req: EnrollRequest = parse(&body)?;
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(&req.public_key, &mut key).map_err(|_| {
+        StationError::BadRequest("bad_key", "public_key must be 64 hex characters".into())
+    })?;
+    let (device, credential) = s.storage.enroll(&req.code, req.device_id, key).await?;
+    tracing::info!(device = %device.device_id, role = %device.person.role, "device enrolled");
+    Ok(Json(EnrollResponse {
+        credential,
+        device,
+        station_id: s.station_id.clone(),
+    }))
+}
+
+async fn devices(State(s): State<AppState>, _d: Device) -> Result<Json<DevicesResponse>> {
+    Ok(Json(DevicesResponse {
+        devices: s.storage.devices().await?,
+    }))
+}
+
+async fn push(
+    State(s): State<AppState>,
+    Device(d): Device,
+    body: Bytes,
+) -> Result<Json<PushResponse>> {
+    let device = d.record.device_id;
+    let result = async {
+        let req: PushRequest = parse(&body)?;
+        if req.changes.len() > MAX_PUSH_CHANGES {
+            return Err(StationError::TooLarge(format!(
+                "at most {MAX_PUSH_CHANGES} changes per push"
+            )));
+        }
+        let changes = req
+            .changes
+            .iter()
+            .map(WireChange::to_change)
+            .collect::<std::result::Result<Vec<Change>, _>>()?;
+        s.storage.push(changes).await
+    }
+    .await;
+    match result {
+        Ok(outcome) => {
+            tracing::info!(%device, applied = outcome.applied, duplicates = outcome.duplicates, "push");
+            for ev in outcome.events {
+                let _ = s.events.send(ev);
+            }
+            Ok(Json(PushResponse {
+                applied: outcome.applied,
+                duplicates: outcome.duplicates,
+            }))
+        }
+        Err(e) => {
+            if e.is_client_error() {
+                let code = e.status_and_code().1;
+                tracing::warn!(%device, code, "push refused");
+                s.storage
+                    .record_rejection(Some(device), code, &body)
+                    .await?;
+            }
+            Err(e)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct PullQuery {
+    #[serde(default)]
+    after: i64,
+    limit: Option<u32>,
+}
+
+async fn pull(
+    State(s): State<AppState>,
+    Device(d): Device,
+    q: std::result::Result<Query<PullQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<PullResponse>> {
+    let Query(q) = q.map_err(|_| {
+        StationError::BadRequest("bad_query", "after and limit must be integers".into())
+    })?;
+    let limit = q.limit.unwrap_or(500).clamp(1, MAX_PULL_LIMIT);
+    let page = s.storage.pull(&d, q.after.max(0), limit).await?;
+    Ok(Json(PullResponse {
+        changes: page.changes.iter().map(WireChange::from_change).collect(),
+        next: page.next,
+        more: page.more,
+    }))
+}
+
+fn report_id(id: &str) -> Result<Uuid> {
+    Uuid::parse_str(id)
+        .map_err(|_| StationError::BadRequest("bad_id", "report id must be a UUID".into()))
+}
+
+async fn report_changes(
+    State(s): State<AppState>,
+    Device(d): Device,
+    Path(id): Path<String>,
+) -> Result<Json<ReportChangesResponse>> {
+    let changes = s.storage.report_changes(&d, report_id(&id)?).await?;
+    Ok(Json(ReportChangesResponse {
+        changes: changes.iter().map(WireChange::from_change).collect(),
+    }))
+}
+
+async fn report(
+    State(s): State<AppState>,
+    Device(d): Device,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    let json = s.storage.report_json(&d, report_id(&id)?).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
+}
+
+async fn media_status(
+    State(s): State<AppState>,
+    _d: Device,
+    Path(sha): Path<String>,
+) -> Result<Json<MediaStatus>> {
+    Ok(Json(s.storage.media_status(&sha).await?))
+}
+
+#[derive(Deserialize)]
+struct ChunkQuery {
+    offset: u64,
+    total: u64,
+}
+
+async fn media_put(
+    State(s): State<AppState>,
+    _d: Device,
+    Path(sha): Path<String>,
+    q: std::result::Result<Query<ChunkQuery>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> Result<Json<MediaStatus>> {
+    let Query(q) = q.map_err(|_| {
+        StationError::BadRequest("bad_query", "offset and total are required integers".into())
+    })?;
+    Ok(Json(
+        s.storage
+            .media_append(&sha, q.offset, q.total, &body)
+            .await?,
+    ))
+}
+
+async fn media_get(
+    State(s): State<AppState>,
+    Device(d): Device,
+    Path(sha): Path<String>,
+) -> Result<Response> {
+    let path = s.storage.media_path(&d, &sha).await?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|_| StationError::NotFound)?;
+    let len = file.metadata().await?.len();
+    let stream = tokio_util::io::ReaderStream::new(file);
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+async fn events(
+    State(s): State<AppState>,
+    Device(d): Device,
+) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
+    if d.role() != Role::Supervisor {
+        return Err(StationError::Forbidden(
+            "the event stream is for supervisors",
+        ));
+    }
+    let unit = d.unit().to_string();
+    let rx = s.events.subscribe();
+    let stop = s.shutdown.clone().cancelled_owned();
+    let stream =
+        futures_util::StreamExt::take_until(BroadcastStream::new(rx), stop).filter_map(move |ev| {
+            match ev {
+                Ok((u, ev)) if u == unit => serde_json::to_string(&ev)
+                    .ok()
+                    .map(|data| Ok(Event::default().event("report").data(data))),
+                // A lagging listener lost events: tell it to pull.
+                Err(_) => Some(Ok(Event::default().event("lagged").data("{}"))),
+                _ => None,
+            }
+        });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

@@ -1,0 +1,105 @@
+//! Station storage behind one trait. `sqlite` is the embedded engine (one
+//! file, zero set-up); a PostgreSQL engine implements the same trait.
+//!
+//! The station log is one ordered sequence of changes; a pull returns the
+//! visible changes after a cursor. Implementations must guarantee that a
+//! cursor never skips a change committed later with a lower position (the
+//! SQLite engine has a single writer, so commit order is log order).
+
+pub mod sqlite;
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use fieldreport_core::evidence::{DeviceRecord, Person};
+use fieldreport_core::sync::wire::{MediaStatus, ReportEvent};
+use fieldreport_core::{Change, Role};
+use uuid::Uuid;
+
+use crate::error::Result;
+
+/// An enrolled device, as the station knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolled {
+    pub record: DeviceRecord,
+    pub revoked: bool,
+}
+
+impl Enrolled {
+    pub fn role(&self) -> Role {
+        self.record.person.role
+    }
+    pub fn unit(&self) -> &str {
+        &self.record.person.unit
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PushOutcome {
+    pub applied: usize,
+    pub duplicates: usize,
+    /// (unit of the report, event) for each report that changed.
+    pub events: Vec<(String, ReportEvent)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PullPage {
+    pub changes: Vec<Change>,
+    pub next: i64,
+    pub more: bool,
+}
+
+/// Counts used by tests and the admin to check nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub changes: u64,
+    pub reports: u64,
+    pub media_complete: u64,
+    pub media_bytes: u64,
+}
+
+#[async_trait]
+pub trait StationStorage: Send + Sync + 'static {
+    /// Creates a one-time enrollment code, valid for `ttl_ms`.
+    async fn create_enrollment(&self, person: Person, ttl_ms: i64) -> Result<(String, i64)>;
+    /// Redeems a code: registers the device's key, returns its record and
+    /// its bearer credential (kept only as a hash).
+    async fn enroll(
+        &self,
+        code: &str,
+        device_id: Uuid,
+        public_key: [u8; 32],
+    ) -> Result<(DeviceRecord, String)>;
+    /// The device a credential belongs to.
+    async fn authenticate(&self, credential: &str) -> Result<Option<Enrolled>>;
+    async fn devices(&self) -> Result<Vec<DeviceRecord>>;
+    async fn revoke(&self, device: Uuid) -> Result<bool>;
+    /// Verifies and appends a batch (whole or nothing); idempotent.
+    async fn push(&self, changes: Vec<Change>) -> Result<PushOutcome>;
+    /// Visible changes after `after`, in log order.
+    async fn pull(&self, who: &Enrolled, after: i64, limit: u32) -> Result<PullPage>;
+    /// All changes of one report, if visible.
+    async fn report_changes(&self, who: &Enrolled, report: Uuid) -> Result<Vec<Change>>;
+    /// The materialised report JSON, if visible.
+    async fn report_json(&self, who: &Enrolled, report: Uuid) -> Result<String>;
+    async fn media_status(&self, sha256: &str) -> Result<MediaStatus>;
+    /// Appends bytes at `offset` of an upload of `total` bytes; verifies the
+    /// hash when complete.
+    async fn media_append(
+        &self,
+        sha256: &str,
+        offset: u64,
+        total: u64,
+        bytes: &[u8],
+    ) -> Result<MediaStatus>;
+    /// Path of a complete media file, if a visible report references it.
+    async fn media_path(&self, who: &Enrolled, sha256: &str) -> Result<PathBuf>;
+    /// Keeps a refused request's bytes for audit.
+    async fn record_rejection(
+        &self,
+        device: Option<Uuid>,
+        reason: &str,
+        bytes: &[u8],
+    ) -> Result<()>;
+    async fn counts(&self) -> Result<Counts>;
+}

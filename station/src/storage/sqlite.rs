@@ -1,0 +1,737 @@
+//! The embedded SQLite engine: one database file in the data directory,
+//! media files beside it. One writer connection (so commit order is log
+//! order) and a reader connection; blocking work runs on tokio's blocking
+//! pool. The `changes` and `devices` tables use the core's log layout
+//! (`fieldreport_core::store::log`), so verification and merge are the
+//! very code the phones run.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fieldreport_core::crdt::Change;
+use fieldreport_core::evidence::{verify_batch, DeviceRecord, Person};
+use fieldreport_core::store::log::{decode_row, insert_change, load_doc, SqlLookup};
+use fieldreport_core::store::MediaStore;
+use fieldreport_core::sync::client::media_refs;
+use fieldreport_core::sync::wire::{MediaStatus, ReportEvent};
+use fieldreport_core::{Report, Role};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{Counts, Enrolled, PullPage, PushOutcome, StationStorage};
+use crate::error::{Result, StationError};
+
+const DB_FILE: &str = "station.db";
+/// Largest media file accepted.
+pub const MAX_MEDIA_BYTES: u64 = 4 << 30;
+
+const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE devices (
+        device_id BLOB PRIMARY KEY,
+        public_key BLOB NOT NULL,
+        record TEXT NOT NULL,
+        person_key TEXT NOT NULL,
+        role TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        credential_hash BLOB NOT NULL UNIQUE,
+        enrolled_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE TABLE enrollment_codes (
+        code_hash BLOB PRIMARY KEY,
+        person TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at INTEGER,
+        used_by BLOB
+    );
+    CREATE TABLE changes (
+        id INTEGER PRIMARY KEY,
+        hash BLOB NOT NULL UNIQUE,
+        device_id BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        report_id BLOB NOT NULL,
+        prev BLOB NOT NULL,
+        body BLOB NOT NULL,
+        signature BLOB NOT NULL,
+        hlc_wall INTEGER NOT NULL,
+        acked INTEGER NOT NULL DEFAULT 1,
+        received_at INTEGER NOT NULL,
+        UNIQUE (device_id, seq),
+        UNIQUE (report_id, device_id, prev)
+    );
+    CREATE TABLE reports (
+        report_id BLOB PRIMARY KEY,
+        unit TEXT NOT NULL,
+        created_by BLOB NOT NULL,
+        lifecycle TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        json TEXT NOT NULL
+    );
+    CREATE INDEX reports_unit ON reports (unit);
+    CREATE TABLE report_access (
+        person_key TEXT NOT NULL,
+        report_id BLOB NOT NULL,
+        PRIMARY KEY (person_key, report_id)
+    );
+    CREATE TABLE media (
+        sha256 TEXT PRIMARY KEY,
+        total INTEGER NOT NULL,
+        received INTEGER NOT NULL,
+        complete INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE media_refs (
+        sha256 TEXT NOT NULL,
+        report_id BLOB NOT NULL,
+        PRIMARY KEY (sha256, report_id)
+    );
+    CREATE TABLE rejected (
+        id INTEGER PRIMARY KEY,
+        received_at INTEGER NOT NULL,
+        device_id BLOB,
+        reason TEXT NOT NULL,
+        bytes BLOB NOT NULL
+    );
+"#];
+
+pub struct SqliteStorage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    media: MediaStore,
+    partial_dir: PathBuf,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn random_token(bytes: usize) -> Result<String> {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).map_err(|_| StationError::Internal("random source".into()))?;
+    Ok(hex::encode(b))
+}
+
+fn digest(s: &str) -> Vec<u8> {
+    Sha256::digest(s.as_bytes()).to_vec()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Person identity across devices: a person may enroll several phones.
+pub fn person_key(p: &Person) -> String {
+    format!("star:{}", p.star_number)
+}
+
+fn valid_sha(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl SqliteStorage {
+    pub fn open(dir: &Path) -> Result<SqliteStorage> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(DB_FILE);
+        let mut writer = Connection::open(&path)?;
+        writer.busy_timeout(Duration::from_secs(10))?;
+        let found: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > MIGRATIONS.len() as i64 {
+            return Err(StationError::Core(fieldreport_core::Error::SchemaTooNew {
+                found,
+                supported: MIGRATIONS.len() as i64,
+            }));
+        }
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        writer.pragma_update(None, "synchronous", "FULL")?;
+        writer.pragma_update(None, "foreign_keys", "ON")?;
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = writer.transaction()?;
+            tx.execute_batch(step)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        let reader = Connection::open(&path)?;
+        reader.busy_timeout(Duration::from_secs(10))?;
+        let partial_dir = dir.join("media").join("partial");
+        std::fs::create_dir_all(&partial_dir)?;
+        Ok(SqliteStorage {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
+                media: MediaStore::open(dir.join("media"))?,
+                partial_dir,
+            }),
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|_| StationError::Internal("blocking task failed".into()))?
+    }
+}
+
+/// SQL for the reports a device may see.
+const VISIBLE: &str = "(SELECT report_id FROM report_access WHERE person_key = ?p
+                        UNION SELECT report_id FROM reports WHERE ?s AND unit = ?u)";
+
+fn visible_params(who: &Enrolled) -> (String, bool, String) {
+    (
+        person_key(&who.record.person),
+        who.role() == Role::Supervisor,
+        who.unit().to_string(),
+    )
+}
+
+fn enrolled_from_row(record: String, revoked: Option<i64>) -> Result<Enrolled> {
+    let record: DeviceRecord = serde_json::from_str(&record)
+        .map_err(|_| StationError::Internal("device record".into()))?;
+    Ok(Enrolled {
+        record,
+        revoked: revoked.is_some(),
+    })
+}
+
+fn write_report(tx: &Transaction, report: Uuid) -> Result<(String, bool)> {
+    let doc = load_doc(tx, report)?;
+    let state = doc.materialise();
+    let r = Report::from_state(report, &state);
+    let creator = r
+        .created_by_device
+        .ok_or_else(|| StationError::Internal("report without changes".into()))?;
+    let unit: String = tx
+        .query_row(
+            "SELECT unit FROM devices WHERE device_id = ?1",
+            [creator.as_bytes().as_slice()],
+            |row| row.get(0),
+        )
+        .optional()?
+        .unwrap_or_default();
+    let existed = tx
+        .query_row(
+            "SELECT 1 FROM reports WHERE report_id = ?1",
+            [report.as_bytes().as_slice()],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    tx.execute(
+        "INSERT INTO reports (report_id, unit, created_by, lifecycle, updated_ms, json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (report_id) DO UPDATE SET unit = excluded.unit, created_by = excluded.created_by,
+           lifecycle = excluded.lifecycle, updated_ms = excluded.updated_ms, json = excluded.json",
+        params![
+            report.as_bytes().as_slice(),
+            unit,
+            creator.as_bytes().as_slice(),
+            r.lifecycle.as_str(),
+            state.updated.map(|h| h.wall_ms as i64).unwrap_or(0),
+            r.to_canonical_json()
+        ],
+    )?;
+    Ok((unit, !existed))
+}
+
+#[async_trait]
+impl StationStorage for SqliteStorage {
+    async fn create_enrollment(&self, person: Person, ttl_ms: i64) -> Result<(String, i64)> {
+        self.blocking(move |i| {
+            // 10 bytes = 20 hex characters: typed by hand or scanned as QR.
+            let code = random_token(10)?;
+            let now = now_ms();
+            let expires = now + ttl_ms;
+            let person = serde_json::to_string(&person)
+                .map_err(|_| StationError::Internal("person".into()))?;
+            lock(&i.writer).execute(
+                "INSERT INTO enrollment_codes (code_hash, person, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![digest(&code), person, now, expires],
+            )?;
+            Ok((code, expires))
+        })
+        .await
+    }
+
+    async fn enroll(
+        &self,
+        code: &str,
+        device_id: Uuid,
+        public_key: [u8; 32],
+    ) -> Result<(DeviceRecord, String)> {
+        let code = code.trim().to_ascii_lowercase();
+        self.blocking(move |i| {
+            let key = ed25519_key(&public_key)?;
+            let mut w = lock(&i.writer);
+            let tx = w.transaction()?;
+            let row: Option<(String, i64, Option<i64>)> = tx
+                .query_row(
+                    "SELECT person, expires_at, used_at FROM enrollment_codes WHERE code_hash = ?1",
+                    [digest(&code)],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((person, expires, used)) = row else {
+                return Err(StationError::Unprocessable("invalid_code", "unknown enrollment code".into()));
+            };
+            if used.is_some() {
+                return Err(StationError::Unprocessable("code_used", "enrollment code already used".into()));
+            }
+            if expires <= now_ms() {
+                return Err(StationError::Unprocessable("code_expired", "enrollment code expired".into()));
+            }
+            let person: Person = serde_json::from_str(&person)
+                .map_err(|_| StationError::Internal("person".into()))?;
+            let record = DeviceRecord {
+                device_id,
+                public_key: key,
+                person,
+            };
+            let credential = random_token(32)?;
+            let json = serde_json::to_string(&record)
+                .map_err(|_| StationError::Internal("record".into()))?;
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO devices (device_id, public_key, record, person_key, role, unit, credential_hash, enrolled_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    device_id.as_bytes().as_slice(),
+                    public_key.as_slice(),
+                    json,
+                    person_key(&record.person),
+                    record.person.role.as_str(),
+                    record.person.unit,
+                    digest(&credential),
+                    now_ms()
+                ],
+            )?;
+            if inserted == 0 {
+                return Err(StationError::Conflict("device_exists", "device id already enrolled".into()));
+            }
+            tx.execute(
+                "UPDATE enrollment_codes SET used_at = ?1, used_by = ?2 WHERE code_hash = ?3",
+                params![now_ms(), device_id.as_bytes().as_slice(), digest(&code)],
+            )?;
+            tx.commit()?;
+            Ok((record, credential))
+        })
+        .await
+    }
+
+    async fn authenticate(&self, credential: &str) -> Result<Option<Enrolled>> {
+        let h = digest(credential);
+        self.blocking(move |i| {
+            let row: Option<(String, Option<i64>)> = lock(&i.reader)
+                .query_row(
+                    "SELECT record, revoked_at FROM devices WHERE credential_hash = ?1",
+                    [h],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            row.map(|(rec, rev)| enrolled_from_row(rec, rev))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn devices(&self) -> Result<Vec<DeviceRecord>> {
+        self.blocking(|i| {
+            let c = lock(&i.reader);
+            let mut st = c.prepare("SELECT record FROM devices ORDER BY enrolled_at, device_id")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            rows.map(|r| {
+                serde_json::from_str(&r?)
+                    .map_err(|_| StationError::Internal("device record".into()))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn revoke(&self, device: Uuid) -> Result<bool> {
+        self.blocking(move |i| {
+            Ok(lock(&i.writer).execute(
+                "UPDATE devices SET revoked_at = ?1 WHERE device_id = ?2 AND revoked_at IS NULL",
+                params![now_ms(), device.as_bytes().as_slice()],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn push(&self, changes: Vec<Change>) -> Result<PushOutcome> {
+        self.blocking(move |i| {
+            let mut w = lock(&i.writer);
+            let tx = w.transaction()?;
+            let verified = verify_batch(changes, &SqlLookup(&tx))?;
+            // A change may attach media only once the station holds it.
+            for sha in media_refs(&verified.new) {
+                let complete: bool = tx
+                    .query_row("SELECT complete FROM media WHERE sha256 = ?1", [&sha], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(false);
+                if !complete {
+                    return Err(StationError::Conflict(
+                        "media_missing",
+                        format!("media {sha} must be uploaded before the change that attaches it"),
+                    ));
+                }
+            }
+            let now = now_ms();
+            let mut touched = BTreeSet::new();
+            for c in &verified.new {
+                insert_change(&tx, c, true, now)?;
+                touched.insert(c.report());
+                let author_key: Option<String> = tx
+                    .query_row(
+                        "SELECT person_key FROM devices WHERE device_id = ?1",
+                        [c.device().as_bytes().as_slice()],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(k) = author_key {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO report_access (person_key, report_id) VALUES (?1, ?2)",
+                        params![k, c.report().as_bytes().as_slice()],
+                    )?;
+                }
+                for sha in media_refs(std::slice::from_ref(c)) {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO media_refs (sha256, report_id) VALUES (?1, ?2)",
+                        params![sha, c.report().as_bytes().as_slice()],
+                    )?;
+                }
+            }
+            let log_id: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| r.get(0))?;
+            let mut events = Vec::new();
+            for report in touched {
+                let (unit, new) = write_report(&tx, report)?;
+                events.push((
+                    unit,
+                    ReportEvent {
+                        report_id: report,
+                        log_id,
+                        kind: if new { "new" } else { "changed" }.into(),
+                    },
+                ));
+            }
+            tx.commit()?;
+            Ok(PushOutcome {
+                applied: verified.new.len(),
+                duplicates: verified.duplicates,
+                events,
+            })
+        })
+        .await
+    }
+
+    async fn pull(&self, who: &Enrolled, after: i64, limit: u32) -> Result<PullPage> {
+        let who = who.clone();
+        self.blocking(move |i| {
+            let mut c = lock(&i.reader);
+            // One read transaction: the page and the log head agree.
+            let tx = c.transaction()?;
+            let (p, s, u) = visible_params(&who);
+            let sql = format!(
+                "SELECT id, body, signature FROM changes
+                 WHERE id > ?1 AND report_id IN {}
+                 ORDER BY id LIMIT ?2",
+                VISIBLE
+                    .replace("?p", "?3")
+                    .replace("?s", "?4")
+                    .replace("?u", "?5")
+            );
+            let mut st = tx.prepare(&sql)?;
+            let mut rows = st.query(params![after, limit as i64 + 1, p, s, u])?;
+            let mut changes = Vec::new();
+            let mut last = after;
+            let mut more = false;
+            while let Some(r) = rows.next()? {
+                if changes.len() == limit as usize {
+                    more = true;
+                    break;
+                }
+                last = r.get(0)?;
+                changes.push(decode_row(r.get(1)?, r.get(2)?)?);
+            }
+            drop(rows);
+            drop(st);
+            let next = if more {
+                last
+            } else {
+                // Nothing more is visible: skip past invisible changes too.
+                tx.query_row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| {
+                    r.get::<_, i64>(0)
+                })?
+                .max(after)
+            };
+            Ok(PullPage {
+                changes,
+                next,
+                more,
+            })
+        })
+        .await
+    }
+
+    async fn report_changes(&self, who: &Enrolled, report: Uuid) -> Result<Vec<Change>> {
+        let who = who.clone();
+        self.blocking(move |i| {
+            let c = lock(&i.reader);
+            if !is_visible(&c, &who, report)? {
+                return Err(StationError::NotFound);
+            }
+            let mut st =
+                c.prepare("SELECT body, signature FROM changes WHERE report_id = ?1 ORDER BY id")?;
+            let mut rows = st.query([report.as_bytes().as_slice()])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(decode_row(r.get(0)?, r.get(1)?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn report_json(&self, who: &Enrolled, report: Uuid) -> Result<String> {
+        let who = who.clone();
+        self.blocking(move |i| {
+            let c = lock(&i.reader);
+            if !is_visible(&c, &who, report)? {
+                return Err(StationError::NotFound);
+            }
+            c.query_row(
+                "SELECT json FROM reports WHERE report_id = ?1",
+                [report.as_bytes().as_slice()],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or(StationError::NotFound)
+        })
+        .await
+    }
+
+    async fn media_status(&self, sha256: &str) -> Result<MediaStatus> {
+        if !valid_sha(sha256) {
+            return Err(StationError::BadRequest(
+                "bad_hash",
+                "not a lowercase sha256 hex digest".into(),
+            ));
+        }
+        let sha = sha256.to_string();
+        self.blocking(move |i| status_of(&lock(&i.reader), &sha))
+            .await
+    }
+
+    async fn media_append(
+        &self,
+        sha256: &str,
+        offset: u64,
+        total: u64,
+        bytes: &[u8],
+    ) -> Result<MediaStatus> {
+        if !valid_sha(sha256) {
+            return Err(StationError::BadRequest(
+                "bad_hash",
+                "not a lowercase sha256 hex digest".into(),
+            ));
+        }
+        if total > MAX_MEDIA_BYTES {
+            return Err(StationError::TooLarge(format!(
+                "media larger than {MAX_MEDIA_BYTES} bytes"
+            )));
+        }
+        if offset + bytes.len() as u64 > total {
+            return Err(StationError::BadRequest(
+                "beyond_total",
+                "chunk goes past the declared total".into(),
+            ));
+        }
+        let sha = sha256.to_string();
+        let bytes = bytes.to_vec();
+        self.blocking(move |i| {
+            // Uploads of one file are serialised by the writer lock.
+            let w = lock(&i.writer);
+            let status = status_of(&w, &sha)?;
+            if status.complete {
+                return Ok(status);
+            }
+            if offset != status.received {
+                return Err(StationError::Conflict(
+                    "offset_mismatch",
+                    format!("the station holds {} bytes; send from there", status.received),
+                ));
+            }
+            let partial = i.partial_dir.join(&sha);
+            let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&partial)?;
+            f.set_len(offset)?;
+            f.seek(SeekFrom::Start(offset))?;
+            f.write_all(&bytes)?;
+            f.sync_data()?;
+            let received = offset + bytes.len() as u64;
+            if received < total {
+                w.execute(
+                    "INSERT INTO media (sha256, total, received) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (sha256) DO UPDATE SET total = excluded.total, received = excluded.received",
+                    params![sha, total as i64, received as i64],
+                )?;
+                return Ok(MediaStatus { sha256: sha, received, complete: false });
+            }
+            // Complete: the bytes must hash to the name.
+            let mut file = std::fs::File::open(&partial)?;
+            let mut read = |buf: &mut [u8]| file.read(buf).map_err(fieldreport_core::Error::from);
+            let stored = i.media.ingest_from(&mut read)?;
+            std::fs::remove_file(&partial)?;
+            if stored.sha256 != sha {
+                let _ = std::fs::remove_file(i.media.path_of(&stored.sha256));
+                w.execute("DELETE FROM media WHERE sha256 = ?1", [&sha])?;
+                return Err(StationError::Unprocessable(
+                    "hash_mismatch",
+                    "the uploaded bytes do not match the hash; upload again from 0".into(),
+                ));
+            }
+            w.execute(
+                "INSERT INTO media (sha256, total, received, complete) VALUES (?1, ?2, ?2, 1)
+                 ON CONFLICT (sha256) DO UPDATE SET total = excluded.total, received = excluded.received, complete = 1",
+                params![sha, total as i64],
+            )?;
+            Ok(MediaStatus { sha256: sha, received: total, complete: true })
+        })
+        .await
+    }
+
+    async fn media_path(&self, who: &Enrolled, sha256: &str) -> Result<PathBuf> {
+        if !valid_sha(sha256) {
+            return Err(StationError::BadRequest(
+                "bad_hash",
+                "not a lowercase sha256 hex digest".into(),
+            ));
+        }
+        let who = who.clone();
+        let sha = sha256.to_string();
+        self.blocking(move |i| {
+            let c = lock(&i.reader);
+            let (p, s, u) = visible_params(&who);
+            let sql = format!(
+                "SELECT 1 FROM media m JOIN media_refs r ON r.sha256 = m.sha256
+                 WHERE m.sha256 = ?1 AND m.complete = 1 AND r.report_id IN {} LIMIT 1",
+                VISIBLE
+                    .replace("?p", "?2")
+                    .replace("?s", "?3")
+                    .replace("?u", "?4")
+            );
+            let ok = c
+                .query_row(&sql, params![sha, p, s, u], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if !ok {
+                return Err(StationError::NotFound);
+            }
+            Ok(i.media.path_of(&sha))
+        })
+        .await
+    }
+
+    async fn record_rejection(
+        &self,
+        device: Option<Uuid>,
+        reason: &str,
+        bytes: &[u8],
+    ) -> Result<()> {
+        let reason = reason.to_string();
+        let bytes = bytes.to_vec();
+        self.blocking(move |i| {
+            lock(&i.writer).execute(
+                "INSERT INTO rejected (received_at, device_id, reason, bytes) VALUES (?1, ?2, ?3, ?4)",
+                params![now_ms(), device.map(|d| d.as_bytes().to_vec()), reason, bytes],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        self.blocking(|i| {
+            let c = lock(&i.reader);
+            let q = |sql: &str| {
+                c.query_row(sql, [], |r| r.get::<_, i64>(0))
+                    .map(|v| v as u64)
+            };
+            Ok(Counts {
+                changes: q("SELECT COUNT(*) FROM changes")?,
+                reports: q("SELECT COUNT(*) FROM reports")?,
+                media_complete: q("SELECT COUNT(*) FROM media WHERE complete = 1")?,
+                media_bytes: q("SELECT COALESCE(SUM(received), 0) FROM media")?,
+            })
+        })
+        .await
+    }
+}
+
+fn is_visible(c: &Connection, who: &Enrolled, report: Uuid) -> Result<bool> {
+    let (p, s, u) = visible_params(who);
+    let sql = format!(
+        "SELECT 1 WHERE ?1 IN {}",
+        VISIBLE
+            .replace("?p", "?2")
+            .replace("?s", "?3")
+            .replace("?u", "?4")
+    );
+    Ok(
+        c.query_row(&sql, params![report.as_bytes().as_slice(), p, s, u], |_| {
+            Ok(())
+        })
+        .optional()?
+        .is_some(),
+    )
+}
+
+fn status_of(c: &Connection, sha: &str) -> Result<MediaStatus> {
+    let row: Option<(i64, bool)> = c
+        .query_row(
+            "SELECT received, complete FROM media WHERE sha256 = ?1",
+            [sha],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (received, complete) = row.unwrap_or((0, false));
+    Ok(MediaStatus {
+        sha256: sha.to_string(),
+        received: received as u64,
+        complete,
+    })
+}
+
+fn ed25519_key(bytes: &[u8; 32]) -> Result<[u8; 32]> {
+    let rec = DeviceRecord {
+        device_id: Uuid::nil(),
+        public_key: *bytes,
+        person: Person {
+            name: String::new(),
+            star_number: String::new(),
+            role: Role::Officer,
+            unit: String::new(),
+        },
+    };
+    let key = rec
+        .verifying_key()
+        .map_err(|_| StationError::BadRequest("bad_key", "not an Ed25519 public key".into()))?;
+    if key.is_weak() {
+        return Err(StationError::BadRequest(
+            "bad_key",
+            "weak public key".into(),
+        ));
+    }
+    Ok(*bytes)
+}

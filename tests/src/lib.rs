@@ -1,0 +1,1 @@
+//! End-to-end tests across devices and the station; see `tests/`.
