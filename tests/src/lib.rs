@@ -1,1 +1,213 @@
-//! End-to-end tests across devices and the station; see `tests/`.
+//! End-to-end test harness: a station on a random loopback port, enrolled
+//! device stores, and a fault-injecting TCP proxy.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use fieldreport_core::store::Store;
+use fieldreport_core::sync::SyncClient;
+use fieldreport_core::{Person, Role};
+use fieldreport_station::storage::Counts;
+use fieldreport_station::{RunningStation, SqliteStorage, StationStorage};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub struct TestStation {
+    pub url: String,
+    pub storage: Arc<SqliteStorage>,
+    pub rt: tokio::runtime::Runtime,
+    station: Option<RunningStation>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestStation {
+    pub fn start() -> TestStation {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(SqliteStorage::open(&dir.path().join("station")).unwrap());
+        let station = rt.block_on(async {
+            let l = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+                .await
+                .unwrap();
+            fieldreport_station::spawn(l, storage.clone())
+                .await
+                .unwrap()
+        });
+        TestStation {
+            url: station.url(),
+            storage,
+            rt,
+            station: Some(station),
+            dir,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.station.as_ref().unwrap().addr
+    }
+
+    pub fn code(&self, person: &Person, ttl_ms: i64) -> String {
+        self.rt
+            .block_on(self.storage.create_enrollment(person.clone(), ttl_ms))
+            .unwrap()
+            .0
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.rt.block_on(self.storage.counts()).unwrap()
+    }
+
+    /// A new device store enrolled as `person` (through `url`, default the station).
+    pub fn device(&self, person: &Person, url: Option<&str>) -> Device {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let code = self.code(person, 600_000);
+        let client = SyncClient::enroll(&store, url.unwrap_or(&self.url), &code).unwrap();
+        Device {
+            store,
+            client,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TestStation {
+    fn drop(&mut self) {
+        if let Some(s) = self.station.take() {
+            self.rt.block_on(s.stop());
+        }
+    }
+}
+
+pub struct Device {
+    pub store: Store,
+    pub client: SyncClient,
+    _dir: tempfile::TempDir,
+}
+
+impl Device {
+    pub fn sync(&self) -> fieldreport_core::sync::SyncReport {
+        self.client
+            .sync(
+                &self.store,
+                &fieldreport_core::sync::NoProgress,
+                &Default::default(),
+            )
+            .unwrap()
+    }
+
+    pub fn credential(&self) -> String {
+        self.store
+            .sync_value("station_credential")
+            .unwrap()
+            .unwrap()
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.store.dir().to_path_buf()
+    }
+}
+
+pub fn person(name: &str, star: &str, role: Role, unit: &str) -> Person {
+    Person {
+        name: name.into(),
+        star_number: star.into(),
+        role,
+        unit: unit.into(),
+    }
+}
+
+/// A TCP proxy in front of the station. Counts the bytes clients send and,
+/// while `cut_after` is armed, drops the connection once that many bytes
+/// have gone upstream (then disarms itself).
+pub struct Proxy {
+    pub url: String,
+    pub upstream_bytes: Arc<AtomicU64>,
+    pub cut_after: Arc<AtomicU64>,
+    pub cuts: Arc<AtomicU64>,
+    armed: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    pub fn start(rt: &tokio::runtime::Runtime, target: SocketAddr) -> Proxy {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let upstream_bytes = Arc::new(AtomicU64::new(0));
+        let cut_after = Arc::new(AtomicU64::new(u64::MAX));
+        let cuts = Arc::new(AtomicU64::new(0));
+        let armed = Arc::new(AtomicBool::new(false));
+        let (ub, ca, cu, ar) = (
+            upstream_bytes.clone(),
+            cut_after.clone(),
+            cuts.clone(),
+            armed.clone(),
+        );
+        rt.spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let (ub, ca, cu, ar) = (ub.clone(), ca.clone(), cu.clone(), ar.clone());
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.split();
+                    let (mut sr, mut sw) = server.split();
+                    let up = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            let total = ub.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+                            if ar.load(Ordering::SeqCst) && total >= ca.load(Ordering::SeqCst) {
+                                ar.store(false, Ordering::SeqCst);
+                                cu.fetch_add(1, Ordering::SeqCst);
+                                return; // drop both directions
+                            }
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let down = async {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                    };
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            url,
+            upstream_bytes,
+            cut_after,
+            cuts,
+            armed,
+        }
+    }
+
+    /// Drops the connection once `bytes` more have gone upstream.
+    pub fn cut_once_after(&self, bytes: u64) {
+        self.cut_after.store(
+            self.upstream_bytes.load(Ordering::SeqCst) + bytes,
+            Ordering::SeqCst,
+        );
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.upstream_bytes.load(Ordering::SeqCst)
+    }
+}
