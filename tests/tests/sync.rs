@@ -372,3 +372,81 @@ fn bad_input_at_every_endpoint_gets_a_json_4xx_and_changes_nothing() {
     a.sync();
     assert_eq!(st.counts().changes, before.changes + 1);
 }
+
+/// Cancels the sync once this many upload bytes are reported.
+struct CancelAt {
+    at: u64,
+    token: fieldreport_core::sync::CancelToken,
+    seen: std::sync::Mutex<Vec<fieldreport_core::sync::Progress>>,
+}
+
+impl fieldreport_core::sync::SyncProgress for CancelAt {
+    fn on_progress(&self, p: fieldreport_core::sync::Progress) {
+        if p.phase == fieldreport_core::sync::Phase::UploadMedia && p.bytes_done >= self.at {
+            self.token.cancel();
+        }
+        self.seen.lock().unwrap().push(p);
+    }
+}
+
+#[test]
+fn a_cancelled_sync_reports_progress_and_a_restarted_app_resumes() {
+    let st = TestStation::start();
+    let a = st.device(&person("A", "101", Role::Officer, "D9"), None);
+    let r = a.store.create_report().unwrap();
+    let size = 6 << 20;
+    photo(&a, r, size, 5);
+    let token = fieldreport_core::sync::CancelToken::new();
+    let progress = CancelAt {
+        at: 3 << 20,
+        token: token.clone(),
+        seen: Default::default(),
+    };
+    let err = a.client.sync(&a.store, &progress, &token).unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err:?}");
+    let seen = progress.seen.lock().unwrap().clone();
+    let uploads: Vec<_> = seen
+        .iter()
+        .filter(|p| p.phase == fieldreport_core::sync::Phase::UploadMedia)
+        .collect();
+    assert!(uploads
+        .iter()
+        .all(|p| p.bytes_total == size as u64 && p.items_total == 1));
+    assert!(
+        uploads
+            .windows(2)
+            .all(|w| w[0].bytes_done <= w[1].bytes_done),
+        "progress only grows"
+    );
+    assert_eq!(st.counts().changes, 0, "cancelled before the push");
+    let held = st.counts().media_bytes;
+    assert!(held >= 3 << 20 && held < size as u64);
+
+    // The app restarts: a new client from the store resumes the upload.
+    let client = SyncClient::for_store(&a.store).unwrap();
+    let report = client
+        .sync(
+            &a.store,
+            &fieldreport_core::sync::NoProgress,
+            &Default::default(),
+        )
+        .unwrap();
+    assert_eq!(
+        report.media_bytes_sent,
+        size as u64 - held,
+        "only the rest is sent"
+    );
+    assert_eq!(report.pushed, a.store.change_count().unwrap());
+    assert!(st.counts().media_complete == 1 && a.store.pending_media().unwrap().is_empty());
+}
+
+#[test]
+fn the_readme_demo_converges() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    rt.block_on(fieldreport_station::demo::run(
+        false,
+        Some(dir.path().to_path_buf()),
+    ))
+    .expect("the demo converges");
+}
