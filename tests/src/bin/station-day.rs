@@ -60,6 +60,29 @@ fn peak_rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+fn signed(
+    id: &DeviceIdentity,
+    report: Uuid,
+    seq: u64,
+    prev: Option<[u8; 32]>,
+    ops: Vec<Operation>,
+) -> Change {
+    let body = ChangeBody {
+        format: 1,
+        report,
+        device: id.device_id(),
+        seq,
+        hlc: Hlc {
+            wall_ms: 1_764_000_000_000 + seq,
+            counter: 0,
+        },
+        wall_clock_ms: 1_764_000_000_000 + seq as i64,
+        prev,
+        ops,
+    };
+    Change::sign(body, &id.signing_key).expect("valid generated change")
+}
+
 fn changes_for(id: &DeviceIdentity, d: usize, s: &Sizes, photos: &[(String, u64)]) -> Vec<Change> {
     let mut out = Vec::with_capacity(s.reports * s.edits);
     let mut seq = 0u64;
@@ -79,19 +102,13 @@ fn changes_for(id: &DeviceIdentity, d: usize, s: &Sizes, photos: &[(String, u64)
             } else if r == 0 && e <= photos.len() {
                 let (sha, size) = &photos[e - 1];
                 let entry = Uuid::from_u128(((d as u128 + 1) << 64) | (1 << 32) | e as u128);
-                // Two ops in one change: the entry and its hash.
-                let body = ChangeBody {
-                    format: 1,
+                // One change: the entry, its hash and its size.
+                let c = signed(
+                    id,
                     report,
-                    device: dev,
                     seq,
-                    hlc: Hlc {
-                        wall_ms: 1_764_000_000_000 + seq,
-                        counter: 0,
-                    },
-                    wall_clock_ms: 1_764_000_000_000 + seq as i64,
                     prev,
-                    ops: vec![
+                    vec![
                         Operation {
                             target: Target::Entry {
                                 collection: "media".into(),
@@ -119,8 +136,7 @@ fn changes_for(id: &DeviceIdentity, d: usize, s: &Sizes, photos: &[(String, u64)
                             pred: vec![],
                         },
                     ],
-                };
-                let c = Change::sign(body, &id.signing_key).unwrap();
+                );
                 prev = Some(*c.hash());
                 out.push(c);
                 continue;
@@ -137,20 +153,7 @@ fn changes_for(id: &DeviceIdentity, d: usize, s: &Sizes, photos: &[(String, u64)
                 });
                 op
             };
-            let body = ChangeBody {
-                format: 1,
-                report,
-                device: dev,
-                seq,
-                hlc: Hlc {
-                    wall_ms: 1_764_000_000_000 + seq,
-                    counter: 0,
-                },
-                wall_clock_ms: 1_764_000_000_000 + seq as i64,
-                prev,
-                ops: vec![op],
-            };
-            let c = Change::sign(body, &id.signing_key).unwrap();
+            let c = signed(id, report, seq, prev, vec![op]);
             prev = Some(*c.hash());
             out.push(c);
         }
