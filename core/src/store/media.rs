@@ -59,6 +59,37 @@ impl MediaStore {
         self.ingest_from(&mut reader)
     }
 
+    /// Takes a complete file that already sits on the same filesystem (a
+    /// finished upload): hashes it in one read and, if it is what
+    /// `expected_sha256` says, moves it into place without copying.
+    /// Otherwise the file is deleted and `None` returned.
+    pub fn adopt(&self, file: &Path, expected_sha256: &str) -> Result<Option<StoredMedia>> {
+        let mut input = File::open(file)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut size = 0u64;
+        loop {
+            let n = input.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        let sha256 = hex::encode(hasher.finalize());
+        if sha256 != expected_sha256 {
+            fs::remove_file(file)?;
+            return Ok(None);
+        }
+        input.sync_all()?;
+        let dest = self.path_of(&sha256);
+        let parent = dest.parent().unwrap_or(&self.dir);
+        fs::create_dir_all(parent)?;
+        fs::rename(file, &dest)?;
+        File::open(parent)?.sync_all()?;
+        Ok(Some(StoredMedia { sha256, size }))
+    }
+
     /// Streams from any reader (used for uploads too). Hashing (on this
     /// thread) overlaps writing and flushing (on a writer thread); at most
     /// `QUEUE` chunks are in flight, so memory stays bounded.

@@ -56,6 +56,18 @@ pub struct Progress {
     pub bytes_total: u64,
 }
 
+impl Progress {
+    fn start(phase: Phase, items_total: u64, bytes_total: u64) -> Progress {
+        Progress {
+            phase,
+            items_done: 0,
+            items_total,
+            bytes_done: 0,
+            bytes_total,
+        }
+    }
+}
+
 pub trait SyncProgress: Send + Sync {
     fn on_progress(&self, progress: Progress);
 }
@@ -266,25 +278,13 @@ impl SyncClient {
         cancel: &CancelToken,
     ) -> Result<SyncReport> {
         let mut report = SyncReport::default();
-        progress.on_progress(Progress {
-            phase: Phase::Devices,
-            items_done: 0,
-            items_total: 1,
-            bytes_done: 0,
-            bytes_total: 0,
-        });
+        progress.on_progress(Progress::start(Phase::Devices, 1, 0));
         self.refresh_devices(store)?;
         self.upload_media(store, progress, cancel, &mut report)?;
         self.push(store, progress, cancel, &mut report)?;
         let wanted_media = self.pull(store, progress, cancel, &mut report)?;
         self.download_media(store, &wanted_media, progress, cancel, &mut report)?;
-        progress.on_progress(Progress {
-            phase: Phase::Done,
-            items_done: 0,
-            items_total: 0,
-            bytes_done: 0,
-            bytes_total: 0,
-        });
+        progress.on_progress(Progress::start(Phase::Done, 0, 0));
         Ok(report)
     }
 
@@ -296,13 +296,11 @@ impl SyncClient {
         report: &mut SyncReport,
     ) -> Result<()> {
         let pending = store.pending_media()?;
-        let mut p = Progress {
-            phase: Phase::UploadMedia,
-            items_done: 0,
-            items_total: pending.len() as u64,
-            bytes_done: 0,
-            bytes_total: pending.iter().map(|(_, s)| s).sum(),
-        };
+        let mut p = Progress::start(
+            Phase::UploadMedia,
+            pending.len() as u64,
+            pending.iter().map(|(_, s)| s).sum(),
+        );
         progress.on_progress(p);
         for (sha, size) in pending {
             let path = store.media().path_of(&sha);
@@ -371,13 +369,7 @@ impl SyncClient {
         cancel: &CancelToken,
         report: &mut SyncReport,
     ) -> Result<()> {
-        let mut p = Progress {
-            phase: Phase::Push,
-            items_done: 0,
-            items_total: store.outbox_len()?,
-            bytes_done: 0,
-            bytes_total: 0,
-        };
+        let mut p = Progress::start(Phase::Push, store.outbox_len()?, 0);
         progress.on_progress(p);
         loop {
             let batch = store.outbox(PUSH_BATCH)?;
@@ -410,13 +402,7 @@ impl SyncClient {
             .sync_value(KEY_CURSOR)?
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let mut p = Progress {
-            phase: Phase::Pull,
-            items_done: 0,
-            items_total: 0,
-            bytes_done: 0,
-            bytes_total: 0,
-        };
+        let mut p = Progress::start(Phase::Pull, 0, 0);
         let mut media = Vec::new();
         loop {
             let page: PullResponse = self.retry(cancel, || {
@@ -485,13 +471,7 @@ impl SyncClient {
             .iter()
             .filter(|h| !store.media().contains(h))
             .collect();
-        let mut p = Progress {
-            phase: Phase::DownloadMedia,
-            items_done: 0,
-            items_total: missing.len() as u64,
-            bytes_done: 0,
-            bytes_total: 0,
-        };
+        let mut p = Progress::start(Phase::DownloadMedia, missing.len() as u64, 0);
         progress.on_progress(p);
         for sha in missing {
             let stored = self.retry(cancel, || {

@@ -6,7 +6,7 @@
 //! very code the phones run.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -589,12 +589,7 @@ impl StationStorage for SqliteStorage {
                 return Ok(MediaStatus { sha256: sha, received, complete: false });
             }
             // Complete: the bytes must hash to the name.
-            let mut file = std::fs::File::open(&partial)?;
-            let mut read = |buf: &mut [u8]| file.read(buf).map_err(fieldreport_core::Error::from);
-            let stored = i.media.ingest_from(&mut read)?;
-            std::fs::remove_file(&partial)?;
-            if stored.sha256 != sha {
-                let _ = std::fs::remove_file(i.media.path_of(&stored.sha256));
+            if i.media.adopt(&partial, &sha)?.is_none() {
                 w.execute("DELETE FROM media WHERE sha256 = ?1", [&sha])?;
                 return Err(StationError::Unprocessable(
                     "hash_mismatch",
