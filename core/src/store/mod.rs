@@ -156,28 +156,31 @@ struct WriterState {
     docs: DocCache,
 }
 
-/// A small cache of report documents so an edit does not re-read and
-/// re-decode the report's whole log. Only committed state goes in.
+/// A small cache of report documents and their materialised state, so an
+/// edit neither re-reads and re-decodes the report's log nor materialises
+/// it twice. Only committed state goes in.
 #[derive(Default)]
 struct DocCache {
-    docs: std::collections::HashMap<Uuid, ReportDoc>,
+    docs: std::collections::HashMap<Uuid, (ReportDoc, Arc<State>)>,
 }
 
 impl DocCache {
     const CAPACITY: usize = 64;
 
-    fn get_or_load(&mut self, conn: &Connection, report: Uuid) -> Result<ReportDoc> {
-        if let Some(doc) = self.docs.get(&report) {
-            return Ok(doc.clone());
+    fn get_or_load(&mut self, conn: &Connection, report: Uuid) -> Result<(ReportDoc, Arc<State>)> {
+        if let Some((doc, state)) = self.docs.get(&report) {
+            return Ok((doc.clone(), state.clone()));
         }
-        load_doc(conn, report)
+        let doc = load_doc(conn, report)?;
+        let state = Arc::new(doc.materialise());
+        Ok((doc, state))
     }
 
-    fn put(&mut self, report: Uuid, doc: ReportDoc) {
+    fn put(&mut self, report: Uuid, doc: ReportDoc, state: Arc<State>) {
         if self.docs.len() >= Self::CAPACITY && !self.docs.contains_key(&report) {
             self.docs.clear();
         }
-        self.docs.insert(report, doc);
+        self.docs.insert(report, (doc, state));
     }
 }
 
@@ -227,6 +230,12 @@ impl Store {
             return Err(Error::Corrupt("cannot enable WAL".into()));
         }
         migrations::migrate(&mut conn)?;
+        // Checkpoint every 4000 pages (16 MiB of WAL) rather than 1000: an
+        // edit writes several pages (log row, indexes, materialised report),
+        // and fewer, larger checkpoints keep them off most edits. The WAL
+        // file is trimmed back to that size after each checkpoint.
+        conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+        conn.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)?;
         let (identity, next_seq, hlc) = load_identity(&conn)?;
         let mut readers = Vec::new();
         for _ in 0..options.readers.max(1) {
@@ -560,7 +569,7 @@ impl Store {
         let identity = w.identity.clone().ok_or(Error::NoIdentity)?;
         let device = identity.device_id();
         let tx = w.conn.transaction()?;
-        let mut doc = w.docs.get_or_load(&tx, report)?;
+        let (mut doc, state) = w.docs.get_or_load(&tx, report)?;
         if doc.is_empty() != create {
             return Err(if create {
                 Error::Corrupt("report id collision".into())
@@ -568,7 +577,6 @@ impl Store {
                 Error::ReportNotFound(report)
             });
         }
-        let state = doc.materialise();
         let ops = build_ops(&state, edits, writer)?;
         let now = self.clock.now_ms();
         let hlc = w.hlc.tick(now.max(0) as u64);
@@ -586,10 +594,11 @@ impl Store {
         let id = change.id();
         insert_change(&tx, &change, false, now)?;
         doc.insert(Arc::new(change));
-        write_report_row(&tx, report, &doc.materialise())?;
+        let state = Arc::new(doc.materialise());
+        write_report_row(&tx, report, &state)?;
         extra(&tx)?;
         tx.commit()?;
-        w.docs.put(report, doc);
+        w.docs.put(report, doc, state);
         w.next_seq += 1;
         w.hlc = hlc;
         Ok(id)
@@ -812,8 +821,9 @@ impl Store {
         let mut docs = Vec::with_capacity(touched.len());
         for report in touched {
             let doc = load_doc(&tx, report)?;
-            write_report_row(&tx, report, &doc.materialise())?;
-            docs.push((report, doc));
+            let state = Arc::new(doc.materialise());
+            write_report_row(&tx, report, &state)?;
+            docs.push((report, doc, state));
         }
         if w.identity.is_some() && max_hlc != w.hlc {
             tx.execute(
@@ -822,8 +832,8 @@ impl Store {
             )?;
         }
         tx.commit()?;
-        for (report, doc) in docs {
-            w.docs.put(report, doc);
+        for (report, doc, state) in docs {
+            w.docs.put(report, doc, state);
         }
         w.hlc = w.hlc.observe(max_hlc);
         Ok(ApplyOutcome {
