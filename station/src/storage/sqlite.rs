@@ -105,9 +105,25 @@ pub struct SqliteStorage {
 
 struct Inner {
     writer: Mutex<Connection>,
-    reader: Mutex<Connection>,
+    /// Read connections; a request takes a free one (WAL readers never
+    /// block the writer or each other).
+    readers: Vec<Mutex<Connection>>,
     media: MediaStore,
     partial_dir: PathBuf,
+}
+
+/// Reader connections (pulls of many supervisors run side by side).
+const READERS: usize = 4;
+
+impl Inner {
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        for r in &self.readers {
+            if let Ok(c) = r.try_lock() {
+                return c;
+            }
+        }
+        lock(&self.readers[0])
+    }
 }
 
 fn now_ms() -> i64 {
@@ -161,14 +177,18 @@ impl SqliteStorage {
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
         }
-        let reader = Connection::open(&path)?;
-        reader.busy_timeout(Duration::from_secs(10))?;
+        let mut readers = Vec::new();
+        for _ in 0..READERS {
+            let r = Connection::open(&path)?;
+            r.busy_timeout(Duration::from_secs(10))?;
+            readers.push(Mutex::new(r));
+        }
         let partial_dir = dir.join("media").join("partial");
         std::fs::create_dir_all(&partial_dir)?;
         Ok(SqliteStorage {
             inner: Arc::new(Inner {
                 writer: Mutex::new(writer),
-                reader: Mutex::new(reader),
+                readers,
                 media: MediaStore::open(dir.join("media"))?,
                 partial_dir,
             }),
@@ -333,7 +353,8 @@ impl StationStorage for SqliteStorage {
     async fn authenticate(&self, credential: &str) -> Result<Option<Enrolled>> {
         let h = digest(credential);
         self.blocking(move |i| {
-            let row: Option<(String, Option<i64>)> = lock(&i.reader)
+            let row: Option<(String, Option<i64>)> = i
+                .reader()
                 .query_row(
                     "SELECT record, revoked_at FROM devices WHERE credential_hash = ?1",
                     [h],
@@ -348,7 +369,7 @@ impl StationStorage for SqliteStorage {
 
     async fn devices(&self) -> Result<Vec<DeviceRecord>> {
         self.blocking(|i| {
-            let c = lock(&i.reader);
+            let c = i.reader();
             let mut st = c.prepare("SELECT record FROM devices ORDER BY enrolled_at, device_id")?;
             let rows = st.query_map([], |r| r.get::<_, String>(0))?;
             rows.map(|r| {
@@ -439,7 +460,7 @@ impl StationStorage for SqliteStorage {
     async fn pull(&self, who: &Enrolled, after: i64, limit: u32) -> Result<PullPage> {
         let who = who.clone();
         self.blocking(move |i| {
-            let mut c = lock(&i.reader);
+            let mut c = i.reader();
             // One read transaction: the page and the log head agree.
             let tx = c.transaction()?;
             let (p, s, u) = visible_params(&who);
@@ -488,7 +509,7 @@ impl StationStorage for SqliteStorage {
     async fn report_changes(&self, who: &Enrolled, report: Uuid) -> Result<Vec<Change>> {
         let who = who.clone();
         self.blocking(move |i| {
-            let c = lock(&i.reader);
+            let c = i.reader();
             if !is_visible(&c, &who, report)? {
                 return Err(StationError::NotFound);
             }
@@ -507,7 +528,7 @@ impl StationStorage for SqliteStorage {
     async fn report_json(&self, who: &Enrolled, report: Uuid) -> Result<String> {
         let who = who.clone();
         self.blocking(move |i| {
-            let c = lock(&i.reader);
+            let c = i.reader();
             if !is_visible(&c, &who, report)? {
                 return Err(StationError::NotFound);
             }
@@ -530,8 +551,7 @@ impl StationStorage for SqliteStorage {
             ));
         }
         let sha = sha256.to_string();
-        self.blocking(move |i| status_of(&lock(&i.reader), &sha))
-            .await
+        self.blocking(move |i| status_of(&i.reader(), &sha)).await
     }
 
     async fn media_append(
@@ -616,7 +636,7 @@ impl StationStorage for SqliteStorage {
         let who = who.clone();
         let sha = sha256.to_string();
         self.blocking(move |i| {
-            let c = lock(&i.reader);
+            let c = i.reader();
             let (p, s, u) = visible_params(&who);
             let sql = format!(
                 "SELECT 1 FROM media m JOIN media_refs r ON r.sha256 = m.sha256
@@ -658,7 +678,7 @@ impl StationStorage for SqliteStorage {
 
     async fn counts(&self) -> Result<Counts> {
         self.blocking(|i| {
-            let c = lock(&i.reader);
+            let c = i.reader();
             let q = |sql: &str| {
                 c.query_row(sql, [], |r| r.get::<_, i64>(0))
                     .map(|v| v as u64)
