@@ -50,6 +50,12 @@ pub async fn run(keep_running: bool, data: Option<PathBuf>) -> anyhow::Result<()
     let tmp = tempfile::tempdir()?;
     let root = data.unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&root)?;
+    if std::fs::read_dir(&root)?.next().is_some() {
+        anyhow::bail!(
+            "{} is not empty: the demo enrolls new phones, give it an empty or new directory",
+            root.display()
+        );
+    }
     let storage = Arc::new(SqliteStorage::open(&root.join("station"))?);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let station = crate::spawn(listener, storage.clone()).await?;
