@@ -449,4 +449,12 @@ fn the_readme_demo_converges() {
         Some(dir.path().to_path_buf()),
     ))
     .expect("the demo converges");
+    // Again on the same, now full, directory: a clear refusal.
+    let err = rt
+        .block_on(fieldreport_station::demo::run(
+            false,
+            Some(dir.path().to_path_buf()),
+        ))
+        .unwrap_err();
+    assert!(err.to_string().contains("not empty"), "{err}");
 }
