@@ -78,6 +78,8 @@ pub enum Error {
     Io(std::io::ErrorKind),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("evidence package: {0}")]
+    Package(String),
     #[error("operation cancelled")]
     Cancelled,
 

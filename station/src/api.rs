@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/reports/{id}/changes", get(report_changes))
         .route("/v1/reports/{id}", get(report))
+        .route("/v1/reports/{id}/export", get(export))
         .route("/v1/media/{sha}/status", get(media_status))
         .route(
             "/v1/media/{sha}",
@@ -245,6 +246,39 @@ async fn report(
 ) -> Result<Response> {
     let json = s.storage.report_json(&d, report_id(&id)?).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
+}
+
+/// The evidence package of one report, as a tar archive of the bag.
+async fn export(
+    State(s): State<AppState>,
+    Device(d): Device,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    let report = report_id(&id)?;
+    if d.role() != Role::Supervisor {
+        return Err(StationError::Forbidden(
+            "evidence packages are for supervisors",
+        ));
+    }
+    let path = crate::export::export_tar(&s.storage, &d, report, &s.station_id).await?;
+    let file = tokio::fs::File::open(&path).await?;
+    let len = file.metadata().await?.len();
+    // The open handle keeps the bytes readable; nothing else needs the file.
+    let _ = tokio::fs::remove_file(&path).await;
+    tracing::info!(%report, device = %d.record.device_id, bytes = len, "evidence package exported");
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/x-tar".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"fieldreport-{report}.tar\""),
+            ),
+        ],
+        Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+    )
+        .into_response())
 }
 
 async fn media_status(

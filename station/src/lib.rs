@@ -3,12 +3,14 @@
 //! - [`storage`]: the station store behind one trait (SQLite engine here);
 //! - [`api`]: the HTTP API (`/v1`), authentication, event stream;
 //! - [`config`]: configuration from a file and the environment;
+//! - [`export`]: evidence packages for the State's Attorney;
 //! - [`demo`]: the guided demo a newcomer runs.
 
 pub mod api;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod export;
 pub mod storage;
 
 use std::net::SocketAddr;

@@ -55,6 +55,28 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         ttl_minutes: i64,
     },
+    /// Write the evidence package (a BagIt bag) of one or more reports.
+    Export {
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Report id; repeat for a referral of several reports.
+        #[arg(long = "report", required = true)]
+        reports: Vec<uuid::Uuid>,
+        /// Directory to create (must not exist, or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// How the package names this station (default: the data directory).
+        #[arg(long)]
+        station_name: Option<String>,
+    },
+    /// Check an evidence package: manifests, signatures, device chains,
+    /// media hashes, and the replay of the history. Exits 1 if it fails.
+    Verify {
+        /// The package directory.
+        dir: PathBuf,
+    },
     /// Run the guided demo: a station, two officers and a supervisor.
     Demo {
         /// Leave the station running afterwards.
@@ -72,7 +94,7 @@ fn main() -> std::process::ExitCode {
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(run(cli)));
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // One clear line for the admin, whatever RUST_BACKTRACE says.
             eprintln!("error: {e:#}");
@@ -81,7 +103,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     // The demo tells its own story on stdout; keep the logs to warnings.
     let default_level = if matches!(cli.command, Command::Demo { .. }) {
         "warn"
@@ -151,6 +173,79 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { keep_running, data } => {
             fieldreport_station::demo::run(keep_running, data).await?;
         }
+        Command::Export {
+            data,
+            config,
+            reports,
+            out,
+            station_name,
+        } => {
+            let cfg = Config::load(config.as_deref(), env, None, data)?;
+            let storage: Arc<dyn StationStorage> = Arc::new(SqliteStorage::open(&cfg.data)?);
+            let station = station_name.unwrap_or_else(|| {
+                let dir = std::fs::canonicalize(&cfg.data).unwrap_or(cfg.data.clone());
+                format!("FieldReport station at {}", dir.display())
+            });
+            let bar = progress_bar();
+            let b = bar.clone();
+            let summary = fieldreport_station::export::export_package(
+                &storage,
+                None,
+                &reports,
+                &station,
+                &out,
+                move |p| {
+                    b.set_message(p.phase.label());
+                    b.set_length(p.total);
+                    b.set_position(p.done);
+                },
+            )
+            .await;
+            bar.finish_and_clear();
+            let summary = summary?;
+            println!(
+                "wrote {}: {} report(s), {} change(s), {} device(s), {} media file(s), {} payload bytes",
+                out.display(),
+                summary.reports,
+                summary.changes,
+                summary.devices,
+                summary.media_files,
+                summary.payload_bytes
+            );
+            println!(
+                "check it with: fieldreport-station verify {}",
+                out.display()
+            );
+        }
+        Command::Verify { dir } => {
+            let bar = progress_bar();
+            let b = bar.clone();
+            let verdict = tokio::task::spawn_blocking(move || {
+                fieldreport_core::evidence::package::verify_package(&dir, &mut |done, total| {
+                    b.set_message("hashing");
+                    b.set_length(total);
+                    b.set_position(done);
+                })
+            })
+            .await?;
+            bar.finish_and_clear();
+            let verdict = verdict?;
+            print!("{verdict}");
+            if !verdict.is_ok() {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
     }
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr; invisible when stderr is not a terminal.
+fn progress_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>10} [{bar:40}] {percent:>3}% {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
 }

@@ -8,9 +8,11 @@
 
 pub mod sqlite;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
+use fieldreport_core::evidence::package::DeviceEnrollment;
 use fieldreport_core::evidence::{DeviceRecord, Person};
 use fieldreport_core::sync::wire::{MediaStatus, ReportEvent};
 use fieldreport_core::{Change, Role};
@@ -47,6 +49,16 @@ pub struct PullPage {
     pub changes: Vec<Change>,
     pub next: i64,
     pub more: bool,
+}
+
+/// What an evidence package of some reports is made from.
+#[derive(Debug, Clone)]
+pub struct ExportMaterial {
+    pub reports: Vec<(Uuid, Vec<Change>)>,
+    /// Every device that authored one of the changes.
+    pub devices: Vec<DeviceEnrollment>,
+    /// Path of each complete media file the changes attach, by sha256.
+    pub media: BTreeMap<String, PathBuf>,
 }
 
 /// Counts used by tests and the admin to check nothing changed.
@@ -102,4 +114,15 @@ pub trait StationStorage: Send + Sync + 'static {
         bytes: &[u8],
     ) -> Result<()>;
     async fn counts(&self) -> Result<Counts>;
+    /// A directory on the station's disk for building exports.
+    fn scratch_dir(&self) -> PathBuf;
+    /// Everything an evidence package of `reports` needs. `who` is the
+    /// requesting device (`None`: the station's administrator at the
+    /// console); a report it may not see is `NotFound`, and a photo that
+    /// has not finished uploading is a `Conflict`.
+    async fn export_material(
+        &self,
+        who: Option<&Enrolled>,
+        reports: &[Uuid],
+    ) -> Result<ExportMaterial>;
 }

@@ -5,7 +5,7 @@
 //! (`fieldreport_core::store::log`), so verification and merge are the
 //! very code the phones run.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fieldreport_core::crdt::Change;
+use fieldreport_core::evidence::package::DeviceEnrollment;
 use fieldreport_core::evidence::{verify_batch, DeviceRecord, Person};
 use fieldreport_core::store::log::{decode_row, insert_change, load_doc, SqlLookup};
 use fieldreport_core::store::MediaStore;
@@ -23,7 +24,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{Counts, Enrolled, PullPage, PushOutcome, StationStorage};
+use super::{Counts, Enrolled, ExportMaterial, PullPage, PushOutcome, StationStorage};
 use crate::error::{Result, StationError};
 
 const DB_FILE: &str = "station.db";
@@ -109,6 +110,7 @@ struct Inner {
     /// block the writer or each other).
     readers: Vec<Mutex<Connection>>,
     media: MediaStore,
+    scratch: PathBuf,
     partial_dir: PathBuf,
 }
 
@@ -185,11 +187,18 @@ impl SqliteStorage {
         }
         let partial_dir = dir.join("media").join("partial");
         std::fs::create_dir_all(&partial_dir)?;
+        // Half-built exports from before a restart are never served.
+        let scratch = dir.join("exports-tmp");
+        if scratch.exists() {
+            std::fs::remove_dir_all(&scratch)?;
+        }
+        std::fs::create_dir_all(&scratch)?;
         Ok(SqliteStorage {
             inner: Arc::new(Inner {
                 writer: Mutex::new(writer),
                 readers,
                 media: MediaStore::open(dir.join("media"))?,
+                scratch,
                 partial_dir,
             }),
         })
@@ -692,6 +701,87 @@ impl StationStorage for SqliteStorage {
         })
         .await
     }
+
+    fn scratch_dir(&self) -> PathBuf {
+        self.inner.scratch.clone()
+    }
+
+    async fn export_material(
+        &self,
+        who: Option<&Enrolled>,
+        reports: &[Uuid],
+    ) -> Result<ExportMaterial> {
+        let who = who.cloned();
+        let reports: Vec<Uuid> = reports.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
+        self.blocking(move |i| {
+            let c = i.reader();
+            // One snapshot for the whole package.
+            let tx = c.unchecked_transaction()?;
+            let mut out = ExportMaterial {
+                reports: Vec::new(),
+                devices: Vec::new(),
+                media: BTreeMap::new(),
+            };
+            let mut authors = BTreeSet::new();
+            for report in reports {
+                if let Some(who) = &who {
+                    if !is_visible(&tx, who, report)? {
+                        return Err(StationError::NotFound);
+                    }
+                }
+                let mut st = tx.prepare_cached(
+                    "SELECT body, signature FROM changes WHERE report_id = ?1 ORDER BY id",
+                )?;
+                let mut rows = st.query([report.as_bytes().as_slice()])?;
+                let mut changes = Vec::new();
+                while let Some(r) = rows.next()? {
+                    let ch = decode_row(r.get(0)?, r.get(1)?)?;
+                    authors.insert(ch.device());
+                    changes.push(ch);
+                }
+                if changes.is_empty() {
+                    return Err(StationError::NotFound);
+                }
+                for sha in media_refs(&changes) {
+                    let complete: Option<bool> = tx
+                        .query_row(
+                            "SELECT complete FROM media WHERE sha256 = ?1",
+                            [&sha],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    if complete != Some(true) {
+                        return Err(StationError::Conflict(
+                            "media_incomplete",
+                            format!("media {sha} of report {report} has not finished uploading"),
+                        ));
+                    }
+                    out.media.insert(sha.clone(), i.media.path_of(&sha));
+                }
+                out.reports.push((report, changes));
+            }
+            let mut st = tx.prepare_cached(
+                "SELECT record, enrolled_at, revoked_at FROM devices WHERE device_id = ?1",
+            )?;
+            for d in authors {
+                let (record, enrolled, revoked): (String, i64, Option<i64>) = st
+                    .query_row([d.as_bytes().as_slice()], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?;
+                out.devices.push(DeviceEnrollment {
+                    record: enrolled_from_row(record, None)?.record,
+                    enrolled_at: ms_time(Some(enrolled)),
+                    revoked_at: ms_time(revoked),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn ms_time(ms: Option<i64>) -> Option<chrono::DateTime<chrono::Utc>> {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
 }
 
 fn is_visible(c: &Connection, who: &Enrolled, report: Uuid) -> Result<bool> {

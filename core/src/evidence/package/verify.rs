@@ -1,0 +1,675 @@
+//! The verifier anyone can run on an evidence package. It trusts nothing in
+//! the bag but the device keys in `devices.json` (which a court can compare
+//! with the department's enrollment records) and reports every problem it
+//! finds, each naming the file, and the change and device where there is one.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::Path;
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use ed25519_dalek::VerifyingKey;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{
+    attached_media, change_line, decode_path, media_path, pdf, replay, report_dir, report_json,
+    DeviceEnrollment, DEVICES_FILE, README_FILE,
+};
+use crate::crdt::{Change, ChangeId, Hash, OpId};
+use crate::error::{Error, Result};
+
+/// One problem found in a package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Path inside the bag.
+    pub file: String,
+    /// Line of the file, where it applies.
+    pub line: Option<usize>,
+    /// The change concerned (its id names the device too).
+    pub change: Option<ChangeId>,
+    pub problem: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(l) = self.line {
+            write!(f, " line {l}")?;
+        }
+        if let Some(c) = &self.change {
+            write!(f, ": change {c} (device {}, seq {})", c.device, c.seq)?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+/// The outcome of checking a package.
+#[derive(Debug, Clone, Default)]
+pub struct Verdict {
+    pub reports: Vec<Uuid>,
+    pub changes: usize,
+    pub devices: usize,
+    pub media_files: usize,
+    pub failures: Vec<Finding>,
+}
+
+impl Verdict {
+    pub fn is_ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_ok() {
+            writeln!(
+                f,
+                "VERIFIED: {} report(s), {} signed change(s) from {} device(s), {} media file(s).",
+                self.reports.len(),
+                self.changes,
+                self.devices,
+                self.media_files
+            )?;
+            writeln!(
+                f,
+                "Manifests, signatures, device hash chains, media hashes and the replay of the history into report.json and report.pdf all check."
+            )
+        } else {
+            writeln!(f, "FAILED: {} problem(s) found:", self.failures.len())?;
+            for x in &self.failures {
+                writeln!(f, "  - {x}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+struct Checker<'a> {
+    dir: &'a Path,
+    failures: Vec<Finding>,
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, file: &str, problem: impl Into<String>) {
+        self.failures.push(Finding {
+            file: file.to_string(),
+            line: None,
+            change: None,
+            problem: problem.into(),
+        });
+    }
+    fn fail_change(&mut self, file: &str, line: Option<usize>, c: ChangeId, problem: String) {
+        self.failures.push(Finding {
+            file: file.to_string(),
+            line,
+            change: Some(c),
+            problem,
+        });
+    }
+    fn fail_line(&mut self, file: &str, line: usize, problem: impl Into<String>) {
+        self.failures.push(Finding {
+            file: file.to_string(),
+            line: Some(line),
+            change: None,
+            problem: problem.into(),
+        });
+    }
+}
+
+/// Checks the package in `dir`. `progress(done, total)` counts bytes
+/// hashed. An `Err` means the directory could not be read at all; every
+/// problem with its contents is a [`Finding`] in the verdict.
+pub fn verify_package(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Verdict> {
+    if !dir.is_dir() {
+        return Err(Error::Package(format!("{} is not a directory", dir.display())));
+    }
+    let mut ck = Checker {
+        dir,
+        failures: Vec::new(),
+    };
+    let mut verdict = Verdict::default();
+
+    // The declaration and the tag files.
+    match fs::read_to_string(dir.join("bagit.txt")) {
+        Ok(s) if s.starts_with("BagIt-Version: ") => {}
+        Ok(_) => ck.fail("bagit.txt", "is not a BagIt declaration"),
+        Err(_) => ck.fail("bagit.txt", "is missing"),
+    }
+    let info = match fs::read_to_string(dir.join("bag-info.txt")) {
+        Ok(s) => parse_tags(&s),
+        Err(_) => {
+            ck.fail("bag-info.txt", "is missing");
+            Vec::new()
+        }
+    };
+    let tag = |k: &str| {
+        info.iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.clone())
+    };
+
+    // Payload manifest against the files present.
+    let on_disk = walk(dir, "data")?;
+    let manifest = read_manifest(&mut ck, "manifest-sha256.txt");
+    let total: u64 = manifest
+        .keys()
+        .filter_map(|p| on_disk.get(p))
+        .sum::<u64>();
+    let mut done = 0u64;
+    let mut actual: BTreeMap<String, String> = BTreeMap::new();
+    for (path, expected) in &manifest {
+        if !safe_payload_path(path) {
+            ck.fail(
+                "manifest-sha256.txt",
+                format!("lists `{path}`, which is not a path inside data/"),
+            );
+            continue;
+        }
+        if !on_disk.contains_key(path) {
+            ck.fail(path, "is listed in manifest-sha256.txt but missing");
+            continue;
+        }
+        let got = hash_file(&dir.join(path), &mut |n| {
+            done += n;
+            progress(done, total)
+        })?;
+        if &got != expected {
+            ck.fail(
+                path,
+                format!("sha256 is {got}, manifest-sha256.txt says {expected}"),
+            );
+        }
+        actual.insert(path.clone(), got);
+    }
+    for path in on_disk.keys() {
+        if !manifest.contains_key(path) {
+            ck.fail(path, "is not listed in manifest-sha256.txt");
+        }
+    }
+    let oxum = format!(
+        "{}.{}",
+        on_disk.values().sum::<u64>(),
+        on_disk.len()
+    );
+    match tag("Payload-Oxum") {
+        Some(o) if o == oxum => {}
+        Some(o) => ck.fail(
+            "bag-info.txt",
+            format!("Payload-Oxum says {o}, the payload is {oxum}"),
+        ),
+        None => {}
+    }
+    let tagmanifest = read_manifest(&mut ck, "tagmanifest-sha256.txt");
+    for (path, expected) in &tagmanifest {
+        if path.starts_with("data/") || path.contains("..") || path.starts_with('/') {
+            ck.fail(
+                "tagmanifest-sha256.txt",
+                format!("lists `{path}`, which is not a tag file"),
+            );
+            continue;
+        }
+        match hash_file(&dir.join(path), &mut |_| {}) {
+            Ok(got) if &got == expected => {}
+            Ok(got) => ck.fail(
+                path,
+                format!("sha256 is {got}, tagmanifest-sha256.txt says {expected}"),
+            ),
+            Err(_) => ck.fail(path, "is listed in tagmanifest-sha256.txt but missing"),
+        }
+    }
+    for needed in ["bag-info.txt", "manifest-sha256.txt"] {
+        if !tagmanifest.contains_key(needed) {
+            ck.fail(
+                "tagmanifest-sha256.txt",
+                format!("does not cover {needed}"),
+            );
+        }
+    }
+
+    // Device keys.
+    let devices = read_devices(&mut ck);
+    verdict.devices = devices.len();
+    let keys: HashMap<Uuid, VerifyingKey> = devices
+        .iter()
+        .filter_map(|(id, d)| d.record.verifying_key().ok().map(|k| (*id, k)))
+        .collect();
+    for id in devices.keys() {
+        if !keys.contains_key(id) {
+            ck.fail(DEVICES_FILE, format!("device {id} has an invalid public key"));
+        }
+    }
+
+    // Reports.
+    let station = tag("Exporting-Station").unwrap_or_default();
+    let exported_at = tag("Export-Time").and_then(|t| {
+        DateTime::parse_from_rfc3339(&t)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    });
+    if exported_at.is_none() {
+        ck.fail("bag-info.txt", "has no valid Export-Time");
+    }
+    let mut expected_files: BTreeSet<String> =
+        [DEVICES_FILE.to_string(), README_FILE.to_string()].into();
+    let mut attached: BTreeMap<String, Vec<(Option<i64>, ChangeId, String)>> = BTreeMap::new();
+    let report_dirs: BTreeSet<String> = on_disk
+        .keys()
+        .filter_map(|p| p.strip_prefix("data/reports/"))
+        .filter_map(|rest| rest.split('/').next())
+        .map(str::to_string)
+        .collect();
+    if report_dirs.is_empty() {
+        ck.fail("data/reports", "holds no report");
+    }
+    for name in report_dirs {
+        let Ok(id) = Uuid::parse_str(&name) else {
+            ck.fail(&format!("data/reports/{name}"), "is not named by a report id");
+            continue;
+        };
+        verdict.reports.push(id);
+        let dir_rel = report_dir(id);
+        for f in ["changes.jsonl", "report.json", "report.pdf"] {
+            expected_files.insert(format!("{dir_rel}/{f}"));
+        }
+        let changes = check_history(&mut ck, id, &keys);
+        verdict.changes += changes.len();
+        for (sha, size, c) in attached_media(&changes) {
+            attached.entry(sha).or_default().push((
+                size,
+                c.id(),
+                format!("{dir_rel}/changes.jsonl"),
+            ));
+        }
+
+        // Replaying the verified history must give the bag's report.
+        let report = replay(id, &changes);
+        let json_rel = format!("{dir_rel}/report.json");
+        match fs::read_to_string(dir.join(&json_rel)) {
+            Ok(s) if s == report_json(&report) => {}
+            Ok(s) => {
+                let at = serde_json::from_str::<serde_json::Value>(&s)
+                    .ok()
+                    .and_then(|found| {
+                        let want = serde_json::to_value(&report).ok()?;
+                        first_difference(&want, &found, String::new())
+                    })
+                    .unwrap_or_else(|| "(whole file)".into());
+                ck.fail(
+                    &json_rel,
+                    format!("differs from the replayed history at `{at}`"),
+                );
+            }
+            Err(_) => ck.fail(&json_rel, "is missing"),
+        }
+        let pdf_rel = format!("{dir_rel}/report.pdf");
+        if let Some(exported_at) = exported_at {
+            let fresh = pdf::render(&pdf::PdfInput {
+                report: &report,
+                changes: &changes,
+                devices: &devices,
+                station: &station,
+                exported_at,
+            });
+            match fs::read(dir.join(&pdf_rel)) {
+                Ok(b) if b == fresh => {}
+                Ok(_) => ck.fail(
+                    &pdf_rel,
+                    "does not match a fresh rendering of the verified history",
+                ),
+                Err(_) => ck.fail(&pdf_rel, "is missing"),
+            }
+        }
+    }
+
+    // Media: the bytes must be what the signed changes attach.
+    for (sha, refs) in &attached {
+        let rel = media_path(sha);
+        expected_files.insert(rel.clone());
+        let Some(len) = on_disk.get(&rel) else {
+            for (_, c, file) in refs {
+                ck.fail_change(
+                    file,
+                    None,
+                    *c,
+                    format!("attaches media {sha}, which is missing from the bag"),
+                );
+            }
+            continue;
+        };
+        verdict.media_files += 1;
+        let got = match actual.get(&rel) {
+            Some(h) => h.clone(),
+            None => hash_file(&dir.join(&rel), &mut |_| {})?,
+        };
+        for (size, c, _) in refs {
+            if &got != sha {
+                ck.fail_change(
+                    &rel,
+                    None,
+                    *c,
+                    format!("the file's sha256 is {got}, but the signed change attaches {sha}"),
+                );
+            } else if let Some(size) = size {
+                if *size != *len as i64 {
+                    ck.fail_change(
+                        &rel,
+                        None,
+                        *c,
+                        format!("the file has {len} bytes, the signed change says {size}"),
+                    );
+                }
+            }
+        }
+    }
+    for path in on_disk.keys() {
+        if !expected_files.contains(path) {
+            let problem = if path.starts_with("data/media/") {
+                "is not attached by any signed change"
+            } else {
+                "is not part of a FieldReport package"
+            };
+            ck.fail(path, problem);
+        }
+    }
+    verdict.failures = ck.failures;
+    Ok(verdict)
+}
+
+/// Decodes and checks one report's history; returns the changes that are
+/// authentic (known device, valid signature), for replay.
+fn check_history(ck: &mut Checker, report: Uuid, keys: &HashMap<Uuid, VerifyingKey>) -> Vec<Change> {
+    let rel = format!("{}/changes.jsonl", report_dir(report));
+    let text = match fs::read_to_string(ck.dir.join(&rel)) {
+        Ok(t) => t,
+        Err(_) => {
+            ck.fail(&rel, "is missing or not UTF-8");
+            return Vec::new();
+        }
+    };
+    // Every decodable change of this report, and whether it is authentic.
+    let mut good: Vec<(usize, Change, bool)> = Vec::new();
+    let mut seen: HashMap<ChangeId, usize> = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            ck.fail_line(&rel, n, "is not JSON");
+            continue;
+        };
+        let body = v["body"]
+            .as_str()
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+        let sig = v["signature"].as_str().and_then(|s| {
+            let mut out = [0u8; 64];
+            hex::decode_to_slice(s, &mut out).ok().map(|_| out)
+        });
+        let (Some(body), Some(sig)) = (body, sig) else {
+            ck.fail_line(&rel, n, "has no valid `body` (base64) or `signature` (hex)");
+            continue;
+        };
+        let change = match Change::from_parts(body, sig) {
+            Ok(c) => c,
+            Err(e) => {
+                ck.fail_line(&rel, n, format!("signed bytes do not decode: {e}"));
+                continue;
+            }
+        };
+        let id = change.id();
+        if change_line(&change) != v {
+            ck.fail_change(
+                &rel,
+                Some(n),
+                id,
+                "the readable fields do not match the signed bytes".into(),
+            );
+        }
+        if change.report() != report {
+            ck.fail_change(&rel, Some(n), id, format!("belongs to report {}", change.report()));
+            continue;
+        }
+        if let Some(first) = seen.insert(id, n) {
+            ck.fail_change(&rel, Some(n), id, format!("repeats the change of line {first}"));
+            continue;
+        }
+        let authentic = match keys.get(&change.device()) {
+            None => {
+                ck.fail_change(
+                    &rel,
+                    Some(n),
+                    id,
+                    format!("its device {} is not in {DEVICES_FILE}", change.device()),
+                );
+                false
+            }
+            Some(key) if change.verify(key).is_err() => {
+                ck.fail_change(&rel, Some(n), id, "the signature does not verify".into());
+                false
+            }
+            Some(_) => true,
+        };
+        good.push((n, change, authentic));
+    }
+
+    // Per-device hash chains: one root, every link present, no forks.
+    let by_hash: HashMap<Hash, (usize, &Change)> =
+        good.iter().map(|(n, c, _)| (*c.hash(), (*n, c))).collect();
+    let mut links: HashMap<(Uuid, Option<Hash>), usize> = HashMap::new();
+    for (n, c, _) in &good {
+        let b = c.body();
+        if let Some(first) = links.insert((b.device, b.prev), *n) {
+            let what = if b.prev.is_none() {
+                "is a second start of its device's chain".to_string()
+            } else {
+                format!("forks its device's chain (line {first} follows the same change)")
+            };
+            ck.fail_change(&rel, Some(*n), c.id(), what);
+        }
+        if let Some(prev) = &b.prev {
+            match by_hash.get(prev) {
+                None => ck.fail_change(
+                    &rel,
+                    Some(*n),
+                    c.id(),
+                    format!(
+                        "its previous change {} is missing from the history (chain broken)",
+                        hex::encode(prev)
+                    ),
+                ),
+                Some((_, p)) if p.device() != b.device || p.body().seq >= b.seq => ck
+                    .fail_change(
+                        &rel,
+                        Some(*n),
+                        c.id(),
+                        "its previous change is of another device or not earlier".into(),
+                    ),
+                Some(_) => {}
+            }
+        }
+    }
+    // Every predecessor an operation names must be in the history.
+    let ops: HashSet<OpId> = good
+        .iter()
+        .flat_map(|(_, c, _)| {
+            let b = c.body();
+            (0..b.ops.len() as u32).map(move |index| OpId {
+                device: b.device,
+                seq: b.seq,
+                index,
+            })
+        })
+        .collect();
+    for (n, c, _) in &good {
+        let missing = c
+            .body()
+            .ops
+            .iter()
+            .flat_map(|op| op.pred.iter())
+            .find(|p| !ops.contains(p));
+        if let Some(p) = missing {
+            ck.fail_change(
+                &rel,
+                Some(*n),
+                c.id(),
+                format!(
+                    "names operation {}:{}:{} as seen, which is missing from the history",
+                    p.device, p.seq, p.index
+                ),
+            );
+        }
+    }
+    good.into_iter()
+        .filter(|(_, _, authentic)| *authentic)
+        .map(|(_, c, _)| c)
+        .collect()
+}
+
+fn read_devices(ck: &mut Checker) -> BTreeMap<Uuid, DeviceEnrollment> {
+    let Ok(text) = fs::read_to_string(ck.dir.join(DEVICES_FILE)) else {
+        ck.fail(DEVICES_FILE, "is missing");
+        return BTreeMap::new();
+    };
+    match serde_json::from_str::<Vec<DeviceEnrollment>>(&text) {
+        Ok(list) => {
+            let mut out = BTreeMap::new();
+            for d in list {
+                if out.insert(d.record.device_id, d.clone()).is_some() {
+                    ck.fail(
+                        DEVICES_FILE,
+                        format!("lists device {} twice", d.record.device_id),
+                    );
+                }
+            }
+            out
+        }
+        Err(e) => {
+            ck.fail(
+                DEVICES_FILE,
+                format!("is not a device list (line {}, column {})", e.line(), e.column()),
+            );
+            BTreeMap::new()
+        }
+    }
+}
+
+/// `path -> sha256` of a manifest; malformed lines are findings.
+fn read_manifest(ck: &mut Checker, name: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Ok(text) = fs::read_to_string(ck.dir.join(name)) else {
+        ck.fail(name, "is missing");
+        return out;
+    };
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut parts = line.splitn(2, char::is_whitespace);
+        let sha = parts.next().unwrap_or("").to_ascii_lowercase();
+        let path = parts.next().map(str::trim_start).unwrap_or("");
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) || path.is_empty() {
+            ck.fail_line(name, i + 1, "is not `<sha256> <path>`");
+            continue;
+        }
+        if out.insert(decode_path(path), sha).is_some() {
+            ck.fail_line(name, i + 1, "lists a file twice");
+        }
+    }
+    out
+}
+
+fn safe_payload_path(p: &str) -> bool {
+    p.starts_with("data/")
+        && !p.contains('\\')
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// Every regular file under `dir/sub`, as `sub/...` -> length.
+fn walk(dir: &Path, sub: &str) -> Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![sub.to_string()];
+    while let Some(rel) = stack.pop() {
+        let Ok(entries) = fs::read_dir(dir.join(&rel)) else {
+            continue;
+        };
+        for e in entries {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let child = format!("{rel}/{name}");
+            let ty = e.file_type()?;
+            if ty.is_dir() {
+                stack.push(child);
+            } else {
+                out.insert(child, e.metadata()?.len());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn hash_file(path: &Path, progress: &mut dyn FnMut(u64)) -> Result<String> {
+    let mut f = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        progress(n as u64);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// `bag-info.txt` as (label, value); continuation lines start with blanks.
+fn parse_tags(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = out.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(line.trim());
+            }
+        } else if let Some((k, v)) = line.split_once(':') {
+            out.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// The first JSON path where `found` differs from `want`.
+fn first_difference(want: &serde_json::Value, found: &serde_json::Value, at: String) -> Option<String> {
+    use serde_json::Value as J;
+    let join = |k: &str| {
+        if at.is_empty() {
+            k.to_string()
+        } else {
+            format!("{at}.{k}")
+        }
+    };
+    match (want, found) {
+        (J::Object(a), J::Object(b)) => {
+            let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            keys.into_iter().find_map(|k| match (a.get(k), b.get(k)) {
+                (Some(x), Some(y)) => first_difference(x, y, join(k)),
+                _ => Some(join(k)),
+            })
+        }
+        (J::Array(a), J::Array(b)) => {
+            if a.len() != b.len() {
+                return Some(at);
+            }
+            a.iter()
+                .zip(b)
+                .enumerate()
+                .find_map(|(i, (x, y))| first_difference(x, y, join(&i.to_string())))
+        }
+        (x, y) if x == y => None,
+        _ => Some(if at.is_empty() { "(root)".into() } else { at }),
+    }
+}
