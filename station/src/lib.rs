@@ -4,9 +4,11 @@
 //! - [`api`]: the HTTP API (`/v1`), authentication, event stream;
 //! - [`config`]: configuration from a file and the environment;
 //! - [`export`]: evidence packages for the State's Attorney;
-//! - [`demo`]: the guided demo a newcomer runs.
+//! - [`demo`]: the guided demo a newcomer runs;
+//! - [`cli`]: the `fieldreport-station` command line.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;

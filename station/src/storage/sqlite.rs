@@ -187,12 +187,12 @@ impl SqliteStorage {
         }
         let partial_dir = dir.join("media").join("partial");
         std::fs::create_dir_all(&partial_dir)?;
-        // Half-built exports from before a restart are never served.
+        // Exports are built here. Another process (the `export` command
+        // beside a running server) may be using it, so only leftovers of a
+        // crash, a day old, are removed.
         let scratch = dir.join("exports-tmp");
-        if scratch.exists() {
-            std::fs::remove_dir_all(&scratch)?;
-        }
         std::fs::create_dir_all(&scratch)?;
+        remove_stale(&scratch, Duration::from_secs(24 * 3600));
         Ok(SqliteStorage {
             inner: Arc::new(Inner {
                 writer: Mutex::new(writer),
@@ -712,7 +712,12 @@ impl StationStorage for SqliteStorage {
         reports: &[Uuid],
     ) -> Result<ExportMaterial> {
         let who = who.cloned();
-        let reports: Vec<Uuid> = reports.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
+        let reports: Vec<Uuid> = reports
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         self.blocking(move |i| {
             let c = i.reader();
             // One snapshot for the whole package.
@@ -777,6 +782,28 @@ impl StationStorage for SqliteStorage {
             Ok(out)
         })
         .await
+    }
+}
+
+fn remove_stale(dir: &Path, age: Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|a| a > age);
+        if old {
+            let p = e.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
     }
 }
 

@@ -267,7 +267,9 @@ pub fn write_package(
             })
         })?;
         if let Some(f) = verdict.failures.first() {
-            return Err(Error::Corrupt(format!("the export failed its own check: {f}")));
+            return Err(Error::Corrupt(format!(
+                "the export failed its own check: {f}"
+            )));
         }
         sync_tree(&tmp)?;
         if out.exists() {
@@ -440,10 +442,7 @@ fn build(
     }
     let mut info = String::new();
     let clean = clean_tag_value;
-    info.push_str(&format!(
-        "Source-Organization: {}\n",
-        clean(&input.station)
-    ));
+    info.push_str(&format!("Source-Organization: {}\n", clean(&input.station)));
     info.push_str(&format!(
         "Bagging-Date: {}\n",
         input.exported_at.format("%Y-%m-%d")

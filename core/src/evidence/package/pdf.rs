@@ -374,7 +374,11 @@ pub fn render(input: &PdfInput) -> Vec<u8> {
         ("agents", "Federal agents on scene", "Agent"),
         ("force", "Use of force", "Use of force"),
         ("injuries", "Injuries", "Injury"),
-        ("violations", "Apparent violations of state or local law", "Violation"),
+        (
+            "violations",
+            "Apparent violations of state or local law",
+            "Violation",
+        ),
         ("videos", "Video to preserve", "Video"),
         ("witnesses", "Witnesses", "Witness"),
         ("addenda", "Addenda", "Addendum"),
@@ -387,7 +391,11 @@ pub fn render(input: &PdfInput) -> Vec<u8> {
         for (i, e) in entries.iter().enumerate() {
             l.sub(0, &format!("{one} {}", i + 1));
             let Some(obj) = e.as_object() else { continue };
-            l.kv(2, "Entry", obj.get("id").and_then(|v| v.as_str()).unwrap_or("?"));
+            l.kv(
+                2,
+                "Entry",
+                obj.get("id").and_then(|v| v.as_str()).unwrap_or("?"),
+            );
             if obj.get("removal_conflict") == Some(&serde_json::Value::Bool(true)) {
                 l.text(
                     2,
@@ -436,7 +444,11 @@ pub fn render(input: &PdfInput) -> Vec<u8> {
         if let Some(c) = &f.caption {
             l.kv(2, "Caption", c);
         }
-        l.kv(2, "File in package", &format!("data/media/{}", f.sha256.as_deref().unwrap_or("?")));
+        l.kv(
+            2,
+            "File in package",
+            &format!("data/media/{}", f.sha256.as_deref().unwrap_or("?")),
+        );
     }
 
     // Kept conflicts.
@@ -447,12 +459,14 @@ pub fn render(input: &PdfInput) -> Vec<u8> {
     for c in &r.conflicts {
         l.sub(0, &c.path);
         match c.kind {
-            crate::model::ConflictKind::Values => {
-                l.text(2, "Concurrent values; the first is displayed until a person resolves it:")
-            }
-            crate::model::ConflictKind::RemovedWhileEdited => {
-                l.text(2, "Removed on one device while edited on another; the entry is kept.")
-            }
+            crate::model::ConflictKind::Values => l.text(
+                2,
+                "Concurrent values; the first is displayed until a person resolves it:",
+            ),
+            crate::model::ConflictKind::RemovedWhileEdited => l.text(
+                2,
+                "Removed on one device while edited on another; the entry is kept.",
+            ),
         }
         for v in &c.values {
             l.text(4, &format!("- {}", value_text(&l, &v.value)));
@@ -556,11 +570,15 @@ fn finish(l: Layout, input: &PdfInput) -> Vec<u8> {
     let info = Ref::new(5);
     let first_page = 6;
     let n = l.pages.len();
-    let page_ids: Vec<Ref> = (0..n).map(|i| Ref::new(first_page + 2 * i as i32)).collect();
+    let page_ids: Vec<Ref> = (0..n)
+        .map(|i| Ref::new(first_page + 2 * i as i32))
+        .collect();
 
     let mut pdf = Pdf::new();
     pdf.catalog(catalog).pages(tree);
-    pdf.pages(tree).kids(page_ids.iter().copied()).count(n as i32);
+    pdf.pages(tree)
+        .kids(page_ids.iter().copied())
+        .count(n as i32);
     pdf.type1_font(heading_font)
         .base_font(Name(b"Helvetica-Bold"))
         .encoding_predefined(Name(b"WinAnsiEncoding"));

@@ -125,7 +125,10 @@ impl Checker<'_> {
 /// problem with its contents is a [`Finding`] in the verdict.
 pub fn verify_package(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Verdict> {
     if !dir.is_dir() {
-        return Err(Error::Package(format!("{} is not a directory", dir.display())));
+        return Err(Error::Package(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
     }
     let mut ck = Checker {
         dir,
@@ -155,10 +158,7 @@ pub fn verify_package(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<
     // Payload manifest against the files present.
     let on_disk = walk(dir, "data")?;
     let manifest = read_manifest(&mut ck, "manifest-sha256.txt");
-    let total: u64 = manifest
-        .keys()
-        .filter_map(|p| on_disk.get(p))
-        .sum::<u64>();
+    let total: u64 = manifest.keys().filter_map(|p| on_disk.get(p)).sum::<u64>();
     let mut done = 0u64;
     let mut actual: BTreeMap<String, String> = BTreeMap::new();
     for (path, expected) in &manifest {
@@ -190,11 +190,7 @@ pub fn verify_package(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<
             ck.fail(path, "is not listed in manifest-sha256.txt");
         }
     }
-    let oxum = format!(
-        "{}.{}",
-        on_disk.values().sum::<u64>(),
-        on_disk.len()
-    );
+    let oxum = format!("{}.{}", on_disk.values().sum::<u64>(), on_disk.len());
     match tag("Payload-Oxum") {
         Some(o) if o == oxum => {}
         Some(o) => ck.fail(
@@ -223,10 +219,7 @@ pub fn verify_package(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<
     }
     for needed in ["bag-info.txt", "manifest-sha256.txt"] {
         if !tagmanifest.contains_key(needed) {
-            ck.fail(
-                "tagmanifest-sha256.txt",
-                format!("does not cover {needed}"),
-            );
+            ck.fail("tagmanifest-sha256.txt", format!("does not cover {needed}"));
         }
     }
 
@@ -239,7 +232,10 @@ pub fn verify_package(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<
         .collect();
     for id in devices.keys() {
         if !keys.contains_key(id) {
-            ck.fail(DEVICES_FILE, format!("device {id} has an invalid public key"));
+            ck.fail(
+                DEVICES_FILE,
+                format!("device {id} has an invalid public key"),
+            );
         }
     }
 
@@ -267,7 +263,10 @@ pub fn verify_package(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<
     }
     for name in report_dirs {
         let Ok(id) = Uuid::parse_str(&name) else {
-            ck.fail(&format!("data/reports/{name}"), "is not named by a report id");
+            ck.fail(
+                &format!("data/reports/{name}"),
+                "is not named by a report id",
+            );
             continue;
         };
         verdict.reports.push(id);
@@ -381,7 +380,11 @@ pub fn verify_package(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<
 
 /// Decodes and checks one report's history; returns the changes that are
 /// authentic (known device, valid signature), for replay.
-fn check_history(ck: &mut Checker, report: Uuid, keys: &HashMap<Uuid, VerifyingKey>) -> Vec<Change> {
+fn check_history(
+    ck: &mut Checker,
+    report: Uuid,
+    keys: &HashMap<Uuid, VerifyingKey>,
+) -> Vec<Change> {
     let rel = format!("{}/changes.jsonl", report_dir(report));
     let text = match fs::read_to_string(ck.dir.join(&rel)) {
         Ok(t) => t,
@@ -430,11 +433,21 @@ fn check_history(ck: &mut Checker, report: Uuid, keys: &HashMap<Uuid, VerifyingK
             );
         }
         if change.report() != report {
-            ck.fail_change(&rel, Some(n), id, format!("belongs to report {}", change.report()));
+            ck.fail_change(
+                &rel,
+                Some(n),
+                id,
+                format!("belongs to report {}", change.report()),
+            );
             continue;
         }
         if let Some(first) = seen.insert(id, n) {
-            ck.fail_change(&rel, Some(n), id, format!("repeats the change of line {first}"));
+            ck.fail_change(
+                &rel,
+                Some(n),
+                id,
+                format!("repeats the change of line {first}"),
+            );
             continue;
         }
         let authentic = match keys.get(&change.device()) {
@@ -481,13 +494,12 @@ fn check_history(ck: &mut Checker, report: Uuid, keys: &HashMap<Uuid, VerifyingK
                         hex::encode(prev)
                     ),
                 ),
-                Some((_, p)) if p.device() != b.device || p.body().seq >= b.seq => ck
-                    .fail_change(
-                        &rel,
-                        Some(*n),
-                        c.id(),
-                        "its previous change is of another device or not earlier".into(),
-                    ),
+                Some((_, p)) if p.device() != b.device || p.body().seq >= b.seq => ck.fail_change(
+                    &rel,
+                    Some(*n),
+                    c.id(),
+                    "its previous change is of another device or not earlier".into(),
+                ),
                 Some(_) => {}
             }
         }
@@ -550,7 +562,11 @@ fn read_devices(ck: &mut Checker) -> BTreeMap<Uuid, DeviceEnrollment> {
         Err(e) => {
             ck.fail(
                 DEVICES_FILE,
-                format!("is not a device list (line {}, column {})", e.line(), e.column()),
+                format!(
+                    "is not a device list (line {}, column {})",
+                    e.line(),
+                    e.column()
+                ),
             );
             BTreeMap::new()
         }
@@ -643,7 +659,11 @@ fn parse_tags(text: &str) -> Vec<(String, String)> {
 }
 
 /// The first JSON path where `found` differs from `want`.
-fn first_difference(want: &serde_json::Value, found: &serde_json::Value, at: String) -> Option<String> {
+fn first_difference(
+    want: &serde_json::Value,
+    found: &serde_json::Value,
+    at: String,
+) -> Option<String> {
     use serde_json::Value as J;
     let join = |k: &str| {
         if at.is_empty() {

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The whole test suite. Installs what the tests need from outside the
+# Rust toolchain first (each step is skipped when already done), then runs
+# every test with FR_REQUIRE_TOOLS=1, so a missing tool fails instead of
+# skipping. Extra arguments go to `cargo nextest run`.
+#
+#   apt:   qpdf, poppler-utils (pdftotext)   evidence PDF checks
+#   PyPI:  bagit (bagit.py --validate)       evidence bag checks, in a venv
+#                                            under ~/.cache/fieldreport
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/fieldreport"
+VENV="$CACHE/venv"
+BAGIT_VERSION=1.9.0
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else
+    echo "scripts/test.sh: need root to install $*; install it yourself and re-run" >&2
+    exit 1
+  fi
+}
+
+apt_missing=()
+command -v qpdf >/dev/null || apt_missing+=(qpdf)
+command -v pdftotext >/dev/null || apt_missing+=(poppler-utils)
+python3 -c 'import ensurepip, venv' 2>/dev/null || apt_missing+=(python3-venv)
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  echo "== installing from apt: ${apt_missing[*]}"
+  as_root apt-get update -q
+  as_root apt-get install -y -q "${apt_missing[@]}"
+fi
+
+if [ ! -x "$VENV/bin/bagit.py" ]; then
+  echo "== installing bagit $BAGIT_VERSION from PyPI into $VENV"
+  mkdir -p "$CACHE"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "bagit==$BAGIT_VERSION"
+fi
+export PATH="$VENV/bin:$PATH"
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "== installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+
+export FR_REQUIRE_TOOLS=1
+exec cargo nextest run --workspace --no-fail-fast "$@"

@@ -1,0 +1,248 @@
+//! The `fieldreport-station` command line: serve, enroll devices, export
+//! and verify evidence packages, run the demo. Lives in the library so
+//! that test binaries can run the very same command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::{SqliteStorage, StationStorage};
+use clap::{Parser, Subcommand};
+use fieldreport_core::{Person, Role};
+
+#[derive(Parser)]
+#[command(
+    name = "fieldreport-station",
+    version,
+    about = "FieldReport station: sync server for FieldReport devices"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API.
+    Serve {
+        /// TOML file with `listen` and `data`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on (default 127.0.0.1:8787).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Data directory (default ./station-data).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Create a one-time enrollment code for a person.
+    Enroll {
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Full name.
+        #[arg(long)]
+        name: String,
+        /// Star (badge) number.
+        #[arg(long)]
+        star: String,
+        #[arg(long, value_parser = ["officer", "supervisor"])]
+        role: String,
+        /// Unit or district.
+        #[arg(long)]
+        unit: String,
+        /// Minutes until the code expires.
+        #[arg(long, default_value_t = 60)]
+        ttl_minutes: i64,
+    },
+    /// Write the evidence package (a BagIt bag) of one or more reports.
+    Export {
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Report id; repeat for a referral of several reports.
+        #[arg(long = "report", required = true)]
+        reports: Vec<uuid::Uuid>,
+        /// Directory to create (must not exist, or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// How the package names this station (default: the data directory).
+        #[arg(long)]
+        station_name: Option<String>,
+    },
+    /// Check an evidence package: manifests, signatures, device chains,
+    /// media hashes, and the replay of the history. Exits 1 if it fails.
+    Verify {
+        /// The package directory.
+        dir: PathBuf,
+    },
+    /// Run the guided demo: a station, two officers and a supervisor.
+    Demo {
+        /// Leave the station running afterwards.
+        #[arg(long)]
+        keep_running: bool,
+        /// Keep the demo's data here instead of a temporary directory.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+/// Parses the process arguments and runs the command.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(cli)));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // One clear line for the admin, whatever RUST_BACKTRACE says.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    // The demo tells its own story on stdout; keep the logs to warnings.
+    let default_level = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let env = |k: &str| std::env::var(k).ok();
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data,
+        } => {
+            let cfg = Config::load(config.as_deref(), env, listen, data)?;
+            let storage: Arc<dyn StationStorage> = Arc::new(SqliteStorage::open(&cfg.data)?);
+            let listener = tokio::net::TcpListener::bind(cfg.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+            let station = crate::spawn(listener, storage).await?;
+            tracing::info!(url = %station.url(), data = %cfg.data.display(), "station serving");
+            tokio::signal::ctrl_c().await?;
+            tracing::info!("shutting down");
+            station.stop().await;
+        }
+        Command::Enroll {
+            data,
+            config,
+            name,
+            star,
+            role,
+            unit,
+            ttl_minutes,
+        } => {
+            if ttl_minutes <= 0 {
+                anyhow::bail!("--ttl-minutes must be positive");
+            }
+            let cfg = Config::load(config.as_deref(), env, None, data)?;
+            let storage = SqliteStorage::open(&cfg.data)?;
+            let role = if role == "supervisor" {
+                Role::Supervisor
+            } else {
+                Role::Officer
+            };
+            let person = Person {
+                name,
+                star_number: star,
+                role,
+                unit,
+            };
+            let (code, expires) = storage
+                .create_enrollment(person, ttl_minutes * 60_000)
+                .await?;
+            let expires = chrono::DateTime::from_timestamp_millis(expires).unwrap_or_default();
+            println!("enrollment code: {code}");
+            println!(
+                "expires: {} (one use)",
+                expires.format("%Y-%m-%d %H:%M UTC")
+            );
+        }
+        Command::Demo { keep_running, data } => {
+            crate::demo::run(keep_running, data).await?;
+        }
+        Command::Export {
+            data,
+            config,
+            reports,
+            out,
+            station_name,
+        } => {
+            let cfg = Config::load(config.as_deref(), env, None, data)?;
+            let storage: Arc<dyn StationStorage> = Arc::new(SqliteStorage::open(&cfg.data)?);
+            let station = station_name.unwrap_or_else(|| {
+                let dir = std::fs::canonicalize(&cfg.data).unwrap_or(cfg.data.clone());
+                format!("FieldReport station at {}", dir.display())
+            });
+            let bar = progress_bar();
+            let b = bar.clone();
+            let summary =
+                crate::export::export_package(&storage, None, &reports, &station, &out, move |p| {
+                    b.set_message(p.phase.label());
+                    b.set_length(p.total);
+                    b.set_position(p.done);
+                })
+                .await;
+            bar.finish_and_clear();
+            let summary = summary?;
+            println!(
+                "wrote {}: {} report(s), {} change(s), {} device(s), {} media file(s), {} payload bytes",
+                out.display(),
+                summary.reports,
+                summary.changes,
+                summary.devices,
+                summary.media_files,
+                summary.payload_bytes
+            );
+            println!(
+                "check it with: fieldreport-station verify {}",
+                out.display()
+            );
+        }
+        Command::Verify { dir } => {
+            let bar = progress_bar();
+            let b = bar.clone();
+            let verdict = tokio::task::spawn_blocking(move || {
+                fieldreport_core::evidence::package::verify_package(&dir, &mut |done, total| {
+                    b.set_message("hashing");
+                    b.set_length(total);
+                    b.set_position(done);
+                })
+            })
+            .await?;
+            bar.finish_and_clear();
+            let verdict = verdict?;
+            print!("{verdict}");
+            if !verdict.is_ok() {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr; invisible when stderr is not a terminal.
+fn progress_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>10} [{bar:40}] {percent:>3}% {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}

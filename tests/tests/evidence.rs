@@ -1,0 +1,690 @@
+//! Evidence packages: a bag exported from a station after two officers'
+//! conflicting edits and photos passes `bagit.py --validate`, its PDF passes
+//! `qpdf --check` and `pdftotext` finds the report id, the federal
+//! supervisor's badge and every photo hash; `verify` accepts it, and names
+//! each tampering; exporting is refused to those who may not see a report.
+//!
+//! The outside tools (bagit.py from PyPI, qpdf, poppler-utils) are
+//! installed by `.ci/run`. Without them these checks are skipped with a
+//! message, unless `FR_REQUIRE_TOOLS=1` (CI sets it) makes that a failure.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine;
+use fieldreport_core::crdt::{Action, Change, ChangeBody, Hlc, Operation, Target};
+use fieldreport_core::evidence::package::{change_line, verify_package, Verdict};
+use fieldreport_core::store::{MediaMeta, Origin};
+use fieldreport_core::{DeviceIdentity, Role, Value};
+use fieldreport_e2e::*;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+const T0: i64 = 1_764_000_000_000;
+const BADGE_A: &str = "CBP 4471-B";
+const BADGE_B: &str = "CBP 4417";
+const CLI: &str = env!("CARGO_BIN_EXE_station-cli");
+
+struct Scene {
+    st: TestStation,
+    report: Uuid,
+    photos: Vec<String>,
+    officer: Device,
+    supervisor: Device,
+    other_supervisor: Device,
+}
+
+fn photo(d: &Device, r: Uuid, size: usize, seed: u8) -> String {
+    let path = d.dir().join(format!("photo-{seed}.jpg"));
+    let bytes: Vec<u8> = (0..size)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
+    fs::write(&path, bytes).unwrap();
+    d.store
+        .attach_media(
+            r,
+            &path,
+            MediaMeta {
+                mime_type: "image/jpeg".into(),
+                file_name: Some(format!("IMG_{seed}.jpg")),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .sha256
+}
+
+/// Two officers of District 9 on one report, offline: shared phone to
+/// phone, concurrent badge numbers (a kept conflict), two photos; synced.
+fn scene() -> Scene {
+    let st = TestStation::start();
+    let a = st.device(&person("Ana Alvarez", "11021", Role::Officer, "D9"), None);
+    let b = st.device(&person("Ben Brooks", "11544", Role::Officer, "D9"), None);
+    let supervisor = st.device(&person("Sam Ortiz", "900", Role::Supervisor, "D9"), None);
+    let other_supervisor = st.device(&person("Kim Lee", "901", Role::Supervisor, "D12"), None);
+    let r = a.store.create_report().unwrap();
+    let s = &a.store;
+    s.set_field(r, "occurred.start", Value::Time(T0)).unwrap();
+    s.set_field(
+        r,
+        "occurred.time_zone",
+        Value::Text("America/Chicago".into()),
+    )
+    .unwrap();
+    s.set_field(
+        r,
+        "location.address",
+        Value::Text("1800 S Blue Island Ave".into()),
+    )
+    .unwrap();
+    s.set_field(r, "federal_agencies", Value::List(vec!["ice".into()]))
+        .unwrap();
+    let photos = vec![photo(&a, r, 200_000, 1), photo(&a, r, 150_000, 2)];
+    b.store
+        .apply_changes(
+            a.store
+                .changes_missing_from(&b.store.heads().unwrap())
+                .unwrap(),
+            Origin::Peer,
+        )
+        .unwrap();
+    let badge = "supervisory_federal_officer.badge_number";
+    a.store
+        .set_field(r, badge, Value::Text(BADGE_A.into()))
+        .unwrap();
+    b.store
+        .set_field(r, badge, Value::Text(BADGE_B.into()))
+        .unwrap();
+    b.store
+        .set_field(
+            r,
+            "narrative",
+            Value::Text("José was pushed to the ground — 中文 kept in JSON.".into()),
+        )
+        .unwrap();
+    a.store
+        .set_field(r, "medical_aid.ems_summoned_at", Value::Time(T0 + 300_000))
+        .unwrap();
+    a.sync();
+    b.sync();
+    Scene {
+        st,
+        report: r,
+        photos,
+        officer: a,
+        supervisor,
+        other_supervisor,
+    }
+}
+
+fn station_data(s: &Scene) -> PathBuf {
+    s.st.dir.path().join("station")
+}
+
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(CLI).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn export(s: &Scene, reports: &[Uuid], out: &Path) {
+    let data = station_data(s);
+    let mut args = vec![
+        "export".to_string(),
+        "--data".into(),
+        data.to_string_lossy().into_owned(),
+        "--out".into(),
+        out.to_string_lossy().into_owned(),
+    ];
+    for r in reports {
+        args.push("--report".into());
+        args.push(r.to_string());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, stdout, stderr) = cli(&refs);
+    assert!(ok, "export failed: {stdout}{stderr}");
+}
+
+/// An outside tool, or `None` (skip) when it is absent and not required.
+fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        if std::env::var_os("FR_REQUIRE_TOOLS").is_some() {
+            panic!(
+                "{name} is required (FR_REQUIRE_TOOLS is set) but not on PATH; .ci/run installs it"
+            );
+        }
+        eprintln!("SKIPPED: {name} is not installed; .ci/run installs it");
+    }
+    found
+}
+
+fn run_ok(tool: &Path, args: &[&str]) -> String {
+    let out = Command::new(tool).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed:\n{text}",
+        tool.display()
+    );
+    text
+}
+
+fn verify(dir: &Path) -> Verdict {
+    verify_package(dir, &mut |_, _| {}).unwrap()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+fn files_under(root: &Path, rel: &str, out: &mut Vec<String>) {
+    for e in fs::read_dir(root.join(rel)).unwrap() {
+        let e = e.unwrap();
+        let child = format!("{rel}/{}", e.file_name().to_string_lossy());
+        if e.file_type().unwrap().is_dir() {
+            files_under(root, &child, out);
+        } else {
+            out.push(child);
+        }
+    }
+}
+
+/// What a forger with write access does after tampering: recomputes both
+/// manifests and the Payload-Oxum so that BagIt tools see a valid bag.
+fn rewrite_manifests(bag: &Path) {
+    let mut files = Vec::new();
+    files_under(bag, "data", &mut files);
+    files.sort();
+    let mut manifest = String::new();
+    let mut bytes = 0u64;
+    for f in &files {
+        let b = fs::read(bag.join(f)).unwrap();
+        bytes += b.len() as u64;
+        manifest.push_str(&format!("{}  {f}\n", hex::encode(Sha256::digest(&b))));
+    }
+    fs::write(bag.join("manifest-sha256.txt"), &manifest).unwrap();
+    let info = fs::read_to_string(bag.join("bag-info.txt")).unwrap();
+    let info: String = info
+        .lines()
+        .map(|l| {
+            if l.starts_with("Payload-Oxum:") {
+                format!("Payload-Oxum: {bytes}.{}\n", files.len())
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    fs::write(bag.join("bag-info.txt"), &info).unwrap();
+    let mut tag = String::new();
+    for f in ["bag-info.txt", "bagit.txt", "manifest-sha256.txt"] {
+        let b = fs::read(bag.join(f)).unwrap();
+        tag.push_str(&format!("{}  {f}\n", hex::encode(Sha256::digest(&b))));
+    }
+    fs::write(bag.join("tagmanifest-sha256.txt"), tag).unwrap();
+}
+
+fn history_path(bag: &Path, r: Uuid) -> PathBuf {
+    bag.join(format!("data/reports/{r}/changes.jsonl"))
+}
+
+fn history(bag: &Path, r: Uuid) -> Vec<serde_json::Value> {
+    fs::read_to_string(history_path(bag, r))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn write_history(bag: &Path, r: Uuid, lines: &[serde_json::Value]) {
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    fs::write(history_path(bag, r), text).unwrap();
+}
+
+fn assert_names(v: &Verdict, file: &str, change: Option<&str>, problem: &str) {
+    let hit = v.failures.iter().any(|f| {
+        f.file == file
+            && change.is_none_or(|c| f.change.map(|x| x.to_string()).as_deref() == Some(c))
+            && f.problem.contains(problem)
+    });
+    assert!(
+        hit,
+        "expected a finding on {file} (change {change:?}) saying `{problem}`; got:\n{v}"
+    );
+}
+
+#[test]
+fn exported_bag_passes_bagit_qpdf_and_pdftotext_and_verifies() {
+    let s = scene();
+    let work = tempfile::tempdir().unwrap();
+    let bag = work.path().join("bag");
+    export(&s, &[s.report], &bag);
+
+    let v = verify(&bag);
+    assert!(v.is_ok(), "{v}");
+    assert_eq!(v.reports, vec![s.report]);
+    assert_eq!(v.devices, 2, "both officers' devices, no one else's");
+    assert_eq!(v.media_files, 2);
+    // Every change the station holds (one report): both officers' work.
+    assert_eq!(v.changes as u64, s.st.counts().changes);
+    let (ok, out, _) = cli(&["verify", &bag.to_string_lossy()]);
+    assert!(ok && out.starts_with("VERIFIED"), "{out}");
+
+    // The JSON is the officers' report, conflict kept.
+    let json: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(bag.join(format!("data/reports/{}/report.json", s.report))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        json["conflicts"][0]["path"],
+        "supervisory_federal_officer.badge_number"
+    );
+    assert_eq!(json["conflicts"][0]["values"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        json["narrative"],
+        "José was pushed to the ground — 中文 kept in JSON."
+    );
+    // Every photo is in the bag with its bytes.
+    for sha in &s.photos {
+        let b = fs::read(bag.join(format!("data/media/{sha}"))).unwrap();
+        assert_eq!(&hex::encode(Sha256::digest(&b)), sha);
+    }
+
+    if let Some(bagit) = tool("bagit.py") {
+        run_ok(&bagit, &["--validate", &bag.to_string_lossy()]);
+    }
+    let pdf = bag.join(format!("data/reports/{}/report.pdf", s.report));
+    if let Some(qpdf) = tool("qpdf") {
+        run_ok(&qpdf, &["--check", &pdf.to_string_lossy()]);
+    }
+    if let Some(pdftotext) = tool("pdftotext") {
+        let txt = work.path().join("report.txt");
+        run_ok(
+            &pdftotext,
+            &[&pdf.to_string_lossy(), &txt.to_string_lossy()],
+        );
+        let text = fs::read_to_string(&txt).unwrap();
+        assert!(
+            text.contains(&s.report.to_string()),
+            "report id missing:\n{text}"
+        );
+        assert!(
+            text.contains(BADGE_A) && text.contains(BADGE_B),
+            "badges missing:\n{text}"
+        );
+        for sha in &s.photos {
+            assert!(
+                text.contains(sha.as_str()),
+                "photo hash {sha} missing:\n{text}"
+            );
+        }
+        // Incident time zone and UTC side by side.
+        assert!(text.contains("CST (") && text.contains("UTC)"), "{text}");
+        assert!(text.contains("Jos\u{e9} was pushed"), "{text}");
+    }
+
+    // A second export into the same directory is refused, nothing changed.
+    let before = fs::read(bag.join("manifest-sha256.txt")).unwrap();
+    let data = station_data(&s);
+    let (ok, _, err) = cli(&[
+        "export",
+        "--data",
+        &data.to_string_lossy(),
+        "--report",
+        &s.report.to_string(),
+        "--out",
+        &bag.to_string_lossy(),
+    ]);
+    assert!(!ok && err.contains("not an empty directory"), "{err}");
+    assert_eq!(fs::read(bag.join("manifest-sha256.txt")).unwrap(), before);
+}
+
+#[test]
+fn every_tampering_is_detected_and_named() {
+    let s = scene();
+    let work = tempfile::tempdir().unwrap();
+    let clean = work.path().join("clean");
+    export(&s, &[s.report], &clean);
+    assert!(verify(&clean).is_ok());
+    let r = s.report;
+    let hist_rel = format!("data/reports/{r}/changes.jsonl");
+    let json_rel = format!("data/reports/{r}/report.json");
+    let case = |name: &str| {
+        let dir = work.path().join(name);
+        copy_dir(&clean, &dir);
+        dir
+    };
+    // The change of A that sets the badge (the one to tamper with).
+    let lines = history(&clean, r);
+    let badge_line = lines
+        .iter()
+        .position(|l| {
+            l["ops"][0]["target"] == "supervisory_federal_officer.badge_number"
+                && l["ops"][0]["value"]["text"] == BADGE_A
+        })
+        .unwrap();
+    let badge_change = lines[badge_line]["change"].as_str().unwrap().to_string();
+
+    // 1. A flipped byte in a photo: the manifest catches it.
+    let sha = &s.photos[0];
+    let media_rel = format!("data/media/{sha}");
+    let bag = case("photo-byte");
+    let p = bag.join(&media_rel);
+    let mut bytes = fs::read(&p).unwrap();
+    bytes[1000] ^= 0x01;
+    fs::write(&p, &bytes).unwrap();
+    let v = verify(&bag);
+    assert_names(&v, &media_rel, None, "manifest-sha256.txt says");
+    assert_names(&v, &media_rel, None, "the signed change attaches");
+    let (ok, out, _) = cli(&["verify", &bag.to_string_lossy()]);
+    assert!(
+        !ok && out.starts_with("FAILED") && out.contains(&media_rel),
+        "{out}"
+    );
+
+    // 2. A flipped byte in a change (a badge digit, inside the signed
+    //    bytes), manifests rewritten: the signature catches it.
+    let bag = case("change-byte");
+    let mut lines = history(&bag, r);
+    let body_b64 = lines[badge_line]["body"].as_str().unwrap();
+    let mut body = base64::engine::general_purpose::STANDARD
+        .decode(body_b64)
+        .unwrap();
+    let at = body
+        .windows(BADGE_A.len())
+        .position(|w| w == BADGE_A.as_bytes())
+        .unwrap();
+    body[at + 5] ^= 0x01; // "4471" -> "5471"
+    lines[badge_line]["body"] = base64::engine::general_purpose::STANDARD
+        .encode(&body)
+        .into();
+    write_history(&bag, r, &lines);
+    rewrite_manifests(&bag);
+    let v = verify(&bag);
+    assert_names(
+        &v,
+        &hist_rel,
+        Some(&badge_change),
+        "signature does not verify",
+    );
+
+    // 3. A flipped byte in the report JSON: the manifest catches it, and
+    //    with the manifests rewritten, the replay does.
+    let bag = case("json-byte");
+    let p = bag.join(&json_rel);
+    let text = fs::read_to_string(&p)
+        .unwrap()
+        .replacen(BADGE_A, "CBP 4471-C", 1);
+    fs::write(&p, text).unwrap();
+    let v = verify(&bag);
+    assert_names(&v, &json_rel, None, "manifest-sha256.txt says");
+    rewrite_manifests(&bag);
+    let v = verify(&bag);
+    assert_eq!(v.failures.len(), 1, "{v}");
+    assert_names(
+        &v,
+        &json_rel,
+        None,
+        "differs from the replayed history at `conflicts.0",
+    );
+
+    // 4. A change removed from the history, manifests rewritten: the
+    //    next change of the same device names the broken chain.
+    let bag = case("removed-change");
+    let mut lines = history(&bag, r);
+    let device = lines[badge_line]["device"].clone();
+    let removed = lines
+        .iter()
+        .position(|l| l["device"] == device && l["seq"].as_u64().unwrap() > 1)
+        .unwrap();
+    let removed_hash = lines[removed]["hash"].as_str().unwrap().to_string();
+    let successor = lines
+        .iter()
+        .find(|l| l["prev"] == removed_hash.as_str())
+        .unwrap()["change"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    lines.remove(removed);
+    write_history(&bag, r, &lines);
+    rewrite_manifests(&bag);
+    let v = verify(&bag);
+    assert_names(
+        &v,
+        &hist_rel,
+        Some(&successor),
+        "missing from the history (chain broken)",
+    );
+
+    // 5. A change from a device not in the bag, correctly signed and
+    //    chained by its own key, manifests rewritten.
+    let bag = case("foreign-device");
+    let stranger = DeviceIdentity::generate(person("X", "0", Role::Officer, "D9")).unwrap();
+    let forged = Change::sign(
+        ChangeBody {
+            format: 1,
+            report: r,
+            device: stranger.device_id(),
+            seq: 1,
+            hlc: Hlc {
+                wall_ms: T0 as u64 + 1_000_000,
+                counter: 0,
+            },
+            wall_clock_ms: T0 + 1_000_000,
+            prev: None,
+            ops: vec![Operation {
+                target: Target::Field("narrative".into()),
+                action: Action::Set(Value::Text("Nothing happened.".into())),
+                pred: vec![],
+            }],
+        },
+        &stranger.signing_key,
+    )
+    .unwrap();
+    let mut lines = history(&bag, r);
+    lines.push(change_line(&forged));
+    write_history(&bag, r, &lines);
+    rewrite_manifests(&bag);
+    let v = verify(&bag);
+    assert_names(
+        &v,
+        &hist_rel,
+        Some(&forged.id().to_string()),
+        "is not in data/devices.json",
+    );
+
+    // 6. A photo swapped for another file under the same name, manifests
+    //    rewritten: BagIt tools pass it, the signed hash does not.
+    let bag = case("swapped-photo");
+    fs::write(bag.join(&media_rel), b"a different picture").unwrap();
+    rewrite_manifests(&bag);
+    if let Some(bagit) = tool("bagit.py") {
+        run_ok(&bagit, &["--validate", &bag.to_string_lossy()]);
+    }
+    let v = verify(&bag);
+    let attaching = s
+        .officer
+        .store
+        .report_changes(r)
+        .unwrap()
+        .into_iter()
+        .find(|c| {
+            c.body()
+                .ops
+                .iter()
+                .any(|op| matches!(&op.action, Action::Set(Value::Text(t)) if t == sha))
+        })
+        .unwrap()
+        .id()
+        .to_string();
+    assert_names(
+        &v,
+        &media_rel,
+        Some(&attaching),
+        "the signed change attaches",
+    );
+    let (ok, out, _) = cli(&["verify", &bag.to_string_lossy()]);
+    assert!(!ok && out.contains(&attaching), "{out}");
+
+    // The clean bag still verifies: the cases did not share files.
+    assert!(verify(&clean).is_ok());
+}
+
+#[test]
+fn export_is_refused_to_those_who_may_not_see_the_report() {
+    let s = scene();
+    let http = reqwest::blocking::Client::new();
+    let get = |cred: Option<&str>, id: &str| {
+        let mut req = http.get(format!("{}/v1/reports/{id}/export", s.st.url));
+        if let Some(c) = cred {
+            req = req.bearer_auth(c);
+        }
+        req.send().unwrap()
+    };
+    let id = s.report.to_string();
+    assert_eq!(get(None, &id).status(), 401);
+    // The author is an officer: packages are for supervisors.
+    let officer = s.officer.credential();
+    let resp = get(Some(&officer), &id);
+    assert_eq!(resp.status(), 403);
+    // A supervisor of another unit cannot tell the report exists.
+    let other = s.other_supervisor.credential();
+    let resp = get(Some(&other), &id);
+    assert_eq!(resp.status(), 404);
+    let body: serde_json::Value = resp.json().unwrap();
+    assert_eq!(body["error"], "not_found");
+    let sup = s.supervisor.credential();
+    assert_eq!(get(Some(&sup), "not-a-uuid").status(), 400);
+    assert_eq!(get(Some(&sup), &Uuid::new_v4().to_string()).status(), 404);
+
+    // The unit's supervisor gets a tar of the bag, which verifies.
+    let resp = get(Some(&sup), &id);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/x-tar");
+    let bytes = resp.bytes().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    tar::Archive::new(&bytes[..]).unpack(work.path()).unwrap();
+    let bag = work.path().join(format!("fieldreport-{id}"));
+    let v = verify(&bag);
+    assert!(v.is_ok(), "{v}");
+    assert_eq!(v.media_files, 2);
+    // Nothing is left behind in the station's scratch space.
+    let scratch = station_data(&s).join("exports-tmp");
+    assert_eq!(fs::read_dir(scratch).unwrap().count(), 0);
+
+    // The console refuses an unknown report clearly.
+    let data = station_data(&s);
+    let (ok, _, err) = cli(&[
+        "export",
+        "--data",
+        &data.to_string_lossy(),
+        "--report",
+        &Uuid::new_v4().to_string(),
+        "--out",
+        &work.path().join("x").to_string_lossy(),
+    ]);
+    assert!(!ok && err.contains("not found"), "{err}");
+    assert!(!work.path().join("x").exists());
+}
+
+#[test]
+fn a_referral_packs_several_reports_in_one_bag() {
+    let s = scene();
+    let second = s.officer.store.create_report().unwrap();
+    s.officer
+        .store
+        .set_field(second, "narrative", Value::Text("Second incident.".into()))
+        .unwrap();
+    s.officer.sync();
+    let work = tempfile::tempdir().unwrap();
+    let bag = work.path().join("referral");
+    export(&s, &[s.report, second], &bag);
+    let v = verify(&bag);
+    assert!(v.is_ok(), "{v}");
+    let mut want = vec![s.report, second];
+    want.sort();
+    assert_eq!(v.reports, want);
+    let info = fs::read_to_string(bag.join("bag-info.txt")).unwrap();
+    assert_eq!(info.matches("FieldReport-Report: ").count(), 2);
+    if let Some(bagit) = tool("bagit.py") {
+        run_ok(&bagit, &["--validate", &bag.to_string_lossy()]);
+    }
+}
+
+/// Any single corrupted byte anywhere in the bag (payload, manifest,
+/// bag-info, declaration) is found, and the verifier never panics on it.
+/// `FR_FLIP_CASES` sets the count (default 300); the seed is printed.
+#[test]
+fn any_flipped_byte_is_found() {
+    let s = scene();
+    let work = tempfile::tempdir().unwrap();
+    let bag = work.path().join("bag");
+    export(&s, &[s.report], &bag);
+    let mut files = vec![
+        "bagit.txt".to_string(),
+        "bag-info.txt".into(),
+        "manifest-sha256.txt".into(),
+    ];
+    files_under(&bag, "data", &mut files);
+    files.sort();
+    let cases: usize = std::env::var("FR_FLIP_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let seed: u64 = std::env::var("FR_FLIP_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("flip cases: {cases}, seed {seed} (FR_FLIP_SEED to replay)");
+    let mut x = seed;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..cases {
+        let file = &files[(next() % files.len() as u64) as usize];
+        let path = bag.join(file);
+        let original = fs::read(&path).unwrap();
+        let mut bytes = original.clone();
+        let at = (next() % bytes.len() as u64) as usize;
+        let mask = (next() % 255 + 1) as u8;
+        bytes[at] ^= mask;
+        fs::write(&path, &bytes).unwrap();
+        let v = verify_package(&bag, &mut |_, _| {}).unwrap();
+        assert!(
+            !v.is_ok(),
+            "case {i} (seed {seed}): byte {at} of {file} xor {mask:#04x} went unnoticed"
+        );
+        fs::write(&path, &original).unwrap();
+    }
+    assert!(verify(&bag).is_ok());
+}
