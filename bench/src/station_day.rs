@@ -4,7 +4,7 @@
 //! mode) so its peak RSS is its own. Also measures the wire bytes of a
 //! one-field edit against the whole report as JSON.
 //!
-//! `cargo run --release -p fieldreport-e2e --bin station-day [-- quick]`
+//! Run by `fieldreport-bench` (`station-day`, `wire`).
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -18,6 +18,8 @@ use fieldreport_core::{Change, Person, Role, Value};
 use fieldreport_station::{SqliteStorage, StationStorage};
 use sha2::Digest;
 use uuid::Uuid;
+
+use crate::report::Row;
 
 const SERVE_ENV: &str = "FR_STATION_DAY_SERVE";
 const UNIT: &str = "District 1";
@@ -194,11 +196,15 @@ fn photo_bytes(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn main() -> anyhow::Result<()> {
-    if let Ok(dir) = std::env::var(SERVE_ENV) {
-        return serve(&dir);
+/// In the child process: serve, and return true.
+pub fn serve_if_child() -> anyhow::Result<bool> {
+    match std::env::var(SERVE_ENV) {
+        Ok(dir) => serve(&dir).map(|_| true),
+        Err(_) => Ok(false),
     }
-    let quick = std::env::args().any(|a| a == "quick");
+}
+
+pub fn run(target: &std::path::Path, quick: bool) -> anyhow::Result<Vec<Row>> {
     let s = if quick {
         Sizes {
             devices: 20,
@@ -218,9 +224,7 @@ fn main() -> anyhow::Result<()> {
             supervisors: 10,
         }
     };
-    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
-    std::fs::create_dir_all(&target)?;
-    let data = tempfile::tempdir_in(&target)?;
+    let data = tempfile::tempdir_in(target)?;
     let mut child = Command::new(std::env::current_exe()?)
         .env(SERVE_ENV, data.path())
         .env("RUST_LOG", "warn")
@@ -357,7 +361,37 @@ fn main() -> anyhow::Result<()> {
         "every supervisor pulled every change: {pulled:?} of {pushed}"
     );
 
-    // Wire bytes of a one-field edit vs the whole report as JSON.
+    let total = push_time + pull_time;
+    println!(
+        "  ({pushed} changes pushed; each supervisor pulled {})",
+        pulled[0]
+    );
+    Ok(vec![
+        Row::absolute(
+            format!(
+                "station day, SQLite: {} devices × {} reports × {} edits + {} × {} MB photos, pushed concurrently; pulled by {} supervisors",
+                s.devices, s.reports, s.edits, s.photos, s.photo_bytes >> 20, s.supervisors
+            ),
+            format!(
+                "{:.1} s (push {:.1} s, pull {:.1} s)",
+                total.as_secs_f64(),
+                push_time.as_secs_f64(),
+                pull_time.as_secs_f64()
+            ),
+            "< 5 min",
+            total.as_secs() < 300,
+        ),
+        Row::absolute(
+            "station day, SQLite: station peak RSS (VmHWM of the station process)".into(),
+            format!("{:.0} MB", rss_kb as f64 / 1024.0),
+            "< 500 MB",
+            rss_kb < 500 * 1024,
+        ),
+    ])
+}
+
+/// Wire bytes of a one-field edit vs the whole report as JSON.
+pub fn wire() -> anyhow::Result<Vec<Row>> {
     let id = DeviceIdentity::generate(Person {
         name: "W".into(),
         star_number: "w".into(),
@@ -410,42 +444,12 @@ fn main() -> anyhow::Result<()> {
     }
     let whole = demo_store.report_json(r)?.len();
 
-    let total = push_time + pull_time;
-    let rows = vec![
-        (
-            format!(
-                "station day: {} devices × {} reports × {} edits + {} × {} MB photos, pushed concurrently; pulled by {} supervisors",
-                s.devices, s.reports, s.edits, s.photos, s.photo_bytes >> 20, s.supervisors
-            ),
-            format!("{:.1} s (push {:.1} s, pull {:.1} s)", total.as_secs_f64(), push_time.as_secs_f64(), pull_time.as_secs_f64()),
-            "< 5 min".to_string(),
-        ),
-        (
-            "station peak RSS (VmHWM of the station process)".into(),
-            format!("{:.0} MB", rss_kb as f64 / 1024.0),
-            "< 500 MB".into(),
-        ),
-        (
-            "bytes on the wire for a one-field edit (HTTP request)".into(),
-            format!("{edit_wire} B vs the whole report as JSON {whole} B ({:.2}×)", edit_wire as f64 / whole as f64),
-            "≤ 2 KB".into(),
-        ),
-    ];
-    println!("\n| scenario | figure | goal |\n|---|---|---|");
-    for (a, b, c) in &rows {
-        println!("| {a} | {b} | {c} |");
-    }
-    println!(
-        "({pushed} changes pushed; each supervisor pulled {})",
-        pulled[0]
-    );
-    let json: Vec<_> = rows
-        .iter()
-        .map(|(a, b, c)| serde_json::json!({"scenario": a, "figure": b, "goal": c}))
-        .collect();
-    std::fs::write(
-        target.join("bench-station-day.json"),
-        serde_json::to_string_pretty(&json)?,
-    )?;
-    Ok(())
+    Ok(vec![Row::ratio(
+        "bytes on the wire for a one-field edit (whole HTTP request)".into(),
+        format!("{edit_wire} B"),
+        format!("{whole} B: the whole report as JSON"),
+        edit_wire as f64 / whole as f64,
+        1.0,
+    )
+    .with_goal("≤ 2 KB", edit_wire <= 2048)])
 }

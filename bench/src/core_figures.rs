@@ -7,8 +7,7 @@
 //! - media ingest of a 200 MB file vs `openssl dgst -sha256` + `cp` + `sync`
 //!   (goal ≤ 1× their sum).
 //!
-//! `cargo bench -p fieldreport-core --bench core [-- quick]`; figures are
-//! printed and written to `target/bench-core.json`.
+//! Run by `fieldreport-bench` (`edit`, `apply`, `media`).
 
 use std::path::Path;
 use std::process::Command;
@@ -21,13 +20,7 @@ use fieldreport_core::{Change, Origin, Person, Role, Value};
 use rusqlite::{params, Connection};
 use uuid::Uuid;
 
-struct Row {
-    scenario: String,
-    ours: String,
-    baseline: String,
-    ratio: f64,
-    goal: String,
-}
+use crate::report::Row;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -88,22 +81,22 @@ fn bench_local_edit(dir: &Path, n: usize) -> Vec<Row> {
     let mut rows = Vec::new();
     for (label, p) in [("median", 0.5), ("p99", 0.99)] {
         let (o, b) = (percentile(&ours, p), percentile(&raw, p));
-        rows.push(Row {
-            scenario: format!("one durable local edit, {label} ({n} edits, ~{change_len} B)"),
-            ours: us(o),
-            baseline: format!("{} raw INSERT", us(b)),
-            ratio: o.as_secs_f64() / b.as_secs_f64(),
-            goal: "≤ 2×".into(),
-        });
+        rows.push(Row::ratio(
+            format!("one durable local edit, {label} ({n} edits, ~{change_len} B)"),
+            us(o),
+            format!("{} raw INSERT", us(b)),
+            o.as_secs_f64() / b.as_secs_f64(),
+            2.0,
+        ));
     }
     rows
 }
 
 /// A change as it travels: canonical body bytes and signature.
-type WireChange = (Vec<u8>, [u8; 64]);
+pub(crate) type WireChange = (Vec<u8>, [u8; 64]);
 
 /// `devices` devices × `reports` reports × `edits` changes, signed, chained.
-fn remote_changes(
+pub(crate) fn remote_changes(
     devices: usize,
     reports: usize,
     edits: usize,
@@ -195,21 +188,21 @@ fn bench_apply(dir: &Path, devices: usize, reports: usize, edits: usize) -> Vec<
     }
     let apply = t.elapsed();
     assert_eq!(store.change_count().unwrap(), n as u64);
-    vec![Row {
-        scenario: format!("apply {n} remote changes (decode+verify+merge+store, batches of 1000)"),
-        ours: format!(
+    vec![Row::ratio(
+        format!("apply {n} remote changes (decode+verify+merge+store, batches of 1000)"),
+        format!(
             "{:.2} s ({:.0}/s)",
             apply.as_secs_f64(),
             n as f64 / apply.as_secs_f64()
         ),
-        baseline: format!(
+        format!(
             "{:.2} s Ed25519 verify_strict alone, 1 core ({:.0}/s)",
             verify.as_secs_f64(),
             n as f64 / verify.as_secs_f64()
         ),
-        ratio: apply.as_secs_f64() / verify.as_secs_f64(),
-        goal: "≤ 1.5×".into(),
-    }]
+        apply.as_secs_f64() / verify.as_secs_f64(),
+        1.5,
+    )]
 }
 
 fn run(cmd: &str, args: &[&str]) {
@@ -281,62 +274,34 @@ fn bench_media(dir: &Path, mb: usize) -> Vec<Row> {
     ours.sort();
     base.sort();
     let (o, b) = (ours[rounds / 2], base[rounds / 2]);
-    vec![Row {
-        scenario: format!("media ingest of a {mb} MB file (hash + durable copy), median of 5"),
-        ours: format!(
+    vec![Row::ratio(
+        format!("media ingest of a {mb} MB file (hash + durable copy, not yet encrypted: issue 7), median of 5"),
+        format!(
             "{:.2} s ({:.0} MB/s)",
             o.as_secs_f64(),
             mb as f64 / o.as_secs_f64()
         ),
-        baseline: format!("{:.2} s openssl dgst + cp + sync", b.as_secs_f64()),
-        ratio: o.as_secs_f64() / b.as_secs_f64(),
-        goal: "≤ 1×".into(),
-    }]
+        format!("{:.2} s openssl dgst + cp + sync", b.as_secs_f64()),
+        o.as_secs_f64() / b.as_secs_f64(),
+        1.0,
+    )]
 }
 
-fn main() {
-    let quick = std::env::args().any(|a| a == "quick");
-    // Benchmarks run on the real disk (fsync cost included), not tmpfs.
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
-    std::fs::create_dir_all(&target).unwrap();
-    let dir = tempfile::tempdir_in(&target).unwrap();
-    // `-- edit`, `-- apply`, `-- media` run one scenario; none runs all.
-    let only: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| ["edit", "apply", "media"].contains(&a.as_str()))
-        .collect();
-    let want = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+/// Edit, apply and media rows.
+pub fn rows(dir: &Path, quick: bool, only: &dyn Fn(&str) -> bool) -> Vec<Row> {
     let mut rows = Vec::new();
-    if want("edit") {
-        rows.extend(bench_local_edit(dir.path(), if quick { 300 } else { 2000 }));
+    if only("edit") {
+        rows.extend(bench_local_edit(dir, if quick { 300 } else { 2000 }));
     }
-    if want("apply") {
+    if only("apply") {
         rows.extend(if quick {
-            bench_apply(dir.path(), 20, 10, 10)
+            bench_apply(dir, 20, 10, 10)
         } else {
-            bench_apply(dir.path(), 100, 50, 20)
+            bench_apply(dir, 100, 50, 20)
         });
     }
-    if want("media") {
-        rows.extend(bench_media(dir.path(), if quick { 20 } else { 200 }));
+    if only("media") {
+        rows.extend(bench_media(dir, if quick { 20 } else { 200 }));
     }
-
-    println!(
-        "\n| scenario | FieldReport | baseline (same run) | ratio | goal |\n|---|---|---|---|---|"
-    );
-    for r in &rows {
-        println!(
-            "| {} | {} | {} | {:.2}× | {} |",
-            r.scenario, r.ours, r.baseline, r.ratio, r.goal
-        );
-    }
-    let json: Vec<_> = rows
-        .iter()
-        .map(|r| serde_json::json!({"scenario": r.scenario, "ours": r.ours, "baseline": r.baseline, "ratio": r.ratio, "goal": r.goal}))
-        .collect();
-    std::fs::write(
-        target.join("bench-core.json"),
-        serde_json::to_string_pretty(&json).unwrap(),
-    )
-    .unwrap();
+    rows
 }

@@ -1,0 +1,59 @@
+//! The harness must not rot: `all --quick` runs every scenario and writes
+//! a row for each, with a ratio wherever there is a baseline.
+
+use std::process::Command;
+
+#[test]
+fn all_quick_writes_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_fieldreport-bench"))
+        .args(["all", "--quick", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("| scenario | FieldReport | baseline (same run) |"));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["quick"], true);
+    let rows = v["rows"].as_array().unwrap();
+    let has = |prefix: &str| {
+        rows.iter()
+            .any(|r| r["scenario"].as_str().unwrap().starts_with(prefix))
+    };
+    for prefix in [
+        "one durable local edit, median",
+        "one durable local edit, p99",
+        "apply ",
+        "merge only",
+        "open a store holding",
+        "media ingest",
+        "station day, SQLite: ",
+        "station day, SQLite: station peak RSS",
+        "station day, PostgreSQL",
+        "sync of ",
+        "bytes on the wire",
+        "stripped release library size",
+    ] {
+        assert!(has(prefix), "no row `{prefix}…` in {v:#}");
+    }
+    for r in rows {
+        let measured = !r["met"].is_null();
+        let has_baseline = r["baseline"] != "—";
+        if measured && has_baseline {
+            let ratio = r["ratio"].as_f64().unwrap();
+            assert!(ratio.is_finite() && ratio > 0.0, "{r}");
+        }
+        if !measured {
+            assert!(
+                r["ours"].as_str().unwrap().starts_with("not measured"),
+                "{r}"
+            );
+        }
+    }
+}
