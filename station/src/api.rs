@@ -42,16 +42,23 @@ pub struct AppState {
     /// (unit, event) for every report a push changed.
     pub events: broadcast::Sender<(String, ReportEvent)>,
     pub station_id: String,
+    /// Whether this process sends its pushes' events itself (false when
+    /// the storage engine fans them out to every process).
+    pub local_events: bool,
     /// Ends open event streams when the station stops.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
     pub fn new(storage: Arc<dyn StationStorage>, station_id: String) -> Self {
-        let (events, _) = broadcast::channel(1024);
+        let (events, local_events) = match storage.shared_events() {
+            Some(shared) => (shared, false),
+            None => (broadcast::channel(1024).0, true),
+        };
         AppState {
             storage,
             events,
+            local_events,
             station_id,
             shutdown: tokio_util::sync::CancellationToken::new(),
         }
@@ -178,8 +185,10 @@ async fn push(
     match result {
         Ok(outcome) => {
             tracing::info!(%device, applied = outcome.applied, duplicates = outcome.duplicates, "push");
-            for ev in outcome.events {
-                let _ = s.events.send(ev);
+            if s.local_events {
+                for ev in outcome.events {
+                    let _ = s.events.send(ev);
+                }
             }
             Ok(Json(PushResponse {
                 applied: outcome.applied,

@@ -4,10 +4,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use crate::config::Config;
-use crate::{SqliteStorage, StationStorage};
 use clap::{Parser, Subcommand};
 use fieldreport_core::{Person, Role};
 
@@ -35,11 +33,17 @@ enum Command {
         /// Data directory (default ./station-data).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// PostgreSQL URL (postgres://…); default: SQLite in the data directory.
+        #[arg(long)]
+        database: Option<String>,
     },
     /// Create a one-time enrollment code for a person.
     Enroll {
         #[arg(long)]
         data: Option<PathBuf>,
+        /// PostgreSQL URL; default: SQLite in the data directory.
+        #[arg(long)]
+        database: Option<String>,
         #[arg(long)]
         config: Option<PathBuf>,
         /// Full name.
@@ -61,6 +65,9 @@ enum Command {
     Export {
         #[arg(long)]
         data: Option<PathBuf>,
+        /// PostgreSQL URL; default: SQLite in the data directory.
+        #[arg(long)]
+        database: Option<String>,
         #[arg(long)]
         config: Option<PathBuf>,
         /// Report id; repeat for a referral of several reports.
@@ -126,9 +133,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             config,
             listen,
             data,
+            database,
         } => {
-            let cfg = Config::load(config.as_deref(), env, listen, data)?;
-            let storage: Arc<dyn StationStorage> = Arc::new(SqliteStorage::open(&cfg.data)?);
+            let cfg =
+                Config::load(config.as_deref(), env, listen, data)?.with_database(database)?;
+            let storage = cfg.open_storage_async().await?;
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
@@ -140,6 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Enroll {
             data,
+            database,
             config,
             name,
             star,
@@ -150,8 +160,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             if ttl_minutes <= 0 {
                 anyhow::bail!("--ttl-minutes must be positive");
             }
-            let cfg = Config::load(config.as_deref(), env, None, data)?;
-            let storage = SqliteStorage::open(&cfg.data)?;
+            let cfg = Config::load(config.as_deref(), env, None, data)?.with_database(database)?;
+            let storage = cfg.open_storage_async().await?;
             let role = if role == "supervisor" {
                 Role::Supervisor
             } else {
@@ -178,13 +188,14 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Export {
             data,
+            database,
             config,
             reports,
             out,
             station_name,
         } => {
-            let cfg = Config::load(config.as_deref(), env, None, data)?;
-            let storage: Arc<dyn StationStorage> = Arc::new(SqliteStorage::open(&cfg.data)?);
+            let cfg = Config::load(config.as_deref(), env, None, data)?.with_database(database)?;
+            let storage = cfg.open_storage_async().await?;
             let station = station_name.unwrap_or_else(|| {
                 let dir = std::fs::canonicalize(&cfg.data).unwrap_or(cfg.data.clone());
                 format!("FieldReport station at {}", dir.display())

@@ -1,6 +1,10 @@
 //! Station configuration: defaults, then a TOML file (`--config`), then the
-//! environment (`FIELDREPORT_LISTEN`, `FIELDREPORT_DATA`), then the command
-//! line; later sources win.
+//! environment (`FIELDREPORT_LISTEN`, `FIELDREPORT_DATA`,
+//! `FIELDREPORT_DATABASE`), then the command line; later sources win.
+//!
+//! `database` selects the engine: absent, the embedded SQLite file in
+//! `data`; `postgres://…`, PostgreSQL (media files stay under `data`, which
+//! every station process on that database must share).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +15,8 @@ use serde::Deserialize;
 pub struct Config {
     pub listen: SocketAddr,
     pub data: PathBuf,
+    /// `postgres://…` URL; `None`: SQLite in `data`.
+    pub database: Option<String>,
 }
 
 impl Default for Config {
@@ -18,6 +24,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
             data: PathBuf::from("./station-data"),
+            database: None,
         }
     }
 }
@@ -27,9 +34,18 @@ impl Default for Config {
 struct FileConfig {
     listen: Option<SocketAddr>,
     data: Option<PathBuf>,
+    database: Option<String>,
 }
 
 impl Config {
+    /// [`Config::open_storage`] from async code.
+    pub async fn open_storage_async(
+        &self,
+    ) -> anyhow::Result<std::sync::Arc<dyn crate::storage::StationStorage>> {
+        let cfg = self.clone();
+        tokio::task::spawn_blocking(move || cfg.open_storage()).await?
+    }
+
     pub fn load(
         file: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
@@ -44,6 +60,7 @@ impl Config {
                 .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
             c.listen = f.listen.unwrap_or(c.listen);
             c.data = f.data.unwrap_or(c.data);
+            c.database = f.database;
         }
         if let Some(v) = env("FIELDREPORT_LISTEN") {
             c.listen = v
@@ -53,9 +70,42 @@ impl Config {
         if let Some(v) = env("FIELDREPORT_DATA") {
             c.data = PathBuf::from(v);
         }
+        if let Some(v) = env("FIELDREPORT_DATABASE") {
+            c.database = Some(v);
+        }
         c.listen = listen.unwrap_or(c.listen);
         c.data = data.unwrap_or(c.data);
+        if let Some(url) = &c.database {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                anyhow::bail!("database must be a postgres:// URL (leave it out for SQLite)");
+            }
+        }
         Ok(c)
+    }
+
+    /// Sets the database from the command line (it wins over the rest).
+    pub fn with_database(mut self, database: Option<String>) -> anyhow::Result<Config> {
+        if let Some(url) = database {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                anyhow::bail!("--database must be a postgres:// URL (leave it out for SQLite)");
+            }
+            self.database = Some(url);
+        }
+        Ok(self)
+    }
+
+    /// Opens the configured storage engine (blocking: call it off the async
+    /// workers, e.g. in `spawn_blocking`).
+    pub fn open_storage(
+        &self,
+    ) -> anyhow::Result<std::sync::Arc<dyn crate::storage::StationStorage>> {
+        Ok(match &self.database {
+            Some(url) => std::sync::Arc::new(
+                crate::storage::postgres::PostgresStorage::open(url, &self.data)
+                    .map_err(|e| anyhow::anyhow!("cannot open the PostgreSQL database: {e}"))?,
+            ),
+            None => std::sync::Arc::new(crate::SqliteStorage::open(&self.data)?),
+        })
     }
 }
 

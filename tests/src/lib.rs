@@ -1,5 +1,9 @@
 //! End-to-end test harness: a station on a random loopback port, enrolled
 //! device stores, and a fault-injecting TCP proxy.
+//!
+//! The station runs on SQLite, or on PostgreSQL when `FR_TEST_ENGINE=postgres`
+//! (each station gets a fresh database on the server `FR_TEST_DATABASE_URL`
+//! names). `scripts/test.sh` runs the suite both ways.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,13 +13,49 @@ use std::sync::Arc;
 use fieldreport_core::store::Store;
 use fieldreport_core::sync::SyncClient;
 use fieldreport_core::{Person, Role};
+use fieldreport_station::storage::postgres::PostgresStorage;
 use fieldreport_station::storage::Counts;
 use fieldreport_station::{RunningStation, SqliteStorage, StationStorage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The PostgreSQL server for tests, from `FR_TEST_DATABASE_URL`. `None`
+/// (the caller skips, with a message) when unset, unless
+/// `FR_REQUIRE_POSTGRES` is set: then a missing server fails the test.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("FR_TEST_DATABASE_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            if std::env::var_os("FR_REQUIRE_POSTGRES").is_some() {
+                panic!("FR_REQUIRE_POSTGRES is set but FR_TEST_DATABASE_URL is not; scripts/test.sh starts a cluster");
+            }
+            eprintln!("SKIPPED: no PostgreSQL (set FR_TEST_DATABASE_URL; scripts/test.sh does)");
+            None
+        }
+    }
+}
+
+/// A new, empty database on the server of `admin_url`; returns its URL.
+pub fn fresh_database(admin_url: &str) -> String {
+    let name = format!("fr_{}", uuid::Uuid::new_v4().simple());
+    let mut c = postgres::Client::connect(admin_url, postgres::NoTls)
+        .expect("connect to the test PostgreSQL server");
+    c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    match admin_url.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => panic!("FR_TEST_DATABASE_URL must end with /<database>"),
+    }
+}
+
+/// Whether the tests' stations run on PostgreSQL.
+pub fn on_postgres() -> bool {
+    std::env::var("FR_TEST_ENGINE").as_deref() == Ok("postgres")
+}
+
 pub struct TestStation {
     pub url: String,
-    pub storage: Arc<SqliteStorage>,
+    pub storage: Arc<dyn StationStorage>,
+    /// The station's PostgreSQL database, when on that engine.
+    pub database: Option<String>,
     pub rt: tokio::runtime::Runtime,
     station: Option<RunningStation>,
     pub dir: tempfile::TempDir,
@@ -29,7 +69,18 @@ impl TestStation {
             .build()
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let storage = Arc::new(SqliteStorage::open(&dir.path().join("station")).unwrap());
+        let data = dir.path().join("station");
+        let (storage, database): (Arc<dyn StationStorage>, _) = if on_postgres() {
+            let admin = std::env::var("FR_TEST_DATABASE_URL")
+                .expect("FR_TEST_ENGINE=postgres needs FR_TEST_DATABASE_URL");
+            let url = fresh_database(&admin);
+            (
+                Arc::new(PostgresStorage::open(&url, &data).unwrap()),
+                Some(url),
+            )
+        } else {
+            (Arc::new(SqliteStorage::open(&data).unwrap()), None)
+        };
         let station = rt.block_on(async {
             let l = tokio::net::TcpListener::bind(("127.0.0.1", 0))
                 .await
@@ -41,10 +92,28 @@ impl TestStation {
         TestStation {
             url: station.url(),
             storage,
+            database,
             rt,
             station: Some(station),
             dir,
         }
+    }
+
+    /// Command-line arguments that open this station's storage.
+    pub fn cli_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--data".to_string(),
+            self.dir
+                .path()
+                .join("station")
+                .to_string_lossy()
+                .into_owned(),
+        ];
+        if let Some(db) = &self.database {
+            a.push("--database".into());
+            a.push(db.clone());
+        }
+        a
     }
 
     pub fn addr(&self) -> SocketAddr {

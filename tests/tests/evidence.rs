@@ -132,14 +132,12 @@ fn cli(args: &[&str]) -> (bool, String, String) {
 }
 
 fn export(s: &Scene, reports: &[Uuid], out: &Path) {
-    let data = station_data(s);
     let mut args = vec![
         "export".to_string(),
-        "--data".into(),
-        data.to_string_lossy().into_owned(),
         "--out".into(),
         out.to_string_lossy().into_owned(),
     ];
+    args.extend(s.st.cli_args());
     for r in reports {
         args.push("--report".into());
         args.push(r.to_string());
@@ -346,16 +344,15 @@ fn exported_bag_passes_bagit_qpdf_and_pdftotext_and_verifies() {
 
     // A second export into the same directory is refused, nothing changed.
     let before = fs::read(bag.join("manifest-sha256.txt")).unwrap();
-    let data = station_data(&s);
-    let (ok, _, err) = cli(&[
-        "export",
-        "--data",
-        &data.to_string_lossy(),
-        "--report",
-        &s.report.to_string(),
-        "--out",
-        &bag.to_string_lossy(),
-    ]);
+    let mut args = vec![
+        "export".to_string(),
+        "--report".into(),
+        s.report.to_string(),
+        "--out".into(),
+        bag.to_string_lossy().into_owned(),
+    ];
+    args.extend(s.st.cli_args());
+    let (ok, _, err) = cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!ok && err.contains("not an empty directory"), "{err}");
     assert_eq!(fs::read(bag.join("manifest-sha256.txt")).unwrap(), before);
 }
@@ -594,16 +591,15 @@ fn export_is_refused_to_those_who_may_not_see_the_report() {
     assert_eq!(fs::read_dir(scratch).unwrap().count(), 0);
 
     // The console refuses an unknown report clearly.
-    let data = station_data(&s);
-    let (ok, _, err) = cli(&[
-        "export",
-        "--data",
-        &data.to_string_lossy(),
-        "--report",
-        &Uuid::new_v4().to_string(),
-        "--out",
-        &work.path().join("x").to_string_lossy(),
-    ]);
+    let mut args = vec![
+        "export".to_string(),
+        "--report".into(),
+        Uuid::new_v4().to_string(),
+        "--out".into(),
+        work.path().join("x").to_string_lossy().into_owned(),
+    ];
+    args.extend(s.st.cli_args());
+    let (ok, _, err) = cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!ok && err.contains("not found"), "{err}");
     assert!(!work.path().join("x").exists());
 }

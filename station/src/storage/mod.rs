@@ -1,11 +1,14 @@
 //! Station storage behind one trait. `sqlite` is the embedded engine (one
-//! file, zero set-up); a PostgreSQL engine implements the same trait.
+//! file, zero set-up); `postgres` lets several station processes share one
+//! database.
 //!
 //! The station log is one ordered sequence of changes; a pull returns the
 //! visible changes after a cursor. Implementations must guarantee that a
 //! cursor never skips a change committed later with a lower position (the
 //! SQLite engine has a single writer, so commit order is log order).
 
+pub mod common;
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -16,6 +19,7 @@ use fieldreport_core::evidence::package::DeviceEnrollment;
 use fieldreport_core::evidence::{DeviceRecord, Person};
 use fieldreport_core::sync::wire::{MediaStatus, ReportEvent};
 use fieldreport_core::{Change, Role};
+use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::error::Result;
@@ -116,6 +120,12 @@ pub trait StationStorage: Send + Sync + 'static {
     async fn counts(&self) -> Result<Counts>;
     /// A directory on the station's disk for building exports.
     fn scratch_dir(&self) -> PathBuf;
+    /// When the engine fans events out itself (to every station process
+    /// on one database), the sender it feeds; the API then serves events
+    /// from it and does not send its own pushes' events.
+    fn shared_events(&self) -> Option<broadcast::Sender<(String, ReportEvent)>> {
+        None
+    }
     /// Everything an evidence package of `reports` needs. `who` is the
     /// requesting device (`None`: the station's administrator at the
     /// console); a report it may not see is `NotFound`, and a photo that

@@ -21,15 +21,13 @@ use fieldreport_core::sync::client::media_refs;
 use fieldreport_core::sync::wire::{MediaStatus, ReportEvent};
 use fieldreport_core::{Report, Role};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::common::*;
 use super::{Counts, Enrolled, ExportMaterial, PullPage, PushOutcome, StationStorage};
 use crate::error::{Result, StationError};
 
 const DB_FILE: &str = "station.db";
-/// Largest media file accepted.
-pub const MAX_MEDIA_BYTES: u64 = 4 << 30;
 
 const MIGRATIONS: &[&str] = &[r#"
     CREATE TABLE devices (
@@ -128,33 +126,8 @@ impl Inner {
     }
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-fn random_token(bytes: usize) -> Result<String> {
-    let mut b = vec![0u8; bytes];
-    getrandom::fill(&mut b).map_err(|_| StationError::Internal("random source".into()))?;
-    Ok(hex::encode(b))
-}
-
-fn digest(s: &str) -> Vec<u8> {
-    Sha256::digest(s.as_bytes()).to_vec()
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Person identity across devices: a person may enroll several phones.
-pub fn person_key(p: &Person) -> String {
-    format!("star:{}", p.star_number)
-}
-
-fn valid_sha(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl SqliteStorage {
@@ -225,15 +198,6 @@ fn visible_params(who: &Enrolled) -> (String, bool, String) {
         who.role() == Role::Supervisor,
         who.unit().to_string(),
     )
-}
-
-fn enrolled_from_row(record: String, revoked: Option<i64>) -> Result<Enrolled> {
-    let record: DeviceRecord = serde_json::from_str(&record)
-        .map_err(|_| StationError::Internal("device record".into()))?;
-    Ok(Enrolled {
-        record,
-        revoked: revoked.is_some(),
-    })
 }
 
 fn write_report(tx: &Transaction, report: Uuid) -> Result<(String, bool)> {
@@ -554,10 +518,7 @@ impl StationStorage for SqliteStorage {
 
     async fn media_status(&self, sha256: &str) -> Result<MediaStatus> {
         if !valid_sha(sha256) {
-            return Err(StationError::BadRequest(
-                "bad_hash",
-                "not a lowercase sha256 hex digest".into(),
-            ));
+            return Err(bad_hash());
         }
         let sha = sha256.to_string();
         self.blocking(move |i| status_of(&i.reader(), &sha)).await
@@ -570,23 +531,7 @@ impl StationStorage for SqliteStorage {
         total: u64,
         bytes: &[u8],
     ) -> Result<MediaStatus> {
-        if !valid_sha(sha256) {
-            return Err(StationError::BadRequest(
-                "bad_hash",
-                "not a lowercase sha256 hex digest".into(),
-            ));
-        }
-        if total > MAX_MEDIA_BYTES {
-            return Err(StationError::TooLarge(format!(
-                "media larger than {MAX_MEDIA_BYTES} bytes"
-            )));
-        }
-        if offset + bytes.len() as u64 > total {
-            return Err(StationError::BadRequest(
-                "beyond_total",
-                "chunk goes past the declared total".into(),
-            ));
-        }
+        check_chunk(sha256, offset, total, bytes.len())?;
         let sha = sha256.to_string();
         let bytes = bytes.to_vec();
         self.blocking(move |i| {
@@ -637,10 +582,7 @@ impl StationStorage for SqliteStorage {
 
     async fn media_path(&self, who: &Enrolled, sha256: &str) -> Result<PathBuf> {
         if !valid_sha(sha256) {
-            return Err(StationError::BadRequest(
-                "bad_hash",
-                "not a lowercase sha256 hex digest".into(),
-            ));
+            return Err(bad_hash());
         }
         let who = who.clone();
         let sha = sha256.to_string();
@@ -807,10 +749,6 @@ fn remove_stale(dir: &Path, age: Duration) {
     }
 }
 
-fn ms_time(ms: Option<i64>) -> Option<chrono::DateTime<chrono::Utc>> {
-    ms.and_then(chrono::DateTime::from_timestamp_millis)
-}
-
 fn is_visible(c: &Connection, who: &Enrolled, report: Uuid) -> Result<bool> {
     let (p, s, u) = visible_params(who);
     let sql = format!(
@@ -843,27 +781,4 @@ fn status_of(c: &Connection, sha: &str) -> Result<MediaStatus> {
         received: received as u64,
         complete,
     })
-}
-
-fn ed25519_key(bytes: &[u8; 32]) -> Result<[u8; 32]> {
-    let rec = DeviceRecord {
-        device_id: Uuid::nil(),
-        public_key: *bytes,
-        person: Person {
-            name: String::new(),
-            star_number: String::new(),
-            role: Role::Officer,
-            unit: String::new(),
-        },
-    };
-    let key = rec
-        .verifying_key()
-        .map_err(|_| StationError::BadRequest("bad_key", "not an Ed25519 public key".into()))?;
-    if key.is_weak() {
-        return Err(StationError::BadRequest(
-            "bad_key",
-            "weak public key".into(),
-        ));
-    }
-    Ok(*bytes)
 }

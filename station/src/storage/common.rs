@@ -1,0 +1,96 @@
+//! Helpers both engines share: tokens, hashes, validation, row decoding.
+
+use fieldreport_core::evidence::{DeviceRecord, Person};
+use fieldreport_core::Role;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::Enrolled;
+use crate::error::{Result, StationError};
+
+/// Largest media file accepted.
+pub const MAX_MEDIA_BYTES: u64 = 4 << 30;
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub fn random_token(bytes: usize) -> Result<String> {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).map_err(|_| StationError::Internal("random source".into()))?;
+    Ok(hex::encode(b))
+}
+
+pub fn digest(s: &str) -> Vec<u8> {
+    Sha256::digest(s.as_bytes()).to_vec()
+}
+
+/// Person identity across devices: a person may enroll several phones.
+pub fn person_key(p: &Person) -> String {
+    format!("star:{}", p.star_number)
+}
+
+pub fn valid_sha(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+pub fn enrolled_from_row(record: String, revoked: Option<i64>) -> Result<Enrolled> {
+    let record: DeviceRecord = serde_json::from_str(&record)
+        .map_err(|_| StationError::Internal("device record".into()))?;
+    Ok(Enrolled {
+        record,
+        revoked: revoked.is_some(),
+    })
+}
+
+pub fn ed25519_key(bytes: &[u8; 32]) -> Result<[u8; 32]> {
+    let rec = DeviceRecord {
+        device_id: Uuid::nil(),
+        public_key: *bytes,
+        person: Person {
+            name: String::new(),
+            star_number: String::new(),
+            role: Role::Officer,
+            unit: String::new(),
+        },
+    };
+    let key = rec
+        .verifying_key()
+        .map_err(|_| StationError::BadRequest("bad_key", "not an Ed25519 public key".into()))?;
+    if key.is_weak() {
+        return Err(StationError::BadRequest(
+            "bad_key",
+            "weak public key".into(),
+        ));
+    }
+    Ok(*bytes)
+}
+
+/// Checks a media chunk's arguments before anything is written.
+pub fn check_chunk(sha256: &str, offset: u64, total: u64, len: usize) -> Result<()> {
+    if !valid_sha(sha256) {
+        return Err(bad_hash());
+    }
+    if total > MAX_MEDIA_BYTES {
+        return Err(StationError::TooLarge(format!(
+            "media larger than {MAX_MEDIA_BYTES} bytes"
+        )));
+    }
+    if offset + len as u64 > total {
+        return Err(StationError::BadRequest(
+            "beyond_total",
+            "chunk goes past the declared total".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub fn bad_hash() -> StationError {
+    StationError::BadRequest("bad_hash", "not a lowercase sha256 hex digest".into())
+}
+
+pub fn ms_time(ms: Option<i64>) -> Option<chrono::DateTime<chrono::Utc>> {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+}
