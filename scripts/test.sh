@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs what the tests need from outside the
-# Rust toolchain first (each step is skipped when already done), then runs
-# every test with FR_REQUIRE_TOOLS=1, so a missing tool fails instead of
-# skipping. Extra arguments go to `cargo nextest run`.
+# Rust toolchain first (each step is skipped when already done), starts a
+# throwaway PostgreSQL cluster, then runs every test with the SQLite
+# station, and the station and end-to-end tests again with the PostgreSQL
+# station. FR_REQUIRE_TOOLS=1 and FR_REQUIRE_POSTGRES=1 make a missing tool
+# or database fail instead of skip. Extra arguments go to `cargo nextest run`.
 #
 #   apt:   qpdf, poppler-utils (pdftotext)   evidence PDF checks
 #   PyPI:  bagit (bagit.py --validate)       evidence bag checks, in a venv
 #                                            under ~/.cache/fieldreport
+#   PostgreSQL 15 (installed on the machine, not running): a cluster in a
+#   temporary directory, stopped and removed on exit
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,5 +51,21 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
-export FR_REQUIRE_TOOLS=1
-exec cargo nextest run --workspace --no-fail-fast "$@"
+PGDIR=$(mktemp -d /tmp/fieldreport-pg.XXXXXX)
+PGPORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cleanup() {
+  scripts/pg-cluster.sh stop "$PGDIR" || true
+  rm -rf "$PGDIR"
+}
+trap cleanup EXIT
+echo "== starting a throwaway PostgreSQL cluster in $PGDIR"
+FR_TEST_DATABASE_URL=$(scripts/pg-cluster.sh start "$PGDIR" "$PGPORT" fsync=off)
+export FR_TEST_DATABASE_URL
+export FR_REQUIRE_TOOLS=1 FR_REQUIRE_POSTGRES=1
+
+status=0
+echo "== every test; stations on SQLite"
+cargo nextest run --workspace --no-fail-fast "$@" || status=1
+echo "== station and end-to-end tests; stations on PostgreSQL"
+FR_TEST_ENGINE=postgres cargo nextest run -p fieldreport-station -p fieldreport-e2e --no-fail-fast "$@" || status=1
+exit $status

@@ -119,12 +119,23 @@ fn main() -> anyhow::Result<()> {
         Ok(core_figures::rows(dir.path(), quick, &|s| s == "media"))
     })?;
     step("station-day", &mut || {
-        let mut r = station_day::run(dir.path(), quick)?;
-        r.push(Row::pending(
-            "station day, PostgreSQL (same workload)",
-            "the PostgreSQL engine has not landed (issue 8)",
-            "< 5 min, RSS < 500 MB",
-        ));
+        let mut r = station_day::run(dir.path(), quick, None)?;
+        // PostgreSQL: a fresh database on the server FR_BENCH_DATABASE_URL
+        // (or the tests' FR_TEST_DATABASE_URL) names.
+        let server = std::env::var("FR_BENCH_DATABASE_URL")
+            .or_else(|_| std::env::var("FR_TEST_DATABASE_URL"))
+            .ok();
+        match server {
+            Some(server) => {
+                let db = station_day::fresh_database(&server)?;
+                r.extend(station_day::run(dir.path(), quick, Some(&db))?);
+            }
+            None => r.push(Row::pending(
+                "station day, PostgreSQL (same workload)",
+                "no server: set FR_BENCH_DATABASE_URL (scripts/pg-cluster.sh start DIR starts one)",
+                "< 5 min, RSS < 500 MB",
+            )),
+        }
         Ok(r)
     })?;
     step("photo-sync", &mut || photo_sync::run(dir.path(), quick))?;

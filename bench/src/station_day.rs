@@ -15,6 +15,7 @@ use fieldreport_core::crdt::{Action, ChangeBody, Hlc, OpId, Operation, Target};
 use fieldreport_core::evidence::DeviceIdentity;
 use fieldreport_core::sync::wire::*;
 use fieldreport_core::{Change, Person, Role, Value};
+use fieldreport_station::storage::postgres::PostgresStorage;
 use fieldreport_station::{SqliteStorage, StationStorage};
 use sha2::Digest;
 use uuid::Uuid;
@@ -22,6 +23,27 @@ use uuid::Uuid;
 use crate::report::Row;
 
 const SERVE_ENV: &str = "FR_STATION_DAY_SERVE";
+/// The child's PostgreSQL database, when the day runs on that engine.
+const DATABASE_ENV: &str = "FR_STATION_DAY_DATABASE";
+
+/// Opens the engine (blocking: outside the async workers).
+fn open(dir: &std::path::Path, database: Option<&str>) -> anyhow::Result<Arc<dyn StationStorage>> {
+    Ok(match database {
+        Some(url) => Arc::new(PostgresStorage::open(url, dir)?),
+        None => Arc::new(SqliteStorage::open(dir)?),
+    })
+}
+
+/// A fresh database on the server of `admin_url`.
+pub fn fresh_database(admin_url: &str) -> anyhow::Result<String> {
+    let name = format!("fr_bench_{}", Uuid::new_v4().simple());
+    let mut c = postgres::Client::connect(admin_url, postgres::NoTls)?;
+    c.batch_execute(&format!("CREATE DATABASE {name}"))?;
+    let (server, _) = admin_url
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow::anyhow!("the database URL must end with /<database>"))?;
+    Ok(format!("{server}/{name}"))
+}
 const UNIT: &str = "District 1";
 
 struct Sizes {
@@ -34,9 +56,10 @@ struct Sizes {
 }
 
 fn serve(dir: &str) -> anyhow::Result<()> {
+    let database = std::env::var(DATABASE_ENV).ok();
+    let storage = open(std::path::Path::new(dir), database.as_deref())?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let storage = Arc::new(SqliteStorage::open(std::path::Path::new(dir))?);
         let l = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let st = fieldreport_station::spawn(l, storage).await?;
         println!("{}", st.url());
@@ -204,7 +227,17 @@ pub fn serve_if_child() -> anyhow::Result<bool> {
     }
 }
 
-pub fn run(target: &std::path::Path, quick: bool) -> anyhow::Result<Vec<Row>> {
+/// The day on SQLite (`database: None`) or on a PostgreSQL database.
+pub fn run(
+    target: &std::path::Path,
+    quick: bool,
+    database: Option<&str>,
+) -> anyhow::Result<Vec<Row>> {
+    let engine = if database.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
     let s = if quick {
         Sizes {
             devices: 20,
@@ -225,7 +258,11 @@ pub fn run(target: &std::path::Path, quick: bool) -> anyhow::Result<Vec<Row>> {
         }
     };
     let data = tempfile::tempdir_in(target)?;
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut cmd = Command::new(std::env::current_exe()?);
+    if let Some(db) = database {
+        cmd.env(DATABASE_ENV, db);
+    }
+    let mut child = cmd
         .env(SERVE_ENV, data.path())
         .env("RUST_LOG", "warn")
         .stdin(Stdio::piped())
@@ -236,9 +273,9 @@ pub fn run(target: &std::path::Path, quick: bool) -> anyhow::Result<Vec<Row>> {
     std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
     let url = line.trim().to_string();
 
+    let admin = open(data.path(), database)?;
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async {
-        let admin = SqliteStorage::open(data.path())?;
         let http = reqwest::Client::new();
         let person = |i: usize, role| Person {
             name: format!("P{i}"),
@@ -369,7 +406,7 @@ pub fn run(target: &std::path::Path, quick: bool) -> anyhow::Result<Vec<Row>> {
     Ok(vec![
         Row::absolute(
             format!(
-                "station day, SQLite: {} devices × {} reports × {} edits + {} × {} MB photos, pushed concurrently; pulled by {} supervisors",
+                "station day, {engine}: {} devices × {} reports × {} edits + {} × {} MB photos, pushed concurrently; pulled by {} supervisors",
                 s.devices, s.reports, s.edits, s.photos, s.photo_bytes >> 20, s.supervisors
             ),
             format!(
@@ -382,7 +419,7 @@ pub fn run(target: &std::path::Path, quick: bool) -> anyhow::Result<Vec<Row>> {
             total.as_secs() < 300,
         ),
         Row::absolute(
-            "station day, SQLite: station peak RSS (VmHWM of the station process)".into(),
+            format!("station day, {engine}: station peak RSS (VmHWM of the station process)"),
             format!("{:.0} MB", rss_kb as f64 / 1024.0),
             "< 500 MB",
             rss_kb < 500 * 1024,

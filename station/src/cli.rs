@@ -143,6 +143,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
             let station = crate::spawn(listener, storage).await?;
             tracing::info!(url = %station.url(), data = %cfg.data.display(), "station serving");
+            // One plain line on stdout for scripts (port 0 picks a free port).
+            println!("serving on {}", station.url());
             tokio::signal::ctrl_c().await?;
             tracing::info!("shutting down");
             station.stop().await;

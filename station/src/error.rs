@@ -28,6 +28,9 @@ pub enum StationError {
     Core(#[from] CoreError),
     #[error("internal error")]
     Internal(String),
+    /// A backing service (the database) cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<rusqlite::Error> for StationError {
@@ -70,6 +73,7 @@ impl StationError {
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
 

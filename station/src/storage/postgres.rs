@@ -185,7 +185,12 @@ impl PostgresStorage {
     /// under `data` (shared by every process on the database).
     pub fn open(url: &str, data: &Path) -> Result<PostgresStorage> {
         std::fs::create_dir_all(data)?;
-        let connect = || Client::connect(url, NoTls).map_err(db);
+        // Connection errors name the server, never data: safe to show.
+        let connect = || {
+            Client::connect(url, NoTls).map_err(|e| {
+                StationError::Unavailable(format!("cannot connect to PostgreSQL: {e}"))
+            })
+        };
         let mut first = connect()?;
         migrate(&mut first)?;
         let mut pool = vec![Mutex::new(first)];

@@ -1,0 +1,337 @@
+//! Several station processes on one PostgreSQL database: devices sync with
+//! either at random and converge; a supervisor connected to one hears of
+//! reports pushed to the other; under many simultaneous pushes and pulls no
+//! pull ever misses a change.
+//!
+//! Needs `FR_TEST_DATABASE_URL` (scripts/test.sh starts a throwaway
+//! cluster); skips with a message without it, fails without it when
+//! `FR_REQUIRE_POSTGRES` is set.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use fieldreport_core::store::{MediaMeta, Store};
+use fieldreport_core::sync::{NoProgress, SyncClient};
+use fieldreport_core::{Person, Role, Value};
+use fieldreport_e2e::{fresh_database, person, postgres_url};
+use fieldreport_station::storage::postgres::PostgresStorage;
+use fieldreport_station::StationStorage;
+use uuid::Uuid;
+
+const CLI: &str = env!("CARGO_BIN_EXE_station-cli");
+
+/// A `fieldreport-station serve` process on the shared database.
+struct StationProc {
+    child: Child,
+    url: String,
+}
+
+impl StationProc {
+    fn start(database: &str, data: &Path) -> StationProc {
+        let mut child = Command::new(CLI)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--database",
+                database,
+                "--data",
+            ])
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let url = loop {
+            let line = lines.next().expect("the station exited").unwrap();
+            if let Some(rest) = line.strip_prefix("serving on ") {
+                break rest.trim().to_string();
+            }
+        };
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        StationProc { child, url }
+    }
+}
+
+impl Drop for StationProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Phone {
+    store: Store,
+    credential: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Phone {
+    fn enroll(url: &str, code: &str) -> Phone {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        SyncClient::enroll(&store, url, code).unwrap();
+        let credential = store.sync_value("station_credential").unwrap().unwrap();
+        Phone {
+            store,
+            credential,
+            _dir: dir,
+        }
+    }
+
+    fn sync_with(&self, url: &str) {
+        SyncClient::new(url, &self.credential)
+            .unwrap()
+            .sync(&self.store, &NoProgress, &Default::default())
+            .unwrap();
+    }
+}
+
+struct Cluster {
+    stations: Vec<StationProc>,
+    admin: PostgresStorage,
+    rt: tokio::runtime::Runtime,
+    _data: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(processes: usize) -> Option<Cluster> {
+        let server = postgres_url()?;
+        let db = fresh_database(&server);
+        let data = tempfile::tempdir().unwrap();
+        let shared = data.path().join("shared");
+        // The schema first, so the processes start on a ready database.
+        let admin = PostgresStorage::open(&db, &shared).unwrap();
+        let stations = (0..processes)
+            .map(|_| StationProc::start(&db, &shared))
+            .collect();
+        Some(Cluster {
+            stations,
+            admin,
+            rt: tokio::runtime::Runtime::new().unwrap(),
+            _data: data,
+        })
+    }
+
+    fn code(&self, p: &Person) -> String {
+        self.rt
+            .block_on(self.admin.create_enrollment(p.clone(), 600_000))
+            .unwrap()
+            .0
+    }
+
+    fn url(&self, i: usize) -> &str {
+        &self.stations[i % self.stations.len()].url
+    }
+}
+
+/// A small deterministic generator (xorshift).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+#[test]
+fn two_station_processes_on_one_database_converge_and_share_events() {
+    let Some(c) = Cluster::start(2) else { return };
+    let mut rng = Rng(0x5eed_1234);
+    let officers: Vec<Phone> = (0..3)
+        .map(|i| {
+            let p = person(
+                &format!("O{i}"),
+                &format!("{}", 100 + i),
+                Role::Officer,
+                "D9",
+            );
+            Phone::enroll(c.url(rng.next(2)), &c.code(&p))
+        })
+        .collect();
+    let sup = Phone::enroll(
+        c.url(0),
+        &c.code(&person("S", "900", Role::Supervisor, "D9")),
+    );
+
+    // The supervisor listens on process B (index 1).
+    let (tx, rx) = mpsc::channel();
+    let listener = SyncClient::new(c.url(1), &sup.credential).unwrap();
+    std::thread::spawn(move || {
+        let _ = listener.listen_events(|ev| tx.send(ev.report_id).is_ok());
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut reports = BTreeSet::new();
+    let mut pushed_to_a = BTreeSet::new();
+    for round in 0..3 {
+        for (i, o) in officers.iter().enumerate() {
+            let r = o.store.create_report().unwrap();
+            o.store
+                .set_field(
+                    r,
+                    "narrative",
+                    Value::Text(format!("round {round} officer {i}")),
+                )
+                .unwrap();
+            let photo = o._dir.path().join(format!("p{round}.jpg"));
+            std::fs::write(&photo, vec![round as u8 + i as u8; 50_000 + i]).unwrap();
+            o.store
+                .attach_media(
+                    r,
+                    &photo,
+                    MediaMeta {
+                        mime_type: "image/jpeg".into(),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            reports.insert(r);
+            let which = rng.next(2);
+            if which == 0 {
+                pushed_to_a.insert(r);
+            }
+            o.sync_with(c.url(which));
+        }
+    }
+    assert!(!pushed_to_a.is_empty(), "some pushes went to process A");
+
+    // Every report was announced on B, including those pushed to A.
+    let mut heard = BTreeSet::new();
+    while heard.len() < reports.len() {
+        let id = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("heard {} of {} reports on B", heard.len(), reports.len()));
+        heard.insert(id);
+    }
+    assert_eq!(heard, reports);
+
+    // Everyone converges, whichever process they talk to.
+    sup.sync_with(c.url(1));
+    for o in &officers {
+        o.sync_with(c.url(rng.next(2)));
+    }
+    let counts = c.rt.block_on(c.admin.counts()).unwrap();
+    assert_eq!(counts.reports, reports.len() as u64);
+    assert_eq!(counts.media_complete, reports.len() as u64);
+    assert_eq!(sup.store.change_count().unwrap(), counts.changes);
+    for r in &reports {
+        let author = officers
+            .iter()
+            .find(|o| o.store.report(*r).is_ok())
+            .unwrap();
+        assert_eq!(
+            sup.store.report_json(*r).unwrap(),
+            author.store.report_json(*r).unwrap()
+        );
+    }
+    // The supervisor's phone holds every photo.
+    assert!(sup.store.pending_media().unwrap().is_empty());
+}
+
+#[test]
+fn concurrent_pushes_and_pulls_never_skip_a_change() {
+    let Some(c) = Cluster::start(2) else { return };
+    let c = Arc::new(c);
+    let devices = 10;
+    let edits = 12;
+    let officers: Vec<Arc<Phone>> = (0..devices)
+        .map(|i| {
+            let p = person(
+                &format!("O{i}"),
+                &format!("{}", 100 + i),
+                Role::Officer,
+                "D9",
+            );
+            Arc::new(Phone::enroll(c.url(i), &c.code(&p)))
+        })
+        .collect();
+    let sups: Vec<Arc<Phone>> = (0..3)
+        .map(|i| {
+            let p = person(
+                &format!("S{i}"),
+                &format!("{}", 900 + i),
+                Role::Supervisor,
+                "D9",
+            );
+            Arc::new(Phone::enroll(c.url(i), &c.code(&p)))
+        })
+        .collect();
+
+    let done = Arc::new(AtomicBool::new(false));
+    // Supervisors pull in a loop, from either process, while pushes land.
+    let pullers: Vec<_> = sups
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let (s, c, done) = (s.clone(), c.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut rng = Rng(0xabc + i as u64);
+                let mut pulls = 0;
+                while !done.load(Ordering::Relaxed) {
+                    s.sync_with(c.url(rng.next(2)));
+                    pulls += 1;
+                }
+                pulls
+            })
+        })
+        .collect();
+    // Officers push small batches, each to a random process.
+    let pushers: Vec<_> = officers
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let (o, c) = (o.clone(), c.clone());
+            std::thread::spawn(move || {
+                let mut rng = Rng(0x77 + i as u64);
+                let r = o.store.create_report().unwrap();
+                for e in 0..edits {
+                    o.store
+                        .set_field(r, "narrative", Value::Text(format!("edit {e} by {i}")))
+                        .unwrap();
+                    o.store
+                        .set_field(r, "location.beat", Value::Text(format!("{e}")))
+                        .unwrap();
+                    o.sync_with(c.url(rng.next(2)));
+                }
+                r
+            })
+        })
+        .collect();
+    let reports: Vec<Uuid> = pushers.into_iter().map(|t| t.join().unwrap()).collect();
+    done.store(true, Ordering::Relaxed);
+    let pulls: usize = pullers.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(
+        pulls > devices,
+        "the pulls ran alongside the pushes ({pulls})"
+    );
+
+    // One last pull each, from the cursor they reached: a change skipped
+    // by an earlier page would never arrive.
+    let total = c.rt.block_on(c.admin.counts()).unwrap().changes;
+    let pushed: u64 = officers
+        .iter()
+        .map(|o| o.store.change_count().unwrap())
+        .sum();
+    assert_eq!(total, pushed, "every pushed change is stored once");
+    for (i, s) in sups.iter().enumerate() {
+        s.sync_with(c.url(i));
+        assert_eq!(s.store.change_count().unwrap(), total, "supervisor {i}");
+        for (r, o) in reports.iter().zip(&officers) {
+            assert_eq!(
+                s.store.report_json(*r).unwrap(),
+                o.store.report_json(*r).unwrap()
+            );
+        }
+    }
+}
