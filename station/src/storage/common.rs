@@ -94,3 +94,20 @@ pub fn bad_hash() -> StationError {
 pub fn ms_time(ms: Option<i64>) -> Option<chrono::DateTime<chrono::Utc>> {
     ms.and_then(chrono::DateTime::from_timestamp_millis)
 }
+
+/// Writes an upload chunk at `offset` of the partial file (cutting anything
+/// after it, from an interrupted earlier try) and syncs it; returns the
+/// bytes now held.
+pub fn write_chunk(partial: &std::path::Path, offset: u64, bytes: &[u8]) -> Result<u64> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(partial)?;
+    f.set_len(offset)?;
+    f.seek(SeekFrom::Start(offset))?;
+    f.write_all(bytes)?;
+    f.sync_data()?;
+    Ok(offset + bytes.len() as u64)
+}

@@ -18,7 +18,6 @@
 //! engine's connections do.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -868,16 +867,7 @@ impl StationStorage for PostgresStorage {
                 ));
             }
             let partial = i.partial_dir.join(&sha);
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(false)
-                .open(&partial)?;
-            f.set_len(offset)?;
-            f.seek(SeekFrom::Start(offset))?;
-            f.write_all(&bytes)?;
-            f.sync_data()?;
-            let received = offset + bytes.len() as u64;
+            let received = write_chunk(&partial, offset, &bytes)?;
             if received < total {
                 tx.execute(
                     "INSERT INTO media (sha256, total, received) VALUES ($1, $2, $3)

@@ -6,7 +6,6 @@
 //! very code the phones run.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -548,12 +547,7 @@ impl StationStorage for SqliteStorage {
                 ));
             }
             let partial = i.partial_dir.join(&sha);
-            let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&partial)?;
-            f.set_len(offset)?;
-            f.seek(SeekFrom::Start(offset))?;
-            f.write_all(&bytes)?;
-            f.sync_data()?;
-            let received = offset + bytes.len() as u64;
+            let received = write_chunk(&partial, offset, &bytes)?;
             if received < total {
                 w.execute(
                     "INSERT INTO media (sha256, total, received) VALUES (?1, ?2, ?3)
