@@ -280,3 +280,136 @@ impl Proxy {
         self.upstream_bytes.load(Ordering::SeqCst)
     }
 }
+
+/// Faults a [`ChaosProxy`] injected, by kind.
+#[derive(Debug, Default)]
+pub struct Faults {
+    pub connections: AtomicU64,
+    pub dropped_upload: AtomicU64,
+    pub truncated_response: AtomicU64,
+    pub reset: AtomicU64,
+    pub delayed: AtomicU64,
+}
+
+/// A TCP proxy that, per connection and at random (seeded), passes it
+/// through, delays it, resets it at once, drops it after a random number of
+/// upstream bytes (mid-upload), or truncates the response after a random
+/// number of bytes. `fault_percent` of connections get a fault.
+pub struct ChaosProxy {
+    pub url: String,
+    pub faults: Arc<Faults>,
+    pub enabled: Arc<AtomicBool>,
+}
+
+impl ChaosProxy {
+    pub fn start(
+        rt: &tokio::runtime::Runtime,
+        target: SocketAddr,
+        seed: u64,
+        fault_percent: u64,
+    ) -> ChaosProxy {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let faults = Arc::new(Faults::default());
+        let enabled = Arc::new(AtomicBool::new(true));
+        let (f, en) = (faults.clone(), enabled.clone());
+        let rng = Arc::new(std::sync::Mutex::new(seed | 1));
+        rt.spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let next = || {
+                    let mut x = rng.lock().unwrap();
+                    *x ^= *x << 13;
+                    *x ^= *x >> 7;
+                    *x ^= *x << 17;
+                    *x
+                };
+                f.connections.fetch_add(1, Ordering::Relaxed);
+                let roll = next() % 100;
+                let kind = if !en.load(Ordering::Relaxed) || roll >= fault_percent {
+                    0
+                } else {
+                    1 + next() % 4
+                };
+                let limit = 200 + next() % 300_000;
+                let delay = 20 + next() % 200;
+                let f = f.clone();
+                tokio::spawn(async move {
+                    match kind {
+                        1 => {
+                            f.reset.fetch_add(1, Ordering::Relaxed);
+                            return; // closed before a byte
+                        }
+                        2 => {
+                            f.delayed.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                        }
+                        _ => {}
+                    }
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.split();
+                    let (mut sr, mut sw) = server.split();
+                    let up_limit = if kind == 3 { limit } else { u64::MAX };
+                    let down_limit = if kind == 4 {
+                        50 + limit % 3000
+                    } else {
+                        u64::MAX
+                    };
+                    let up = async {
+                        let mut sent = 0u64;
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            let n = (n as u64).min(up_limit - sent) as usize;
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                            sent += n as u64;
+                            if sent >= up_limit {
+                                f.dropped_upload.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
+                        }
+                    };
+                    let down = async {
+                        let mut sent = 0u64;
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match sr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            let n = (n as u64).min(down_limit - sent) as usize;
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                            sent += n as u64;
+                            if sent >= down_limit {
+                                f.truncated_response.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                    }
+                });
+            }
+        });
+        ChaosProxy {
+            url,
+            faults,
+            enabled,
+        }
+    }
+}
