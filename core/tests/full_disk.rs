@@ -102,7 +102,11 @@ fn a_full_disk_refuses_with_a_typed_error_and_loses_nothing() {
     assert!(matches!(e, Error::StorageFull), "got {e:?}");
     let tmp = dir.join("media").join("tmp");
     if tmp.exists() {
-        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "no partial photo left");
+        assert_eq!(
+            std::fs::read_dir(&tmp).unwrap().count(),
+            0,
+            "no partial photo left"
+        );
     }
 
     // The store still opens, with everything written before.

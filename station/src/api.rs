@@ -33,6 +33,9 @@ pub const MAX_PUSH_BYTES: usize = 32 << 20;
 /// Bytes per media chunk.
 pub const MAX_CHUNK_BYTES: usize = 8 << 20;
 pub const MAX_PULL_LIMIT: u32 = 1000;
+/// A device clock further than this from the station's is flagged on the
+/// reports it pushes (never refused: the hybrid logical clock keeps order).
+pub const CLOCK_SKEW_TOLERANCE_MS: i64 = 2 * 60 * 1000;
 
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
@@ -79,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reports/{id}/changes", get(report_changes))
         .route("/v1/reports/{id}", get(report))
         .route("/v1/reports/{id}/export", get(export))
+        .route("/v1/reports/{id}/receipts", get(receipts))
         .route("/v1/media/{sha}/status", get(media_status))
         .route(
             "/v1/media/{sha}",
@@ -164,6 +168,7 @@ async fn devices(State(s): State<AppState>, _d: Device) -> Result<Json<DevicesRe
 async fn push(
     State(s): State<AppState>,
     Device(d): Device,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Json<PushResponse>> {
     let device = d.record.device_id;
@@ -179,7 +184,24 @@ async fn push(
             .iter()
             .map(WireChange::to_change)
             .collect::<std::result::Result<Vec<Change>, _>>()?;
-        s.storage.push(changes).await
+        let reports: std::collections::BTreeSet<Uuid> =
+            changes.iter().map(|c| c.report()).collect();
+        let outcome = s.storage.push(changes).await?;
+        // Receipt time is the station's; a skewed device clock is flagged.
+        let device_time = headers
+            .get(DEVICE_TIME_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok());
+        if let Some(t) = device_time {
+            let skew = t.saturating_sub(chrono::Utc::now().timestamp_millis());
+            if skew.abs() > CLOCK_SKEW_TOLERANCE_MS {
+                tracing::warn!(%device, skew_ms = skew, "device clock skewed");
+                s.storage
+                    .record_clock_skew(device, reports.into_iter().collect(), skew)
+                    .await?;
+            }
+        }
+        Ok(outcome)
     }
     .await;
     match result {
@@ -255,6 +277,14 @@ async fn report(
 ) -> Result<Response> {
     let json = s.storage.report_json(&d, report_id(&id)?).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
+}
+
+async fn receipts(
+    State(s): State<AppState>,
+    Device(d): Device,
+    Path(id): Path<String>,
+) -> Result<Json<ReceiptsResponse>> {
+    Ok(Json(s.storage.receipts(&d, report_id(&id)?).await?))
 }
 
 /// The evidence package of one report, as a tar archive of the bag.

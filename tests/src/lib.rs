@@ -133,8 +133,18 @@ impl TestStation {
 
     /// A new device store enrolled as `person` (through `url`, default the station).
     pub fn device(&self, person: &Person, url: Option<&str>) -> Device {
+        self.device_with(person, url, Default::default())
+    }
+
+    /// Like [`TestStation::device`], with store options (a skewed clock).
+    pub fn device_with(
+        &self,
+        person: &Person,
+        url: Option<&str>,
+        options: fieldreport_core::store::StoreOptions,
+    ) -> Device {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_with(dir.path(), options).unwrap();
         let code = self.code(person, 600_000);
         let client = SyncClient::enroll(&store, url.unwrap_or(&self.url), &code).unwrap();
         Device {

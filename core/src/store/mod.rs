@@ -262,6 +262,11 @@ impl Store {
         })
     }
 
+    /// This device's wall clock (the store's clock source), in ms.
+    pub fn wall_clock_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

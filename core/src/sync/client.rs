@@ -380,7 +380,12 @@ impl SyncClient {
                 changes: batch.iter().map(WireChange::from_change).collect(),
             };
             let _: PushResponse = self.retry(cancel, || {
-                self.json(self.http.post(self.url("/v1/changes")).json(&body))
+                self.json(
+                    self.http
+                        .post(self.url("/v1/changes"))
+                        .header(DEVICE_TIME_HEADER, store.wall_clock_ms().to_string())
+                        .json(&body),
+                )
             })?;
             let ids: Vec<_> = batch.iter().map(Change::id).collect();
             store.mark_acked(&ids)?;

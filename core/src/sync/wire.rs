@@ -87,6 +87,39 @@ pub struct PullResponse {
     pub more: bool,
 }
 
+/// Header on a push: the device's wall clock when it sent the request
+/// (ms since the epoch), so the station can flag a skewed clock.
+pub const DEVICE_TIME_HEADER: &str = "x-fieldreport-device-time";
+
+/// When the station received each change of a report, and the device
+/// clocks it found skewed while receiving them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReceiptsResponse {
+    pub report_id: Uuid,
+    pub changes: Vec<Receipt>,
+    pub clock_skew: Vec<ClockSkew>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub device: Uuid,
+    pub seq: u64,
+    /// The station's clock when the change arrived.
+    pub received_at_ms: i64,
+    /// The device's wall clock when it made the change, as it read it.
+    pub device_clock_ms: i64,
+}
+
+/// A device whose clock differed from the station's by more than the
+/// tolerance when it pushed changes of the report (latest observation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClockSkew {
+    pub device: Uuid,
+    /// Device clock minus station clock: positive = ahead.
+    pub skew_ms: i64,
+    pub observed_at_ms: i64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReportChangesResponse {
     pub changes: Vec<WireChange>,

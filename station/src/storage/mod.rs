@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use fieldreport_core::evidence::package::DeviceEnrollment;
 use fieldreport_core::evidence::{DeviceRecord, Person};
-use fieldreport_core::sync::wire::{MediaStatus, ReportEvent};
+use fieldreport_core::sync::wire::{MediaStatus, ReceiptsResponse, ReportEvent};
 use fieldreport_core::{Change, Role};
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -120,6 +120,12 @@ pub trait StationStorage: Send + Sync + 'static {
     async fn counts(&self) -> Result<Counts>;
     /// A directory on the station's disk for building exports.
     fn scratch_dir(&self) -> PathBuf;
+    /// Flags a device clock found off by `skew_ms` (device minus station)
+    /// while it pushed changes of `reports` (the latest observation is kept).
+    async fn record_clock_skew(&self, device: Uuid, reports: Vec<Uuid>, skew_ms: i64)
+        -> Result<()>;
+    /// Receipt times of a report's changes and its clock-skew flags, if visible.
+    async fn receipts(&self, who: &Enrolled, report: Uuid) -> Result<ReceiptsResponse>;
     /// When the engine fans events out itself (to every station process
     /// on one database), the sender it feeds; the API then serves events
     /// from it and does not send its own pushes' events.

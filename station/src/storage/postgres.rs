@@ -30,7 +30,9 @@ use fieldreport_core::evidence::package::DeviceEnrollment;
 use fieldreport_core::evidence::{verify_batch, ChainLookup, DeviceRecord, Person};
 use fieldreport_core::store::MediaStore;
 use fieldreport_core::sync::client::media_refs;
-use fieldreport_core::sync::wire::{MediaStatus, ReportEvent};
+use fieldreport_core::sync::wire::{
+    ClockSkew, MediaStatus, Receipt, ReceiptsResponse, ReportEvent,
+};
 use fieldreport_core::{Report, Role};
 use postgres::{Client, IsolationLevel, NoTls, Transaction};
 use tokio::sync::broadcast;
@@ -41,7 +43,8 @@ use super::{Counts, Enrolled, ExportMaterial, PullPage, PushOutcome, StationStor
 use crate::error::{Result, StationError};
 
 /// Numbered schema steps; `schema_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE devices (
         device_id UUID PRIMARY KEY,
         public_key BYTEA NOT NULL,
@@ -108,7 +111,18 @@ const MIGRATIONS: &[&str] = &[r#"
         reason TEXT NOT NULL,
         bytes BYTEA NOT NULL
     );
-"#];
+"#,
+    // 2: device clocks found skewed when they pushed a report's changes.
+    r#"
+    CREATE TABLE clock_skew (
+        report_id UUID NOT NULL,
+        device_id UUID NOT NULL,
+        skew_ms BIGINT NOT NULL,
+        observed_at BIGINT NOT NULL,
+        PRIMARY KEY (report_id, device_id)
+    );
+"#,
+];
 
 /// Advisory lock keys (arbitrary, fixed).
 const LOCK_MIGRATE: i64 = 0x4652_0001;
@@ -968,6 +982,72 @@ impl StationStorage for PostgresStorage {
 
     fn scratch_dir(&self) -> PathBuf {
         self.inner.scratch.clone()
+    }
+
+    async fn record_clock_skew(
+        &self,
+        device: Uuid,
+        reports: Vec<Uuid>,
+        skew_ms: i64,
+    ) -> Result<()> {
+        self.blocking(move |i| {
+            i.conn()
+                .execute(
+                    "INSERT INTO clock_skew (report_id, device_id, skew_ms, observed_at)
+                     SELECT r, $2, $3, $4 FROM UNNEST($1::uuid[]) AS r
+                     ON CONFLICT (report_id, device_id) DO UPDATE SET skew_ms = excluded.skew_ms, observed_at = excluded.observed_at",
+                    &[&reports, &device, &skew_ms, &now_ms()],
+                )
+                .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn receipts(&self, who: &Enrolled, report: Uuid) -> Result<ReceiptsResponse> {
+        let who = who.clone();
+        self.blocking(move |i| {
+            let mut c = i.conn();
+            if !is_visible(&mut *c, &who, report)? {
+                return Err(StationError::NotFound);
+            }
+            let changes = c
+                .query(
+                    "SELECT body, signature, received_at FROM changes WHERE report_id = $1 ORDER BY id",
+                    &[&report],
+                )
+                .map_err(db)?
+                .into_iter()
+                .map(|r| {
+                    let ch = decode(r.get(0), r.get(1))?;
+                    Ok(Receipt {
+                        device: ch.device(),
+                        seq: ch.body().seq,
+                        received_at_ms: r.get(2),
+                        device_clock_ms: ch.body().wall_clock_ms,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let clock_skew = c
+                .query(
+                    "SELECT device_id, skew_ms, observed_at FROM clock_skew WHERE report_id = $1 ORDER BY device_id",
+                    &[&report],
+                )
+                .map_err(db)?
+                .into_iter()
+                .map(|r| ClockSkew {
+                    device: r.get(0),
+                    skew_ms: r.get(1),
+                    observed_at_ms: r.get(2),
+                })
+                .collect();
+            Ok(ReceiptsResponse {
+                report_id: report,
+                changes,
+                clock_skew,
+            })
+        })
+        .await
     }
 
     fn shared_events(&self) -> Option<broadcast::Sender<(String, ReportEvent)>> {

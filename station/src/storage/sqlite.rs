@@ -17,7 +17,9 @@ use fieldreport_core::evidence::{verify_batch, DeviceRecord, Person};
 use fieldreport_core::store::log::{decode_row, insert_change, load_doc, SqlLookup};
 use fieldreport_core::store::MediaStore;
 use fieldreport_core::sync::client::media_refs;
-use fieldreport_core::sync::wire::{MediaStatus, ReportEvent};
+use fieldreport_core::sync::wire::{
+    ClockSkew, MediaStatus, Receipt, ReceiptsResponse, ReportEvent,
+};
 use fieldreport_core::{Report, Role};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use uuid::Uuid;
@@ -28,7 +30,8 @@ use crate::error::{Result, StationError};
 
 const DB_FILE: &str = "station.db";
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE devices (
         device_id BLOB PRIMARY KEY,
         public_key BLOB NOT NULL,
@@ -95,7 +98,18 @@ const MIGRATIONS: &[&str] = &[r#"
         reason TEXT NOT NULL,
         bytes BLOB NOT NULL
     );
-"#];
+"#,
+    // 2: device clocks found skewed when they pushed a report's changes.
+    r#"
+    CREATE TABLE clock_skew (
+        report_id BLOB NOT NULL,
+        device_id BLOB NOT NULL,
+        skew_ms INTEGER NOT NULL,
+        observed_at INTEGER NOT NULL,
+        PRIMARY KEY (report_id, device_id)
+    );
+"#,
+];
 
 pub struct SqliteStorage {
     inner: Arc<Inner>,
@@ -642,6 +656,70 @@ impl StationStorage for SqliteStorage {
         self.inner.scratch.clone()
     }
 
+    async fn record_clock_skew(
+        &self,
+        device: Uuid,
+        reports: Vec<Uuid>,
+        skew_ms: i64,
+    ) -> Result<()> {
+        self.blocking(move |i| {
+            let mut w = lock(&i.writer);
+            let tx = w.transaction()?;
+            for r in reports {
+                tx.execute(
+                    "INSERT INTO clock_skew (report_id, device_id, skew_ms, observed_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (report_id, device_id) DO UPDATE SET skew_ms = excluded.skew_ms, observed_at = excluded.observed_at",
+                    params![r.as_bytes().as_slice(), device.as_bytes().as_slice(), skew_ms, now_ms()],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn receipts(&self, who: &Enrolled, report: Uuid) -> Result<ReceiptsResponse> {
+        let who = who.clone();
+        self.blocking(move |i| {
+            let c = i.reader();
+            if !is_visible(&c, &who, report)? {
+                return Err(StationError::NotFound);
+            }
+            let mut st = c.prepare(
+                "SELECT body, signature, received_at FROM changes WHERE report_id = ?1 ORDER BY id",
+            )?;
+            let mut rows = st.query([report.as_bytes().as_slice()])?;
+            let mut changes = Vec::new();
+            while let Some(r) = rows.next()? {
+                let ch = decode_row(r.get(0)?, r.get(1)?)?;
+                changes.push(Receipt {
+                    device: ch.device(),
+                    seq: ch.body().seq,
+                    received_at_ms: r.get(2)?,
+                    device_clock_ms: ch.body().wall_clock_ms,
+                });
+            }
+            let mut st = c.prepare(
+                "SELECT device_id, skew_ms, observed_at FROM clock_skew WHERE report_id = ?1 ORDER BY device_id",
+            )?;
+            let mut rows = st.query([report.as_bytes().as_slice()])?;
+            let mut clock_skew = Vec::new();
+            while let Some(r) = rows.next()? {
+                clock_skew.push(ClockSkew {
+                    device: fieldreport_core::store::log::uuid_of(r.get(0)?)?,
+                    skew_ms: r.get(1)?,
+                    observed_at_ms: r.get(2)?,
+                });
+            }
+            Ok(ReceiptsResponse {
+                report_id: report,
+                changes,
+                clock_skew,
+            })
+        })
+        .await
+    }
+
     async fn export_material(
         &self,
         who: Option<&Enrolled>,
@@ -775,4 +853,42 @@ fn status_of(c: &Connection, sha: &str) -> Result<MediaStatus> {
         received: received as u64,
         complete,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A station database made by the first schema upgrades in place and
+    /// keeps its rows.
+    #[test]
+    fn a_version_1_database_upgrades_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO media (sha256, total, received, complete) VALUES ('ab', 10, 10, 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        let c = s.inner.reader();
+        let v: i64 = c
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        let n: i64 = c
+            .query_row("SELECT COUNT(*) FROM clock_skew", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
+        let kept: i64 = c
+            .query_row("SELECT total FROM media WHERE sha256 = 'ab'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(kept, 10);
+    }
 }

@@ -1,0 +1,168 @@
+//! Device clocks days ahead, days behind, or jumping backwards mid-session:
+//! the hybrid logical clock keeps causal order, nothing is refused, the
+//! station records its own receipt time and flags the skewed clocks on the
+//! reports they touched.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use fieldreport_core::store::{Origin, StoreOptions, WallClock};
+use fieldreport_core::sync::wire::ReceiptsResponse;
+use fieldreport_core::{Role, Value};
+use fieldreport_e2e::*;
+
+const DAY: i64 = 24 * 3600 * 1000;
+
+/// The system clock plus an offset that a test can change.
+struct Skewed(AtomicI64);
+impl WallClock for Skewed {
+    fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis() + self.0.load(Ordering::SeqCst)
+    }
+}
+
+fn skewed(offset: i64) -> (Arc<Skewed>, StoreOptions) {
+    let c = Arc::new(Skewed(AtomicI64::new(offset)));
+    (
+        c.clone(),
+        StoreOptions {
+            clock: c,
+            ..Default::default()
+        },
+    )
+}
+
+fn receipts(st: &TestStation, cred: &str, r: uuid::Uuid) -> ReceiptsResponse {
+    reqwest::blocking::Client::new()
+        .get(format!("{}/v1/reports/{r}/receipts", st.url))
+        .bearer_auth(cred)
+        .send()
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+#[test]
+fn skewed_clocks_keep_causal_order_and_are_flagged_not_refused() {
+    let st = TestStation::start();
+    let (_, ahead) = skewed(2 * DAY);
+    let (_, behind) = skewed(-3 * DAY);
+    let (jumpy_clock, jumpy) = skewed(0);
+    let a = st.device_with(&person("A", "101", Role::Officer, "D9"), None, ahead);
+    let b = st.device_with(&person("B", "102", Role::Officer, "D9"), None, behind);
+    let c = st.device_with(&person("C", "103", Role::Officer, "D9"), None, jumpy);
+    let sup = st.device(&person("S", "900", Role::Supervisor, "D9"), None);
+    let badge = "supervisory_federal_officer.badge_number";
+
+    // A (2 days ahead) writes; B (3 days behind) sees it, then overwrites.
+    let r = a.store.create_report().unwrap();
+    a.store
+        .set_field(r, badge, Value::Text("4471".into()))
+        .unwrap();
+    b.store
+        .apply_changes(
+            a.store
+                .changes_missing_from(&b.store.heads().unwrap())
+                .unwrap(),
+            Origin::Peer,
+        )
+        .unwrap();
+    b.store
+        .set_field(r, badge, Value::Text("4471-B".into()))
+        .unwrap();
+    // B's edit came after A's: its clock is later despite B's wall clock.
+    let history = b.store.field_history(r, badge).unwrap();
+    assert_eq!(history.len(), 2);
+    let by_value = |v: &str| {
+        history
+            .iter()
+            .find(|h| h.value == Some(Value::Text(v.into())))
+            .unwrap()
+    };
+    let (first, second) = (by_value("4471"), by_value("4471-B"));
+    assert!(
+        (second.clock_ms, second.clock_counter) > (first.clock_ms, first.clock_counter),
+        "causal order kept: {history:?}"
+    );
+    assert!(
+        second.wall_clock_ms < first.wall_clock_ms,
+        "B's wall clock is behind"
+    );
+    assert!(b.store.report(r).unwrap().conflicts.is_empty());
+
+    // C's clock jumps back a day between two edits of its own report.
+    let rc = c.store.create_report().unwrap();
+    c.store
+        .set_field(rc, "narrative", Value::Text("before".into()))
+        .unwrap();
+    jumpy_clock.0.store(-DAY, Ordering::SeqCst);
+    c.store
+        .set_field(rc, "narrative", Value::Text("after".into()))
+        .unwrap();
+    let h = c.store.field_history(rc, "narrative").unwrap();
+    assert!((h[1].clock_ms, h[1].clock_counter) > (h[0].clock_ms, h[0].clock_counter));
+    assert_eq!(
+        c.store.report(rc).unwrap().narrative.as_deref(),
+        Some("after"),
+        "the later edit wins although the clock went back"
+    );
+
+    // Nothing is refused for it.
+    a.sync();
+    b.sync();
+    c.sync();
+    sup.sync();
+    assert_eq!(
+        sup.store.report_json(r).unwrap(),
+        b.store.report_json(r).unwrap()
+    );
+    assert_eq!(
+        sup.store.report(rc).unwrap().narrative.as_deref(),
+        Some("after")
+    );
+
+    // The station's receipt times are its own; the skews are flagged.
+    let now = chrono::Utc::now().timestamp_millis();
+    let rec = receipts(&st, &sup.credential(), r);
+    assert_eq!(
+        rec.changes.len() as u64,
+        a.store.report_changes(r).unwrap().len() as u64 + 1
+    );
+    for x in &rec.changes {
+        assert!(
+            (now - x.received_at_ms).abs() < 60_000,
+            "receipt time is the station's"
+        );
+    }
+    let skew_of = |rec: &ReceiptsResponse, d: uuid::Uuid| {
+        rec.clock_skew
+            .iter()
+            .find(|s| s.device == d)
+            .map(|s| s.skew_ms)
+    };
+    let dev = |d: &Device| d.store.identity().unwrap().device_id;
+    let sa = skew_of(&rec, dev(&a)).expect("A flagged");
+    let sb = skew_of(&rec, dev(&b)).expect("B flagged");
+    assert!((sa - 2 * DAY).abs() < 60_000, "A is 2 days ahead: {sa}");
+    assert!((sb + 3 * DAY).abs() < 60_000, "B is 3 days behind: {sb}");
+    let rec_c = receipts(&st, &sup.credential(), rc);
+    let sc = skew_of(&rec_c, dev(&c)).expect("C flagged");
+    assert!(
+        (sc + DAY).abs() < 60_000,
+        "C was a day behind when it pushed: {sc}"
+    );
+    // A correct clock is not flagged.
+    let rs = sup.store.create_report().unwrap();
+    sup.sync();
+    assert!(receipts(&st, &sup.credential(), rs).clock_skew.is_empty());
+    // Receipts follow visibility: another unit's supervisor sees nothing.
+    let other = st.device(&person("X", "901", Role::Supervisor, "D2"), None);
+    let resp = reqwest::blocking::Client::new()
+        .get(format!("{}/v1/reports/{r}/receipts", st.url))
+        .bearer_auth(other.credential())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
