@@ -7,10 +7,12 @@
 # or database fail instead of skip. Extra arguments go to `cargo nextest run`.
 #
 #   apt:   qpdf, poppler-utils (pdftotext)   evidence PDF checks
-#   PyPI:  bagit (bagit.py --validate)       evidence bag checks, in a venv
-#                                            under ~/.cache/fieldreport
+#   PyPI:  bagit (bagit.py --validate)       evidence bag checks, and
+#          schemathesis                      API fuzzing, in a venv under
+#                                            ~/.cache/fieldreport
 #   PostgreSQL 15 (installed on the machine, not running): a cluster in a
 #   temporary directory, stopped and removed on exit
+#   cargo-fuzz (crates.io): scripts/fuzz.sh runs each target for 15 s
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +20,7 @@ export DEBIAN_FRONTEND=noninteractive
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/fieldreport"
 VENV="$CACHE/venv"
 BAGIT_VERSION=1.9.0
+SCHEMATHESIS_VERSION=4.32.5
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"
@@ -38,11 +41,17 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
   as_root apt-get install -y -q "${apt_missing[@]}"
 fi
 
-if [ ! -x "$VENV/bin/bagit.py" ]; then
-  echo "== installing bagit $BAGIT_VERSION from PyPI into $VENV"
+if [ ! -x "$VENV/bin/pip" ]; then
   mkdir -p "$CACHE"
   python3 -m venv "$VENV"
+fi
+if [ ! -x "$VENV/bin/bagit.py" ]; then
+  echo "== installing bagit $BAGIT_VERSION from PyPI into $VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "bagit==$BAGIT_VERSION"
+fi
+if [ ! -x "$VENV/bin/schemathesis" ]; then
+  echo "== installing schemathesis $SCHEMATHESIS_VERSION from PyPI into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 export PATH="$VENV/bin:$PATH"
 
@@ -71,4 +80,6 @@ echo "== station and end-to-end tests; stations on PostgreSQL"
 # feature unification and rebuild); a filter picks the tests.
 FR_TEST_ENGINE=postgres cargo nextest run --workspace --no-fail-fast \
   -E 'package(fieldreport-station) | package(fieldreport-e2e)' "$@" || status=1
+echo "== fuzzing every decoder of outside input briefly (scripts/fuzz.sh)"
+bash scripts/fuzz.sh 15 || status=1
 exit $status

@@ -423,3 +423,20 @@ impl ChaosProxy {
         }
     }
 }
+
+/// An outside tool on PATH, or `None` (the caller skips) when it is absent
+/// and `FR_REQUIRE_TOOLS` is not set; with it set, absence fails the test.
+pub fn outside_tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        if std::env::var_os("FR_REQUIRE_TOOLS").is_some() {
+            panic!("{name} is required (FR_REQUIRE_TOOLS is set) but not on PATH; scripts/test.sh installs it");
+        }
+        eprintln!("SKIPPED: {name} is not installed; scripts/test.sh installs it");
+    }
+    found
+}

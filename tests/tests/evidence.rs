@@ -147,22 +147,8 @@ fn export(s: &Scene, reports: &[Uuid], out: &Path) {
     assert!(ok, "export failed: {stdout}{stderr}");
 }
 
-/// An outside tool, or `None` (skip) when it is absent and not required.
 fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        if std::env::var_os("FR_REQUIRE_TOOLS").is_some() {
-            panic!(
-                "{name} is required (FR_REQUIRE_TOOLS is set) but not on PATH; .ci/run installs it"
-            );
-        }
-        eprintln!("SKIPPED: {name} is not installed; .ci/run installs it");
-    }
-    found
+    outside_tool(name)
 }
 
 fn run_ok(tool: &Path, args: &[&str]) -> String {

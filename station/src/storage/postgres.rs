@@ -1129,3 +1129,55 @@ impl StationStorage for PostgresStorage {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database made by the first schema upgrades in place and keeps its
+    /// rows. Needs `FR_TEST_DATABASE_URL` (skips without, unless
+    /// `FR_REQUIRE_POSTGRES` is set).
+    #[test]
+    fn a_version_1_database_upgrades_and_keeps_its_rows() {
+        let Ok(server) = std::env::var("FR_TEST_DATABASE_URL") else {
+            assert!(
+                std::env::var_os("FR_REQUIRE_POSTGRES").is_none(),
+                "FR_REQUIRE_POSTGRES is set but FR_TEST_DATABASE_URL is not"
+            );
+            eprintln!("SKIPPED: no PostgreSQL (set FR_TEST_DATABASE_URL)");
+            return;
+        };
+        let name = format!("fr_migrate_{}", Uuid::new_v4().simple());
+        let mut admin = Client::connect(&server, NoTls).unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
+        {
+            let mut c = Client::connect(&url, NoTls).unwrap();
+            c.batch_execute(MIGRATIONS[0]).unwrap();
+            c.batch_execute(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version VALUES (1);
+                 INSERT INTO media (sha256, total, received, complete) VALUES ('ab', 10, 10, TRUE);",
+            )
+            .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let s = PostgresStorage::open(&url, dir.path()).unwrap();
+        let mut c = s.inner.conn();
+        let v: i32 = c
+            .query_one("SELECT version FROM schema_version", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(v as usize, MIGRATIONS.len());
+        let n: i64 = c
+            .query_one("SELECT COUNT(*) FROM clock_skew", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0);
+        let kept: i64 = c
+            .query_one("SELECT total FROM media WHERE sha256 = 'ab'", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(kept, 10);
+    }
+}
