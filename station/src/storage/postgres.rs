@@ -1149,7 +1149,9 @@ mod tests {
         };
         let name = format!("fr_migrate_{}", Uuid::new_v4().simple());
         let mut admin = Client::connect(&server, NoTls).unwrap();
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
         let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
         {
             let mut c = Client::connect(&url, NoTls).unwrap();
