@@ -136,6 +136,21 @@ impl TestStation {
         self.device_with(person, url, Default::default())
     }
 
+    /// `n` officers of `unit`, named O0, O1, … with stars 100, 101, ….
+    pub fn officers(&self, n: usize, unit: &str) -> Vec<Device> {
+        (0..n)
+            .map(|i| {
+                let p = person(
+                    &format!("O{i}"),
+                    &(100 + i).to_string(),
+                    Role::Officer,
+                    unit,
+                );
+                self.device(&p, None)
+            })
+            .collect()
+    }
+
     /// Like [`TestStation::device`], with store options (a skewed clock).
     pub fn device_with(
         &self,
@@ -439,4 +454,21 @@ pub fn outside_tool(name: &str) -> Option<PathBuf> {
         eprintln!("SKIPPED: {name} is not installed; scripts/test.sh installs it");
     }
     found
+}
+
+/// A random test's seed: from the environment variable `var` (to replay a
+/// run), else from the clock. Printed either way.
+pub fn test_seed(var: &str) -> u64 {
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+                | 1
+        });
+    eprintln!("seed {seed} ({var} to replay)");
+    seed
 }

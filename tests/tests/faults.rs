@@ -33,31 +33,10 @@ fn sync_until_done(store: &fieldreport_core::Store, url: &str, credential: &str)
 
 #[test]
 fn devices_sync_through_a_faulty_network_without_loss_or_duplicates() {
-    let seed: u64 = std::env::var("FR_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("fault seed {seed} (FR_FAULT_SEED to replay)");
+    let seed = test_seed("FR_FAULT_SEED");
     let st = TestStation::start();
     let proxy = ChaosProxy::start(&st.rt, st.addr(), seed, 60);
-    let officers: Vec<Device> = (0..4)
-        .map(|i| {
-            st.device(
-                &person(
-                    &format!("O{i}"),
-                    &format!("{}", 100 + i),
-                    Role::Officer,
-                    "D9",
-                ),
-                None,
-            )
-        })
-        .collect();
+    let officers = st.officers(4, "D9");
     let sup = st.device(&person("S", "900", Role::Supervisor, "D9"), None);
 
     let mut attempts = 0;

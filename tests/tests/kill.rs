@@ -27,18 +27,7 @@ fn rounds() -> usize {
 struct Rng(u64);
 impl Rng {
     fn seeded() -> Rng {
-        let seed = std::env::var("FR_KILL_SEED")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        eprintln!("kill seed {seed} (FR_KILL_SEED to replay)");
-        Rng(seed)
+        Rng(test_seed("FR_KILL_SEED"))
     }
     fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
@@ -166,19 +155,7 @@ fn a_station_killed_during_pushes_loses_and_duplicates_nothing() {
     let mut rng = Rng::seeded();
     // The station's storage is created here, then served by child processes.
     let st = TestStation::start();
-    let devices: Vec<Device> = (0..3)
-        .map(|i| {
-            st.device(
-                &person(
-                    &format!("O{i}"),
-                    &format!("{}", 100 + i),
-                    Role::Officer,
-                    "D9",
-                ),
-                None,
-            )
-        })
-        .collect();
+    let devices = st.officers(3, "D9");
     let sup = st.device(&person("S", "900", Role::Supervisor, "D9"), None);
     let creds: Vec<String> = devices.iter().map(|d| d.credential()).collect();
     let reports: Vec<_> = devices
