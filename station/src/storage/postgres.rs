@@ -479,12 +479,19 @@ fn visible_params(who: &Enrolled) -> (String, bool, String) {
     )
 }
 
-fn is_visible(c: &mut impl postgres::GenericClient, who: &Enrolled, report: Uuid) -> Result<bool> {
+/// `NotFound` unless `who` may see `report` (a report one may not see is
+/// indistinguishable from one that does not exist).
+fn require_visible(
+    c: &mut impl postgres::GenericClient,
+    who: &Enrolled,
+    report: Uuid,
+) -> Result<()> {
     let (p, s, u) = visible_params(who);
     let sql = format!("SELECT 1 WHERE $1 IN {}", visible(2, 3, 4));
-    Ok(c.query_opt(&sql, &[&report, &p, &s, &u])
-        .map_err(db)?
-        .is_some())
+    match c.query_opt(&sql, &[&report, &p, &s, &u]).map_err(db)? {
+        Some(_) => Ok(()),
+        None => Err(StationError::NotFound),
+    }
 }
 
 fn status_of(c: &mut impl postgres::GenericClient, sha: &str) -> Result<MediaStatus> {
@@ -815,9 +822,7 @@ impl StationStorage for PostgresStorage {
         let who = who.clone();
         self.blocking(move |i| {
             let mut c = i.conn();
-            if !is_visible(&mut *c, &who, report)? {
-                return Err(StationError::NotFound);
-            }
+            require_visible(&mut *c, &who, report)?;
             c.query(
                 "SELECT body, signature FROM changes WHERE report_id = $1 ORDER BY id",
                 &[&report],
@@ -834,9 +839,7 @@ impl StationStorage for PostgresStorage {
         let who = who.clone();
         self.blocking(move |i| {
             let mut c = i.conn();
-            if !is_visible(&mut *c, &who, report)? {
-                return Err(StationError::NotFound);
-            }
+            require_visible(&mut *c, &who, report)?;
             c.query_opt("SELECT json FROM reports WHERE report_id = $1", &[&report])
                 .map_err(db)?
                 .map(|r| r.get(0))
@@ -1008,9 +1011,7 @@ impl StationStorage for PostgresStorage {
         let who = who.clone();
         self.blocking(move |i| {
             let mut c = i.conn();
-            if !is_visible(&mut *c, &who, report)? {
-                return Err(StationError::NotFound);
-            }
+            require_visible(&mut *c, &who, report)?;
             let changes = c
                 .query(
                     "SELECT body, signature, received_at FROM changes WHERE report_id = $1 ORDER BY id",
@@ -1082,9 +1083,7 @@ impl StationStorage for PostgresStorage {
             let mut authors = BTreeSet::new();
             for report in reports {
                 if let Some(who) = &who {
-                    if !is_visible(&mut tx, who, report)? {
-                        return Err(StationError::NotFound);
-                    }
+                    require_visible(&mut tx, who, report)?;
                 }
                 let changes = tx
                     .query(
@@ -1139,7 +1138,10 @@ mod tests {
     /// `FR_REQUIRE_POSTGRES` is set).
     #[test]
     fn a_version_1_database_upgrades_and_keeps_its_rows() {
-        let Ok(server) = std::env::var("FR_TEST_DATABASE_URL") else {
+        let Some(server) = std::env::var("FR_TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
             assert!(
                 std::env::var_os("FR_REQUIRE_POSTGRES").is_none(),
                 "FR_REQUIRE_POSTGRES is set but FR_TEST_DATABASE_URL is not"

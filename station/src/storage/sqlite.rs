@@ -496,9 +496,7 @@ impl StationStorage for SqliteStorage {
         let who = who.clone();
         self.blocking(move |i| {
             let c = i.reader();
-            if !is_visible(&c, &who, report)? {
-                return Err(StationError::NotFound);
-            }
+            require_visible(&c, &who, report)?;
             let mut st =
                 c.prepare("SELECT body, signature FROM changes WHERE report_id = ?1 ORDER BY id")?;
             let mut rows = st.query([report.as_bytes().as_slice()])?;
@@ -515,9 +513,7 @@ impl StationStorage for SqliteStorage {
         let who = who.clone();
         self.blocking(move |i| {
             let c = i.reader();
-            if !is_visible(&c, &who, report)? {
-                return Err(StationError::NotFound);
-            }
+            require_visible(&c, &who, report)?;
             c.query_row(
                 "SELECT json FROM reports WHERE report_id = ?1",
                 [report.as_bytes().as_slice()],
@@ -682,9 +678,7 @@ impl StationStorage for SqliteStorage {
         let who = who.clone();
         self.blocking(move |i| {
             let c = i.reader();
-            if !is_visible(&c, &who, report)? {
-                return Err(StationError::NotFound);
-            }
+            require_visible(&c, &who, report)?;
             let mut st = c.prepare(
                 "SELECT body, signature, received_at FROM changes WHERE report_id = ?1 ORDER BY id",
             )?;
@@ -744,9 +738,7 @@ impl StationStorage for SqliteStorage {
             let mut authors = BTreeSet::new();
             for report in reports {
                 if let Some(who) = &who {
-                    if !is_visible(&tx, who, report)? {
-                        return Err(StationError::NotFound);
-                    }
+                    require_visible(&tx, who, report)?;
                 }
                 let mut st = tx.prepare_cached(
                     "SELECT body, signature FROM changes WHERE report_id = ?1 ORDER BY id",
@@ -821,7 +813,9 @@ fn remove_stale(dir: &Path, age: Duration) {
     }
 }
 
-fn is_visible(c: &Connection, who: &Enrolled, report: Uuid) -> Result<bool> {
+/// `NotFound` unless `who` may see `report` (a report one may not see is
+/// indistinguishable from one that does not exist).
+fn require_visible(c: &Connection, who: &Enrolled, report: Uuid) -> Result<()> {
     let (p, s, u) = visible_params(who);
     let sql = format!(
         "SELECT 1 WHERE ?1 IN {}",
@@ -830,13 +824,11 @@ fn is_visible(c: &Connection, who: &Enrolled, report: Uuid) -> Result<bool> {
             .replace("?s", "?3")
             .replace("?u", "?4")
     );
-    Ok(
-        c.query_row(&sql, params![report.as_bytes().as_slice(), p, s, u], |_| {
-            Ok(())
-        })
-        .optional()?
-        .is_some(),
-    )
+    c.query_row(&sql, params![report.as_bytes().as_slice(), p, s, u], |_| {
+        Ok(())
+    })
+    .optional()?
+    .ok_or(StationError::NotFound)
 }
 
 fn status_of(c: &Connection, sha: &str) -> Result<MediaStatus> {
