@@ -632,6 +632,18 @@ impl Store {
         Ok(doc.materialise())
     }
 
+    /// The current value of a field or entry field (path form, as for
+    /// [`Store::resolve_conflict`]). `None` when unset; when the field is in
+    /// conflict, the first of its live values (the report lists them all).
+    pub fn field_value(&self, report: Uuid, path: &str) -> Result<Option<Value>> {
+        let target = Target::parse_path(path)?;
+        if matches!(target, Target::Entry { .. }) {
+            return Err(Error::UnknownField(path.chars().take(64).collect()));
+        }
+        let state = self.state(report)?;
+        Ok(state.register(&target).and_then(|r| r.value()).cloned())
+    }
+
     /// The report as stored in the materialised table.
     pub fn report(&self, report: Uuid) -> Result<Report> {
         let json: Option<String> = self.read(|c| {

@@ -512,7 +512,20 @@ impl SyncClient {
     /// Listens to the station's event stream (supervisors), calling
     /// `on_event` for each report event until it returns false or the
     /// connection ends.
-    pub fn listen_events(&self, mut on_event: impl FnMut(ReportEvent) -> bool) -> Result<()> {
+    pub fn listen_events(&self, on_event: impl FnMut(ReportEvent) -> bool) -> Result<()> {
+        self.listen_events_until(&CancelToken::new(), on_event)
+    }
+
+    /// As [`SyncClient::listen_events`], and also returns `Cancelled` once
+    /// `cancel` is set. The token is checked on every line the station
+    /// sends, keep-alives included (every 15 s), so a cancel takes effect
+    /// within that time even when no report changes.
+    pub fn listen_events_until(
+        &self,
+        cancel: &CancelToken,
+        mut on_event: impl FnMut(ReportEvent) -> bool,
+    ) -> Result<()> {
+        cancel.check()?;
         let resp = check(
             self.auth(
                 Client::builder()
@@ -527,6 +540,7 @@ impl SyncClient {
         let reader = BufReader::new(resp);
         for line in reader.lines() {
             let line = line.map_err(|e| Error::Network(e.to_string()))?;
+            cancel.check()?;
             if let Some(data) = line.strip_prefix("data:") {
                 if let Ok(ev) = serde_json::from_str::<ReportEvent>(data.trim()) {
                     if !on_event(ev) {

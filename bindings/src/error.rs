@@ -1,0 +1,108 @@
+//! The one public error enum apps see, converted from the core's rich
+//! [`fieldreport_core::Error`]. Messages name fields, ids and limits only:
+//! the core never puts names, badge numbers or narrative in an error, and
+//! nothing here adds any.
+
+use fieldreport_core::Error as CoreError;
+
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum FieldReportError {
+    /// The app passed something the report model refuses (unknown field,
+    /// wrong type, too long, bad id, no such entry, no conflict there).
+    #[error("invalid input: {reason}")]
+    InvalidInput { reason: String },
+    /// No report or media file with that id in this store.
+    #[error("not found: {reason}")]
+    NotFound { reason: String },
+    /// The report's lifecycle does not allow this action now.
+    #[error("not allowed: {reason}")]
+    NotAllowed { reason: String },
+    /// Submission refused: these required fields are empty.
+    #[error("required fields missing: {}", fields.join(", "))]
+    MissingRequired { fields: Vec<String> },
+    /// The store has no device identity, or no station, yet: enroll first.
+    #[error("not enrolled: {reason}")]
+    NotEnrolled { reason: String },
+    #[error("this store is already enrolled")]
+    AlreadyEnrolled,
+    /// The station could not be reached (retried with backoff first).
+    #[error("network: {reason}")]
+    Network { reason: String },
+    /// The station no longer accepts this device's credential.
+    #[error("the station does not accept this device's credential")]
+    Unauthorized,
+    /// The station refused the request; `code` is its machine-readable reason.
+    #[error("the station refused the request ({status} {code})")]
+    Station { status: u16, code: String },
+    /// A file to attach could not be read.
+    #[error("media file cannot be read: {reason}")]
+    MediaUnreadable { reason: String },
+    /// Changes received from elsewhere failed verification; nothing of the
+    /// batch was applied.
+    #[error("rejected changes: {reason}")]
+    Rejected { reason: String },
+    #[error("the device storage is full")]
+    StorageFull,
+    /// The store could not be read or written; it is left as it was.
+    #[error("storage: {reason}")]
+    Storage { reason: String },
+    #[error("cancelled")]
+    Cancelled,
+    /// A bug in the library (a Rust panic, caught at the boundary). The
+    /// store is still consistent: every write is one transaction.
+    #[error("internal error")]
+    Internal,
+}
+
+impl From<CoreError> for FieldReportError {
+    fn from(e: CoreError) -> Self {
+        let reason = e.to_string();
+        match e {
+            CoreError::UnknownField(_)
+            | CoreError::UnknownCollection(_)
+            | CoreError::WrongType { .. }
+            | CoreError::TooLong { .. }
+            | CoreError::InvalidValue { .. }
+            | CoreError::ReadOnlyField(_)
+            | CoreError::EntryNotFound { .. }
+            | CoreError::EntryExists { .. }
+            | CoreError::NoConflict(_) => FieldReportError::InvalidInput { reason },
+            CoreError::ReportNotFound(_) | CoreError::MediaNotFound(_) => {
+                FieldReportError::NotFound { reason }
+            }
+            CoreError::InvalidState { .. } => FieldReportError::NotAllowed { reason },
+            CoreError::MissingRequired(fields) => FieldReportError::MissingRequired { fields },
+            CoreError::NoIdentity | CoreError::NotEnrolled => {
+                FieldReportError::NotEnrolled { reason }
+            }
+            CoreError::IdentityExists => FieldReportError::AlreadyEnrolled,
+            CoreError::MediaUnreadable(_) => FieldReportError::MediaUnreadable { reason },
+            CoreError::MalformedChange { .. }
+            | CoreError::InvalidOperation { .. }
+            | CoreError::BadSignature { .. }
+            | CoreError::UnknownDevice { .. }
+            | CoreError::BrokenChain { .. }
+            | CoreError::Equivocation { .. } => FieldReportError::Rejected { reason },
+            CoreError::StorageFull => FieldReportError::StorageFull,
+            CoreError::SchemaTooNew { .. }
+            | CoreError::Database(_)
+            | CoreError::Io(_)
+            | CoreError::Corrupt(_)
+            | CoreError::Package(_) => FieldReportError::Storage { reason },
+            CoreError::Cancelled => FieldReportError::Cancelled,
+            CoreError::Network(_) => FieldReportError::Network { reason },
+            CoreError::Station { status, code } => FieldReportError::Station { status, code },
+            CoreError::Unauthorized => FieldReportError::Unauthorized,
+        }
+    }
+}
+
+pub type Result<T, E = FieldReportError> = std::result::Result<T, E>;
+
+/// Runs one exported call, turning a panic into [`FieldReportError::Internal`]
+/// so that it reaches Kotlin and Swift as a typed exception. The panic's
+/// message is not passed on: it could quote data.
+pub(crate) fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or(Err(FieldReportError::Internal))
+}

@@ -1,0 +1,354 @@
+//! [`FieldReportStore`]: one device store (reports, signed changes, media)
+//! and everything an app does with it, including sync with its station.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use fieldreport_core::model::LifecycleState;
+use fieldreport_core::store::{ListQuery, MediaMeta, Store};
+use fieldreport_core::sync::client::{CancelToken, Progress, SyncClient};
+
+use crate::error::{guard, FieldReportError, Result};
+use crate::types::*;
+
+/// Receives sync progress (called on the syncing thread).
+#[uniffi::export(with_foreign)]
+pub trait SyncListener: Send + Sync {
+    fn on_progress(&self, progress: SyncProgress);
+}
+
+/// Receives the station's live report events (supervisors). Return false to
+/// stop listening.
+#[uniffi::export(with_foreign)]
+pub trait EventListener: Send + Sync {
+    fn on_event(&self, event: ReportEvent) -> bool;
+}
+
+/// Cancels a running `sync` or `listen_events` from another thread.
+#[derive(uniffi::Object, Default)]
+pub struct SyncCancel {
+    token: CancelToken,
+}
+
+#[uniffi::export]
+impl SyncCancel {
+    #[uniffi::constructor]
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn cancel(&self) {
+        self.token.cancel()
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+struct ProgressBridge(Option<Arc<dyn SyncListener>>);
+
+impl fieldreport_core::sync::client::SyncProgress for ProgressBridge {
+    fn on_progress(&self, progress: Progress) {
+        if let Some(l) = &self.0 {
+            l.on_progress(progress.into())
+        }
+    }
+}
+
+#[derive(uniffi::Object)]
+pub struct FieldReportStore {
+    store: Store,
+}
+
+fn to_path(p: &str) -> Result<&Path> {
+    if p.is_empty() {
+        return Err(FieldReportError::InvalidInput {
+            reason: "empty path".into(),
+        });
+    }
+    Ok(Path::new(p))
+}
+
+#[uniffi::export]
+impl FieldReportStore {
+    /// Opens the store in `dir`, creating it if needed. A store that fails
+    /// to open is left exactly as it was.
+    #[uniffi::constructor]
+    pub fn open(dir: String) -> Result<Arc<Self>> {
+        guard(|| {
+            let store = Store::open(to_path(&dir)?)?;
+            Ok(Arc::new(FieldReportStore { store }))
+        })
+    }
+
+    /// This device and its person, once enrolled.
+    pub fn identity(&self) -> Option<DeviceInfo> {
+        guard(|| Ok(self.store.identity().map(Into::into))).unwrap_or(None)
+    }
+
+    /// Enrolls with a station using the one-time code an administrator
+    /// issued: creates the device key, registers it and stores the
+    /// credential.
+    pub fn enroll(&self, station_url: String, code: String) -> Result<DeviceInfo> {
+        guard(|| {
+            SyncClient::enroll(&self.store, &station_url, &code)?;
+            self.store
+                .identity()
+                .map(Into::into)
+                .ok_or(FieldReportError::Internal)
+        })
+    }
+
+    /// Creates a draft report; returns its id.
+    pub fn create_report(&self) -> Result<String> {
+        guard(|| Ok(self.store.create_report()?.to_string()))
+    }
+
+    /// Sets a report field (`narrative`, `occurred.start`, …) in one signed
+    /// change.
+    pub fn set_field(&self, report_id: String, path: String, value: FieldValue) -> Result<()> {
+        guard(|| {
+            let r = parse_id("report id", &report_id)?;
+            self.store.set_field(r, &path, value.into())?;
+            Ok(())
+        })
+    }
+
+    /// Adds an entry (an agent, a use of force, an injury, …) to a
+    /// collection; returns the entry's id.
+    pub fn add_entry(
+        &self,
+        report_id: String,
+        collection: String,
+        fields: HashMap<String, FieldValue>,
+    ) -> Result<String> {
+        guard(|| {
+            let r = parse_id("report id", &report_id)?;
+            let mut fields: Vec<(String, _)> =
+                fields.into_iter().map(|(k, v)| (k, v.into())).collect();
+            // Signed bytes should not depend on hash-map order.
+            fields.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(self.store.add_entry(r, &collection, fields)?.to_string())
+        })
+    }
+
+    pub fn set_entry_field(
+        &self,
+        report_id: String,
+        collection: String,
+        entry_id: String,
+        field: String,
+        value: FieldValue,
+    ) -> Result<()> {
+        guard(|| {
+            let r = parse_id("report id", &report_id)?;
+            let e = parse_id("entry id", &entry_id)?;
+            self.store
+                .set_entry_field(r, &collection, e, &field, value.into())?;
+            Ok(())
+        })
+    }
+
+    pub fn remove_entry(
+        &self,
+        report_id: String,
+        collection: String,
+        entry_id: String,
+    ) -> Result<()> {
+        guard(|| {
+            let r = parse_id("report id", &report_id)?;
+            let e = parse_id("entry id", &entry_id)?;
+            self.store.remove_entry(r, &collection, e)?;
+            Ok(())
+        })
+    }
+
+    /// Copies the file at `path` into the store (streaming, hashed) and
+    /// attaches it to the report. The original may be deleted afterwards.
+    pub fn attach_media(
+        &self,
+        report_id: String,
+        path: String,
+        info: MediaInfo,
+    ) -> Result<AttachedMedia> {
+        guard(|| {
+            let r = parse_id("report id", &report_id)?;
+            let meta = MediaMeta {
+                mime_type: info.mime_type,
+                file_name: info.file_name,
+                captured_at_ms: info.captured_at_ms,
+                latitude: info.latitude,
+                longitude: info.longitude,
+                caption: info.caption,
+            };
+            let a = self.store.attach_media(r, to_path(&path)?, meta)?;
+            Ok(AttachedMedia {
+                entry_id: a.entry.to_string(),
+                sha256: a.sha256,
+                size: a.size,
+            })
+        })
+    }
+
+    /// Where a media file is on this device, if it is here.
+    pub fn media_path(&self, sha256: String) -> Option<String> {
+        let media = self.store.media();
+        // `path_of` only joins a name: refuse anything but a hash.
+        let is_hash = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit());
+        (is_hash && media.contains(&sha256))
+            .then(|| media.path_of(&sha256).to_string_lossy().into_owned())
+    }
+
+    /// The current value of a field or entry field (`narrative`,
+    /// `force/<entry-id>/type`); null when unset. A field in conflict gives
+    /// its displayed value; `report()` lists all of them.
+    pub fn field(&self, report_id: String, path: String) -> Result<Option<FieldValue>> {
+        guard(|| {
+            let r = parse_id("report id", &report_id)?;
+            Ok(self.store.field_value(r, &path)?.map(Into::into))
+        })
+    }
+
+    /// The report with its conflicts and media.
+    pub fn report(&self, report_id: String) -> Result<ReportView> {
+        guard(|| {
+            let r = parse_id("report id", &report_id)?;
+            let rep = self.store.report(r)?;
+            let json = rep.to_canonical_json();
+            let media = rep
+                .media
+                .iter()
+                .map(|m| MediaView {
+                    entry_id: m.id.to_string(),
+                    sha256: m.fields.sha256.clone(),
+                    size: m.fields.size,
+                    mime_type: m.fields.mime_type.clone(),
+                    captured_at_ms: m.fields.captured_at.map(|t| t.timestamp_millis()),
+                    local_path: m.fields.sha256.clone().and_then(|s| self.media_path(s)),
+                })
+                .collect();
+            Ok(ReportView {
+                id: rep.id.to_string(),
+                lifecycle: rep.lifecycle.as_str().to_string(),
+                created_by_device: rep.created_by_device.map(|d| d.to_string()),
+                conflicts: rep.conflicts.into_iter().map(Into::into).collect(),
+                media,
+                json,
+            })
+        })
+    }
+
+    /// Every value a field or entry ever had, oldest first, with who set it.
+    pub fn field_history(&self, report_id: String, path: String) -> Result<Vec<HistoryItem>> {
+        guard(|| {
+            let r = parse_id("report id", &report_id)?;
+            Ok(self
+                .store
+                .field_history(r, &path)?
+                .into_iter()
+                .map(Into::into)
+                .collect())
+        })
+    }
+
+    /// Settles a conflict by setting `value` over every live value. The
+    /// conflict stays in the history.
+    pub fn resolve_conflict(
+        &self,
+        report_id: String,
+        path: String,
+        value: FieldValue,
+    ) -> Result<()> {
+        guard(|| {
+            let r = parse_id("report id", &report_id)?;
+            self.store.resolve_conflict(r, &path, value.into())?;
+            Ok(())
+        })
+    }
+
+    /// Submits a draft (or returned) report once the required fields are
+    /// filled; `MissingRequired` names the empty ones.
+    pub fn submit(&self, report_id: String) -> Result<()> {
+        guard(|| {
+            let r = parse_id("report id", &report_id)?;
+            self.store.submit(r)?;
+            Ok(())
+        })
+    }
+
+    /// Reports, most recently updated first. `lifecycle` filters (`draft`,
+    /// `submitted`, …); `limit` 0 means 50; `after` continues a previous page.
+    pub fn list_reports(
+        &self,
+        lifecycle: Option<String>,
+        limit: u32,
+        after: Option<ListPosition>,
+    ) -> Result<Vec<ReportListItem>> {
+        guard(|| {
+            let lifecycle = match lifecycle {
+                None => None,
+                Some(l) => Some(LifecycleState::parse(&l).ok_or_else(|| {
+                    FieldReportError::InvalidInput {
+                        reason: "unknown lifecycle state".into(),
+                    }
+                })?),
+            };
+            let q = ListQuery {
+                lifecycle,
+                after: after.map(|a| a.to_cursor()).transpose()?,
+                limit,
+            };
+            Ok(self
+                .store
+                .list_reports(&q)?
+                .into_iter()
+                .map(Into::into)
+                .collect())
+        })
+    }
+
+    /// Changes made here that the station has not acknowledged yet.
+    pub fn unsynced_count(&self) -> Result<u64> {
+        guard(|| Ok(self.store.outbox_len()?))
+    }
+
+    /// One full sync with the station this store enrolled with: media up,
+    /// changes up, changes and media down. Resumes where a previous run
+    /// stopped; `cancel` stops it between requests.
+    pub fn sync(
+        &self,
+        listener: Option<Arc<dyn SyncListener>>,
+        cancel: Option<Arc<SyncCancel>>,
+    ) -> Result<SyncSummary> {
+        guard(|| {
+            let client = SyncClient::for_store(&self.store)?;
+            let token = cancel.map(|c| c.token.clone()).unwrap_or_default();
+            Ok(client
+                .sync(&self.store, &ProgressBridge(listener), &token)?
+                .into())
+        })
+    }
+
+    /// Listens to the station's live report events (supervisors see their
+    /// unit's reports as officers push them). Blocks until the listener
+    /// returns false, `cancel` is set (checked at least every 15 s) or the
+    /// connection ends.
+    pub fn listen_events(
+        &self,
+        listener: Arc<dyn EventListener>,
+        cancel: Arc<SyncCancel>,
+    ) -> Result<()> {
+        guard(|| {
+            let client = SyncClient::for_store(&self.store)?;
+            client.listen_events_until(&cancel.token, |ev| {
+                listener.on_event(ReportEvent {
+                    report_id: ev.report_id.to_string(),
+                    kind: ev.kind,
+                })
+            })?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,82 @@
+"""Smoke test of the generated Python bindings against a real station.
+
+Run by scripts/bindings.sh with the generated module and the library on
+PYTHONPATH and FR_STATION_BIN naming the station binary.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+
+import fieldreport_ffi as fr
+
+passed = failed = 0
+
+
+def check(name, cond):
+    global passed, failed
+    if cond:
+        passed += 1
+    else:
+        failed += 1
+        print(f"FAILED: {name}", file=sys.stderr)
+
+
+def raises(name, exc_type, fn):
+    try:
+        fn()
+    except exc_type:
+        check(name, True)
+        return
+    except Exception as e:  # noqa: BLE001
+        print(f"{name}: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+    check(name, False)
+
+
+station_bin = os.environ["FR_STATION_BIN"]
+with tempfile.TemporaryDirectory() as tmp:
+    data = os.path.join(tmp, "station")
+    serve = subprocess.Popen(
+        [station_bin, "serve", "--data", data, "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        line = serve.stdout.readline()
+        url = line.strip().split("serving on ", 1)[1]
+        code = subprocess.run(
+            [station_bin, "enroll", "--data", data, "--name", "Py Officer",
+             "--star", "7001", "--role", "officer", "--unit", "District 9"],
+            check=True, capture_output=True, text=True).stdout
+        code = next(l for l in code.splitlines()
+                    if l.startswith("enrollment code:")).split(":", 1)[1].strip()
+
+        store = fr.FieldReportStore.open(os.path.join(tmp, "device"))
+        raises("create before enrolling", fr.FieldReportError.NotEnrolled,
+               store.create_report)
+        me = store.enroll(url, code)
+        check("enrolled as officer", me.role == "officer" and me.star_number == "7001")
+        r = store.create_report()
+        store.set_field(r, "narrative", fr.FieldValue.TEXT("Agents detained a man at the bus stop."))
+        v = store.field(r, "narrative")
+        check("field reads back", v == fr.FieldValue.TEXT("Agents detained a man at the bus stop."))
+        raises("unknown field", fr.FieldReportError.InvalidInput,
+               lambda: store.set_field(r, "no_such_field", fr.FieldValue.NULL()))
+        raises("bad id", fr.FieldReportError.InvalidInput,
+               lambda: store.report("not-a-uuid"))
+        raises("panic becomes Internal", fr.FieldReportError.Internal, fr.debug_trigger_panic)
+        check("one unsynced change at least", store.unsynced_count() >= 2)
+        s = store.sync(None, None)
+        check("sync pushed", s.pushed >= 2 and store.unsynced_count() == 0)
+        # The last reference dropped on a plain thread frees the Rust object there.
+        holder = [store]
+        del store
+        t = threading.Thread(target=holder.clear)
+        t.start()
+        t.join()
+        check("store freed from a plain thread", not holder)
+    finally:
+        serve.terminate()
+        serve.wait()
+
+print(f"python: {passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
