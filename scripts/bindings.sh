@@ -13,7 +13,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
-CACHE="${FR_CACHE:-$HOME/.cache/fieldreport}"
+CACHE="${FR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fieldreport}"
 OUT="$ROOT/target/bindings"
 LIB="$ROOT/target/debug/libfieldreport_ffi.so"
 STATION="$ROOT/target/debug/fieldreport-station"
@@ -49,7 +49,15 @@ generate() {
       -l "$lang" -o "$OUT/$lang" >/dev/null
   done
   cp "$LIB" "$OUT/python/"
-  log "generated bindings in $OUT"
+  # The Swift package's generated targets (git-ignored), so ios/FieldReport
+  # opens as a complete package.
+  local pkg=ios/FieldReport/Sources
+  rm -rf "$pkg/FieldReportFFIC" "$pkg/FieldReportFFI"
+  mkdir -p "$pkg/FieldReportFFIC" "$pkg/FieldReportFFI"
+  cp "$OUT/swift/FieldReportFFIC.h" "$pkg/FieldReportFFIC/"
+  cp "$OUT/swift/FieldReportFFIC.modulemap" "$pkg/FieldReportFFIC/module.modulemap"
+  cp "$OUT/swift/FieldReportFFI.swift" "$pkg/FieldReportFFI/"
+  log "generated bindings in $OUT (and the Swift package's generated sources)"
 }
 
 run_python() {
@@ -87,7 +95,8 @@ run_kotlin() {
 }
 
 setup_swift() {
-  if [[ ! -x "$SWIFT_ROOT/usr/bin/swift" ]]; then
+  # A marker, not `-x usr/bin/swift`: that is an absolute symlink, only valid inside.
+  if [[ ! -f "$SWIFT_ROOT/.fieldreport-ready" ]]; then
     apt_install debootstrap
     local mirror
     mirror="$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)"
@@ -100,6 +109,8 @@ setup_swift() {
     chroot "$SWIFT_ROOT.tmp" env DEBIAN_FRONTEND=noninteractive bash -c \
       'apt-get update -qq && apt-get install -y -qq swiftlang >/dev/null' || { umount_chroot "$SWIFT_ROOT.tmp"; exit 1; }
     umount_chroot "$SWIFT_ROOT.tmp"
+    touch "$SWIFT_ROOT.tmp/.fieldreport-ready"
+    rm -rf "$SWIFT_ROOT"
     mv "$SWIFT_ROOT.tmp" "$SWIFT_ROOT"
   fi
 }
@@ -121,11 +132,7 @@ run_swift() {
   # The package is assembled in the chroot from ios/ plus the generated files.
   local work="$SWIFT_ROOT/fieldreport"
   rm -rf "$work" && mkdir -p "$work/lib" "$work/bin"
-  cp -r ios/FieldReport/. "$work/"
-  mkdir -p "$work/Sources/FieldReportFFIC" "$work/Sources/FieldReportFFI"
-  cp "$OUT/swift/FieldReportFFIC.h" "$work/Sources/FieldReportFFIC/"
-  cp "$OUT/swift/FieldReportFFIC.modulemap" "$work/Sources/FieldReportFFIC/module.modulemap"
-  cp "$OUT/swift/FieldReportFFI.swift" "$work/Sources/FieldReportFFI/"
+  cp -r ios/FieldReport/Package.swift ios/FieldReport/Sources ios/FieldReport/Tests "$work/"
   cp "$LIB" "$work/lib/"
   cp "$STATION" "$work/bin/"
   cp /etc/resolv.conf "$SWIFT_ROOT/etc/"
@@ -136,17 +143,16 @@ run_swift() {
   out="$(chroot "$SWIFT_ROOT" env HOME=/root FR_STATION_BIN=/fieldreport/bin/fieldreport-station \
     RUST_BACKTRACE=0 LD_LIBRARY_PATH=/fieldreport/lib bash -c \
     'cd /fieldreport && swift test -Xlinker -L/fieldreport/lib 2>&1')" || status=$?
-  echo "$out" | grep -E "error:|failed|passed|Executed" >&2 || true
-  local executed failures
-  executed="$(echo "$out" | grep -oE 'Executed [0-9]+ tests?, with [0-9]+ failures?' | tail -1)"
-  if [[ -z "$executed" ]]; then
+  echo "$out" | grep -E "error:|failed|passed|Executed" | grep -v "^✔" >&2 || true
+  # XCTest prints one line per test case; its summary counts failed assertions.
+  local total fails
+  total="$(echo "$out" | grep -cE "^Test Case '.*' (passed|failed)" || true)"
+  fails="$(echo "$out" | grep -cE "^Test Case '.*' failed" || true)"
+  if [[ "$total" -eq 0 ]]; then
     echo "$out" | tail -40 >&2
-    echo "swift: 0 passed, 1 failed (no test run)"
+    echo "swift: 0 passed, 1 failed (no test ran)"
     return 1
   fi
-  local total fails
-  total="$(echo "$executed" | awk '{print $2}')"
-  fails="$(echo "$executed" | awk '{print $5}')"
   echo "swift: $((total - fails)) passed, $fails failed"
   [[ "$status" -eq 0 && "$fails" -eq 0 ]]
 }

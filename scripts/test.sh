@@ -13,6 +13,8 @@
 #   PostgreSQL 15 (installed on the machine, not running): a cluster in a
 #   temporary directory, stopped and removed on exit
 #   cargo-fuzz (crates.io): scripts/fuzz.sh runs each target for 15 s
+#   scripts/bindings.sh: the Kotlin compiler (npm), JNA and JUnit (apt) and
+#   Swift (a Debian trixie chroot under ~/.cache/fieldreport, built once)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -80,6 +82,8 @@ echo "== station and end-to-end tests; stations on PostgreSQL"
 # feature unification and rebuild); a filter picks the tests.
 FR_TEST_ENGINE=postgres cargo nextest run --workspace --no-fail-fast \
   -E 'package(fieldreport-station) | package(fieldreport-e2e)' "$@" || status=1
+echo "== bindings: Kotlin (JVM + JNA), Swift (trixie chroot) and Python against the real library (scripts/bindings.sh)"
+bash scripts/bindings.sh || status=1
 echo "== fuzzing every decoder of outside input briefly (scripts/fuzz.sh)"
 bash scripts/fuzz.sh 15 || status=1
 exit $status

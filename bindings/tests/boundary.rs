@@ -1,0 +1,87 @@
+//! The boundary itself, from Rust: error mapping, panics, and that error
+//! messages never carry what the officer typed.
+
+use fieldreport_core::{Person, Role};
+use fieldreport_ffi::{FieldReportError, FieldReportStore, FieldValue};
+
+#[test]
+fn panics_become_internal_errors() {
+    assert!(matches!(
+        fieldreport_ffi::debug_trigger_panic(),
+        Err(FieldReportError::Internal)
+    ));
+}
+
+#[test]
+fn bad_input_is_typed_and_quotes_no_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FieldReportStore::open(dir.path().join("s").to_string_lossy().into()).unwrap();
+    assert!(matches!(
+        store.create_report(),
+        Err(FieldReportError::NotEnrolled { .. })
+    ));
+    assert!(matches!(
+        store.report("nope".into()),
+        Err(FieldReportError::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        store.list_reports(Some("bogus".into()), 0, None),
+        Err(FieldReportError::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        FieldReportStore::open(String::new()),
+        Err(FieldReportError::InvalidInput { .. })
+    ));
+    drop(store);
+
+    // An identity as enrollment would leave it.
+    let path = dir.path().join("s");
+    fieldreport_core::Store::open(&path)
+        .unwrap()
+        .create_identity(Person {
+            name: "Officer T. Test".into(),
+            star_number: "1".into(),
+            role: Role::Officer,
+            unit: "D9".into(),
+        })
+        .unwrap();
+    let store = FieldReportStore::open(path.to_string_lossy().into()).unwrap();
+    let text = |s: &str| FieldValue::Text { value: s.into() };
+    let missing = "00000000-0000-4000-8000-000000000000".to_string();
+    let e = store
+        .set_field(
+            missing,
+            "supervisory_federal_officer.name".into(),
+            text("Agent Maria Quintero-Lopez"),
+        )
+        .unwrap_err();
+    assert!(matches!(e, FieldReportError::NotFound { .. }), "{e:?}");
+    let r = store.create_report().unwrap();
+    let long = "Quintero ".repeat(10_000);
+    for (path, value) in [
+        ("narrative", text(&long)),
+        ("no_such_field", text("Agent Maria Quintero-Lopez")),
+        ("occurred.start", text("Agent Maria Quintero-Lopez")),
+    ] {
+        let e = store.set_field(r.clone(), path.into(), value).unwrap_err();
+        assert!(matches!(e, FieldReportError::InvalidInput { .. }), "{e:?}");
+        assert!(!format!("{e} {e:?}").contains("Quintero"), "{e:?}");
+    }
+    let e = store.submit(r.clone()).unwrap_err();
+    assert!(
+        matches!(&e, FieldReportError::MissingRequired { fields } if fields.contains(&"occurred.start".to_string())),
+        "{e:?}"
+    );
+    // Nothing refused was written.
+    assert_eq!(store.field(r.clone(), "narrative".into()).unwrap(), None);
+    let e = store
+        .set_field(
+            r,
+            "no_such_field".into(),
+            text("Agent Maria Quintero-Lopez"),
+        )
+        .unwrap_err();
+    assert!(matches!(e, FieldReportError::InvalidInput { .. }), "{e:?}");
+    // A path that is not a media hash never names a file.
+    assert_eq!(store.media_path("../../etc/passwd".into()), None);
+}

@@ -1,0 +1,59 @@
+import Foundation
+
+/// A real station process on a free loopback port, for the tests.
+final class TestStation {
+    let bin: String
+    let dir: URL
+    let process = Process()
+    let url: String
+
+    init() throws {
+        guard let bin = ProcessInfo.processInfo.environment["FR_STATION_BIN"] else {
+            throw NSError(domain: "TestStation", code: 1, userInfo: [NSLocalizedDescriptionKey: "FR_STATION_BIN is not set"])
+        }
+        self.bin = bin
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("fr-station-\(UUID().uuidString)")
+        process.executableURL = URL(fileURLWithPath: bin)
+        process.arguments = ["serve", "--data", dir.path, "--listen", "127.0.0.1:0"]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        var line = Data()
+        while !line.contains(UInt8(ascii: "\n")) {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            line.append(chunk)
+        }
+        let text = String(decoding: line, as: UTF8.self)
+        guard let range = text.range(of: "serving on ") else {
+            throw NSError(domain: "TestStation", code: 2, userInfo: [NSLocalizedDescriptionKey: "station did not start"])
+        }
+        url = text[range.upperBound...].split(separator: "\n")[0].trimmingCharacters(in: .whitespaces)
+    }
+
+    /// A one-time enrollment code for a person.
+    func code(name: String, star: String, role: String = "officer", unit: String = "District 9") throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: bin)
+        p.arguments = ["enroll", "--data", dir.path, "--name", name, "--star", star, "--role", role, "--unit", unit]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        let text = String(decoding: data, as: UTF8.self)
+        guard p.terminationStatus == 0,
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("enrollment code:") })
+        else {
+            throw NSError(domain: "TestStation", code: 3, userInfo: [NSLocalizedDescriptionKey: "enroll failed"])
+        }
+        return line.split(separator: ":", maxSplits: 1)[1].trimmingCharacters(in: .whitespaces)
+    }
+
+    deinit {
+        process.terminate()
+        process.waitUntilExit()
+        try? FileManager.default.removeItem(at: dir)
+    }
+}
