@@ -70,7 +70,9 @@ impl From<CoreError> for FieldReportError {
             CoreError::ReportNotFound(_) | CoreError::MediaNotFound(_) => {
                 FieldReportError::NotFound { reason }
             }
-            CoreError::InvalidState { .. } => FieldReportError::NotAllowed { reason },
+            CoreError::InvalidState { .. }
+            | CoreError::NotYourRole(_)
+            | CoreError::NotPermitted { .. } => FieldReportError::NotAllowed { reason },
             CoreError::MissingRequired(fields) => FieldReportError::MissingRequired { fields },
             CoreError::NoIdentity | CoreError::NotEnrolled => {
                 FieldReportError::NotEnrolled { reason }

@@ -64,6 +64,13 @@ pub enum Error {
         change: String,
         reason: &'static str,
     },
+    #[error("change {change}: not permitted: {reason}")]
+    NotPermitted {
+        change: String,
+        reason: &'static str,
+    },
+    #[error("this device's person may not {0}")]
+    NotYourRole(&'static str),
     #[error("change {change}: differs from the stored change with the same id")]
     Equivocation { change: String },
 

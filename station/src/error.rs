@@ -68,6 +68,7 @@ impl StationError {
                     (StatusCode::UNPROCESSABLE_ENTITY, "unknown_device")
                 }
                 CoreError::BrokenChain { .. } => (StatusCode::CONFLICT, "broken_chain"),
+                CoreError::NotPermitted { .. } => (StatusCode::FORBIDDEN, "not_permitted"),
                 CoreError::Equivocation { .. } => (StatusCode::CONFLICT, "equivocation"),
                 CoreError::StorageFull => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

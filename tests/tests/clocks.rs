@@ -154,8 +154,9 @@ fn skewed_clocks_keep_causal_order_and_are_flagged_not_refused() {
         "C was a day behind when it pushed: {sc}"
     );
     // A correct clock is not flagged.
-    let rs = sup.store.create_report().unwrap();
-    sup.sync();
+    let d = st.device(&person("D", "104", Role::Officer, "D9"), None);
+    let rs = d.store.create_report().unwrap();
+    d.sync();
     assert!(receipts(&st, &sup.credential(), rs).clock_skew.is_empty());
     // Receipts follow visibility: another unit's supervisor sees nothing.
     let other = st.device(&person("X", "901", Role::Supervisor, "D2"), None);

@@ -52,7 +52,7 @@ pub(crate) enum Writer {
 }
 
 fn check_access(path: &str, access: Access, writer: Writer) -> Result<()> {
-    if access == Access::System && writer == Writer::User {
+    if access != Access::User && writer == Writer::User {
         return Err(Error::ReadOnlyField(path.to_string()));
     }
     Ok(())

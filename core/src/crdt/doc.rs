@@ -21,7 +21,10 @@ use uuid::Uuid;
 
 use super::change::{Action, Change, ChangeId, Hash, OpId, Operation, Target};
 use super::hlc::Hlc;
+use crate::model::schema::{ADDENDA_COLLECTION, LIFECYCLE_FIELD};
 use crate::model::value::Value;
+use crate::model::workflow::{self, Amendment, Lifecycle};
+use crate::model::LifecycleState;
 
 /// A live value of a register, with who wrote it and when.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +96,10 @@ pub struct State {
     pub collections: BTreeMap<String, Vec<EntryState>>,
     pub created: Option<(Hlc, Uuid)>,
     pub updated: Option<Hlc>,
+    /// The lifecycle replayed from every transition (not the register).
+    pub lifecycle: Lifecycle,
+    /// Content edits after the first submission, in (HLC, change) order.
+    pub amendments: Vec<Amendment>,
 }
 
 impl State {
@@ -134,7 +141,12 @@ impl State {
     }
 
     pub fn conflict_count(&self) -> usize {
-        let fields = self.fields.values().filter(|r| r.is_conflict()).count();
+        // Lifecycle transitions are replayed, never a conflict.
+        let fields = self
+            .fields
+            .iter()
+            .filter(|(p, r)| p.as_str() != LIFECYCLE_FIELD && r.is_conflict())
+            .count();
         let entries: usize = self
             .collections
             .values()
@@ -226,6 +238,8 @@ struct OpRef<'a> {
 pub fn materialise<'a>(changes: impl IntoIterator<Item = &'a Change>) -> State {
     let mut by_target: BTreeMap<&Target, Vec<OpRef<'a>>> = BTreeMap::new();
     let mut state = State::default();
+    let mut transitions = Vec::new();
+    let mut content: Vec<(Hlc, ChangeId, i64, &'a Target)> = Vec::new();
     for change in changes {
         let b = change.body();
         let key = (b.hlc, b.device);
@@ -236,6 +250,20 @@ pub fn materialise<'a>(changes: impl IntoIterator<Item = &'a Change>) -> State {
             state.updated = Some(b.hlc);
         }
         for (i, op) in b.ops.iter().enumerate() {
+            match (&op.target, &op.action) {
+                (Target::Field(p), Action::Set(Value::Text(t))) if p == LIFECYCLE_FIELD => {
+                    if let Some(to) = LifecycleState::parse(t) {
+                        transitions.push((b.hlc, b.id(), b.wall_clock_ms, to));
+                    }
+                }
+                // Addenda are how a report grows after approval, not amendments.
+                (Target::Entry { collection, .. } | Target::EntryField { collection, .. }, _)
+                    if collection == ADDENDA_COLLECTION => {}
+                (t, _) if workflow::is_content(t) => {
+                    content.push((b.hlc, b.id(), b.wall_clock_ms, t));
+                }
+                _ => {}
+            }
             by_target.entry(&op.target).or_default().push(OpRef {
                 id: OpId {
                     device: b.device,
@@ -312,6 +340,20 @@ pub fn materialise<'a>(changes: impl IntoIterator<Item = &'a Change>) -> State {
     }
     for entries in state.collections.values_mut() {
         entries.sort_by_key(|e| (e.created, e.id));
+    }
+    state.lifecycle = workflow::replay(transitions);
+    if let Some(submitted) = state.lifecycle.submitted {
+        content.retain(|c| c.0 > submitted);
+        content.sort_by_key(|c| (c.0, c.1));
+        state.amendments = content
+            .into_iter()
+            .map(|(hlc, change, wall, target)| Amendment {
+                path: target.path(),
+                change,
+                wall_clock_ms: wall,
+                after_lock: state.lifecycle.locked.is_some_and(|l| hlc > l),
+            })
+            .collect();
     }
     state
 }

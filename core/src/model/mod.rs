@@ -5,6 +5,7 @@ pub mod enums;
 pub mod report;
 pub mod schema;
 pub mod value;
+pub mod workflow;
 
 pub use enums::*;
 pub use report::{Conflict, ConflictKind, ConflictValue, Entry, Report};

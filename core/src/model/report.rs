@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::enums::*;
 use super::value::Value;
+use super::workflow::{Amendment, LifecycleStep};
 use crate::crdt::{EntryState, Register, State};
 
 pub type Time = DateTime<Utc>;
@@ -87,6 +88,9 @@ pub struct Involvement {
     pub event_number: Option<String>,
     pub caller_was_federal_agent: Option<bool>,
     pub description: Option<String>,
+    /// The report responds to an allegation of illegal force.
+    #[serde(default)]
+    pub illegal_force_alleged: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -258,7 +262,44 @@ pub struct Report {
     pub media: Vec<Entry<Media>>,
     pub addenda: Vec<Entry<Addendum>>,
     pub conflicts: Vec<Conflict>,
+    /// Every lifecycle transition, in replay order, applied or not.
+    #[serde(default)]
+    pub lifecycle_history: Vec<LifecycleStep>,
+    /// Content edits made after the first submission.
+    #[serde(default)]
+    pub amendments: Vec<Amendment>,
+    /// The supervisor's comment with the latest return.
+    #[serde(default)]
+    pub return_comment: Option<String>,
+    #[serde(default)]
+    pub review: Review,
+    #[serde(default)]
+    pub referral: Referral,
 }
+
+/// The internal review every report gets within 30 days of the incident.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Review {
+    /// Incident start + 30 days.
+    pub due: Option<Time>,
+    pub completed_at: Option<Time>,
+    pub findings: Option<String>,
+    /// CPD's own conduct at the scene.
+    pub cpd_conduct: Option<String>,
+    /// Whether dispatch knew the call involved immigration enforcement.
+    pub dispatch_knew: Option<bool>,
+}
+
+/// Referral of felony matters to the county State's Attorney.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Referral {
+    pub date: Option<Time>,
+    pub reference: Option<String>,
+    pub felonies: Vec<String>,
+}
+
+/// Days from the incident to the internal review's due date.
+pub const REVIEW_DAYS: i64 = 30;
 
 fn entries<T>(s: &State, coll: &str, read: impl Fn(&Fields) -> T) -> Vec<Entry<T>> {
     s.collections
@@ -294,7 +335,7 @@ fn conflict_values(r: &Register) -> Vec<ConflictValue> {
 pub fn conflicts(s: &State) -> Vec<Conflict> {
     let mut out = Vec::new();
     for (path, r) in &s.fields {
-        if r.is_conflict() {
+        if r.is_conflict() && path != super::schema::LIFECYCLE_FIELD {
             out.push(Conflict {
                 path: path.clone(),
                 kind: ConflictKind::Values,
@@ -331,9 +372,7 @@ impl Report {
         let hlc_time = |h: crate::crdt::Hlc| time(h.wall_ms as i64);
         Report {
             id,
-            lifecycle: f
-                .parsed(super::schema::LIFECYCLE_FIELD, LifecycleState::parse)
-                .unwrap_or(LifecycleState::Draft),
+            lifecycle: s.lifecycle.state,
             created_by_device: s.created.map(|(_, d)| d),
             created_at: s.created.and_then(|(h, _)| hlc_time(h)),
             updated_at: s.updated.and_then(hlc_time),
@@ -354,6 +393,7 @@ impl Report {
                 kind: f.parsed("involvement.kind", InvolvementKind::parse),
                 event_number: f.text("involvement.event_number"),
                 caller_was_federal_agent: f.bool("involvement.caller_was_federal_agent"),
+                illegal_force_alleged: f.bool("involvement.illegal_force_alleged"),
                 description: f.text("involvement.description"),
             },
             reporting_officer: ReportingOfficer {
@@ -439,6 +479,23 @@ impl Report {
                 text: e.text("text"),
             }),
             conflicts: conflicts(s),
+            lifecycle_history: s.lifecycle.steps.clone(),
+            amendments: s.amendments.clone(),
+            return_comment: f.text(super::schema::RETURN_COMMENT_FIELD),
+            review: Review {
+                due: f
+                    .time("occurred.start")
+                    .map(|t| t + chrono::Duration::days(REVIEW_DAYS)),
+                completed_at: f.time("review.completed_at"),
+                findings: f.text("review.findings"),
+                cpd_conduct: f.text("review.cpd_conduct"),
+                dispatch_knew: f.bool("review.dispatch_knew"),
+            },
+            referral: Referral {
+                date: f.time("referral.date"),
+                reference: f.text("referral.reference"),
+                felonies: f.list("referral.felonies"),
+            },
         }
     }
 

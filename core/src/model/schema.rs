@@ -59,6 +59,9 @@ pub enum Access {
     User,
     /// Set by the core itself (enrollment data, lifecycle, media facts).
     System,
+    /// Written by a supervisor of the report's unit through the core's
+    /// supervisor actions (return comment, review, referral).
+    Supervisor,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -81,6 +84,14 @@ const fn system(name: &'static str, kind: Kind) -> FieldSpec {
         name,
         kind,
         access: Access::System,
+    }
+}
+
+const fn supervisor(name: &'static str, kind: Kind) -> FieldSpec {
+    FieldSpec {
+        name,
+        kind,
+        access: Access::Supervisor,
     }
 }
 
@@ -122,6 +133,8 @@ pub const REPORT_FIELDS: &[FieldSpec] = &[
     user("involvement.event_number", SHORT),
     user("involvement.caller_was_federal_agent", Kind::Bool),
     user("involvement.description", LONG),
+    // The report responds to an allegation of illegal force (public count).
+    user("involvement.illegal_force_alleged", Kind::Bool),
     system("reporting_officer.name", SHORT),
     system("reporting_officer.star_number", SHORT),
     system("reporting_officer.unit", SHORT),
@@ -150,7 +163,21 @@ pub const REPORT_FIELDS: &[FieldSpec] = &[
     user("body_camera.preservation_request_id", SHORT),
     user("narrative", Kind::Text(NARRATIVE_MAX)),
     system(LIFECYCLE_FIELD, Kind::Enum(LifecycleState::ALL)),
+    // Supervisor actions (docs/workflow.md).
+    supervisor(RETURN_COMMENT_FIELD, LONG),
+    supervisor("referral.date", Kind::Time),
+    supervisor("referral.reference", SHORT),
+    supervisor("referral.felonies", Kind::TextList),
+    supervisor("review.findings", LONG),
+    supervisor("review.cpd_conduct", LONG),
+    supervisor("review.dispatch_knew", Kind::Bool),
+    supervisor("review.completed_at", Kind::Time),
 ];
+
+pub const RETURN_COMMENT_FIELD: &str = "lifecycle.comment";
+/// The only collection a locked (approved, referred, closed) report takes
+/// new entries in.
+pub const ADDENDA_COLLECTION: &str = "addenda";
 
 #[derive(Debug, Clone, Copy)]
 pub struct CollectionSpec {
@@ -246,7 +273,7 @@ pub const COLLECTIONS: &[CollectionSpec] = &[
         ],
     },
     CollectionSpec {
-        name: "addenda",
+        name: ADDENDA_COLLECTION,
         fields: &[user("text", Kind::Text(NARRATIVE_MAX))],
     },
 ];

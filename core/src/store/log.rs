@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::crdt::{Change, ChangeId, Hash, ReportDoc};
 use crate::error::{Error, Result};
-use crate::evidence::{ChainLookup, DeviceRecord};
+use crate::evidence::{ChainLookup, DeviceRecord, Person};
 
 pub const ZERO_HASH: Hash = [0u8; 32];
 
@@ -38,6 +38,23 @@ pub fn upsert_device(conn: &Connection, record: &DeviceRecord) -> Result<()> {
         params![record.device_id.as_bytes().as_slice(), record.public_key.as_slice(), json],
     )?;
     Ok(())
+}
+
+/// The person of a known device.
+pub fn device_person(conn: &Connection, device: Uuid) -> Result<Option<Person>> {
+    let json: Option<String> = conn
+        .query_row(
+            "SELECT record FROM devices WHERE device_id = ?1",
+            [device.as_bytes().as_slice()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    json.map(|j| {
+        serde_json::from_str::<DeviceRecord>(&j)
+            .map(|d| d.person)
+            .map_err(|_| Error::Corrupt("device record".into()))
+    })
+    .transpose()
 }
 
 pub fn decode_row(body: Vec<u8>, signature: Vec<u8>) -> Result<Change> {

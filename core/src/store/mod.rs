@@ -24,7 +24,8 @@ use crate::crdt::author::{build_ops, Writer};
 use crate::crdt::{Action, Change, ChangeBody, ChangeId, Edit, Hlc, ReportDoc, State, Target};
 use crate::error::{Error, Result};
 use crate::evidence::{verify_batch, ChainLookup, DeviceIdentity, DeviceRecord, Person};
-use crate::model::schema::{self, LIFECYCLE_FIELD};
+use crate::model::schema::{self, LIFECYCLE_FIELD, RETURN_COMMENT_FIELD};
+use crate::model::workflow;
 use crate::model::{LifecycleState, Report, Value};
 pub use log::SqlLookup;
 use log::{decode_row, hash_of, insert_change, load_doc, upsert_device, uuid_of, ZERO_HASH};
@@ -230,6 +231,7 @@ impl Store {
             return Err(Error::Corrupt("cannot enable WAL".into()));
         }
         migrations::migrate(&mut conn)?;
+        rematerialise_pending(&mut conn)?;
         // Checkpoint every 4000 pages (16 MiB of WAL) rather than 1000: an
         // edit writes several pages (log row, indexes, materialised report),
         // and fewer, larger checkpoints keep them off most edits. The WAL
@@ -490,6 +492,155 @@ impl Store {
         )
     }
 
+    /// Moves the report along its lifecycle with the given extra fields, if
+    /// the transition fits its current state. Who may is checked when the
+    /// change is built (`workflow::authorize`).
+    fn transition(
+        &self,
+        report: Uuid,
+        to: LifecycleState,
+        action: &'static str,
+        mut edits: Vec<Edit>,
+    ) -> Result<ChangeId> {
+        let from = self.state(report)?.lifecycle.state;
+        if !workflow::transition_allowed(from, to) {
+            return Err(Error::InvalidState {
+                state: from.as_str(),
+                action,
+            });
+        }
+        edits.push(Edit::SetField {
+            path: LIFECYCLE_FIELD.into(),
+            value: Value::Text(to.as_str().into()),
+        });
+        self.commit_edits(report, &edits, Writer::System, false)
+    }
+
+    fn require_supervisor(&self, action: &'static str) -> Result<()> {
+        let me = self.identity().ok_or(Error::NoIdentity)?;
+        if me.person.role != crate::model::Role::Supervisor {
+            return Err(Error::NotYourRole(action));
+        }
+        Ok(())
+    }
+
+    /// Returns a submitted report to its officer with a comment
+    /// (supervisors of the report's unit).
+    pub fn return_report(&self, report: Uuid, comment: &str) -> Result<ChangeId> {
+        self.require_supervisor("return a report")?;
+        if comment.trim().is_empty() {
+            return Err(Error::InvalidValue {
+                path: RETURN_COMMENT_FIELD.into(),
+                reason: "a return needs a comment",
+            });
+        }
+        self.transition(
+            report,
+            LifecycleState::Returned,
+            "return",
+            vec![Edit::SetField {
+                path: RETURN_COMMENT_FIELD.into(),
+                value: Value::Text(comment.into()),
+            }],
+        )
+    }
+
+    /// Approves a submitted report; its fields are locked from then on.
+    pub fn approve(&self, report: Uuid) -> Result<ChangeId> {
+        self.require_supervisor("approve a report")?;
+        self.transition(report, LifecycleState::Approved, "approve", Vec::new())
+    }
+
+    /// Refers an approved report's felony matters to the State's Attorney.
+    pub fn refer(
+        &self,
+        report: Uuid,
+        date_ms: i64,
+        reference: &str,
+        felonies: Vec<String>,
+    ) -> Result<ChangeId> {
+        self.require_supervisor("refer a report")?;
+        if felonies.is_empty() {
+            return Err(Error::InvalidValue {
+                path: "referral.felonies".into(),
+                reason: "a referral lists at least one felony matter",
+            });
+        }
+        if reference.trim().is_empty() {
+            return Err(Error::InvalidValue {
+                path: "referral.reference".into(),
+                reason: "a referral needs the State's Attorney's reference",
+            });
+        }
+        self.transition(
+            report,
+            LifecycleState::Referred,
+            "refer",
+            vec![
+                Edit::SetField {
+                    path: "referral.date".into(),
+                    value: Value::Time(date_ms),
+                },
+                Edit::SetField {
+                    path: "referral.reference".into(),
+                    value: Value::Text(reference.into()),
+                },
+                Edit::SetField {
+                    path: "referral.felonies".into(),
+                    value: Value::List(felonies),
+                },
+            ],
+        )
+    }
+
+    /// Closes an approved or referred report.
+    pub fn close(&self, report: Uuid) -> Result<ChangeId> {
+        self.require_supervisor("close a report")?;
+        self.transition(report, LifecycleState::Closed, "close", Vec::new())
+    }
+
+    /// Records the internal review (supervisors of the report's unit, once
+    /// the report is submitted). Recording again amends it; the history
+    /// keeps both.
+    pub fn record_review(
+        &self,
+        report: Uuid,
+        findings: &str,
+        cpd_conduct: &str,
+        dispatch_knew: bool,
+    ) -> Result<ChangeId> {
+        self.require_supervisor("record a review")?;
+        let state = self.state(report)?.lifecycle.state;
+        if state == LifecycleState::Draft {
+            return Err(Error::InvalidState {
+                state: state.as_str(),
+                action: "review",
+            });
+        }
+        let now = self.clock.now_ms();
+        let text = |path: &str, v: &str| Edit::SetField {
+            path: path.into(),
+            value: Value::Text(v.into()),
+        };
+        self.commit_edits(
+            report,
+            &[
+                text("review.findings", findings),
+                text("review.cpd_conduct", cpd_conduct),
+                Edit::SetField {
+                    path: "review.dispatch_knew".into(),
+                    value: Value::Bool(dispatch_knew),
+                },
+                Edit::SetField {
+                    path: "review.completed_at".into(),
+                    value: Value::Time(now),
+                },
+            ],
+            Writer::System,
+            false,
+        )
+    }
+
     /// Streams a file into the media store and attaches it to the report in
     /// a signed change carrying its hash, size and capture facts.
     pub fn attach_media(
@@ -583,6 +734,20 @@ impl Store {
             });
         }
         let ops = build_ops(&state, edits, writer)?;
+        if writer == Writer::User && workflow::locked(state.lifecycle.state) {
+            let addenda_only = ops.iter().all(|op| match &op.target {
+                Target::Entry { collection, .. } | Target::EntryField { collection, .. } => {
+                    collection == schema::ADDENDA_COLLECTION
+                }
+                Target::Field(_) => false,
+            });
+            if !addenda_only {
+                return Err(Error::InvalidState {
+                    state: state.lifecycle.state.as_str(),
+                    action: "editing fields (add an addendum instead)",
+                });
+            }
+        }
         let now = self.clock.now_ms();
         let hlc = w.hlc.tick(now.max(0) as u64);
         let body = ChangeBody {
@@ -595,6 +760,13 @@ impl Store {
             prev: doc.chain_head(device),
             ops,
         };
+        // The same rule every receiver applies (phone and station agree).
+        let unit = state
+            .field("reporting_officer.unit")
+            .and_then(Value::as_text)
+            .unwrap_or(&identity.record.person.unit)
+            .to_string();
+        workflow::authorize(&body, &identity.record.person, &unit)?;
         let change = Change::sign(body, &identity.signing_key)?;
         let id = change.id();
         insert_change(&tx, &change, false, now)?;
@@ -836,11 +1008,37 @@ impl Store {
             max_hlc = max_hlc.max(c.body().hlc);
         }
         let mut docs = Vec::with_capacity(touched.len());
+        let mut units = std::collections::HashMap::new();
         for report in touched {
             let doc = load_doc(&tx, report)?;
             let state = Arc::new(doc.materialise());
             write_report_row(&tx, report, &state)?;
+            units.insert(
+                report,
+                state
+                    .field("reporting_officer.unit")
+                    .and_then(Value::as_text)
+                    .map(str::to_string),
+            );
             docs.push((report, doc, state));
+        }
+        // Who may have made each change; one refused change refuses the batch.
+        let mut people = std::collections::HashMap::new();
+        for c in &verified.new {
+            let device = c.device();
+            if let std::collections::hash_map::Entry::Vacant(slot) = people.entry(device) {
+                let person = log::device_person(&tx, device)?.ok_or(Error::UnknownDevice {
+                    change: c.id().to_string(),
+                })?;
+                slot.insert(person);
+            }
+            let person = &people[&device];
+            let unit = units
+                .get(&c.report())
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| person.unit.clone());
+            workflow::authorize(c.body(), person, &unit)?;
         }
         if w.identity.is_some() && max_hlc != w.hlc {
             tx.execute(
@@ -1048,6 +1246,26 @@ impl Store {
         tx.commit()?;
         Ok(reports.len())
     }
+}
+
+/// Rebuilds the materialised rows a migration queued, in one transaction.
+fn rematerialise_pending(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction()?;
+    let reports: Vec<Uuid> = {
+        let mut st = tx.prepare("SELECT report_id FROM rematerialise")?;
+        let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        rows.map(|r| uuid_of(r?)).collect::<Result<_>>()?
+    };
+    if reports.is_empty() {
+        return Ok(());
+    }
+    for &r in &reports {
+        let doc = load_doc(&tx, r)?;
+        write_report_row(&tx, r, &doc.materialise())?;
+    }
+    tx.execute("DELETE FROM rematerialise", [])?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// The order's minimum for a submitted report.

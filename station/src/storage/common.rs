@@ -111,3 +111,26 @@ pub fn write_chunk(partial: &std::path::Path, offset: u64, bytes: &[u8]) -> Resu
     f.sync_data()?;
     Ok(offset + bytes.len() as u64)
 }
+
+/// Who may have made each change (the core's rule, the one phones apply);
+/// one refused change refuses the push. `people` holds each author device's
+/// person, `units` each touched report's unit (empty when unknown).
+pub fn authorize_changes(
+    changes: &[fieldreport_core::Change],
+    people: &std::collections::HashMap<uuid::Uuid, fieldreport_core::Person>,
+    units: &std::collections::HashMap<uuid::Uuid, String>,
+) -> crate::error::Result<()> {
+    for c in changes {
+        let person = people.get(&c.device()).ok_or_else(|| {
+            crate::error::StationError::Core(fieldreport_core::Error::UnknownDevice {
+                change: c.id().to_string(),
+            })
+        })?;
+        let unit = units
+            .get(&c.report())
+            .filter(|u| !u.is_empty())
+            .unwrap_or(&person.unit);
+        fieldreport_core::model::workflow::authorize(c.body(), person, unit)?;
+    }
+    Ok(())
+}

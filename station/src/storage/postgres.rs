@@ -744,8 +744,10 @@ impl StationStorage for PostgresStorage {
             let log_id = head + n as i64;
             let touched: BTreeSet<Uuid> = reports.iter().copied().collect();
             let mut events = Vec::new();
+            let mut units = HashMap::new();
             for report in touched {
                 let (unit, new) = write_report(&mut tx, report)?;
+                units.insert(report, unit.clone());
                 let ev = (
                     unit,
                     ReportEvent {
@@ -761,6 +763,19 @@ impl StationStorage for PostgresStorage {
                     .map_err(db)?;
                 events.push(ev);
             }
+            let mut people = HashMap::new();
+            for r in tx
+                .query(
+                    "SELECT device_id, record FROM devices WHERE device_id = ANY($1)",
+                    &[&devices],
+                )
+                .map_err(db)?
+            {
+                let record: DeviceRecord = serde_json::from_str(r.get::<_, &str>(1))
+                    .map_err(|_| StationError::Internal("device record".into()))?;
+                people.insert(r.get::<_, Uuid>(0), record.person);
+            }
+            authorize_changes(&verified.new, &people, &units)?;
             tx.commit().map_err(db)?;
             Ok(PushOutcome {
                 applied: n,

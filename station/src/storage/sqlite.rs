@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use fieldreport_core::crdt::Change;
 use fieldreport_core::evidence::package::DeviceEnrollment;
 use fieldreport_core::evidence::{verify_batch, DeviceRecord, Person};
-use fieldreport_core::store::log::{decode_row, insert_change, load_doc, SqlLookup};
+use fieldreport_core::store::log::{decode_row, device_person, insert_change, load_doc, SqlLookup};
 use fieldreport_core::store::MediaStore;
 use fieldreport_core::sync::client::media_refs;
 use fieldreport_core::sync::wire::{
@@ -211,6 +211,22 @@ fn visible_params(who: &Enrolled) -> (String, bool, String) {
         who.role() == Role::Supervisor,
         who.unit().to_string(),
     )
+}
+
+fn authorize_all(
+    tx: &Transaction,
+    changes: &[Change],
+    units: &std::collections::HashMap<Uuid, String>,
+) -> Result<()> {
+    let mut people = std::collections::HashMap::new();
+    for c in changes {
+        if let std::collections::hash_map::Entry::Vacant(slot) = people.entry(c.device()) {
+            if let Some(p) = device_person(tx, c.device())? {
+                slot.insert(p);
+            }
+        }
+    }
+    authorize_changes(changes, &people, units)
 }
 
 fn write_report(tx: &Transaction, report: Uuid) -> Result<(String, bool)> {
@@ -422,8 +438,10 @@ impl StationStorage for SqliteStorage {
             }
             let log_id: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM changes", [], |r| r.get(0))?;
             let mut events = Vec::new();
+            let mut units = std::collections::HashMap::new();
             for report in touched {
                 let (unit, new) = write_report(&tx, report)?;
+                units.insert(report, unit.clone());
                 events.push((
                     unit,
                     ReportEvent {
@@ -433,6 +451,7 @@ impl StationStorage for SqliteStorage {
                     },
                 ));
             }
+            authorize_all(&tx, &verified.new, &units)?;
             tx.commit()?;
             Ok(PushOutcome {
                 applied: verified.new.len(),
