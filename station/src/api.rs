@@ -91,6 +91,9 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(MAX_CHUNK_BYTES)),
         )
         .route("/v1/events", get(events))
+        .route("/v1/reviews", get(reviews))
+        .route("/public", get(public_page))
+        .route("/public/counts.csv", get(public_csv))
         .fallback(|| async { StationError::NotFound })
         .with_state(state)
 }
@@ -285,6 +288,57 @@ async fn receipts(
     Path(id): Path<String>,
 ) -> Result<Json<ReceiptsResponse>> {
     Ok(Json(s.storage.receipts(&d, report_id(&id)?).await?))
+}
+
+fn parse_reports(jsons: Vec<String>) -> Result<Vec<fieldreport_core::Report>> {
+    jsons
+        .iter()
+        .map(|j| {
+            serde_json::from_str(j)
+                .map_err(|_| StationError::Internal("stored report does not parse".into()))
+        })
+        .collect()
+}
+
+/// The unit's 30-day internal reviews: due, overdue, done (supervisors).
+async fn reviews(
+    State(s): State<AppState>,
+    Device(d): Device,
+) -> Result<Json<Vec<crate::oversight::ReviewItem>>> {
+    if d.role() != Role::Supervisor {
+        return Err(StationError::Forbidden("reviews are for supervisors"));
+    }
+    let reports = parse_reports(s.storage.visible_reports(&d).await?)?;
+    Ok(Json(crate::oversight::reviews(
+        &reports,
+        chrono::Utc::now(),
+    )))
+}
+
+async fn public_counts(s: &AppState) -> Result<crate::oversight::Counts> {
+    let reports = parse_reports(s.storage.all_reports().await?)?;
+    Ok(crate::oversight::public_counts(&reports))
+}
+
+/// The public record: counts only, small ones suppressed. No sign-in.
+async fn public_page(State(s): State<AppState>) -> Result<Response> {
+    let html = crate::oversight::counts_html(&public_counts(&s).await?);
+    Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
+}
+
+async fn public_csv(State(s): State<AppState>) -> Result<Response> {
+    let csv = crate::oversight::counts_csv(&public_counts(&s).await?);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"fieldreport-public-counts.csv\"",
+            ),
+        ],
+        csv,
+    )
+        .into_response())
 }
 
 /// The evidence package of one report, as a tar archive of the bag.

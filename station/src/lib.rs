@@ -13,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod export;
+pub mod oversight;
 pub mod storage;
 
 use std::net::SocketAddr;

@@ -98,6 +98,11 @@ pub trait StationStorage: Send + Sync + 'static {
     async fn report_changes(&self, who: &Enrolled, report: Uuid) -> Result<Vec<Change>>;
     /// The materialised report JSON, if visible.
     async fn report_json(&self, who: &Enrolled, report: Uuid) -> Result<String>;
+    /// Every visible materialised report (JSON), most recently updated first.
+    async fn visible_reports(&self, who: &Enrolled) -> Result<Vec<String>>;
+    /// Every materialised report (JSON) of the station, for the public
+    /// counts (which never show anything but counts).
+    async fn all_reports(&self) -> Result<Vec<String>>;
     async fn media_status(&self, sha256: &str) -> Result<MediaStatus>;
     /// Appends bytes at `offset` of an upload of `total` bytes; verifies the
     /// hash when complete.

@@ -863,6 +863,36 @@ impl StationStorage for PostgresStorage {
         .await
     }
 
+    async fn visible_reports(&self, who: &Enrolled) -> Result<Vec<String>> {
+        let who = who.clone();
+        self.blocking(move |i| {
+            let mut c = i.conn();
+            let (p, s, u) = visible_params(&who);
+            let sql = format!(
+                "SELECT json FROM reports WHERE report_id IN {} ORDER BY updated_ms DESC",
+                visible(1, 2, 3)
+            );
+            Ok(c.query(&sql, &[&p, &s, &u])
+                .map_err(db)?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect())
+        })
+        .await
+    }
+
+    async fn all_reports(&self) -> Result<Vec<String>> {
+        self.blocking(move |i| {
+            Ok(i.conn()
+                .query("SELECT json FROM reports ORDER BY report_id", &[])
+                .map_err(db)?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect())
+        })
+        .await
+    }
+
     async fn media_status(&self, sha256: &str) -> Result<MediaStatus> {
         if !valid_sha(sha256) {
             return Err(bad_hash());

@@ -544,6 +544,35 @@ impl StationStorage for SqliteStorage {
         .await
     }
 
+    async fn visible_reports(&self, who: &Enrolled) -> Result<Vec<String>> {
+        let who = who.clone();
+        self.blocking(move |i| {
+            let c = i.reader();
+            let (p, s, u) = visible_params(&who);
+            let sql = format!(
+                "SELECT json FROM reports WHERE report_id IN {} ORDER BY updated_ms DESC",
+                VISIBLE
+                    .replace("?p", "?1")
+                    .replace("?s", "?2")
+                    .replace("?u", "?3")
+            );
+            let mut st = c.prepare(&sql)?;
+            let rows = st.query_map(params![p, s, u], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn all_reports(&self) -> Result<Vec<String>> {
+        self.blocking(move |i| {
+            let c = i.reader();
+            let mut st = c.prepare("SELECT json FROM reports ORDER BY report_id")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
     async fn media_status(&self, sha256: &str) -> Result<MediaStatus> {
         if !valid_sha(sha256) {
             return Err(bad_hash());
