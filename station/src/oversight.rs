@@ -95,8 +95,10 @@ pub const MEASURES: &[&str] = &[
     "reviews_on_time",
 ];
 
-/// (month `YYYY-MM`, district) → measure → count.
-pub type Counts = BTreeMap<(String, String), BTreeMap<&'static str, u64>>;
+/// measure → count.
+pub type Row = BTreeMap<&'static str, u64>;
+/// (month `YYYY-MM`, district) → its row.
+pub type Counts = BTreeMap<(String, String), Row>;
 
 /// Counts over submitted (and later) reports; drafts are not yet reports.
 pub fn public_counts(reports: &[Report]) -> Counts {
@@ -205,7 +207,7 @@ fn esc(s: &str) -> String {
 
 /// The public page: one table per month, districts as columns.
 pub fn counts_html(c: &Counts) -> String {
-    let mut months: BTreeMap<&str, Vec<(&str, &BTreeMap<&'static str, u64>)>> = BTreeMap::new();
+    let mut months: BTreeMap<&str, Vec<(&str, &Row)>> = BTreeMap::new();
     for ((month, district), row) in c {
         months.entry(month).or_default().push((district, row));
     }
