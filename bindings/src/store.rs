@@ -235,6 +235,10 @@ impl FieldReportStore {
                 created_by_device: rep.created_by_device.map(|d| d.to_string()),
                 conflicts: rep.conflicts.into_iter().map(Into::into).collect(),
                 media,
+                return_comment: rep.return_comment,
+                review_due_ms: rep.review.due.map(|t| t.timestamp_millis()),
+                review_done_ms: rep.review.completed_at.map(|t| t.timestamp_millis()),
+                amended_paths: rep.amendments.into_iter().map(|a| a.path).collect(),
                 json,
             })
         })
@@ -274,6 +278,65 @@ impl FieldReportStore {
         guard(|| {
             let r = parse_id("report id", &report_id)?;
             self.store.submit(r)?;
+            Ok(())
+        })
+    }
+
+    /// Returns a submitted report to its officer with a comment
+    /// (supervisors of the report's unit).
+    pub fn return_report(&self, report_id: String, comment: String) -> Result<()> {
+        guard(|| {
+            let r = parse_id("report id", &report_id)?;
+            self.store.return_report(r, &comment)?;
+            Ok(())
+        })
+    }
+
+    /// Approves a submitted report; its fields lock, addenda stay open.
+    pub fn approve(&self, report_id: String) -> Result<()> {
+        guard(|| {
+            let r = parse_id("report id", &report_id)?;
+            self.store.approve(r)?;
+            Ok(())
+        })
+    }
+
+    /// Refers an approved report's felony matters to the State's Attorney.
+    pub fn refer(
+        &self,
+        report_id: String,
+        date_ms: i64,
+        reference: String,
+        felonies: Vec<String>,
+    ) -> Result<()> {
+        guard(|| {
+            let r = parse_id("report id", &report_id)?;
+            self.store.refer(r, date_ms, &reference, felonies)?;
+            Ok(())
+        })
+    }
+
+    /// Closes an approved or referred report.
+    pub fn close(&self, report_id: String) -> Result<()> {
+        guard(|| {
+            let r = parse_id("report id", &report_id)?;
+            self.store.close(r)?;
+            Ok(())
+        })
+    }
+
+    /// Records the 30-day internal review.
+    pub fn record_review(
+        &self,
+        report_id: String,
+        findings: String,
+        cpd_conduct: String,
+        dispatch_knew: bool,
+    ) -> Result<()> {
+        guard(|| {
+            let r = parse_id("report id", &report_id)?;
+            self.store
+                .record_review(r, &findings, &cpd_conduct, dispatch_knew)?;
             Ok(())
         })
     }

@@ -163,6 +163,13 @@ pub struct ReportView {
     pub created_by_device: Option<String>,
     pub conflicts: Vec<ConflictInfo>,
     pub media: Vec<MediaView>,
+    /// The supervisor's comment with the latest return.
+    pub return_comment: Option<String>,
+    /// The 30-day internal review: due (incident + 30 days) and done.
+    pub review_due_ms: Option<i64>,
+    pub review_done_ms: Option<i64>,
+    /// Fields edited after the first submission (shown as amendments).
+    pub amended_paths: Vec<String>,
     pub json: String,
 }
 

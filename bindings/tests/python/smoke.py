@@ -67,6 +67,47 @@ with tempfile.TemporaryDirectory() as tmp:
         check("one unsynced change at least", store.unsynced_count() >= 2)
         s = store.sync(None, None)
         check("sync pushed", s.pushed >= 2 and store.unsynced_count() == 0)
+
+        # The supervisor workflow through the bindings.
+        def code_for(name, star, role):
+            out = subprocess.run(
+                [station_bin, "enroll", "--data", data, "--name", name, "--star", star,
+                 "--role", role, "--unit", "District 9"],
+                check=True, capture_output=True, text=True).stdout
+            return next(l for l in out.splitlines()
+                        if l.startswith("enrollment code:")).split(":", 1)[1].strip()
+        sup = fr.FieldReportStore.open(os.path.join(tmp, "supervisor"))
+        sup.enroll(url, code_for("Py Sergeant", "7900", "supervisor"))
+        raises("submit with fields missing", fr.FieldReportError.MissingRequired,
+               lambda: store.submit(r))
+        store.set_field(r, "occurred.start", fr.FieldValue.TIME(1_795_705_200_000))
+        store.set_field(r, "location.address", fr.FieldValue.TEXT("W 26th St"))
+        store.set_field(r, "federal_agencies", fr.FieldValue.TEXT_LIST(["ice"]))
+        raises("officer cannot approve", fr.FieldReportError.NotAllowed, lambda: store.approve(r))
+        store.submit(r)
+        store.sync(None, None)
+        sup.sync(None, None)
+        raises("supervisor cannot edit", fr.FieldReportError.NotAllowed,
+               lambda: sup.set_field(r, "narrative", fr.FieldValue.TEXT("x")))
+        sup.return_report(r, "Add the badge number.")
+        sup.record_review(r, "Reviewed.", "Kept distance.", False)
+        sup.sync(None, None)
+        store.sync(None, None)
+        v = store.report(r)
+        check("returned with comment", v.lifecycle == "returned"
+              and v.return_comment == "Add the badge number." and v.review_done_ms is not None
+              and v.review_due_ms == 1_795_705_200_000 + 30 * 86_400_000)
+        store.set_field(r, "narrative", fr.FieldValue.TEXT("Amended."))
+        store.submit(r)
+        check("amendment listed", "narrative" in store.report(r).amended_paths)
+        store.sync(None, None)
+        sup.sync(None, None)
+        sup.approve(r)
+        raises("approving twice is refused", fr.FieldReportError.NotAllowed,
+               lambda: sup.approve(r))
+        sup.refer(r, 1_795_800_000_000, "SA-2026-1", ["aggravated battery"])
+        sup.close(r)
+        check("closed", sup.report(r).lifecycle == "closed")
         # The last reference dropped on a plain thread frees the Rust object there.
         holder = [store]
         del store
