@@ -7,6 +7,8 @@
 # or database fail instead of skip. Extra arguments go to `cargo nextest run`.
 #
 #   apt:   qpdf, poppler-utils (pdftotext)   evidence PDF checks
+#          chromium                          dashboard browser test
+#   npm:   playwright-core (under ~/.cache/fieldreport/playwright)
 #   PyPI:  bagit (bagit.py --validate)       evidence bag checks, and
 #          schemathesis                      API fuzzing, in a venv under
 #                                            ~/.cache/fieldreport
@@ -37,6 +39,7 @@ apt_missing=()
 command -v qpdf >/dev/null || apt_missing+=(qpdf)
 command -v pdftotext >/dev/null || apt_missing+=(poppler-utils)
 python3 -c 'import ensurepip, venv' 2>/dev/null || apt_missing+=(python3-venv)
+command -v chromium >/dev/null || apt_missing+=(chromium)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "== installing from apt: ${apt_missing[*]}"
   as_root apt-get update -q
@@ -56,6 +59,18 @@ if [ ! -x "$VENV/bin/schemathesis" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 export PATH="$VENV/bin:$PATH"
+
+# The dashboard's browser test drives Debian's chromium with playwright-core
+# (no browser download), installed under the cache.
+PLAYWRIGHT_VERSION=1.65.1
+export FR_PLAYWRIGHT_DIR="$CACHE/playwright"
+if [ ! -f "$FR_PLAYWRIGHT_DIR/node_modules/playwright-core/package.json" ] ||
+   ! grep -q "\"version\": \"$PLAYWRIGHT_VERSION\"" "$FR_PLAYWRIGHT_DIR/node_modules/playwright-core/package.json"; then
+  echo "== installing playwright-core $PLAYWRIGHT_VERSION from npm into $FR_PLAYWRIGHT_DIR"
+  mkdir -p "$FR_PLAYWRIGHT_DIR"
+  [ -f "$FR_PLAYWRIGHT_DIR/package.json" ] || echo '{"private": true}' > "$FR_PLAYWRIGHT_DIR/package.json"
+  (cd "$FR_PLAYWRIGHT_DIR" && npm install --silent --no-audit --no-fund "playwright-core@$PLAYWRIGHT_VERSION")
+fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "== installing cargo-nextest"

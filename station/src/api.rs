@@ -50,6 +50,8 @@ pub struct AppState {
     pub local_events: bool,
     /// Ends open event streams when the station stops.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Dashboard sessions and signing stores.
+    pub dashboard: Arc<crate::dashboard::Dashboard>,
 }
 
 impl AppState {
@@ -64,6 +66,7 @@ impl AppState {
             local_events,
             station_id,
             shutdown: tokio_util::sync::CancellationToken::new(),
+            dashboard: Arc::default(),
         }
     }
 }
@@ -94,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reviews", get(reviews))
         .route("/public", get(public_page))
         .route("/public/counts.csv", get(public_csv))
+        .merge(crate::dashboard::routes())
         .fallback(|| async { StationError::NotFound })
         .with_state(state)
 }

@@ -61,6 +61,27 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         ttl_minutes: i64,
     },
+    /// Create a supervisor's dashboard account (or set a new password for
+    /// the same star number). The password comes from
+    /// FIELDREPORT_DASHBOARD_PASSWORD or the first line of standard input.
+    DashboardUser {
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// PostgreSQL URL; default: SQLite in the data directory.
+        #[arg(long)]
+        database: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Full name.
+        #[arg(long)]
+        name: String,
+        /// Star (badge) number: the sign-in name.
+        #[arg(long)]
+        star: String,
+        /// Unit or district whose reports the supervisor sees.
+        #[arg(long)]
+        unit: String,
+    },
     /// Write the evidence package (a BagIt bag) of one or more reports.
     Export {
         #[arg(long)]
@@ -184,6 +205,35 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 "expires: {} (one use)",
                 expires.format("%Y-%m-%d %H:%M UTC")
             );
+        }
+        Command::DashboardUser {
+            data,
+            database,
+            config,
+            name,
+            star,
+            unit,
+        } => {
+            let password = match env("FIELDREPORT_DASHBOARD_PASSWORD") {
+                Some(p) => p,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            let cfg = Config::load(config.as_deref(), env, None, data)?.with_database(database)?;
+            let storage = cfg.open_storage_async().await?;
+            crate::dashboard::users::create_account(
+                storage.as_ref(),
+                &name,
+                &star,
+                &unit,
+                &password,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("dashboard account ready: sign in at /dashboard with star number {star}");
         }
         Command::Demo { keep_running, data } => {
             crate::demo::run(keep_running, data).await?;

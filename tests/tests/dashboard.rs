@@ -1,0 +1,282 @@
+//! The supervisor dashboard: sign-in and sessions over plain HTTP, and the
+//! whole supervisor journey in headless Chromium driven by Playwright
+//! (tests/browser/dashboard.mjs): a report appears live after an officer's
+//! device syncs, is returned with a comment, resubmitted, approved and
+//! referred. Screenshots go to target/artifacts/.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use fieldreport_core::model::LifecycleState;
+use fieldreport_core::{Role, Value};
+use fieldreport_e2e::*;
+use fieldreport_station::dashboard::users::create_account;
+use reqwest::blocking::Client;
+use reqwest::redirect::Policy;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn account(st: &TestStation, star: &str, unit: &str) {
+    st.rt
+        .block_on(create_account(
+            st.storage.as_ref(),
+            "Sgt. D. Ashboard",
+            star,
+            unit,
+            PASSWORD,
+        ))
+        .unwrap();
+}
+
+fn client() -> Client {
+    Client::builder().redirect(Policy::none()).build().unwrap()
+}
+
+/// Signs in; the session cookie.
+fn sign_in(st: &TestStation, star: &str, password: &str) -> Option<String> {
+    let resp = client()
+        .post(format!("{}/dashboard/login", st.url))
+        .form(&[("star", star), ("password", password)])
+        .send()
+        .unwrap();
+    if resp.status().as_u16() != 303 {
+        assert_eq!(resp.status().as_u16(), 401);
+        return None;
+    }
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    Some(cookie.split(';').next().unwrap().to_string())
+}
+
+fn ready_report(d: &Device) -> uuid::Uuid {
+    let r = d.store.create_report().unwrap();
+    d.store
+        .set_field(r, "occurred.start", Value::Time(1_795_705_200_000))
+        .unwrap();
+    d.store
+        .set_field(
+            r,
+            "location.address",
+            Value::Text("W 26th St & S Pulaski Rd".into()),
+        )
+        .unwrap();
+    d.store
+        .set_field(r, "federal_agencies", Value::List(vec!["ice".into()]))
+        .unwrap();
+    d.store
+        .set_field(
+            r,
+            "narrative",
+            Value::Text("Agents detained a man at the bus stop.".into()),
+        )
+        .unwrap();
+    d.store.submit(r).unwrap();
+    r
+}
+
+#[test]
+fn sign_in_sessions_and_actions_over_http() {
+    let st = TestStation::start();
+    account(&st, "900", "D9");
+    let officer = st.device(&person("O", "101", Role::Officer, "D9"), None);
+    let r = ready_report(&officer);
+    officer.sync();
+
+    // Not signed in: pages send you to the sign-in page, data is refused.
+    let resp = client()
+        .get(format!("{}/dashboard", st.url))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 303);
+    assert_eq!(resp.headers()["location"], "/dashboard/login");
+    assert_eq!(
+        client()
+            .get(format!("{}/dashboard/inbox", st.url))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+    // A device credential is not a dashboard session.
+    let resp = client()
+        .get(format!("{}/dashboard/inbox", st.url))
+        .bearer_auth(officer.credential())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(sign_in(&st, "900", "wrong password!"), None);
+    assert_eq!(sign_in(&st, "999", PASSWORD), None);
+
+    let cookie = sign_in(&st, "900", PASSWORD).unwrap();
+    let get = |path: &str| {
+        client()
+            .get(format!("{}{path}", st.url))
+            .header("cookie", &cookie)
+            .send()
+            .unwrap()
+    };
+    let inbox = get("/dashboard/inbox").text().unwrap();
+    assert!(inbox.contains(&r.to_string()), "{inbox}");
+    let page = get(&format!("/dashboard/reports/{r}")).text().unwrap();
+    assert!(page.contains("Agents detained a man") && page.contains("Return to officer"));
+
+    // An action out of turn is refused by the core and changes nothing.
+    let post = |path: &str, form: &[(&str, &str)]| {
+        client()
+            .post(format!("{}{path}", st.url))
+            .header("cookie", &cookie)
+            .form(form)
+            .send()
+            .unwrap()
+    };
+    let resp = post(&format!("/dashboard/reports/{r}/close"), &[]);
+    assert_eq!(resp.status().as_u16(), 409);
+    assert!(resp.text().unwrap().contains("not allowed"));
+    let resp = post(&format!("/dashboard/reports/{r}/approve"), &[]);
+    assert_eq!(resp.status().as_u16(), 303);
+    let resp = post(
+        &format!("/dashboard/reports/{r}/review"),
+        &[
+            ("findings", "Prompt report."),
+            ("cpd_conduct", "Kept distance."),
+            ("dispatch_knew", "no"),
+        ],
+    );
+    assert_eq!(resp.status().as_u16(), 303);
+    officer.sync();
+    let rep = officer.store.report(r).unwrap();
+    assert_eq!(rep.lifecycle, LifecycleState::Approved);
+    assert_eq!(rep.review.findings.as_deref(), Some("Prompt report."));
+    // Signed by the account's own device, enrolled as the supervisor.
+    let approver = rep.lifecycle_history.last().unwrap().change.device;
+    let dev = officer
+        .store
+        .known_devices()
+        .unwrap()
+        .into_iter()
+        .find(|d| d.device_id == approver)
+        .unwrap();
+    assert_eq!(dev.person.star_number, "900");
+    assert_eq!(dev.person.role, Role::Supervisor);
+
+    // The evidence package downloads; another unit's supervisor sees nothing.
+    let tar = get(&format!("/dashboard/reports/{r}/export"));
+    assert_eq!(tar.status().as_u16(), 200);
+    assert!(tar.bytes().unwrap().len() > 1024);
+    account(&st, "800", "D2");
+    let other = sign_in(&st, "800", PASSWORD).unwrap();
+    let resp = client()
+        .get(format!("{}/dashboard/reports/{r}", st.url))
+        .header("cookie", &other)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+
+    // Signing out ends the session.
+    let resp = post("/dashboard/logout", &[]);
+    assert_eq!(resp.status().as_u16(), 303);
+    assert_eq!(get("/dashboard/inbox").status().as_u16(), 401);
+}
+
+fn playwright_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("FR_PLAYWRIGHT_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/fieldreport/playwright"))
+        })?;
+    if dir.join("node_modules/playwright-core").is_dir() {
+        return Some(dir);
+    }
+    if std::env::var_os("FR_REQUIRE_TOOLS").is_some() {
+        panic!(
+            "playwright-core is required (FR_REQUIRE_TOOLS is set); scripts/test.sh installs it"
+        );
+    }
+    eprintln!("SKIPPED: playwright-core is not installed; scripts/test.sh installs it");
+    None
+}
+
+#[test]
+fn supervisor_journey_in_headless_chromium() {
+    let Some(chromium) = outside_tool("chromium") else {
+        return;
+    };
+    let Some(node) = outside_tool("node") else {
+        return;
+    };
+    let Some(pw) = playwright_dir() else { return };
+    let st = TestStation::start();
+    account(&st, "900", "D9");
+    let officer = st.device(&person("Officer K. Test", "101", Role::Officer, "D9"), None);
+
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let artifacts = root.join("target/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    // The script imports playwright-core from its cache directory.
+    let script = pw.join("dashboard.mjs");
+    std::fs::copy(root.join("tests/browser/dashboard.mjs"), &script).unwrap();
+    let mut child = Command::new(node)
+        .arg(&script)
+        .env("FR_URL", &st.url)
+        .env("FR_STAR", "900")
+        .env("FR_PASSWORD", PASSWORD)
+        .env("FR_SCREENSHOT", &shot)
+        .env("FR_CHROMIUM", &chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut expect = |want: &str| -> String {
+        let line = out.next().expect("the browser script ended").unwrap();
+        if !line.starts_with(want) {
+            let _ = child.kill();
+            panic!("browser: {line}");
+        }
+        line
+    };
+
+    expect("READY");
+    let r = ready_report(&officer);
+    officer.sync();
+    let seen = expect("SEEN");
+    assert_eq!(seen, format!("SEEN {r}"));
+    expect("RETURNED");
+    officer.sync();
+    let rep = officer.store.report(r).unwrap();
+    assert_eq!(rep.lifecycle, LifecycleState::Returned);
+    assert_eq!(
+        rep.return_comment.as_deref(),
+        Some("Add the supervising agent's badge number.")
+    );
+    officer
+        .store
+        .set_field(
+            r,
+            "supervisory_federal_officer.badge_number",
+            Value::Text("CBP 4471-B".into()),
+        )
+        .unwrap();
+    officer.store.submit(r).unwrap();
+    officer.sync();
+    writeln!(stdin, "resubmitted").unwrap();
+    expect("DONE");
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    officer.sync();
+    let rep = officer.store.report(r).unwrap();
+    assert_eq!(rep.lifecycle, LifecycleState::Referred);
+    assert_eq!(rep.referral.reference.as_deref(), Some("SA-2026-0114"));
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 10_000,
+        "screenshot saved"
+    );
+}
