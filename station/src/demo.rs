@@ -115,6 +115,24 @@ pub async fn run(keep_running: bool, data: Option<PathBuf>) -> anyhow::Result<()
         summary.media_files,
         if verdict.is_ok() { "VERIFIED" } else { "FAILED" }
     );
+    // The supervisor's dashboard account (a random password, shown once).
+    let sgt = &people()[2];
+    let mut pw = [0u8; 9];
+    getrandom::fill(&mut pw).map_err(|_| anyhow::anyhow!("no randomness"))?;
+    let password = hex::encode(pw);
+    crate::dashboard::users::create_account(
+        storage_dyn.as_ref(),
+        &sgt.name,
+        &sgt.star_number,
+        &sgt.unit,
+        &password,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "11. {} can sign in to the supervisor dashboard at {url}/dashboard (star {}, password {password}): live inbox, the report with its kept conflict, return / approve / refer, 30-day reviews. The public record of counts is at {url}/public.",
+        sgt.name, sgt.star_number
+    );
     if !kept {
         println!("    (the demo's files are removed at exit; `demo --data DIR` keeps them)");
     }
