@@ -235,11 +235,16 @@ struct OpRef<'a> {
 }
 
 /// The state of a set of changes (all of one report).
-pub fn materialise<'a>(changes: impl IntoIterator<Item = &'a Change>) -> State {
+pub fn materialise<'a, I>(changes: I) -> State
+where
+    I: IntoIterator<Item = &'a Change>,
+    I::IntoIter: Clone,
+{
+    let changes = changes.into_iter();
+    let again = changes.clone();
     let mut by_target: BTreeMap<&Target, Vec<OpRef<'a>>> = BTreeMap::new();
     let mut state = State::default();
     let mut transitions = Vec::new();
-    let mut content: Vec<(Hlc, ChangeId, i64, &'a Target)> = Vec::new();
     for change in changes {
         let b = change.body();
         let key = (b.hlc, b.device);
@@ -250,19 +255,12 @@ pub fn materialise<'a>(changes: impl IntoIterator<Item = &'a Change>) -> State {
             state.updated = Some(b.hlc);
         }
         for (i, op) in b.ops.iter().enumerate() {
-            match (&op.target, &op.action) {
-                (Target::Field(p), Action::Set(Value::Text(t))) if p == LIFECYCLE_FIELD => {
+            if let (Target::Field(p), Action::Set(Value::Text(t))) = (&op.target, &op.action) {
+                if p == LIFECYCLE_FIELD {
                     if let Some(to) = LifecycleState::parse(t) {
                         transitions.push((b.hlc, b.id(), b.wall_clock_ms, to));
                     }
                 }
-                // Addenda are how a report grows after approval, not amendments.
-                (Target::Entry { collection, .. } | Target::EntryField { collection, .. }, _)
-                    if collection == ADDENDA_COLLECTION => {}
-                (t, _) if workflow::is_content(t) => {
-                    content.push((b.hlc, b.id(), b.wall_clock_ms, t));
-                }
-                _ => {}
             }
             by_target.entry(&op.target).or_default().push(OpRef {
                 id: OpId {
@@ -342,8 +340,26 @@ pub fn materialise<'a>(changes: impl IntoIterator<Item = &'a Change>) -> State {
         entries.sort_by_key(|e| (e.created, e.id));
     }
     state.lifecycle = workflow::replay(transitions);
+    // Drafts (most edits) skip this second pass.
     if let Some(submitted) = state.lifecycle.submitted {
-        content.retain(|c| c.0 > submitted);
+        let mut content: Vec<(Hlc, ChangeId, i64, &Target)> = Vec::new();
+        for change in again {
+            let b = change.body();
+            if b.hlc <= submitted {
+                continue;
+            }
+            for op in &b.ops {
+                let addendum = matches!(
+                    &op.target,
+                    Target::Entry { collection, .. } | Target::EntryField { collection, .. }
+                        if collection == ADDENDA_COLLECTION
+                );
+                // Addenda are how a report grows after approval, not amendments.
+                if !addendum && workflow::is_content(&op.target) {
+                    content.push((b.hlc, b.id(), b.wall_clock_ms, &op.target));
+                }
+            }
+        }
         content.sort_by_key(|c| (c.0, c.1));
         state.amendments = content
             .into_iter()
