@@ -440,7 +440,15 @@ async fn events(
             "the event stream is for supervisors",
         ));
     }
-    let unit = d.unit().to_string();
+    Ok(unit_event_stream(&s, d.unit().to_string()))
+}
+
+/// One unit's report events as Server-Sent Events (supervisors' devices and
+/// the dashboard), ending when the station stops.
+pub(crate) fn unit_event_stream(
+    s: &AppState,
+    unit: String,
+) -> Sse<impl Stream<Item = std::result::Result<Event, Infallible>>> {
     let rx = s.events.subscribe();
     let stop = s.shutdown.clone().cancelled_owned();
     let stream =
@@ -454,5 +462,5 @@ async fn events(
                 _ => None,
             }
         });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

@@ -39,13 +39,8 @@ enum Command {
     },
     /// Create a one-time enrollment code for a person.
     Enroll {
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// PostgreSQL URL; default: SQLite in the data directory.
-        #[arg(long)]
-        database: Option<String>,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        storage: StorageArgs,
         /// Full name.
         #[arg(long)]
         name: String,
@@ -65,13 +60,8 @@ enum Command {
     /// the same star number). The password comes from
     /// FIELDREPORT_DASHBOARD_PASSWORD or the first line of standard input.
     DashboardUser {
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// PostgreSQL URL; default: SQLite in the data directory.
-        #[arg(long)]
-        database: Option<String>,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        storage: StorageArgs,
         /// Full name.
         #[arg(long)]
         name: String,
@@ -84,13 +74,8 @@ enum Command {
     },
     /// Write the evidence package (a BagIt bag) of one or more reports.
     Export {
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// PostgreSQL URL; default: SQLite in the data directory.
-        #[arg(long)]
-        database: Option<String>,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        storage: StorageArgs,
         /// Report id; repeat for a referral of several reports.
         #[arg(long = "report", required = true)]
         reports: Vec<uuid::Uuid>,
@@ -116,6 +101,20 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+}
+
+/// Where a command finds the station's storage.
+#[derive(clap::Args)]
+struct StorageArgs {
+    /// Data directory (default ./station-data).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// PostgreSQL URL; default: SQLite in the data directory.
+    #[arg(long)]
+    database: Option<String>,
+    /// TOML file with `listen`, `data` and `database`.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 /// Parses the process arguments and runs the command.
@@ -171,9 +170,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             station.stop().await;
         }
         Command::Enroll {
-            data,
-            database,
-            config,
+            storage:
+                StorageArgs {
+                    data,
+                    database,
+                    config,
+                },
             name,
             star,
             role,
@@ -207,9 +209,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             );
         }
         Command::DashboardUser {
-            data,
-            database,
-            config,
+            storage:
+                StorageArgs {
+                    data,
+                    database,
+                    config,
+                },
             name,
             star,
             unit,
@@ -239,9 +244,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             crate::demo::run(keep_running, data).await?;
         }
         Command::Export {
-            data,
-            database,
-            config,
+            storage:
+                StorageArgs {
+                    data,
+                    database,
+                    config,
+                },
             reports,
             out,
             station_name,

@@ -185,6 +185,18 @@ pub struct Device {
 }
 
 impl Device {
+    /// Hands every change `to` lacks over phone to phone (as a peer would).
+    pub fn hand_over_to(&self, to: &Device) -> fieldreport_core::store::ApplyOutcome {
+        to.store
+            .apply_changes(
+                self.store
+                    .changes_missing_from(&to.store.heads().unwrap())
+                    .unwrap(),
+                fieldreport_core::store::Origin::Peer,
+            )
+            .unwrap()
+    }
+
     pub fn sync(&self) -> fieldreport_core::sync::SyncReport {
         self.client
             .sync(

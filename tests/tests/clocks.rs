@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use fieldreport_core::store::{Origin, StoreOptions, WallClock};
+use fieldreport_core::store::{StoreOptions, WallClock};
 use fieldreport_core::sync::wire::ReceiptsResponse;
 use fieldreport_core::{Role, Value};
 use fieldreport_e2e::*;
@@ -61,14 +61,7 @@ fn skewed_clocks_keep_causal_order_and_are_flagged_not_refused() {
     a.store
         .set_field(r, badge, Value::Text("4471".into()))
         .unwrap();
-    b.store
-        .apply_changes(
-            a.store
-                .changes_missing_from(&b.store.heads().unwrap())
-                .unwrap(),
-            Origin::Peer,
-        )
-        .unwrap();
+    a.hand_over_to(&b);
     b.store
         .set_field(r, badge, Value::Text("4471-B".into()))
         .unwrap();

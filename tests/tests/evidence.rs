@@ -15,7 +15,7 @@ use std::process::Command;
 use base64::Engine;
 use fieldreport_core::crdt::{Action, Change, ChangeBody, Hlc, Operation, Target};
 use fieldreport_core::evidence::package::{change_line, verify_package, Verdict};
-use fieldreport_core::store::{MediaMeta, Origin};
+use fieldreport_core::store::MediaMeta;
 use fieldreport_core::{DeviceIdentity, Role, Value};
 use fieldreport_e2e::*;
 use sha2::{Digest, Sha256};
@@ -81,14 +81,7 @@ fn scene() -> Scene {
     s.set_field(r, "federal_agencies", Value::List(vec!["ice".into()]))
         .unwrap();
     let photos = vec![photo(&a, r, 200_000, 1), photo(&a, r, 150_000, 2)];
-    b.store
-        .apply_changes(
-            a.store
-                .changes_missing_from(&b.store.heads().unwrap())
-                .unwrap(),
-            Origin::Peer,
-        )
-        .unwrap();
+    a.hand_over_to(&b);
     let badge = "supervisory_federal_officer.badge_number";
     a.store
         .set_field(r, badge, Value::Text(BADGE_A.into()))

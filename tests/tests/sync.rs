@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use fieldreport_core::model::ConflictKind;
-use fieldreport_core::store::{MediaMeta, Origin};
+use fieldreport_core::store::MediaMeta;
 use fieldreport_core::sync::SyncClient;
 use fieldreport_core::{Error, Role, Value};
 use fieldreport_e2e::*;
@@ -59,14 +59,7 @@ fn two_officers_and_a_supervisor_converge_with_the_conflict_kept() {
     let r = a.store.create_report().unwrap();
     fill(&a, r);
     let sha = photo(&a, r, 300_000, 1);
-    b.store
-        .apply_changes(
-            a.store
-                .changes_missing_from(&b.store.heads().unwrap())
-                .unwrap(),
-            Origin::Peer,
-        )
-        .unwrap();
+    a.hand_over_to(&b);
     // Concurrent edits of one field, plus independent work.
     a.store
         .set_field(

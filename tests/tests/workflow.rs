@@ -90,14 +90,7 @@ fn every_transition_on_the_device() {
         x.store.approve(r).unwrap_err(),
         Error::ReportNotFound(_)
     ));
-    x.store
-        .apply_changes(
-            a.store
-                .changes_missing_from(&x.store.heads().unwrap())
-                .unwrap(),
-            Origin::Peer,
-        )
-        .unwrap();
+    a.hand_over_to(&x);
     refused_role(a.store.return_report(r, "no").unwrap_err());
     refused_role(x.store.return_report(r, "other unit").unwrap_err());
     refused_role(x.store.approve(r).unwrap_err());
@@ -422,14 +415,7 @@ fn a_device_refuses_forged_changes_from_a_peer() {
     a.store.submit(r).unwrap();
     a.sync();
     b.sync(); // B now knows A's device.
-    b.store
-        .apply_changes(
-            a.store
-                .changes_missing_from(&b.store.heads().unwrap())
-                .unwrap(),
-            Origin::Peer,
-        )
-        .unwrap();
+    a.hand_over_to(&b);
     // A forged approval signed by B's officer key, as a peer would hand it over.
     let key = {
         let conn = rusqlite::Connection::open(b.dir().join("fieldreport.db")).unwrap();

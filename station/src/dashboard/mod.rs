@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{Form, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -27,8 +27,6 @@ use fieldreport_core::model::LifecycleState;
 use fieldreport_core::Report;
 use futures_util::Stream;
 use serde::Deserialize;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::StreamExt;
 use uuid::Uuid;
 
 use crate::api::AppState;
@@ -370,20 +368,7 @@ async fn events(
     let sup = supervisor(&s, &headers)
         .await
         .ok_or(StatusCode::UNAUTHORIZED)?;
-    let unit = sup.account.unit.clone();
-    let rx = s.events.subscribe();
-    let stop = s.shutdown.clone().cancelled_owned();
-    let stream =
-        futures_util::StreamExt::take_until(BroadcastStream::new(rx), stop).filter_map(move |ev| {
-            match ev {
-                Ok((u, ev)) if u == unit => serde_json::to_string(&ev)
-                    .ok()
-                    .map(|data| Ok(Event::default().event("report").data(data))),
-                Err(_) => Some(Ok(Event::default().event("lagged").data("{}"))),
-                _ => None,
-            }
-        });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(crate::api::unit_event_stream(&s, sup.account.unit))
 }
 
 /// Renders a JSON value as nested definition lists (the report's fields,
