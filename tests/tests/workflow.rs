@@ -455,3 +455,61 @@ fn a_device_refuses_forged_changes_from_a_peer() {
     assert!(matches!(e, Error::NotPermitted { .. }), "{e:?}");
     assert_eq!(a.store.report_json(r).unwrap(), before, "nothing applied");
 }
+
+/// Every transition by every role at the station: the officer may only
+/// submit; the report's unit supervisor may return, approve, refer and
+/// close; another unit's supervisor may do none. (Whether a transition fits
+/// the report's state is the replay's business: an accepted step that does
+/// not fit is kept and marked not applied.)
+#[test]
+fn every_transition_by_every_role_at_the_station() {
+    use LifecycleState::*;
+    let st = TestStation::start();
+    let officer = forger(&st, &person("A", "101", Role::Officer, "D9"));
+    let sup = forger(&st, &person("S", "900", Role::Supervisor, "D9"));
+    let other_sup = forger(&st, &person("X", "901", Role::Supervisor, "D2"));
+    let other_officer = forger(&st, &person("B", "102", Role::Officer, "D2"));
+    let text = |s: &str| Value::Text(s.into());
+    let mut checked = 0;
+    for to in [Submitted, Returned, Approved, Referred, Closed] {
+        for (who, allowed) in [
+            (&officer, to == Submitted),
+            (&sup, to != Submitted),
+            (&other_sup, false),
+            (&other_officer, false),
+        ] {
+            // A fresh report per case, so each forger's chain starts at it.
+            let r = Uuid::new_v4();
+            let created = officer.change(
+                r,
+                None,
+                vec![
+                    ("lifecycle.state", text("draft")),
+                    ("reporting_officer.name", text("A")),
+                    ("reporting_officer.star_number", text("101")),
+                    ("reporting_officer.unit", text("D9")),
+                ],
+            );
+            assert_eq!(officer.push(&st, &created).0, 200);
+            let prev = (std::ptr::eq(who, &officer)).then(|| *created.hash());
+            let c = who.change(r, prev, vec![("lifecycle.state", text(to.as_str()))]);
+            let (status, code) = who.push(&st, &c);
+            if allowed {
+                assert_eq!(
+                    status, 200,
+                    "{to:?} by {:?} refused: {code}",
+                    who.id.record.person
+                );
+            } else {
+                assert_eq!(
+                    (status, code.as_str()),
+                    (403, "not_permitted"),
+                    "{to:?} by {:?}",
+                    who.id.record.person
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 20);
+}
