@@ -294,7 +294,8 @@ async fn receipts(
     Ok(Json(s.storage.receipts(&d, report_id(&id)?).await?))
 }
 
-fn parse_reports(jsons: Vec<String>) -> Result<Vec<fieldreport_core::Report>> {
+/// Materialised report rows (JSON) as reports.
+pub(crate) fn parse_reports(jsons: Vec<String>) -> Result<Vec<fieldreport_core::Report>> {
     jsons
         .iter()
         .map(|j| {

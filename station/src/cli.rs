@@ -117,6 +117,13 @@ struct StorageArgs {
     config: Option<PathBuf>,
 }
 
+impl StorageArgs {
+    /// The configuration these arguments (and the environment) give.
+    fn config(self, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+        Config::load(self.config.as_deref(), env, None, self.data)?.with_database(self.database)
+    }
+}
+
 /// Parses the process arguments and runs the command.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -170,12 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             station.stop().await;
         }
         Command::Enroll {
-            storage:
-                StorageArgs {
-                    data,
-                    database,
-                    config,
-                },
+            storage,
             name,
             star,
             role,
@@ -185,7 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             if ttl_minutes <= 0 {
                 anyhow::bail!("--ttl-minutes must be positive");
             }
-            let cfg = Config::load(config.as_deref(), env, None, data)?.with_database(database)?;
+            let cfg = storage.config(env)?;
             let storage = cfg.open_storage_async().await?;
             let role = if role == "supervisor" {
                 Role::Supervisor
@@ -209,12 +211,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             );
         }
         Command::DashboardUser {
-            storage:
-                StorageArgs {
-                    data,
-                    database,
-                    config,
-                },
+            storage,
             name,
             star,
             unit,
@@ -227,7 +224,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     line.trim_end_matches(['\r', '\n']).to_string()
                 }
             };
-            let cfg = Config::load(config.as_deref(), env, None, data)?.with_database(database)?;
+            let cfg = storage.config(env)?;
             let storage = cfg.open_storage_async().await?;
             crate::dashboard::users::create_account(
                 storage.as_ref(),
@@ -244,17 +241,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             crate::demo::run(keep_running, data).await?;
         }
         Command::Export {
-            storage:
-                StorageArgs {
-                    data,
-                    database,
-                    config,
-                },
+            storage,
             reports,
             out,
             station_name,
         } => {
-            let cfg = Config::load(config.as_deref(), env, None, data)?.with_database(database)?;
+            let cfg = storage.config(env)?;
             let storage = cfg.open_storage_async().await?;
             let station = station_name.unwrap_or_else(|| {
                 let dir = std::fs::canonicalize(&cfg.data).unwrap_or(cfg.data.clone());

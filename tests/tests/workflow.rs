@@ -308,6 +308,25 @@ impl Forger {
         .unwrap()
     }
 
+    /// The change that creates report `r` as this (officer) forger, in its
+    /// own unit, the way the core does.
+    fn creation(&self, r: Uuid) -> Change {
+        let p = &self.id.record.person;
+        self.change(
+            r,
+            None,
+            vec![
+                ("lifecycle.state", Value::Text("draft".into())),
+                ("reporting_officer.name", Value::Text(p.name.clone())),
+                (
+                    "reporting_officer.star_number",
+                    Value::Text(p.star_number.clone()),
+                ),
+                ("reporting_officer.unit", Value::Text(p.unit.clone())),
+            ],
+        )
+    }
+
     /// Pushes raw; the HTTP status and the error code.
     fn push(&self, st: &TestStation, c: &Change) -> (u16, String) {
         let resp = Client::new()
@@ -332,16 +351,7 @@ fn the_station_refuses_forged_transitions_and_accepts_rightful_ones() {
     let other_sup = forger(&st, &person("X", "901", Role::Supervisor, "D2"));
     let text = |s: &str| Value::Text(s.into());
     let r = Uuid::new_v4();
-    let created = officer.change(
-        r,
-        None,
-        vec![
-            ("lifecycle.state", text("draft")),
-            ("reporting_officer.name", text("A")),
-            ("reporting_officer.star_number", text("101")),
-            ("reporting_officer.unit", text("D9")),
-        ],
-    );
+    let created = officer.creation(r);
     // Claiming another unit at creation is refused.
     let wrong_unit = officer.change(
         Uuid::new_v4(),
@@ -480,16 +490,7 @@ fn every_transition_by_every_role_at_the_station() {
         ] {
             // A fresh report per case, so each forger's chain starts at it.
             let r = Uuid::new_v4();
-            let created = officer.change(
-                r,
-                None,
-                vec![
-                    ("lifecycle.state", text("draft")),
-                    ("reporting_officer.name", text("A")),
-                    ("reporting_officer.star_number", text("101")),
-                    ("reporting_officer.unit", text("D9")),
-                ],
-            );
+            let created = officer.creation(r);
             assert_eq!(officer.push(&st, &created).0, 200);
             let prev = (std::ptr::eq(who, &officer)).then(|| *created.hash());
             let c = who.change(r, prev, vec![("lifecycle.state", text(to.as_str()))]);

@@ -29,7 +29,7 @@ use futures_util::Stream;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::api::AppState;
+use crate::api::{parse_reports, AppState};
 use crate::error::{Result, StationError};
 use crate::oversight::{self, ReviewStatus};
 use crate::storage::Enrolled;
@@ -261,16 +261,6 @@ async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Response {
         Redirect::to("/dashboard/login"),
     )
         .into_response()
-}
-
-fn parse_reports(jsons: Vec<String>) -> Result<Vec<Report>> {
-    jsons
-        .iter()
-        .map(|j| {
-            serde_json::from_str(j)
-                .map_err(|_| StationError::Internal("stored report does not parse".into()))
-        })
-        .collect()
 }
 
 fn lifecycle_badge(l: LifecycleState) -> String {
