@@ -24,7 +24,7 @@ use tokio_stream::StreamExt;
 use uuid::Uuid;
 
 use crate::error::{Result, StationError};
-use crate::storage::{Enrolled, StationStorage};
+use crate::storage::{AuditEntry, Enrolled, StationStorage};
 
 /// Changes per push request.
 pub const MAX_PUSH_CHANGES: usize = 1000;
@@ -98,6 +98,10 @@ pub fn router(state: AppState) -> Router {
         .route("/public", get(public_page))
         .route("/public/counts.csv", get(public_csv))
         .merge(crate::dashboard::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit_layer,
+        ))
         .fallback(|| async { StationError::NotFound })
         .with_state(state)
 }
@@ -116,10 +120,88 @@ impl FromRequestParts<AppState> for Device {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(StationError::Unauthorized)?;
         match state.storage.authenticate(token.trim()).await? {
-            Some(d) if !d.revoked => Ok(Device(d)),
+            Some(d) if !d.revoked => {
+                if let Some(slot) = parts.extensions.get::<AuditActor>() {
+                    slot.set(d.record.device_id.to_string());
+                }
+                Ok(Device(d))
+            }
             _ => Err(StationError::Unauthorized),
         }
     }
+}
+
+/// The lifecycle steps a batch carries: (report, target state).
+fn lifecycle_steps(changes: &[Change]) -> Vec<(Uuid, String)> {
+    use fieldreport_core::crdt::{Action, Target};
+    let mut out = Vec::new();
+    for c in changes {
+        for op in &c.body().ops {
+            if let (Target::Field(p), Action::Set(fieldreport_core::Value::Text(to))) =
+                (&op.target, &op.action)
+            {
+                if p == fieldreport_core::model::schema::LIFECYCLE_FIELD {
+                    out.push((c.report(), to.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Who made a request, for the audit log: filled in by whatever
+/// authenticates it (the `Device` extractor, the dashboard session, the
+/// enrollment), read by [`audit_layer`] once the response is made.
+#[derive(Clone, Default)]
+pub struct AuditActor(Arc<std::sync::Mutex<Option<String>>>);
+
+impl AuditActor {
+    pub fn set(&self, who: String) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(who);
+    }
+    fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Appends one audit entry per request: time, who (a device id, or
+/// `anonymous`), the route, the path (ids and hashes only) and the status.
+/// Sign-ins are recorded by their handler, which knows the account.
+pub async fn audit_layer(
+    State(s): State<AppState>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let actor = AuditActor::default();
+    req.extensions_mut().insert(actor.clone());
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unrouted".into());
+    let target = req.uri().path().chars().take(200).collect::<String>();
+    if target.starts_with("/dashboard") {
+        if let Some(who) = crate::dashboard::session_actor(&s, req.headers()) {
+            actor.set(who);
+        }
+    }
+    let resp = next.run(req).await;
+    if route == "/dashboard/login" && method == axum::http::Method::POST {
+        return resp;
+    }
+    let entry = AuditEntry {
+        id: 0,
+        at_ms: chrono::Utc::now().timestamp_millis(),
+        actor: actor.get().unwrap_or_else(|| "anonymous".into()),
+        action: format!("{method} {route}"),
+        target,
+        outcome: resp.status().as_u16().to_string(),
+    };
+    if let Err(e) = s.storage.audit(entry).await {
+        tracing::error!(error = %e, "audit log write failed");
+    }
+    resp
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -151,13 +233,18 @@ impl ClassifyName for serde_json::Error {
     }
 }
 
-async fn enroll(State(s): State<AppState>, body: Bytes) -> Result<Json<EnrollResponse>> {
+async fn enroll(
+    State(s): State<AppState>,
+    axum::Extension(actor): axum::Extension<AuditActor>,
+    body: Bytes,
+) -> Result<Json<EnrollResponse>> {
     let req: EnrollRequest = parse(&body)?;
     let mut key = [0u8; 32];
     hex::decode_to_slice(&req.public_key, &mut key).map_err(|_| {
         StationError::BadRequest("bad_key", "public_key must be 64 hex characters".into())
     })?;
     let (device, credential) = s.storage.enroll(&req.code, req.device_id, key).await?;
+    actor.set(device.device_id.to_string());
     tracing::info!(device = %device.device_id, role = %device.person.role, "device enrolled");
     Ok(Json(EnrollResponse {
         credential,
@@ -193,7 +280,21 @@ async fn push(
             .collect::<std::result::Result<Vec<Change>, _>>()?;
         let reports: std::collections::BTreeSet<Uuid> =
             changes.iter().map(|c| c.report()).collect();
+        let transitions = lifecycle_steps(&changes);
         let outcome = s.storage.push(changes).await?;
+        // Each lifecycle step pushed gets its own audit entry.
+        for (report, to) in transitions {
+            s.storage
+                .audit(AuditEntry {
+                    id: 0,
+                    at_ms: chrono::Utc::now().timestamp_millis(),
+                    actor: device.to_string(),
+                    action: format!("lifecycle {to}"),
+                    target: format!("/v1/reports/{report}"),
+                    outcome: "ok".into(),
+                })
+                .await?;
+        }
         // Receipt time is the station's; a skewed device clock is flagged.
         let device_time = headers
             .get(DEVICE_TIME_HEADER)

@@ -72,6 +72,17 @@ enum Command {
         #[arg(long)]
         unit: String,
     },
+    /// Print the audit log, oldest first: id, time (UTC), who (device id),
+    /// what, on what, outcome; tab-separated.
+    Audit {
+        #[command(flatten)]
+        storage: StorageArgs,
+        /// Start after this entry id.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
     /// Write the evidence package (a BagIt bag) of one or more reports.
     Export {
         #[command(flatten)]
@@ -236,6 +247,31 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("dashboard account ready: sign in at /dashboard with star number {star}");
+        }
+        Command::Audit {
+            storage:
+                StorageArgs {
+                    data,
+                    database,
+                    config,
+                },
+            after,
+            limit,
+        } => {
+            let cfg = Config::load(config.as_deref(), env, None, data)?.with_database(database)?;
+            let storage = cfg.open_storage_async().await?;
+            for e in storage.audit_log(after, limit).await? {
+                let at = chrono::DateTime::from_timestamp_millis(e.at_ms).unwrap_or_default();
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    e.id,
+                    at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                    e.actor,
+                    e.action,
+                    e.target,
+                    e.outcome
+                );
+            }
         }
         Command::Demo { keep_running, data } => {
             crate::demo::run(keep_running, data).await?;

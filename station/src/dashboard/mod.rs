@@ -104,6 +104,41 @@ async fn supervisor(s: &AppState, headers: &HeaderMap) -> Option<Supervisor> {
     Some(Supervisor { account, who })
 }
 
+/// The account device behind a request's session, for the audit log
+/// (without touching the session's idle clock).
+pub fn session_actor(s: &AppState, headers: &HeaderMap) -> Option<String> {
+    let token = cookie(headers)?;
+    let star = s
+        .dashboard
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&token)?
+        .star_number
+        .clone();
+    users::load(&users::dashboard_dir(s.storage.as_ref()))
+        .ok()?
+        .into_iter()
+        .find(|a| a.star_number == star)
+        .map(|a| a.device_id.to_string())
+}
+
+async fn audit_sign_in(s: &AppState, account: Option<&Account>, outcome: &str) {
+    let entry = crate::storage::AuditEntry {
+        id: 0,
+        at_ms: chrono::Utc::now().timestamp_millis(),
+        actor: account
+            .map(|a| a.device_id.to_string())
+            .unwrap_or_else(|| "unknown account".into()),
+        action: "POST /dashboard/login".into(),
+        target: "/dashboard/login".into(),
+        outcome: outcome.into(),
+    };
+    if let Err(e) = s.storage.audit(entry).await {
+        tracing::error!(error = %e, "audit log write failed");
+    }
+}
+
 /// Pages answer a missing session with the sign-in page.
 async fn require(s: &AppState, headers: &HeaderMap) -> std::result::Result<Supervisor, Response> {
     supervisor(s, headers)
@@ -195,6 +230,9 @@ async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Re
     })
     .await
     .unwrap_or(false);
+    if !ok {
+        audit_sign_in(&s, account.as_ref(), "refused").await;
+    }
     let Some(account) = account.filter(|_| ok) else {
         tracing::warn!("dashboard sign-in refused");
         return Ok((
@@ -222,6 +260,7 @@ async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Re
             },
         );
     tracing::info!("dashboard sign-in");
+    audit_sign_in(&s, Some(&account), "signed in").await;
     Ok((
         [(
             header::SET_COOKIE,

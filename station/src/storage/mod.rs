@@ -40,6 +40,19 @@ impl Enrolled {
     }
 }
 
+/// One audit log entry: when, who (a device id, `anonymous`, or `admin`),
+/// what (method and route), on what (the request path: ids and hashes, no
+/// personal data) and the outcome (HTTP status, or `ok`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct PushOutcome {
     pub applied: usize,
@@ -98,6 +111,11 @@ pub trait StationStorage: Send + Sync + 'static {
     async fn report_changes(&self, who: &Enrolled, report: Uuid) -> Result<Vec<Change>>;
     /// The materialised report JSON, if visible.
     async fn report_json(&self, who: &Enrolled, report: Uuid) -> Result<String>;
+    /// Appends to the audit log (there is no way to change or remove an
+    /// entry: the database refuses it).
+    async fn audit(&self, entry: AuditEntry) -> Result<()>;
+    /// Audit entries after `after` (an entry id), oldest first.
+    async fn audit_log(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>>;
     /// Every visible materialised report (JSON), most recently updated first.
     async fn visible_reports(&self, who: &Enrolled) -> Result<Vec<String>>;
     /// Every materialised report (JSON) of the station, for the public

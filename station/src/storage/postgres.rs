@@ -39,7 +39,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::common::*;
-use super::{Counts, Enrolled, ExportMaterial, PullPage, PushOutcome, StationStorage};
+use super::{AuditEntry, Counts, Enrolled, ExportMaterial, PullPage, PushOutcome, StationStorage};
 use crate::error::{Result, StationError};
 
 /// Numbered schema steps; `schema_version` records how many ran.
@@ -121,6 +121,23 @@ const MIGRATIONS: &[&str] = &[
         observed_at BIGINT NOT NULL,
         PRIMARY KEY (report_id, device_id)
     );
+"#,
+    // 3: the audit log, append-only (the trigger refuses any change).
+    r#"
+    CREATE TABLE audit_log (
+        id BIGSERIAL PRIMARY KEY,
+        at_ms BIGINT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        outcome TEXT NOT NULL
+    );
+    CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$;
+    CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log
+        FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+    CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+        FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
 "#,
 ];
 
@@ -888,6 +905,42 @@ impl StationStorage for PostgresStorage {
                 .map_err(db)?
                 .into_iter()
                 .map(|r| r.get(0))
+                .collect())
+        })
+        .await
+    }
+
+    async fn audit(&self, e: AuditEntry) -> Result<()> {
+        self.blocking(move |i| {
+            i.conn()
+                .execute(
+                    "INSERT INTO audit_log (at_ms, actor, action, target, outcome) VALUES ($1, $2, $3, $4, $5)",
+                    &[&e.at_ms, &e.actor, &e.action, &e.target, &e.outcome],
+                )
+                .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit_log(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>> {
+        self.blocking(move |i| {
+            Ok(i.conn()
+                .query(
+                    "SELECT id, at_ms, actor, action, target, outcome FROM audit_log
+                     WHERE id > $1 ORDER BY id LIMIT $2",
+                    &[&after, &(limit as i64)],
+                )
+                .map_err(db)?
+                .into_iter()
+                .map(|r| AuditEntry {
+                    id: r.get(0),
+                    at_ms: r.get(1),
+                    actor: r.get(2),
+                    action: r.get(3),
+                    target: r.get(4),
+                    outcome: r.get(5),
+                })
                 .collect())
         })
         .await

@@ -25,7 +25,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use uuid::Uuid;
 
 use super::common::*;
-use super::{Counts, Enrolled, ExportMaterial, PullPage, PushOutcome, StationStorage};
+use super::{AuditEntry, Counts, Enrolled, ExportMaterial, PullPage, PushOutcome, StationStorage};
 use crate::error::{Result, StationError};
 
 const DB_FILE: &str = "station.db";
@@ -108,6 +108,21 @@ const MIGRATIONS: &[&str] = &[
         observed_at INTEGER NOT NULL,
         PRIMARY KEY (report_id, device_id)
     );
+"#,
+    // 3: the audit log, append-only (the triggers refuse any change).
+    r#"
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        outcome TEXT NOT NULL
+    );
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 "#,
 ];
 
@@ -568,6 +583,39 @@ impl StationStorage for SqliteStorage {
             let c = i.reader();
             let mut st = c.prepare("SELECT json FROM reports ORDER BY report_id")?;
             let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn audit(&self, e: AuditEntry) -> Result<()> {
+        self.blocking(move |i| {
+            lock(&i.writer).execute(
+                "INSERT INTO audit_log (at_ms, actor, action, target, outcome) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![e.at_ms, e.actor, e.action, e.target, e.outcome],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit_log(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>> {
+        self.blocking(move |i| {
+            let c = i.reader();
+            let mut st = c.prepare(
+                "SELECT id, at_ms, actor, action, target, outcome FROM audit_log
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![after, limit], |r| {
+                Ok(AuditEntry {
+                    id: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    outcome: r.get(5)?,
+                })
+            })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
