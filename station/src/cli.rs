@@ -249,16 +249,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             println!("dashboard account ready: sign in at /dashboard with star number {star}");
         }
         Command::Audit {
-            storage:
-                StorageArgs {
-                    data,
-                    database,
-                    config,
-                },
+            storage,
             after,
             limit,
         } => {
-            let cfg = Config::load(config.as_deref(), env, None, data)?.with_database(database)?;
+            let cfg = storage.config(env)?;
             let storage = cfg.open_storage_async().await?;
             for e in storage.audit_log(after, limit).await? {
                 let at = chrono::DateTime::from_timestamp_millis(e.at_ms).unwrap_or_default();
