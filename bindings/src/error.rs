@@ -48,6 +48,15 @@ pub enum FieldReportError {
     Storage { reason: String },
     #[error("cancelled")]
     Cancelled,
+    /// The key does not open this store. Nothing was changed.
+    #[error("the key does not open this store")]
+    WrongKey,
+    /// `wipe` refused: this much has not reached the station yet.
+    #[error("{changes} changes and {media} media files are not yet at the station")]
+    UnsyncedWork { changes: u64, media: u64 },
+    /// The store was wiped; open a new one.
+    #[error("this store has been wiped")]
+    Wiped,
     /// A bug in the library (a Rust panic, caught at the boundary). The
     /// store is still consistent: every write is one transaction.
     #[error("internal error")]
@@ -66,13 +75,21 @@ impl From<CoreError> for FieldReportError {
             | CoreError::ReadOnlyField(_)
             | CoreError::EntryNotFound { .. }
             | CoreError::EntryExists { .. }
-            | CoreError::NoConflict(_) => FieldReportError::InvalidInput { reason },
+            | CoreError::NoConflict(_)
+            | CoreError::BadKey { .. } => FieldReportError::InvalidInput { reason },
             CoreError::ReportNotFound(_) | CoreError::MediaNotFound(_) => {
                 FieldReportError::NotFound { reason }
             }
             CoreError::InvalidState { .. }
             | CoreError::NotYourRole(_)
-            | CoreError::NotPermitted { .. } => FieldReportError::NotAllowed { reason },
+            | CoreError::NotPermitted { .. }
+            | CoreError::NotEncrypted
+            | CoreError::EncryptionUnavailable => FieldReportError::NotAllowed { reason },
+            CoreError::WrongKey => FieldReportError::WrongKey,
+            CoreError::UnsyncedWork { changes, media } => {
+                FieldReportError::UnsyncedWork { changes, media }
+            }
+            CoreError::Wiped => FieldReportError::Wiped,
             CoreError::MissingRequired(fields) => FieldReportError::MissingRequired { fields },
             CoreError::NoIdentity | CoreError::NotEnrolled => {
                 FieldReportError::NotEnrolled { reason }

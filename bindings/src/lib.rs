@@ -27,6 +27,14 @@ pub fn debug_trigger_panic() -> Result<(), FieldReportError> {
 }
 
 /// The library's version, for the app's about screen and bug reports.
+/// 32 random bytes from the system's generator, for a new store key. The
+/// app keeps them wrapped by a key in Android Keystore or the iOS Keychain
+/// and passes them to `FieldReportStore.open`.
+#[uniffi::export]
+pub fn generate_store_key() -> Result<Vec<u8>, FieldReportError> {
+    error::guard(|| Ok(fieldreport_core::store::StoreKey::generate()?.to_vec()))
+}
+
 #[uniffi::export]
 pub fn library_version() -> String {
     env!("CARGO_PKG_VERSION").to_string()

@@ -6,8 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fieldreport_core::model::LifecycleState;
-use fieldreport_core::store::{ListQuery, MediaMeta, Store};
+use fieldreport_core::store::{ListQuery, MediaMeta, Store, StoreKey};
 use fieldreport_core::sync::client::{CancelToken, Progress, SyncClient};
+use fieldreport_core::Error as CoreError;
 
 use crate::error::{guard, FieldReportError, Result};
 use crate::types::*;
@@ -62,6 +63,14 @@ pub struct FieldReportStore {
     store: Store,
 }
 
+/// Largest `read_media` answer, so one call cannot exhaust memory.
+const MAX_MEDIA_READ: u32 = 16 << 20;
+
+/// `path_of` only joins a name: anything but a hash is refused first.
+fn is_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn to_path(p: &str) -> Result<&Path> {
     if p.is_empty() {
         return Err(FieldReportError::InvalidInput {
@@ -73,13 +82,36 @@ fn to_path(p: &str) -> Result<&Path> {
 
 #[uniffi::export]
 impl FieldReportStore {
-    /// Opens the store in `dir`, creating it if needed. A store that fails
-    /// to open is left exactly as it was.
+    /// Opens the store in `dir`, creating it if needed, encrypted at rest
+    /// with `key` (32 bytes, see `generate_store_key`). A wrong key gives
+    /// `WrongKey`; a store that fails to open is left exactly as it was. A
+    /// store written by a build without encryption is encrypted on open.
     #[uniffi::constructor]
-    pub fn open(dir: String) -> Result<Arc<Self>> {
+    pub fn open(dir: String, key: Vec<u8>) -> Result<Arc<Self>> {
         guard(|| {
-            let store = Store::open(to_path(&dir)?)?;
+            let key = StoreKey::from_bytes(&key)?;
+            let store = Store::open_encrypted(to_path(&dir)?, key)?;
             Ok(Arc::new(FieldReportStore { store }))
+        })
+    }
+
+    /// Changes the store key (the database is re-encrypted in one
+    /// transaction; the old key stops working).
+    pub fn rekey(&self, new_key: Vec<u8>) -> Result<()> {
+        guard(|| Ok(self.store.rekey(StoreKey::from_bytes(&new_key)?)?))
+    }
+
+    /// Sign out and wipe: removes the store, its media and its directory.
+    /// Refused with `UnsyncedWork` while anything has not reached the
+    /// station, unless `force`. Afterwards every call gives `Wiped`; the app
+    /// should also delete the key from the platform key store.
+    pub fn wipe(&self, force: bool) -> Result<WipeResult> {
+        guard(|| {
+            let out = self.store.wipe(force)?;
+            Ok(WipeResult {
+                unsynced_changes: out.unsynced_changes,
+                unsynced_media: out.unsynced_media,
+            })
         })
     }
 
@@ -192,13 +224,28 @@ impl FieldReportStore {
         })
     }
 
-    /// Where a media file is on this device, if it is here.
-    pub fn media_path(&self, sha256: String) -> Option<String> {
-        let media = self.store.media();
-        // `path_of` only joins a name: refuse anything but a hash.
-        let is_hash = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit());
-        (is_hash && media.contains(&sha256))
-            .then(|| media.path_of(&sha256).to_string_lossy().into_owned())
+    /// Up to `length` bytes (at most 16 MiB) of a media file from `offset`,
+    /// decrypted; fewer at the end of the file, none past it. Read a photo
+    /// in one call, a video in pieces.
+    pub fn read_media(&self, sha256: String, offset: u64, length: u32) -> Result<Vec<u8>> {
+        guard(|| {
+            use std::io::{Read, Seek, SeekFrom};
+            if !is_hash(&sha256) {
+                return Err(FieldReportError::InvalidInput {
+                    reason: "not a SHA-256 hash".into(),
+                });
+            }
+            let length = length.min(MAX_MEDIA_READ) as usize;
+            let mut r = self.store.media().open_reader(&sha256)?;
+            let start = offset.min(r.size());
+            r.seek(SeekFrom::Start(start))
+                .map_err(|e| CoreError::from(e))?;
+            let mut out = Vec::with_capacity(length.min((r.size() - start) as usize));
+            r.take(length as u64)
+                .read_to_end(&mut out)
+                .map_err(fieldreport_core::store::media::read_error)?;
+            Ok(out)
+        })
     }
 
     /// The current value of a field or entry field (`narrative`,
@@ -226,7 +273,11 @@ impl FieldReportStore {
                     size: m.fields.size,
                     mime_type: m.fields.mime_type.clone(),
                     captured_at_ms: m.fields.captured_at.map(|t| t.timestamp_millis()),
-                    local_path: m.fields.sha256.clone().and_then(|s| self.media_path(s)),
+                    stored_locally: m
+                        .fields
+                        .sha256
+                        .as_deref()
+                        .is_some_and(|s| is_hash(s) && self.store.media().contains(s)),
                 })
                 .collect();
             Ok(ReportView {

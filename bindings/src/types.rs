@@ -149,8 +149,18 @@ pub struct MediaView {
     pub size: Option<i64>,
     pub mime_type: Option<String>,
     pub captured_at_ms: Option<i64>,
-    /// Where the file is on this device, if it is here yet.
-    pub local_path: Option<String>,
+    /// Whether the file is on this device yet (read it with `read_media`;
+    /// it is stored encrypted, so there is no path to hand out).
+    pub stored_locally: bool,
+}
+
+/// What `wipe` removed.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct WipeResult {
+    /// Signed changes that had not reached the station (lost: forced).
+    pub unsynced_changes: u64,
+    /// Media files that had not reached the station.
+    pub unsynced_media: u64,
 }
 
 /// A report as it stands: lifecycle, kept conflicts, media, and the whole

@@ -15,7 +15,10 @@ fn panics_become_internal_errors() {
 #[test]
 fn bad_input_is_typed_and_quotes_no_values() {
     let dir = tempfile::tempdir().unwrap();
-    let store = FieldReportStore::open(dir.path().join("s").to_string_lossy().into()).unwrap();
+    let key = fieldreport_ffi::generate_store_key().unwrap();
+    assert_eq!(key.len(), 32);
+    let store =
+        FieldReportStore::open(dir.path().join("s").to_string_lossy().into(), key.clone()).unwrap();
     assert!(matches!(
         store.create_report(),
         Err(FieldReportError::NotEnrolled { .. })
@@ -29,23 +32,36 @@ fn bad_input_is_typed_and_quotes_no_values() {
         Err(FieldReportError::InvalidInput { .. })
     ));
     assert!(matches!(
-        FieldReportStore::open(String::new()),
+        FieldReportStore::open(String::new(), key.clone()),
         Err(FieldReportError::InvalidInput { .. })
     ));
     drop(store);
+    // A short key is bad input; a wrong key is `WrongKey`.
+    let s_path: String = dir.path().join("s").to_string_lossy().into();
+    assert!(matches!(
+        FieldReportStore::open(s_path.clone(), vec![1; 16]),
+        Err(FieldReportError::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        FieldReportStore::open(s_path, vec![1; 32]),
+        Err(FieldReportError::WrongKey)
+    ));
 
     // An identity as enrollment would leave it.
     let path = dir.path().join("s");
-    fieldreport_core::Store::open(&path)
-        .unwrap()
-        .create_identity(Person {
-            name: "Officer T. Test".into(),
-            star_number: "1".into(),
-            role: Role::Officer,
-            unit: "D9".into(),
-        })
-        .unwrap();
-    let store = FieldReportStore::open(path.to_string_lossy().into()).unwrap();
+    fieldreport_core::Store::open_encrypted(
+        &path,
+        fieldreport_core::store::StoreKey::from_bytes(&key).unwrap(),
+    )
+    .unwrap()
+    .create_identity(Person {
+        name: "Officer T. Test".into(),
+        star_number: "1".into(),
+        role: Role::Officer,
+        unit: "D9".into(),
+    })
+    .unwrap();
+    let store = FieldReportStore::open(path.to_string_lossy().into(), key).unwrap();
     let text = |s: &str| FieldValue::Text { value: s.into() };
     let missing = "00000000-0000-4000-8000-000000000000".to_string();
     let e = store
@@ -82,6 +98,29 @@ fn bad_input_is_typed_and_quotes_no_values() {
         )
         .unwrap_err();
     assert!(matches!(e, FieldReportError::InvalidInput { .. }), "{e:?}");
-    // A path that is not a media hash never names a file.
-    assert_eq!(store.media_path("../../etc/passwd".into()), None);
+    // A name that is not a media hash never reaches the file system.
+    assert!(matches!(
+        store.read_media("../../etc/passwd".into(), 0, 10),
+        Err(FieldReportError::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        store.read_media("ab".repeat(32), 0, 10),
+        Err(FieldReportError::NotFound { .. })
+    ));
+    // Wipe refuses while the report is unsynced, then forced, and the
+    // object reports `Wiped` from then on.
+    assert!(matches!(
+        store.wipe(false),
+        Err(FieldReportError::UnsyncedWork {
+            changes: 1,
+            media: 0
+        })
+    ));
+    let out = store.wipe(true).unwrap();
+    assert_eq!(out.unsynced_changes, 1);
+    assert!(!path.exists());
+    assert!(matches!(
+        store.create_report(),
+        Err(FieldReportError::Wiped)
+    ));
 }

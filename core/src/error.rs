@@ -77,6 +77,18 @@ pub enum Error {
     // --- storage
     #[error("store schema version {found} is newer than this build supports ({supported})")]
     SchemaTooNew { found: i64, supported: i64 },
+    #[error("the store does not open with this key (wrong key, no key for an encrypted store, or not a store)")]
+    WrongKey,
+    #[error("bad store key: {reason}")]
+    BadKey { reason: &'static str },
+    #[error("this build has no store encryption (feature `sqlcipher`)")]
+    EncryptionUnavailable,
+    #[error("this store is not encrypted")]
+    NotEncrypted,
+    #[error("{changes} changes and {media} media files are not yet at the station")]
+    UnsyncedWork { changes: u64, media: u64 },
+    #[error("this store has been wiped")]
+    Wiped,
     #[error("storage is full")]
     StorageFull,
     #[error("database error: {0}")]

@@ -124,6 +124,25 @@ fn every_earlier_version_upgrades() {
         // The upgraded store keeps working.
         s.set_field(list[0].id, "narrative", Value::Text("c".into()))
             .unwrap();
+
+        // The same old store opened with a key (an app updated to the
+        // encrypting build): upgraded and encrypted, nothing lost.
+        let e = tempdir();
+        {
+            let conn = Connection::open(e.path().join("fieldreport.db")).unwrap();
+            conn.execute_batch(&sql).unwrap();
+        }
+        let key = fieldreport_core::store::StoreKey::from_bytes(&[7; 32]).unwrap();
+        let s = Store::open_encrypted(e.path(), key)
+            .unwrap_or_else(|err| panic!("v{v} does not open with a key: {err}"));
+        assert!(s.is_encrypted());
+        assert_eq!(s.verify_integrity().unwrap(), n, "v{v}: encrypted copy");
+        assert_eq!(s.list_reports(&ListQuery::default()).unwrap().len(), 1);
+        drop(s);
+        assert!(matches!(
+            Store::open(e.path()),
+            Err(fieldreport_core::Error::WrongKey)
+        ));
     }
 }
 
@@ -181,7 +200,14 @@ fn garbage_file_is_reported_not_deleted() {
         b"this is not a database, but it might be someone's work",
     )
     .unwrap();
-    assert!(matches!(Store::open(d.path()), Err(Error::Database(_))));
+    // Without the right key an encrypted store looks like garbage too, so
+    // both are reported the same way; neither is touched.
+    assert!(matches!(Store::open(d.path()), Err(Error::WrongKey)));
+    let key = fieldreport_core::store::StoreKey::from_bytes(&[7; 32]).unwrap();
+    assert!(matches!(
+        Store::open_encrypted(d.path(), key),
+        Err(Error::WrongKey)
+    ));
     assert!(
         std::fs::read(&db).unwrap() == b"this is not a database, but it might be someone's work"
     );

@@ -113,21 +113,35 @@ impl FromRequestParts<AppState> for Device {
     type Rejection = StationError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        let token = parts
+        let audit = parts
+            .extensions
+            .get::<AuditActor>()
+            .cloned()
+            .unwrap_or_default();
+        let Some(token) = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(StationError::Unauthorized)?;
-        match state.storage.authenticate(token.trim()).await? {
-            Some(d) if !d.revoked => {
-                if let Some(slot) = parts.extensions.get::<AuditActor>() {
-                    slot.set(d.record.device_id.to_string());
-                }
-                Ok(Device(d))
-            }
-            _ => Err(StationError::Unauthorized),
+        else {
+            audit.note("no credential");
+            return Err(StationError::Unauthorized);
+        };
+        let Some(d) = state.storage.authenticate(token.trim()).await? else {
+            audit.note("unknown credential");
+            return Err(StationError::Unauthorized);
+        };
+        audit.set(d.record.device_id.to_string());
+        if d.revoked {
+            audit.note("device revoked");
+            return Err(StationError::Unauthorized);
         }
+        let now = chrono::Utc::now().timestamp_millis();
+        if d.credential_expires_at.is_some_and(|t| t <= now) {
+            audit.note("credential expired");
+            return Err(StationError::Unauthorized);
+        }
+        Ok(Device(d))
     }
 }
 
@@ -153,13 +167,17 @@ fn lifecycle_steps(changes: &[Change]) -> Vec<(Uuid, String)> {
 /// authenticates it (the `Device` extractor, the dashboard session, the
 /// enrollment), read by [`audit_layer`] once the response is made.
 #[derive(Clone, Default)]
-pub struct AuditActor(Arc<std::sync::Mutex<Option<String>>>);
+pub struct AuditActor(Arc<std::sync::Mutex<(Option<String>, Option<&'static str>)>>);
 
 impl AuditActor {
     pub fn set(&self, who: String) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(who);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).0 = Some(who);
     }
-    fn get(&self) -> Option<String> {
+    /// Why a request was refused (no personal data: a fixed phrase).
+    pub fn note(&self, why: &'static str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(why);
+    }
+    fn get(&self) -> (Option<String>, Option<&'static str>) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
@@ -190,13 +208,18 @@ pub async fn audit_layer(
     if route == "/dashboard/login" && method == axum::http::Method::POST {
         return resp;
     }
+    let (who, note) = actor.get();
+    let status = resp.status().as_u16().to_string();
     let entry = AuditEntry {
         id: 0,
         at_ms: chrono::Utc::now().timestamp_millis(),
-        actor: actor.get().unwrap_or_else(|| "anonymous".into()),
+        actor: who.unwrap_or_else(|| "anonymous".into()),
         action: format!("{method} {route}"),
         target,
-        outcome: resp.status().as_u16().to_string(),
+        outcome: match note {
+            Some(n) => format!("{status} {n}"),
+            None => status,
+        },
     };
     if let Err(e) = s.storage.audit(entry).await {
         tracing::error!(error = %e, "audit log write failed");
@@ -250,6 +273,9 @@ async fn enroll(
         credential,
         device,
         station_id: s.station_id.clone(),
+        credential_expires_at_ms: Some(
+            chrono::Utc::now().timestamp_millis() + crate::storage::CREDENTIAL_LIFETIME_MS,
+        ),
     }))
 }
 

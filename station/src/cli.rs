@@ -72,6 +72,26 @@ enum Command {
         #[arg(long)]
         unit: String,
     },
+    /// Revoke a device (a lost phone): its pushes, pulls and credential
+    /// renewals are refused from now on. Takes effect on running stations.
+    Revoke {
+        #[command(flatten)]
+        storage: StorageArgs,
+        /// The device id (as `devices` and the audit log show it).
+        #[arg(long)]
+        device: uuid::Uuid,
+    },
+    /// Set when a device's credential expires: extend an expired one (a
+    /// phone that was off for months), or end one now with 0.
+    Credential {
+        #[command(flatten)]
+        storage: StorageArgs,
+        #[arg(long)]
+        device: uuid::Uuid,
+        /// Days from now; 0 expires it at once.
+        #[arg(long)]
+        expires_in_days: u32,
+    },
     /// Print the audit log, oldest first: id, time (UTC), who (device id),
     /// what, on what, outcome; tab-separated.
     Audit {
@@ -248,6 +268,36 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("dashboard account ready: sign in at /dashboard with star number {star}");
         }
+        Command::Revoke { storage, device } => {
+            let cfg = storage.config(env)?;
+            let storage = cfg.open_storage_async().await?;
+            let done = storage.revoke(device).await?;
+            admin_audit(storage.as_ref(), "revoke device", device, done).await?;
+            if !done {
+                anyhow::bail!("no unrevoked device {device}");
+            }
+            println!("device {device} revoked");
+        }
+        Command::Credential {
+            storage,
+            device,
+            expires_in_days,
+        } => {
+            let cfg = storage.config(env)?;
+            let storage = cfg.open_storage_async().await?;
+            let at =
+                chrono::Utc::now().timestamp_millis() + i64::from(expires_in_days) * 86_400_000;
+            let done = storage.set_credential_expiry(device, at).await?;
+            admin_audit(storage.as_ref(), "set credential expiry", device, done).await?;
+            if !done {
+                anyhow::bail!("no device {device}");
+            }
+            let at = chrono::DateTime::from_timestamp_millis(at).unwrap_or_default();
+            println!(
+                "device {device}: credential expires {}",
+                at.format("%Y-%m-%d %H:%M UTC")
+            );
+        }
         Command::Audit {
             storage,
             after,
@@ -339,4 +389,24 @@ fn progress_bar() -> indicatif::ProgressBar {
             .progress_chars("=> "),
     );
     bar
+}
+
+/// Records an administrator's command in the audit log.
+async fn admin_audit(
+    storage: &dyn crate::storage::StationStorage,
+    action: &str,
+    device: uuid::Uuid,
+    done: bool,
+) -> anyhow::Result<()> {
+    storage
+        .audit(crate::storage::AuditEntry {
+            id: 0,
+            at_ms: chrono::Utc::now().timestamp_millis(),
+            actor: "admin".into(),
+            action: action.into(),
+            target: format!("device {device}"),
+            outcome: if done { "ok" } else { "no such device" }.into(),
+        })
+        .await?;
+    Ok(())
 }

@@ -160,7 +160,12 @@ fn devices(
     let stores: Vec<Store> = codes
         .iter()
         .enumerate()
-        .map(|(i, _)| Store::open(root.join(format!("phone-{i}"))))
+        .map(|(i, _)| {
+            // Encrypted at rest, as on a phone (the key would live in the
+            // platform key store; the demo keeps it in memory).
+            let key = fieldreport_core::store::StoreKey::generate()?;
+            Store::open_encrypted(root.join(format!("phone-{i}")), key)
+        })
         .collect::<Result<_, _>>()?;
     let mut clients = Vec::new();
     for (s, (_, code)) in stores.iter().zip(&codes) {

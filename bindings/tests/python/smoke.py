@@ -50,7 +50,11 @@ with tempfile.TemporaryDirectory() as tmp:
         code = next(l for l in code.splitlines()
                     if l.startswith("enrollment code:")).split(":", 1)[1].strip()
 
-        store = fr.FieldReportStore.open(os.path.join(tmp, "device"))
+        key = fr.generate_store_key()
+        check("a key is 32 bytes", len(key) == 32)
+        store = fr.FieldReportStore.open(os.path.join(tmp, "device"), key)
+        raises("wrong key", fr.FieldReportError.WrongKey,
+               lambda: fr.FieldReportStore.open(os.path.join(tmp, "device"), fr.generate_store_key()))
         raises("create before enrolling", fr.FieldReportError.NotEnrolled,
                store.create_report)
         me = store.enroll(url, code)
@@ -76,7 +80,7 @@ with tempfile.TemporaryDirectory() as tmp:
                 check=True, capture_output=True, text=True).stdout
             return next(l for l in out.splitlines()
                         if l.startswith("enrollment code:")).split(":", 1)[1].strip()
-        sup = fr.FieldReportStore.open(os.path.join(tmp, "supervisor"))
+        sup = fr.FieldReportStore.open(os.path.join(tmp, "supervisor"), fr.generate_store_key())
         sup.enroll(url, code_for("Py Sergeant", "7900", "supervisor"))
         raises("submit with fields missing", fr.FieldReportError.MissingRequired,
                lambda: store.submit(r))
@@ -108,6 +112,12 @@ with tempfile.TemporaryDirectory() as tmp:
         sup.refer(r, 1_795_800_000_000, "SA-2026-1", ["aggravated battery"])
         sup.close(r)
         check("closed", sup.report(r).lifecycle == "closed")
+        # Sign out and wipe: everything is at the station, so no force needed.
+        sup.sync(None, None)
+        w = sup.wipe(False)
+        check("supervisor wiped", w.unsynced_changes == 0
+              and not os.path.exists(os.path.join(tmp, "supervisor")))
+        raises("wiped store", fr.FieldReportError.Wiped, sup.create_report)
         # The last reference dropped on a plain thread frees the Rust object there.
         holder = [store]
         del store

@@ -70,6 +70,10 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TABLE rematerialise (report_id BLOB PRIMARY KEY);
     INSERT INTO rematerialise SELECT DISTINCT report_id FROM changes;
     "#,
+    // 3: secrets kept inside the (encrypted) database: the media key.
+    r#"
+    CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+    "#,
 ];
 
 pub fn current_version() -> i64 {

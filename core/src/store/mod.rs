@@ -7,12 +7,14 @@
 //! only once it and the report it updates are durably committed
 //! (`synchronous=FULL`).
 
+pub mod key;
 pub mod log;
 pub mod media;
 pub mod migrations;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -27,9 +29,10 @@ use crate::evidence::{verify_batch, ChainLookup, DeviceIdentity, DeviceRecord, P
 use crate::model::schema::{self, LIFECYCLE_FIELD, RETURN_COMMENT_FIELD};
 use crate::model::workflow;
 use crate::model::{LifecycleState, Report, Value};
+pub use key::StoreKey;
 pub use log::SqlLookup;
 use log::{decode_row, hash_of, insert_change, load_doc, upsert_device, uuid_of, ZERO_HASH};
-pub use media::{MediaStore, StoredMedia};
+pub use media::{MediaKey, MediaReader, MediaStore, StoredMedia};
 
 /// Source of wall-clock time (replaceable in tests: skewed clocks).
 pub trait WallClock: Send + Sync {
@@ -47,6 +50,10 @@ impl WallClock for SystemClock {
 pub struct StoreOptions {
     pub clock: Arc<dyn WallClock>,
     pub readers: usize,
+    /// Encrypts the store (database and media) at rest. A store created
+    /// with a key must always be opened with it; a plain store opened with
+    /// a key is encrypted on the spot.
+    pub key: Option<StoreKey>,
 }
 
 impl Default for StoreOptions {
@@ -54,8 +61,18 @@ impl Default for StoreOptions {
         StoreOptions {
             clock: Arc::new(SystemClock),
             readers: 2,
+            key: None,
         }
     }
+}
+
+/// What `Store::wipe` removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WipeOutcome {
+    /// Signed changes that had not reached the station (lost, when forced).
+    pub unsynced_changes: u64,
+    /// Media files that had not reached the station.
+    pub unsynced_media: u64,
 }
 
 /// Facts about a photo or other file being attached.
@@ -187,10 +204,15 @@ impl DocCache {
 
 pub struct Store {
     dir: PathBuf,
-    writer: Mutex<WriterState>,
+    // Readers are declared (so dropped) first: the writer, closing last,
+    // checkpoints and removes the WAL.
     readers: Vec<Mutex<Connection>>,
+    writer: Mutex<WriterState>,
     media: MediaStore,
     clock: Arc<dyn WallClock>,
+    /// Set when the store was opened with a key; replaced on rekey.
+    key: Mutex<Option<StoreKey>>,
+    wiped: AtomicBool,
 }
 
 const DB_FILE: &str = "fieldreport.db";
@@ -201,6 +223,78 @@ fn configure(conn: &Connection) -> Result<()> {
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(())
+}
+
+/// Opens the database file, applying the key first when there is one. A
+/// file that does not decrypt (wrong key, or no key for an encrypted
+/// store) is reported as `WrongKey`, before anything is written.
+fn open_connection(path: &Path, key: Option<&StoreKey>, flags: OpenFlags) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    if let Some(key) = key {
+        key::apply(&conn, key)?;
+    }
+    key::check_readable(&conn)?;
+    Ok(conn)
+}
+
+fn open_reader(path: &Path, key: Option<&StoreKey>) -> Result<Connection> {
+    let r = open_connection(
+        path,
+        key,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    r.busy_timeout(Duration::from_secs(10))?;
+    Ok(r)
+}
+
+/// The media key kept in the encrypted database, created on first use.
+fn media_key(conn: &mut Connection) -> Result<MediaKey> {
+    let tx = conn.transaction()?;
+    let existing: Option<Vec<u8>> = tx
+        .query_row(
+            "SELECT value FROM secrets WHERE name = 'media_key'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let key = match existing {
+        Some(bytes) => MediaKey::from_bytes(&bytes)?,
+        None => {
+            let key = MediaKey::generate()?;
+            tx.execute(
+                "INSERT INTO secrets (name, value) VALUES ('media_key', ?1)",
+                [key.as_bytes()],
+            )?;
+            // A new store has no plain files to seal; an old one may.
+            let has_media: bool =
+                tx.query_row("SELECT EXISTS (SELECT 1 FROM media)", [], |r| r.get(0))?;
+            if !has_media {
+                tx.execute(
+                    "INSERT OR REPLACE INTO secrets (name, value) VALUES ('media_sealed', x'01')",
+                    [],
+                )?;
+            }
+            key
+        }
+    };
+    tx.commit()?;
+    Ok(key)
+}
+
+fn media_sealed(conn: &Connection) -> bool {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM secrets WHERE name = 'media_sealed')",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap_or(false)
+}
+
+fn is_sealed_file(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    let mut f = std::fs::File::open(path)?;
+    Ok(f.read_exact(&mut head).is_ok() && &head == b"FRMEDIA1")
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -220,7 +314,19 @@ impl Store {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(DB_FILE);
-        let mut conn = Connection::open(&path)?;
+        let key = options.key;
+        if let Some(key) = &key {
+            if key::is_plain_sqlite(&path)? {
+                key::encrypt_plain_store(&path, key)?;
+            }
+        }
+        if path.exists() {
+            // Try the key on a read-only connection first: one that cannot
+            // checkpoint or delete the WAL. A read-write connection with the
+            // wrong key, closing, would checkpoint the WAL under that key.
+            drop(open_reader(&path, key.as_ref())?);
+        }
+        let mut conn = open_connection(&path, key.as_ref(), OpenFlags::default())?;
         // Check the version before anything writes to the file: a store from
         // a newer build is left exactly as it is.
         migrations::check_version(&conn)?;
@@ -239,16 +345,27 @@ impl Store {
         conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
         conn.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)?;
         let (identity, next_seq, hlc) = load_identity(&conn)?;
+        let media_key = match &key {
+            Some(_) => Some(media_key(&mut conn)?),
+            None => None,
+        };
         let mut readers = Vec::new();
         for _ in 0..options.readers.max(1) {
-            let r = Connection::open_with_flags(
-                &path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )?;
-            r.busy_timeout(Duration::from_secs(10))?;
-            readers.push(Mutex::new(r));
+            readers.push(Mutex::new(open_reader(&path, key.as_ref())?));
         }
-        let media = MediaStore::open(dir.join("media"))?;
+        let media = MediaStore::open_with(dir.join("media"), media_key.clone())?;
+        if let Some((_, false)) = media_key.as_ref().map(|k| (k, media_sealed(&conn))) {
+            // Files stored before the store was encrypted: seal them once.
+            for sha in media.stored_hashes()? {
+                if !is_sealed_file(&media.path_of(&sha))? {
+                    media.seal_in_place(&sha)?;
+                }
+            }
+            conn.execute(
+                "INSERT OR REPLACE INTO secrets (name, value) VALUES ('media_sealed', x'01')",
+                [],
+            )?;
+        }
         Ok(Store {
             dir,
             writer: Mutex::new(WriterState {
@@ -261,7 +378,114 @@ impl Store {
             readers,
             media,
             clock: options.clock,
+            key: Mutex::new(key),
+            wiped: AtomicBool::new(false),
         })
+    }
+
+    /// Opens an encrypted store (creating it if needed).
+    pub fn open_encrypted(dir: impl AsRef<Path>, key: StoreKey) -> Result<Store> {
+        Self::open_with(
+            dir,
+            StoreOptions {
+                key: Some(key),
+                ..StoreOptions::default()
+            },
+        )
+    }
+
+    /// Whether the store is encrypted at rest.
+    pub fn is_encrypted(&self) -> bool {
+        lock(&self.key).is_some()
+    }
+
+    /// Changes the store key. The database is re-encrypted in one
+    /// transaction (a crash leaves it under the old key or the new one);
+    /// media stay sealed with the media key, which the database holds.
+    pub fn rekey(&self, new_key: StoreKey) -> Result<()> {
+        let mut key_slot = lock(&self.key);
+        let old_key = key_slot.clone().ok_or(Error::NotEncrypted)?;
+        let w = self.writer()?;
+        let path = self.dir.join(DB_FILE);
+        // Leaving WAL mode needs the only connection: park the readers.
+        let mut readers: Vec<_> = self.readers.iter().map(lock).collect();
+        for r in readers.iter_mut() {
+            **r = Connection::open_in_memory()?;
+        }
+        let result = (|| -> Result<()> {
+            w.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            let mode: String =
+                w.conn
+                    .pragma_update_and_check(None, "journal_mode", "DELETE", |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("delete") {
+                return Err(Error::Corrupt("cannot leave WAL to rekey".into()));
+            }
+            let rekeyed = key::rekey(&w.conn, &new_key);
+            // Back to WAL whatever happened, under whichever key is current.
+            w.conn
+                .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))?;
+            rekeyed
+        })();
+        let current = if result.is_ok() { &new_key } else { &old_key };
+        for r in readers.iter_mut() {
+            **r = open_reader(&path, Some(current))?;
+        }
+        result?;
+        *key_slot = Some(new_key);
+        Ok(())
+    }
+
+    /// Signs this device out and removes the store: database, media and
+    /// the directory itself. Refused with `UnsyncedWork` while changes or
+    /// media have not reached the station, unless `force` is set. After a
+    /// wipe every call on this `Store` fails with `Wiped`. Media and
+    /// database are encrypted, so once the app also deletes the key from
+    /// the platform key store, any copy left in flash is unreadable.
+    pub fn wipe(&self, force: bool) -> Result<WipeOutcome> {
+        let mut w = self.writer()?;
+        let changes: u64 =
+            w.conn
+                .query_row("SELECT COUNT(*) FROM changes WHERE acked = 0", [], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64;
+        let media: u64 =
+            w.conn
+                .query_row("SELECT COUNT(*) FROM media WHERE uploaded = 0", [], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64;
+        if (changes > 0 || media > 0) && !force {
+            return Err(Error::UnsyncedWork { changes, media });
+        }
+        self.wiped.store(true, Ordering::SeqCst);
+        for r in &self.readers {
+            *lock(r) = Connection::open_in_memory()?;
+        }
+        w.conn = Connection::open_in_memory()?;
+        w.identity = None;
+        w.docs = DocCache::default();
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(parent) = self.dir.parent() {
+            if let Ok(d) = std::fs::File::open(parent) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(WipeOutcome {
+            unsynced_changes: changes,
+            unsynced_media: media,
+        })
+    }
+
+    fn writer(&self) -> Result<MutexGuard<'_, WriterState>> {
+        let w = lock(&self.writer);
+        if self.wiped.load(Ordering::SeqCst) {
+            return Err(Error::Wiped);
+        }
+        Ok(w)
     }
 
     /// This device's wall clock (the store's clock source), in ms.
@@ -278,6 +502,9 @@ impl Store {
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        if self.wiped.load(Ordering::SeqCst) {
+            return Err(Error::Wiped);
+        }
         for r in &self.readers {
             if let Ok(conn) = r.try_lock() {
                 return f(&conn);
@@ -304,7 +531,7 @@ impl Store {
 
     /// Installs a given identity (tests, and restoring a device).
     pub fn install_identity(&self, identity: DeviceIdentity) -> Result<DeviceRecord> {
-        let mut w = lock(&self.writer);
+        let mut w = self.writer()?;
         if w.identity.is_some() {
             return Err(Error::IdentityExists);
         }
@@ -334,7 +561,7 @@ impl Store {
                 record.device_id
             )));
         }
-        let w = lock(&self.writer);
+        let w = self.writer()?;
         upsert_device(&w.conn, record)
     }
 
@@ -354,6 +581,7 @@ impl Store {
     /// Creates a draft report; the reporting officer comes from this
     /// device's enrollment.
     pub fn create_report(&self) -> Result<Uuid> {
+        drop(self.writer()?); // a wiped store says so, not "no identity"
         let person = self.identity().ok_or(Error::NoIdentity)?.person;
         let id = Uuid::new_v4();
         let set = |path: &str, v: &str| Edit::SetField {
@@ -720,7 +948,7 @@ impl Store {
         create: bool,
         extra: impl FnOnce(&rusqlite::Transaction) -> Result<()>,
     ) -> Result<ChangeId> {
-        let mut guard = lock(&self.writer);
+        let mut guard = self.writer()?;
         let w = &mut *guard;
         let identity = w.identity.clone().ok_or(Error::NoIdentity)?;
         let device = identity.device_id();
@@ -986,7 +1214,7 @@ impl Store {
     /// Verifies and stores a batch of changes from a peer or the station.
     /// A batch with any bad change is refused whole; nothing is applied.
     pub fn apply_changes(&self, batch: Vec<Change>, origin: Origin) -> Result<ApplyOutcome> {
-        let mut guard = lock(&self.writer);
+        let mut guard = self.writer()?;
         let w = &mut *guard;
         let tx = w.conn.transaction()?;
         let verified = verify_batch(batch, &SqlLookup(&tx))?;
@@ -1066,7 +1294,7 @@ impl Store {
     /// equals a rebuild from its changes, and the next sequence number is
     /// past every change this device made. Returns the number of changes.
     pub fn verify_integrity(&self) -> Result<u64> {
-        let w = lock(&self.writer);
+        let w = self.writer()?;
         let c = &w.conn;
         let lookup = SqlLookup(c);
         let mut st = c.prepare(
@@ -1157,7 +1385,7 @@ impl Store {
 
     /// Records that the station holds these changes.
     pub fn mark_acked(&self, ids: &[ChangeId]) -> Result<()> {
-        let mut w = lock(&self.writer);
+        let mut w = self.writer()?;
         let tx = w.conn.transaction()?;
         {
             let mut st = tx
@@ -1184,7 +1412,7 @@ impl Store {
     }
 
     pub fn mark_media_uploaded(&self, sha256: &str) -> Result<()> {
-        let w = lock(&self.writer);
+        let w = self.writer()?;
         w.conn
             .execute("UPDATE media SET uploaded = 1 WHERE sha256 = ?1", [sha256])?;
         Ok(())
@@ -1193,7 +1421,7 @@ impl Store {
     /// Records a media file received from the station (already verified and
     /// in the media store).
     pub fn record_downloaded_media(&self, stored: &StoredMedia, mime_type: &str) -> Result<()> {
-        let w = lock(&self.writer);
+        let w = self.writer()?;
         w.conn.execute(
             "INSERT OR IGNORE INTO media (sha256, size, mime_type, stored_at, uploaded) VALUES (?1, ?2, ?3, ?4, 1)",
             params![stored.sha256, stored.size as i64, mime_type, self.clock.now_ms()],
@@ -1213,7 +1441,7 @@ impl Store {
     }
 
     pub fn set_sync_value(&self, key: &str, value: &str) -> Result<()> {
-        let w = lock(&self.writer);
+        let w = self.writer()?;
         w.conn.execute(
             "INSERT INTO sync_state (key, value) VALUES (?1, ?2)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -1232,7 +1460,7 @@ impl Store {
     /// Rebuilds every materialised report from its changes (after an
     /// upgrade, or to check the tables against the log).
     pub fn rebuild_materialised(&self) -> Result<usize> {
-        let mut guard = lock(&self.writer);
+        let mut guard = self.writer()?;
         let tx = guard.conn.transaction()?;
         let reports: Vec<Uuid> = {
             let mut st = tx.prepare("SELECT DISTINCT report_id FROM changes")?;

@@ -303,9 +303,7 @@ impl SyncClient {
         );
         progress.on_progress(p);
         for (sha, size) in pending {
-            let path = store.media().path_of(&sha);
-            let mut file =
-                std::fs::File::open(&path).map_err(|e| Error::MediaUnreadable(e.kind()))?;
+            let mut file = store.media().open_reader(&sha)?;
             let base_done = p.bytes_done;
             loop {
                 cancel.check()?;
@@ -553,10 +551,13 @@ impl SyncClient {
     }
 }
 
-fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> Result<usize> {
+fn read_full(file: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
     let mut n = 0;
     while n < buf.len() {
-        match file.read(&mut buf[n..])? {
+        match file
+            .read(&mut buf[n..])
+            .map_err(crate::store::media::read_error)?
+        {
             0 => break,
             k => n += k,
         }

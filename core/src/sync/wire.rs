@@ -60,6 +60,9 @@ pub struct EnrollResponse {
     pub credential: String,
     pub device: DeviceRecord,
     pub station_id: String,
+    /// When the credential stops being accepted unless renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_expires_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

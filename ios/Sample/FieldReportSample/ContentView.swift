@@ -13,7 +13,30 @@ final class Capture: ObservableObject {
     init() {
         let dir = FileManager.default.urls(for: .applicationSupportDirectory, in: .userDomainMask)[0]
             .appendingPathComponent("fieldreport")
-        store = try? FieldReportStore.open(at: dir)
+        store = (try? Self.storeKey()).flatMap { try? FieldReportStore.open(at: dir, key: $0) }
+    }
+
+    /// The store key, kept in the Keychain for this device only; created
+    /// on first launch. Deleting it after a wipe leaves nothing readable.
+    static func storeKey() throws -> Data {
+        let query: [String: Any] = [
+            kSecClass as String: kSecClassGenericPassword,
+            kSecAttrService as String: "org.fieldreport.store-key",
+            kSecReturnData as String: true,
+        ]
+        var item: CFTypeRef?
+        if SecItemCopyMatching(query as CFDictionary, &item) == errSecSuccess, let data = item as? Data {
+            return data
+        }
+        let key = try generateStoreKey()
+        let add: [String: Any] = [
+            kSecClass as String: kSecClassGenericPassword,
+            kSecAttrService as String: "org.fieldreport.store-key",
+            kSecAttrAccessible as String: kSecAttrAccessibleAfterFirstUnlockThisDeviceOnly,
+            kSecValueData as String: key,
+        ]
+        SecItemAdd(add as CFDictionary, nil)
+        return key
     }
 
     /// Runs a blocking library call off the main actor; errors become a message.

@@ -36,12 +36,17 @@ pub fn valid_sha(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-pub fn enrolled_from_row(record: String, revoked: Option<i64>) -> Result<Enrolled> {
+pub fn enrolled_from_row(
+    record: String,
+    revoked: Option<i64>,
+    credential_expires_at: Option<i64>,
+) -> Result<Enrolled> {
     let record: DeviceRecord = serde_json::from_str(&record)
         .map_err(|_| StationError::Internal("device record".into()))?;
     Ok(Enrolled {
         record,
         revoked: revoked.is_some(),
+        credential_expires_at,
     })
 }
 

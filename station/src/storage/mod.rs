@@ -29,7 +29,13 @@ use crate::error::Result;
 pub struct Enrolled {
     pub record: DeviceRecord,
     pub revoked: bool,
+    /// When the device's credential stops being accepted (ms since epoch).
+    pub credential_expires_at: Option<i64>,
 }
+
+/// How long a device credential is accepted after enrollment or renewal.
+/// An admin extends or ends one with `fieldreport-station credential`.
+pub const CREDENTIAL_LIFETIME_MS: i64 = 180 * 86_400_000;
 
 impl Enrolled {
     pub fn role(&self) -> Role {
@@ -103,6 +109,9 @@ pub trait StationStorage: Send + Sync + 'static {
     async fn authenticate(&self, credential: &str) -> Result<Option<Enrolled>>;
     async fn devices(&self) -> Result<Vec<DeviceRecord>>;
     async fn revoke(&self, device: Uuid) -> Result<bool>;
+    /// Sets when a device's credential expires; false if no such device.
+    async fn set_credential_expiry(&self, device: Uuid, expires_at_ms: i64) -> Result<bool>;
+
     /// Verifies and appends a batch (whole or nothing); idempotent.
     async fn push(&self, changes: Vec<Change>) -> Result<PushOutcome>;
     /// Visible changes after `after`, in log order.

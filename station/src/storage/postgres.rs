@@ -39,7 +39,10 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::common::*;
-use super::{AuditEntry, Counts, Enrolled, ExportMaterial, PullPage, PushOutcome, StationStorage};
+use super::{
+    AuditEntry, Counts, Enrolled, ExportMaterial, PullPage, PushOutcome, StationStorage,
+    CREDENTIAL_LIFETIME_MS,
+};
 use crate::error::{Result, StationError};
 
 /// Numbered schema steps; `schema_version` records how many ran.
@@ -138,6 +141,14 @@ const MIGRATIONS: &[&str] = &[
         FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
     CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
         FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+"#,
+    // 4: credentials expire. Devices enrolled before get 180 days from
+    // enrollment, and at least 30 from this upgrade.
+    r#"
+    ALTER TABLE devices ADD COLUMN credential_expires_at BIGINT;
+    UPDATE devices SET credential_expires_at = GREATEST(
+        enrolled_at + 15552000000,
+        (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT + 2592000000);
 "#,
 ];
 
@@ -605,6 +616,11 @@ impl StationStorage for PostgresStorage {
                 return Err(StationError::Conflict("device_exists", "device id already enrolled".into()));
             }
             tx.execute(
+                "UPDATE devices SET credential_expires_at = $1 WHERE device_id = $2",
+                &[&(now_ms() + CREDENTIAL_LIFETIME_MS), &device_id],
+            )
+            .map_err(db)?;
+            tx.execute(
                 "UPDATE enrollment_codes SET used_at = $1, used_by = $2 WHERE code_hash = $3",
                 &[&now_ms(), &device_id, &digest(&code)],
             )
@@ -621,11 +637,11 @@ impl StationStorage for PostgresStorage {
             let row = i
                 .conn()
                 .query_opt(
-                    "SELECT record, revoked_at FROM devices WHERE credential_hash = $1",
+                    "SELECT record, revoked_at, credential_expires_at FROM devices WHERE credential_hash = $1",
                     &[&h],
                 )
                 .map_err(db)?;
-            row.map(|r| enrolled_from_row(r.get(0), r.get(1)))
+            row.map(|r| enrolled_from_row(r.get(0), r.get(1), r.get(2)))
                 .transpose()
         })
         .await
@@ -655,6 +671,19 @@ impl StationStorage for PostgresStorage {
                 .execute(
                     "UPDATE devices SET revoked_at = $1 WHERE device_id = $2 AND revoked_at IS NULL",
                     &[&now_ms(), &device],
+                )
+                .map_err(db)?
+                > 0)
+        })
+        .await
+    }
+
+    async fn set_credential_expiry(&self, device: Uuid, expires_at_ms: i64) -> Result<bool> {
+        self.blocking(move |i| {
+            Ok(i.conn()
+                .execute(
+                    "UPDATE devices SET credential_expires_at = $1 WHERE device_id = $2",
+                    &[&expires_at_ms, &device],
                 )
                 .map_err(db)?
                 > 0)
@@ -1215,7 +1244,7 @@ impl StationStorage for PostgresStorage {
                     )
                     .map_err(db)?;
                 out.devices.push(DeviceEnrollment {
-                    record: enrolled_from_row(r.get(0), None)?.record,
+                    record: enrolled_from_row(r.get(0), None, None)?.record,
                     enrolled_at: ms_time(Some(r.get(1))),
                     revoked_at: ms_time(r.get(2)),
                 });

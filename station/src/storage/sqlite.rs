@@ -25,7 +25,10 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use uuid::Uuid;
 
 use super::common::*;
-use super::{AuditEntry, Counts, Enrolled, ExportMaterial, PullPage, PushOutcome, StationStorage};
+use super::{
+    AuditEntry, Counts, Enrolled, ExportMaterial, PullPage, PushOutcome, StationStorage,
+    CREDENTIAL_LIFETIME_MS,
+};
 use crate::error::{Result, StationError};
 
 const DB_FILE: &str = "station.db";
@@ -123,6 +126,14 @@ const MIGRATIONS: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#,
+    // 4: credentials expire. Devices enrolled before get 180 days from
+    // enrollment, and at least 30 from this upgrade.
+    r#"
+    ALTER TABLE devices ADD COLUMN credential_expires_at INTEGER;
+    UPDATE devices SET credential_expires_at = max(
+        enrolled_at + 15552000000,
+        CAST(strftime('%s', 'now') AS INTEGER) * 1000 + 2592000000);
 "#,
 ];
 
@@ -354,6 +365,10 @@ impl StationStorage for SqliteStorage {
                     now_ms()
                 ],
             )?;
+            tx.execute(
+                "UPDATE devices SET credential_expires_at = ?1 WHERE device_id = ?2",
+                params![now_ms() + CREDENTIAL_LIFETIME_MS, device_id.as_bytes().as_slice()],
+            )?;
             if inserted == 0 {
                 return Err(StationError::Conflict("device_exists", "device id already enrolled".into()));
             }
@@ -370,15 +385,15 @@ impl StationStorage for SqliteStorage {
     async fn authenticate(&self, credential: &str) -> Result<Option<Enrolled>> {
         let h = digest(credential);
         self.blocking(move |i| {
-            let row: Option<(String, Option<i64>)> = i
+            let row: Option<(String, Option<i64>, Option<i64>)> = i
                 .reader()
                 .query_row(
-                    "SELECT record, revoked_at FROM devices WHERE credential_hash = ?1",
+                    "SELECT record, revoked_at, credential_expires_at FROM devices WHERE credential_hash = ?1",
                     [h],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
-            row.map(|(rec, rev)| enrolled_from_row(rec, rev))
+            row.map(|(rec, rev, exp)| enrolled_from_row(rec, rev, exp))
                 .transpose()
         })
         .await
@@ -403,6 +418,16 @@ impl StationStorage for SqliteStorage {
             Ok(lock(&i.writer).execute(
                 "UPDATE devices SET revoked_at = ?1 WHERE device_id = ?2 AND revoked_at IS NULL",
                 params![now_ms(), device.as_bytes().as_slice()],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn set_credential_expiry(&self, device: Uuid, expires_at_ms: i64) -> Result<bool> {
+        self.blocking(move |i| {
+            Ok(lock(&i.writer).execute(
+                "UPDATE devices SET credential_expires_at = ?1 WHERE device_id = ?2",
+                params![expires_at_ms, device.as_bytes().as_slice()],
             )? > 0)
         })
         .await
@@ -876,7 +901,7 @@ impl StationStorage for SqliteStorage {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     })?;
                 out.devices.push(DeviceEnrollment {
-                    record: enrolled_from_row(record, None)?.record,
+                    record: enrolled_from_row(record, None, None)?.record,
                     enrolled_at: ms_time(Some(enrolled)),
                     revoked_at: ms_time(revoked),
                 });

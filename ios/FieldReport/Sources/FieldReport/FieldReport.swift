@@ -42,9 +42,15 @@ final class ClosureEventListener: EventListener, @unchecked Sendable {
 }
 
 extension FieldReportStore {
-    /// Opens (creating if needed) the store in a directory.
-    public static func open(at url: URL) throws -> FieldReportStore {
-        try FieldReportStore.open(dir: url.path)
+    /// Opens (creating if needed) the store in a directory, encrypted with
+    /// `key` (32 bytes: keep them in the Keychain).
+    public static func open(at url: URL, key: Data) throws -> FieldReportStore {
+        try FieldReportStore.open(dir: url.path, key: key)
+    }
+
+    /// A media file's bytes, decrypted (a photo: one call).
+    public func mediaBytes(_ sha256: String) throws -> Data {
+        try readMedia(sha256: sha256, offset: 0, length: UInt32.max)
     }
 
     /// Sets a field; `value` may be a literal (`"text"`, `true`, `nil`).

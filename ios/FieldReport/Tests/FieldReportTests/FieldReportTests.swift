@@ -15,8 +15,10 @@ final class FieldReportTests: XCTestCase {
         try? FileManager.default.removeItem(at: tmp)
     }
 
+    let key = try! generateStoreKey()
+
     func store(_ name: String) throws -> FieldReportStore {
-        try FieldReportStore.open(at: tmp.appendingPathComponent(name))
+        try FieldReportStore.open(at: tmp.appendingPathComponent(name), key: key)
     }
 
     func photo(bytes: Int, seed: UInt64) throws -> URL {
@@ -69,7 +71,8 @@ final class FieldReportTests: XCTestCase {
         let media = try tablet.report(reportId: r).media
         XCTAssertEqual(media.count, 1)
         XCTAssertEqual(media[0].sha256, attached.sha256)
-        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: media[0].localPath!)), try Data(contentsOf: img))
+        XCTAssertTrue(media[0].storedLocally)
+        XCTAssertEqual(try tablet.mediaBytes(media[0].sha256!), try Data(contentsOf: img))
 
         // Concurrent offline edits of one field.
         try phone.set(r, badge, "4471")
@@ -131,6 +134,19 @@ final class FieldReportTests: XCTestCase {
         // A refused call changed nothing.
         XCTAssertNil(try s.field(reportId: r, path: "narrative"))
         XCTAssertTrue(try s.report(reportId: r).media.isEmpty)
+        // Sign out and wipe refuses while work is unsynced.
+        XCTAssertThrowsError(try s.wipe(force: false)) { e in
+            guard case let FieldReportError.UnsyncedWork(changes, _) = e, changes >= 1 else { return XCTFail("\(e)") }
+        }
+        // The wrong key is a typed error.
+        XCTAssertThrowsError(try FieldReportStore.open(at: tmp.appendingPathComponent("a"), key: try generateStoreKey())) { e in
+            guard case FieldReportError.WrongKey = e else { return XCTFail("\(e)") }
+        }
+        _ = try s.wipe(force: true)
+        XCTAssertThrowsError(try s.createReport()) { e in
+            guard case FieldReportError.Wiped = e else { return XCTFail("\(e)") }
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: tmp.appendingPathComponent("a").path))
     }
 
     func testPanicInRustArrivesAsSwiftError() throws {

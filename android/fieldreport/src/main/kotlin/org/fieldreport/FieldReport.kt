@@ -18,9 +18,16 @@ import org.fieldreport.ffi.SyncListener
 import org.fieldreport.ffi.SyncProgress
 import org.fieldreport.ffi.SyncSummary
 
-/** Opens the store in [dir], runs [block] and closes the store. */
-inline fun <T> withStore(dir: File, block: (FieldReportStore) -> T): T =
-    FieldReportStore.open(dir.path).use(block)
+/**
+ * Opens the store in [dir], encrypted with [key] (32 bytes: keep them
+ * wrapped by an Android Keystore key), runs [block] and closes the store.
+ */
+inline fun <T> withStore(dir: File, key: ByteArray, block: (FieldReportStore) -> T): T =
+    FieldReportStore.open(dir.path, key).use(block)
+
+/** A media file's bytes, decrypted (a photo: one call). */
+fun FieldReportStore.mediaBytes(sha256: String): ByteArray =
+    readMedia(sha256, 0uL, UInt.MAX_VALUE)
 
 /** A [FieldValue] from a plain Kotlin value. */
 fun fieldValue(value: Any?): FieldValue = when (value) {

@@ -32,7 +32,9 @@ class FieldReportTest {
         tmp.deleteRecursively()
     }
 
-    private fun store(name: String) = FieldReportStore.open(File(tmp, name).path)
+    private val key = generateStoreKey()
+
+    private fun store(name: String) = FieldReportStore.open(File(tmp, name).path, key)
 
     private fun photo(bytes: Int, seed: Int): File =
         File(tmp, "photo-$seed.jpg").apply { writeBytes(Random(seed).nextBytes(bytes)) }
@@ -77,7 +79,16 @@ class FieldReportTest {
                     assertEquals(phone.report(r).json, tablet.report(r).json)
                     val media = tablet.report(r).media.single()
                     assertEquals(attached.sha256, media.sha256)
-                    assertArrayEquals(img.readBytes(), File(media.localPath!!).readBytes())
+                    assertTrue(media.storedLocally)
+                    assertArrayEquals(img.readBytes(), tablet.mediaBytes(media.sha256!!))
+                    // Encrypted on disk: the photo's bytes are nowhere in the store.
+                    val head = img.readBytes().copyOfRange(1000, 1032)
+                    File(tmp, "tablet").walk().filter { it.isFile }.forEach { f ->
+                        val b = f.readBytes()
+                        assertTrue("${f.name} holds photo bytes", (0..b.size - head.size).none { i ->
+                            b.copyOfRange(i, i + head.size).contentEquals(head)
+                        })
+                    }
 
                     // Concurrent offline edits of one field.
                     phone.set(r, badge, "4471")
@@ -132,7 +143,23 @@ class FieldReportTest {
             // A refused call changed nothing.
             assertNull(s.field(r, "narrative"))
             assertTrue(s.report(r).media.isEmpty())
+            // Sign out and wipe refuses while work is unsynced.
+            val unsynced = assertThrows(FieldReportException.UnsyncedWork::class.java) { s.wipe(false) }
+            assertTrue(unsynced.changes >= 1uL)
         }
+        // The wrong key and a short key are typed errors; the store is intact.
+        assertThrows(FieldReportException.WrongKey::class.java) {
+            FieldReportStore.open(File(tmp, "a").path, generateStoreKey())
+        }
+        assertThrows(FieldReportException.InvalidInput::class.java) {
+            FieldReportStore.open(File(tmp, "a").path, ByteArray(16))
+        }
+        store("a").use { s ->
+            assertEquals(1, s.listReports(null, 10u, null).size)
+            s.wipe(true)
+            assertThrows(FieldReportException.Wiped::class.java) { s.createReport() }
+        }
+        assertFalse(File(tmp, "a").exists())
     }
 
     @Test

@@ -41,7 +41,7 @@ class MainActivity : AppCompatActivity() {
         super.onCreate(savedInstanceState)
         setContentView(R.layout.activity_main)
         // App-private storage; the store is opened once per process.
-        store = FieldReportStore.open(File(filesDir, "fieldreport").path)
+        store = FieldReportStore.open(File(filesDir, "fieldreport").path, StoreKey.get(this))
 
         findViewById<Button>(R.id.enroll).setOnClickListener {
             val url = findViewById<EditText>(R.id.station).text.toString()
