@@ -8,6 +8,8 @@
 #
 #   apt:   qpdf, poppler-utils (pdftotext)   evidence PDF checks
 #          chromium                          dashboard browser test
+#          sqlite3                           the stock tool must fail to
+#                                            open an encrypted store
 #   npm:   playwright-core (under ~/.cache/fieldreport/playwright)
 #   PyPI:  bagit (bagit.py --validate)       evidence bag checks, and
 #          schemathesis                      API fuzzing, in a venv under
@@ -40,6 +42,7 @@ command -v qpdf >/dev/null || apt_missing+=(qpdf)
 command -v pdftotext >/dev/null || apt_missing+=(poppler-utils)
 python3 -c 'import ensurepip, venv' 2>/dev/null || apt_missing+=(python3-venv)
 command -v chromium >/dev/null || apt_missing+=(chromium)
+command -v sqlite3 >/dev/null || apt_missing+=(sqlite3)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "== installing from apt: ${apt_missing[*]}"
   as_root apt-get update -q

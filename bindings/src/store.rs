@@ -238,8 +238,7 @@ impl FieldReportStore {
             let length = length.min(MAX_MEDIA_READ) as usize;
             let mut r = self.store.media().open_reader(&sha256)?;
             let start = offset.min(r.size());
-            r.seek(SeekFrom::Start(start))
-                .map_err(|e| CoreError::from(e))?;
+            r.seek(SeekFrom::Start(start)).map_err(CoreError::from)?;
             let mut out = Vec::with_capacity(length.min((r.size() - start) as usize));
             r.take(length as u64)
                 .read_to_end(&mut out)

@@ -200,8 +200,11 @@ pub async fn audit_layer(
         .unwrap_or_else(|| "unrouted".into());
     let target = req.uri().path().chars().take(200).collect::<String>();
     if target.starts_with("/dashboard") {
-        if let Some(who) = crate::dashboard::session_actor(&s, req.headers()) {
+        if let Some((who, idle)) = crate::dashboard::session_actor(&s, req.headers()) {
             actor.set(who);
+            if idle {
+                actor.note("session ended: idle");
+            }
         }
     }
     let resp = next.run(req).await;

@@ -257,7 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             };
             let cfg = storage.config(env)?;
             let storage = cfg.open_storage_async().await?;
-            crate::dashboard::users::create_account(
+            let account = crate::dashboard::users::create_account(
                 storage.as_ref(),
                 &name,
                 &star,
@@ -266,7 +266,16 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             )
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+            admin_audit_text(
+                storage.as_ref(),
+                "dashboard account made",
+                account.device_id,
+            )
+            .await?;
             println!("dashboard account ready: sign in at /dashboard with star number {star}");
+            println!("second factor: add this to the supervisor's authenticator app (shown once):");
+            println!("{}", crate::dashboard::users::totp_uri(&account));
+            println!("secret: {}", account.totp_secret);
         }
         Command::Revoke { storage, device } => {
             let cfg = storage.config(env)?;
@@ -389,6 +398,14 @@ fn progress_bar() -> indicatif::ProgressBar {
             .progress_chars("=> "),
     );
     bar
+}
+
+async fn admin_audit_text(
+    storage: &dyn crate::storage::StationStorage,
+    action: &str,
+    device: uuid::Uuid,
+) -> anyhow::Result<()> {
+    admin_audit(storage, action, device, true).await
 }
 
 /// Records an administrator's command in the audit log.

@@ -120,7 +120,7 @@ pub async fn run(keep_running: bool, data: Option<PathBuf>) -> anyhow::Result<()
     let mut pw = [0u8; 9];
     getrandom::fill(&mut pw).map_err(|_| anyhow::anyhow!("no randomness"))?;
     let password = hex::encode(pw);
-    crate::dashboard::users::create_account(
+    let account = crate::dashboard::users::create_account(
         storage_dyn.as_ref(),
         &sgt.name,
         &sgt.star_number,
@@ -130,8 +130,10 @@ pub async fn run(keep_running: bool, data: Option<PathBuf>) -> anyhow::Result<()
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!(
-        "11. {} can sign in to the supervisor dashboard at {url}/dashboard (star {}, password {password}): live inbox, the report with its kept conflict, return / approve / refer, 30-day reviews. The public record of counts is at {url}/public.",
-        sgt.name, sgt.star_number
+        "11. {} can sign in to the supervisor dashboard at {url}/dashboard (star {}, password {password}, and a code from an authenticator app set up with {}): live inbox, the report with its kept conflict, return / approve / refer, 30-day reviews. The public record of counts is at {url}/public.",
+        sgt.name,
+        sgt.star_number,
+        crate::dashboard::users::totp_uri(&account)
     );
     if !kept {
         println!("    (the demo's files are removed at exit; `demo --data DIR` keeps them)");

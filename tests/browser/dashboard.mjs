@@ -30,6 +30,8 @@ try {
   await page.fill('input[name=star]', process.env.FR_STAR);
   step = "await page.fill('input[name=password]', 'not the password');";
   await page.fill('input[name=password]', 'not the password');
+  step = "await page.fill('input[name=code]', '000000');";
+  await page.fill('input[name=code]', '000000');
   step = 'await page.click(\'button:has-text("Sign in")\');';
   await page.click('button:has-text("Sign in")');
   step = "await page.getByRole('alert').filter({ hasText: 'not recognised' }).wa";
@@ -39,6 +41,8 @@ try {
   await page.fill('input[name=star]', process.env.FR_STAR);
   step = "await page.fill('input[name=password]', process.env.FR_PASSWORD);";
   await page.fill('input[name=password]', process.env.FR_PASSWORD);
+  step = "await page.fill('input[name=code]', process.env.FR_CODE);";
+  await page.fill('input[name=code]', process.env.FR_CODE);
   step = 'await page.click(\'button:has-text("Sign in")\');';
   await page.click('button:has-text("Sign in")');
   step = "await page.getByRole('heading', { name: 'Inbox' }).waitFor({ timeout: ";

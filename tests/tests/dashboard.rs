@@ -17,7 +17,8 @@ use reqwest::redirect::Policy;
 
 const PASSWORD: &str = "correct horse battery staple";
 
-fn account(st: &TestStation, star: &str, unit: &str) {
+/// Makes an account; its TOTP secret.
+fn account(st: &TestStation, star: &str, unit: &str) -> String {
     st.rt
         .block_on(create_account(
             st.storage.as_ref(),
@@ -26,7 +27,16 @@ fn account(st: &TestStation, star: &str, unit: &str) {
             unit,
             PASSWORD,
         ))
-        .unwrap();
+        .unwrap()
+        .totp_secret
+}
+
+/// The current code of an authenticator app holding `secret`.
+fn code(secret: &str) -> String {
+    fieldreport_station::dashboard::users::totp(secret)
+        .unwrap()
+        .generate_current()
+        .unwrap()
 }
 
 fn client() -> Client {
@@ -34,10 +44,10 @@ fn client() -> Client {
 }
 
 /// Signs in; the session cookie.
-fn sign_in(st: &TestStation, star: &str, password: &str) -> Option<String> {
+fn sign_in(st: &TestStation, star: &str, password: &str, code: &str) -> Option<String> {
     let resp = client()
         .post(format!("{}/dashboard/login", st.url))
-        .form(&[("star", star), ("password", password)])
+        .form(&[("star", star), ("password", password), ("code", code)])
         .send()
         .unwrap();
     if resp.status().as_u16() != 303 {
@@ -81,7 +91,7 @@ fn ready_report(d: &Device) -> uuid::Uuid {
 #[test]
 fn sign_in_sessions_and_actions_over_http() {
     let st = TestStation::start();
-    account(&st, "900", "D9");
+    let secret = account(&st, "900", "D9");
     let officer = st.device(&person("O", "101", Role::Officer, "D9"), None);
     let r = ready_report(&officer);
     officer.sync();
@@ -109,10 +119,10 @@ fn sign_in_sessions_and_actions_over_http() {
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
-    assert_eq!(sign_in(&st, "900", "wrong password!"), None);
-    assert_eq!(sign_in(&st, "999", PASSWORD), None);
+    assert_eq!(sign_in(&st, "900", "wrong password!", &code(&secret)), None);
+    assert_eq!(sign_in(&st, "999", PASSWORD, &code(&secret)), None);
 
-    let cookie = sign_in(&st, "900", PASSWORD).unwrap();
+    let cookie = sign_in(&st, "900", PASSWORD, &code(&secret)).unwrap();
     let get = |path: &str| {
         client()
             .get(format!("{}{path}", st.url))
@@ -168,8 +178,8 @@ fn sign_in_sessions_and_actions_over_http() {
     let tar = get(&format!("/dashboard/reports/{r}/export"));
     assert_eq!(tar.status().as_u16(), 200);
     assert!(tar.bytes().unwrap().len() > 1024);
-    account(&st, "800", "D2");
-    let other = sign_in(&st, "800", PASSWORD).unwrap();
+    let other_secret = account(&st, "800", "D2");
+    let other = sign_in(&st, "800", PASSWORD, &code(&other_secret)).unwrap();
     let resp = client()
         .get(format!("{}/dashboard/reports/{r}", st.url))
         .header("cookie", &other)
@@ -211,7 +221,7 @@ fn supervisor_journey_in_headless_chromium() {
     };
     let Some(pw) = playwright_dir() else { return };
     let st = TestStation::start();
-    account(&st, "900", "D9");
+    let secret = account(&st, "900", "D9");
     let officer = st.device(&person("Officer K. Test", "101", Role::Officer, "D9"), None);
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -227,6 +237,7 @@ fn supervisor_journey_in_headless_chromium() {
         .env("FR_URL", &st.url)
         .env("FR_STAR", "900")
         .env("FR_PASSWORD", PASSWORD)
+        .env("FR_CODE", code(&secret))
         .env("FR_SCREENSHOT", &shot)
         .env("FR_CHROMIUM", &chromium)
         .stdin(Stdio::piped())

@@ -44,10 +44,98 @@ struct Session {
     last_seen: Instant,
 }
 
-#[derive(Default)]
 pub struct Dashboard {
     sessions: Mutex<HashMap<String, Session>>,
+    /// `IDLE_TIMEOUT`, or `FIELDREPORT_DASHBOARD_IDLE_SECONDS` when set
+    /// (shorter for kiosks; the tests use it to see a session end).
+    idle_timeout: Duration,
     stores: users::Stores,
+    /// Failed sign-ins per star number (also unknown ones, so a locked-out
+    /// answer does not reveal which exist), and the last TOTP step used
+    /// per account, so a code works once.
+    attempts: Mutex<HashMap<String, Attempts>>,
+}
+
+impl Default for Dashboard {
+    fn default() -> Self {
+        let idle_timeout = std::env::var("FIELDREPORT_DASHBOARD_IDLE_SECONDS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs)
+            .unwrap_or(IDLE_TIMEOUT);
+        Dashboard {
+            sessions: Mutex::default(),
+            idle_timeout,
+            stores: users::Stores::default(),
+            attempts: Mutex::default(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Attempts {
+    failures: u32,
+    locked_until: Option<Instant>,
+    last_totp_step: u64,
+}
+
+/// Failed sign-ins in a row that lock an account (CJIS 5.5.3).
+pub const MAX_FAILURES: u32 = 5;
+/// How long a locked account stays locked.
+pub const LOCKOUT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+/// Star numbers tracked at most; beyond it, the oldest unlocked go.
+const MAX_TRACKED: usize = 10_000;
+
+impl Dashboard {
+    fn attempts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Attempts>> {
+        self.attempts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn locked(&self, star: &str, now: Instant) -> bool {
+        self.attempts()
+            .get(star)
+            .and_then(|a| a.locked_until)
+            .is_some_and(|t| now < t)
+    }
+
+    /// Counts a failure; true when it locks the account.
+    fn fail(&self, star: &str, now: Instant) -> bool {
+        let mut all = self.attempts();
+        if all.len() >= MAX_TRACKED && !all.contains_key(star) {
+            all.retain(|_, a| a.locked_until.is_some_and(|t| t > now));
+        }
+        let a = all.entry(star.to_string()).or_default();
+        if a.locked_until.is_some_and(|t| now >= t) {
+            // A lock that ran out starts a fresh count.
+            a.failures = 0;
+            a.locked_until = None;
+        }
+        a.failures += 1;
+        if a.failures >= MAX_FAILURES {
+            a.locked_until = Some(now + LOCKOUT);
+            return true;
+        }
+        false
+    }
+
+    fn succeeded(&self, star: &str) {
+        if let Some(a) = self.attempts().get_mut(star) {
+            a.failures = 0;
+            a.locked_until = None;
+        }
+    }
+
+    /// Marks a TOTP step used; false if it (or a later one) already was.
+    fn use_totp_step(&self, star: &str, step: u64) -> bool {
+        let mut all = self.attempts();
+        let a = all.entry(star.to_string()).or_default();
+        if step <= a.last_totp_step {
+            return false;
+        }
+        a.last_totp_step = step;
+        true
+    }
 }
 
 pub fn routes() -> Router<AppState> {
@@ -90,7 +178,8 @@ async fn supervisor(s: &AppState, headers: &HeaderMap) -> Option<Supervisor> {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        sessions.retain(|_, v| now.duration_since(v.last_seen) < IDLE_TIMEOUT);
+        let idle = s.dashboard.idle_timeout;
+        sessions.retain(|_, v| now.duration_since(v.last_seen) < idle);
         let session = sessions.get_mut(&token)?;
         session.last_seen = now;
         session.star_number.clone()
@@ -106,21 +195,27 @@ async fn supervisor(s: &AppState, headers: &HeaderMap) -> Option<Supervisor> {
 
 /// The account device behind a request's session, for the audit log
 /// (without touching the session's idle clock).
-pub fn session_actor(s: &AppState, headers: &HeaderMap) -> Option<String> {
+/// and whether that session has just ended for being idle (the request is
+/// then refused).
+pub fn session_actor(s: &AppState, headers: &HeaderMap) -> Option<(String, bool)> {
     let token = cookie(headers)?;
-    let star = s
-        .dashboard
-        .sessions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&token)?
-        .star_number
-        .clone();
+    let (star, idle) = {
+        let sessions = s
+            .dashboard
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let session = sessions.get(&token)?;
+        (
+            session.star_number.clone(),
+            session.last_seen.elapsed() >= s.dashboard.idle_timeout,
+        )
+    };
     users::load(&users::dashboard_dir(s.storage.as_ref()))
         .ok()?
         .into_iter()
         .find(|a| a.star_number == star)
-        .map(|a| a.device_id.to_string())
+        .map(|a| (a.device_id.to_string(), idle))
 }
 
 async fn audit_sign_in(s: &AppState, account: Option<&Account>, outcome: &str) {
@@ -201,6 +296,7 @@ fn login_form(error: &str) -> String {
         "<section><h1>Sign in</h1>{}<form method=post action=\"/dashboard/login\" class=action>\
          <label>Star number<input name=star autocomplete=username required></label>\
          <label>Password<input name=password type=password autocomplete=current-password required></label>\
+         <label>Code from your authenticator app<input name=code inputmode=numeric autocomplete=one-time-code pattern=\"[0-9 ]{{6,7}}\" required></label>\
          <button>Sign in</button></form></section>",
         if error.is_empty() {
             String::new()
@@ -214,37 +310,78 @@ fn login_form(error: &str) -> String {
 struct LoginForm {
     star: String,
     password: String,
+    #[serde(default)]
+    code: String,
 }
 
 async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Response> {
+    let star = f.star.trim().to_string();
     let dir = users::dashboard_dir(s.storage.as_ref());
     let account = users::load(&dir)?
         .into_iter()
-        .find(|a| a.star_number == f.star.trim());
+        .find(|a| a.star_number == star);
+    let refused = |status: StatusCode, message: &str| {
+        (status, page("Sign in", None, &login_form(message))).into_response()
+    };
+    // Locked: refused before any check, so guessing gets nowhere.
+    if s.dashboard.locked(&star, Instant::now()) {
+        audit_sign_in(&s, account.as_ref(), "refused: locked out").await;
+        tracing::warn!("dashboard sign-in refused: locked out");
+        return Ok(refused(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed attempts. Try again in 10 minutes.",
+        ));
+    }
     // Verify against a real hash either way, so timing does not reveal
     // whether the account exists.
     let hash = account.as_ref().map(|a| a.password_hash.clone());
     let password = f.password;
-    let ok = tokio::task::spawn_blocking(move || {
+    let password_ok = tokio::task::spawn_blocking(move || {
         users::password_matches(&hash.unwrap_or_else(dummy_hash), &password)
     })
     .await
     .unwrap_or(false);
-    if !ok {
-        audit_sign_in(&s, account.as_ref(), "refused").await;
-    }
-    let Some(account) = account.filter(|_| ok) else {
-        tracing::warn!("dashboard sign-in refused");
-        return Ok((
-            StatusCode::UNAUTHORIZED,
-            page(
-                "Sign in",
-                None,
-                &login_form("Star number or password not recognised."),
-            ),
-        )
-            .into_response());
+    let code: String = f.code.chars().filter(|c| !c.is_whitespace()).collect();
+    let totp_step = account
+        .as_ref()
+        .and_then(|a| users::totp(&a.totp_secret))
+        .and_then(|t| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_secs();
+            // The step the code belongs to (drift of one step allowed).
+            [now, now.saturating_sub(30), now + 30]
+                .into_iter()
+                .find(|t2| t.generate(*t2) == code)
+                .map(|t2| t2 / 30)
+        });
+    let outcome = match (&account, password_ok, totp_step) {
+        (None, _, _) => Err("refused: unknown account"),
+        (Some(_), false, _) => Err("refused: wrong password"),
+        (Some(a), true, _) if a.totp_secret.is_empty() => Err("refused: no second factor set up"),
+        (Some(_), true, None) => Err("refused: wrong second factor"),
+        (Some(_), true, Some(step)) if !s.dashboard.use_totp_step(&star, step) => {
+            Err("refused: second factor code already used")
+        }
+        (Some(_), true, Some(_)) => Ok(()),
     };
+    if let Err(why) = outcome {
+        let locked_now = s.dashboard.fail(&star, Instant::now());
+        audit_sign_in(&s, account.as_ref(), why).await;
+        if locked_now {
+            audit_sign_in(&s, account.as_ref(), "locked out for 10 minutes").await;
+        }
+        tracing::warn!("dashboard sign-in refused");
+        return Ok(refused(
+            StatusCode::UNAUTHORIZED,
+            "Star number, password or code not recognised.",
+        ));
+    }
+    let Some(account) = account else {
+        return Err(StationError::Internal("sign-in".into()));
+    };
+    s.dashboard.succeeded(&star);
     let mut token = [0u8; 32];
     getrandom::fill(&mut token).map_err(|_| StationError::Internal("no randomness".into()))?;
     let token = hex::encode(token);
@@ -788,4 +925,40 @@ async fn export(
         bytes,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_failures_lock_for_ten_minutes_then_count_afresh() {
+        let d = Dashboard::default();
+        let t0 = Instant::now();
+        for i in 1..MAX_FAILURES {
+            assert!(!d.fail("1234", t0), "failure {i} locked");
+            assert!(!d.locked("1234", t0));
+        }
+        assert!(d.fail("1234", t0), "the fifth failure locks");
+        assert!(d.locked("1234", t0));
+        assert!(d.locked("1234", t0 + LOCKOUT - std::time::Duration::from_secs(1)));
+        assert!(!d.locked("other", t0), "other accounts are not locked");
+        assert!(
+            !d.locked("1234", t0 + LOCKOUT),
+            "the lock ends after 10 minutes"
+        );
+        // After the lock: a fresh count, not an instant relock.
+        assert!(!d.fail("1234", t0 + LOCKOUT));
+        assert!(!d.locked("1234", t0 + LOCKOUT));
+        // A success resets the count.
+        d.succeeded("1234");
+        for _ in 1..MAX_FAILURES {
+            assert!(!d.fail("1234", t0 + LOCKOUT));
+        }
+        // A code's step works once, and not an older one after it.
+        assert!(d.use_totp_step("1234", 100));
+        assert!(!d.use_totp_step("1234", 100));
+        assert!(!d.use_totp_step("1234", 99));
+        assert!(d.use_totp_step("1234", 101));
+    }
 }

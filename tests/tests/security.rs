@@ -1,0 +1,243 @@
+//! Station security, end to end on both engines: a revoked device and an
+//! expired credential are refused (and nothing the phone holds is lost),
+//! a wrong second factor, a replayed code, five failures (lockout) and an
+//! idle session are refused, and each refusal is in the audit log.
+
+use fieldreport_core::{Error, Role, Value};
+use fieldreport_e2e::*;
+use fieldreport_station::dashboard::users::{create_account, totp};
+use fieldreport_station::storage::AuditEntry;
+use reqwest::blocking::Client;
+use reqwest::redirect::Policy;
+
+fn log(st: &TestStation) -> Vec<AuditEntry> {
+    st.rt.block_on(st.storage.audit_log(0, 100_000)).unwrap()
+}
+
+fn has(st: &TestStation, actor: &str, action: &str, outcome: &str) -> bool {
+    log(st)
+        .iter()
+        .any(|e| e.actor == actor && e.action == action && e.outcome == outcome)
+}
+
+fn try_sync(d: &Device) -> Result<fieldreport_core::sync::SyncReport, Error> {
+    d.client.sync(
+        &d.store,
+        &fieldreport_core::sync::NoProgress,
+        &Default::default(),
+    )
+}
+
+#[test]
+fn revoked_device_and_expired_credential_are_refused_and_audited() {
+    let st = TestStation::start();
+    let lost = st.device(&person("Officer Lost", "72001", Role::Officer, "D9"), None);
+    let old = st.device(&person("Officer Old", "72002", Role::Officer, "D9"), None);
+    let lost_id = lost.store.identity().unwrap().device_id;
+    let old_id = old.store.identity().unwrap().device_id;
+    lost.sync();
+    old.sync();
+
+    // A lost phone is revoked: its pushes and pulls are refused.
+    assert!(st.rt.block_on(st.storage.revoke(lost_id)).unwrap());
+    let r = lost.store.create_report().unwrap();
+    assert!(matches!(try_sync(&lost), Err(Error::Unauthorized)));
+    assert_eq!(lost.store.outbox_len().unwrap(), 1, "nothing marked sent");
+    let http = Client::new();
+    for path in ["/v1/changes?after=0", "/v1/devices"] {
+        let resp = http
+            .get(format!("{}{path}", st.url))
+            .bearer_auth(lost.credential())
+            .send()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{path}");
+    }
+    assert!(has(
+        &st,
+        &lost_id.to_string(),
+        "GET /v1/changes",
+        "401 device revoked"
+    ));
+    assert!(has(
+        &st,
+        &lost_id.to_string(),
+        "GET /v1/devices",
+        "401 device revoked"
+    ));
+    // The station holds none of what the revoked phone wrote.
+    let sup = st.device(&person("Sgt Sec", "72009", Role::Supervisor, "D9"), None);
+    sup.sync();
+    assert!(sup.store.report(r).is_err());
+
+    // An expired credential: refused until an admin extends it, and then
+    // the change made meanwhile goes through (nothing was lost).
+    let now = chrono::Utc::now().timestamp_millis();
+    assert!(st
+        .rt
+        .block_on(st.storage.set_credential_expiry(old_id, now - 1))
+        .unwrap());
+    let r2 = old.store.create_report().unwrap();
+    old.store
+        .set_field(r2, "narrative", Value::Text("kept while expired".into()))
+        .unwrap();
+    assert!(matches!(try_sync(&old), Err(Error::Unauthorized)));
+    assert!(has(
+        &st,
+        &old_id.to_string(),
+        "GET /v1/devices",
+        "401 credential expired"
+    ));
+    assert!(st
+        .rt
+        .block_on(st.storage.set_credential_expiry(old_id, now + 86_400_000))
+        .unwrap());
+    let report = try_sync(&old).unwrap();
+    assert_eq!(report.pushed, 2);
+    assert_eq!(old.store.outbox_len().unwrap(), 0);
+    // An unknown credential is refused and noted too.
+    let resp = http
+        .get(format!("{}/v1/devices", st.url))
+        .bearer_auth("not-a-credential")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert!(has(
+        &st,
+        "anonymous",
+        "GET /v1/devices",
+        "401 unknown credential"
+    ));
+}
+
+fn client() -> Client {
+    Client::builder().redirect(Policy::none()).build().unwrap()
+}
+
+fn sign_in(st: &TestStation, star: &str, password: &str, code: &str) -> (u16, Option<String>) {
+    let resp = client()
+        .post(format!("{}/dashboard/login", st.url))
+        .form(&[("star", star), ("password", password), ("code", code)])
+        .send()
+        .unwrap();
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .map(|c| c.to_str().unwrap().split(';').next().unwrap().to_string());
+    (resp.status().as_u16(), cookie)
+}
+
+const PASSWORD: &str = "a long dashboard password";
+
+#[test]
+fn second_factor_lockout_and_idle_sessions() {
+    // Sessions end after 2 idle seconds in this test (30 minutes by default).
+    std::env::set_var("FIELDREPORT_DASHBOARD_IDLE_SECONDS", "2");
+    let st = TestStation::start();
+    let account = st
+        .rt
+        .block_on(create_account(
+            st.storage.as_ref(),
+            "Sgt Twofactor",
+            "73009",
+            "D9",
+            PASSWORD,
+        ))
+        .unwrap();
+    let actor = account.device_id.to_string();
+    let t = totp(&account.totp_secret).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let current = t.generate(now);
+    let wrong = format!(
+        "{:06}",
+        (current.parse::<u32>().unwrap() + 500_000) % 1_000_000
+    );
+    let stale = t.generate(now - 300);
+
+    // The right password with a wrong or stale code is refused.
+    assert_eq!(sign_in(&st, "73009", PASSWORD, &wrong).0, 401);
+    assert_eq!(sign_in(&st, "73009", PASSWORD, &stale).0, 401);
+    assert!(has(
+        &st,
+        &actor,
+        "POST /dashboard/login",
+        "refused: wrong second factor"
+    ));
+    // Both factors: signed in.
+    let (status, cookie) = sign_in(&st, "73009", PASSWORD, &current);
+    assert_eq!(status, 303);
+    let cookie = cookie.unwrap();
+    // The same code again (someone who watched it typed) is refused.
+    assert_eq!(sign_in(&st, "73009", PASSWORD, &current).0, 401);
+    assert!(has(
+        &st,
+        &actor,
+        "POST /dashboard/login",
+        "refused: second factor code already used"
+    ));
+
+    // Idle: the session works, then ends after the idle time.
+    let inbox = |cookie: &str| {
+        client()
+            .get(format!("{}/dashboard", st.url))
+            .header("cookie", cookie)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(inbox(&cookie), 200);
+    std::thread::sleep(std::time::Duration::from_millis(2_300));
+    assert_eq!(inbox(&cookie), 303, "an idle session still works");
+    assert!(has(
+        &st,
+        &actor,
+        "GET /dashboard",
+        "303 session ended: idle"
+    ));
+
+    // Lockout: the success reset the count, the replay made 1; 4 more lock
+    // the account, and then even the right password and a fresh code are
+    // refused.
+    for i in 1..=4 {
+        let (status, _) = sign_in(&st, "73009", &format!("wrong password {i}"), &wrong);
+        assert_eq!(status, 401, "failure {i}");
+    }
+    let next = t.generate(now + 30);
+    assert_eq!(sign_in(&st, "73009", PASSWORD, &next).0, 429);
+    assert!(has(
+        &st,
+        &actor,
+        "POST /dashboard/login",
+        "locked out for 10 minutes"
+    ));
+    assert!(has(
+        &st,
+        &actor,
+        "POST /dashboard/login",
+        "refused: locked out"
+    ));
+    // Another account is not locked by it.
+    let other = st
+        .rt
+        .block_on(create_account(
+            st.storage.as_ref(),
+            "Sgt Other",
+            "73010",
+            "D9",
+            PASSWORD,
+        ))
+        .unwrap();
+    let code = totp(&other.totp_secret).unwrap().generate(now);
+    assert_eq!(sign_in(&st, "73010", PASSWORD, &code).0, 303);
+    // No audit entry carries a name or a password.
+    for e in log(&st) {
+        let line = format!("{} {} {} {}", e.actor, e.action, e.target, e.outcome);
+        assert!(
+            !line.contains("Twofactor") && !line.contains("password 1"),
+            "{line}"
+        );
+    }
+}
