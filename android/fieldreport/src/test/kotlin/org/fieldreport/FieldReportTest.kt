@@ -14,6 +14,7 @@ import org.fieldreport.ffi.ReportEvent
 import org.fieldreport.ffi.SyncCancel
 import org.fieldreport.ffi.SyncPhase
 import org.fieldreport.ffi.debugTriggerPanic
+import org.fieldreport.ffi.generateStoreKey
 import org.junit.After
 import org.junit.Assert.assertArrayEquals
 import org.junit.Assert.assertEquals
