@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 
-const MAGIC: &[u8; 8] = b"FRMEDIA1";
+pub(crate) const MAGIC: &[u8; 8] = b"FRMEDIA1";
 const NONCE_PREFIX: usize = 7;
 const HEADER: usize = MAGIC.len() + NONCE_PREFIX;
 /// Plain bytes per sealed segment.

@@ -294,7 +294,7 @@ fn is_sealed_file(path: &Path) -> Result<bool> {
     use std::io::Read;
     let mut head = [0u8; 8];
     let mut f = std::fs::File::open(path)?;
-    Ok(f.read_exact(&mut head).is_ok() && &head == b"FRMEDIA1")
+    Ok(f.read_exact(&mut head).is_ok() && &head == media::MAGIC)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -354,7 +354,7 @@ impl Store {
             readers.push(Mutex::new(open_reader(&path, key.as_ref())?));
         }
         let media = MediaStore::open_with(dir.join("media"), media_key.clone())?;
-        if let Some((_, false)) = media_key.as_ref().map(|k| (k, media_sealed(&conn))) {
+        if media_key.is_some() && !media_sealed(&conn) {
             // Files stored before the store was encrypted: seal them once.
             for sha in media.stored_hashes()? {
                 if !is_sealed_file(&media.path_of(&sha))? {
