@@ -111,6 +111,12 @@ pub enum Error {
     Unauthorized,
     #[error("this device is not enrolled with a station")]
     NotEnrolled,
+    #[error("the station presented a key other than the one pinned at enrollment; nothing was sent")]
+    PinMismatch,
+    #[error("bad station pin: {reason}")]
+    BadPin { reason: &'static str },
+    #[error("station URL refused: {reason}")]
+    InsecureUrl { reason: &'static str },
 }
 
 impl From<rusqlite::Error> for Error {

@@ -36,6 +36,17 @@ enum Command {
         /// PostgreSQL URL (postgres://…); default: SQLite in the data directory.
         #[arg(long)]
         database: Option<String>,
+        /// PEM certificate chain (leaf first); default: a self-signed pair
+        /// generated once in the data directory.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Serve plain HTTP: only behind a TLS proxy on this machine
+        /// (devices refuse plain HTTP to any other host).
+        #[arg(long, conflicts_with = "tls_cert")]
+        plain_http: bool,
     },
     /// Create a one-time enrollment code for a person.
     Enroll {
@@ -192,16 +203,40 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             listen,
             data,
             database,
+            tls_cert,
+            tls_key,
+            plain_http,
         } => {
-            let cfg =
-                Config::load(config.as_deref(), env, listen, data)?.with_database(database)?;
+            let cfg = Config::load(config.as_deref(), env, listen, data)?
+                .with_database(database)?
+                .with_tls(tls_cert, tls_key, plain_http)?;
             let storage = cfg.open_storage_async().await?;
+            let transport = match cfg.tls()? {
+                Some((tls, generated)) => {
+                    if generated {
+                        let (cert, _) = crate::tls::dev_paths(&cfg.data);
+                        tracing::warn!(
+                            cert = %cert.display(),
+                            "no TLS certificate configured: generated a self-signed one"
+                        );
+                    }
+                    crate::Transport::Tls(std::sync::Arc::new(tls))
+                }
+                None => {
+                    tracing::warn!("serving plain HTTP: put a TLS proxy in front");
+                    crate::Transport::PlainHttp
+                }
+            };
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
-            let station = crate::spawn(listener, storage).await?;
+            let station = crate::spawn(listener, storage, transport).await?;
             tracing::info!(url = %station.url(), data = %cfg.data.display(), "station serving");
-            // One plain line on stdout for scripts (port 0 picks a free port).
+            // Plain lines on stdout for scripts (port 0 picks a free port):
+            // the pin first, so a reader of "serving on" has both.
+            if let Some(tls) = &station.tls {
+                println!("station pin: {}", tls.pin);
+            }
             println!("serving on {}", station.url());
             tokio::signal::ctrl_c().await?;
             tracing::info!("shutting down");
@@ -236,6 +271,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 .await?;
             let expires = chrono::DateTime::from_timestamp_millis(expires).unwrap_or_default();
             println!("enrollment code: {code}");
+            // The phone checks the station's key against this on enrolling.
+            match cfg.tls() {
+                Ok(Some((tls, _))) => println!("station pin: {}", tls.pin),
+                Ok(None) => {}
+                Err(e) => eprintln!("warning: no station pin to print: {e:#}"),
+            }
             println!(
                 "expires: {} (one use)",
                 expires.format("%Y-%m-%d %H:%M UTC")

@@ -2,6 +2,11 @@
 //! environment (`FIELDREPORT_LISTEN`, `FIELDREPORT_DATA`,
 //! `FIELDREPORT_DATABASE`), then the command line; later sources win.
 //!
+//! TLS: `tls_cert` and `tls_key` (PEM files; env `FIELDREPORT_TLS_CERT`,
+//! `FIELDREPORT_TLS_KEY`). Without them `serve` uses a self-signed pair it
+//! generates once in `data/tls/`. `plain_http = true` serves plain HTTP,
+//! only for a station behind a TLS proxy on the same machine.
+//!
 //! `database` selects the engine: absent, the embedded SQLite file in
 //! `data`; `postgres://…`, PostgreSQL (media files stay under `data`, which
 //! every station process on that database must share).
@@ -17,6 +22,10 @@ pub struct Config {
     pub data: PathBuf,
     /// `postgres://…` URL; `None`: SQLite in `data`.
     pub database: Option<String>,
+    /// PEM certificate chain and key; `None`: the development pair.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub plain_http: bool,
 }
 
 impl Default for Config {
@@ -25,6 +34,9 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
             data: PathBuf::from("./station-data"),
             database: None,
+            tls_cert: None,
+            tls_key: None,
+            plain_http: false,
         }
     }
 }
@@ -35,6 +47,9 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     data: Option<PathBuf>,
     database: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    plain_http: Option<bool>,
 }
 
 impl Config {
@@ -61,6 +76,15 @@ impl Config {
             c.listen = f.listen.unwrap_or(c.listen);
             c.data = f.data.unwrap_or(c.data);
             c.database = f.database;
+            c.tls_cert = f.tls_cert;
+            c.tls_key = f.tls_key;
+            c.plain_http = f.plain_http.unwrap_or(false);
+        }
+        if let Some(v) = env("FIELDREPORT_TLS_CERT") {
+            c.tls_cert = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("FIELDREPORT_TLS_KEY") {
+            c.tls_key = Some(PathBuf::from(v));
         }
         if let Some(v) = env("FIELDREPORT_LISTEN") {
             c.listen = v
@@ -81,6 +105,44 @@ impl Config {
             }
         }
         Ok(c)
+    }
+
+    /// Applies the command line's TLS options and checks the combination.
+    pub fn with_tls(
+        mut self,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        plain_http: bool,
+    ) -> anyhow::Result<Config> {
+        self.tls_cert = cert.or(self.tls_cert);
+        self.tls_key = key.or(self.tls_key);
+        self.plain_http |= plain_http;
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            anyhow::bail!("give both a TLS certificate and its key, or neither");
+        }
+        if self.plain_http && self.tls_cert.is_some() {
+            anyhow::bail!("plain HTTP and a TLS certificate exclude each other");
+        }
+        Ok(self)
+    }
+
+    /// The station's certificate: the configured pair, or else the
+    /// development pair in the data directory (generated the first time;
+    /// the flag says so). `None` when serving plain HTTP.
+    pub fn tls(&self) -> anyhow::Result<Option<(crate::tls::StationTls, bool)>> {
+        if self.plain_http {
+            return Ok(None);
+        }
+        Ok(Some(match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => (crate::tls::StationTls::from_files(c, k)?, false),
+            _ => {
+                let mut names = Vec::new();
+                if !self.listen.ip().is_unspecified() {
+                    names.push(self.listen.ip().to_string());
+                }
+                crate::tls::StationTls::load_or_generate_dev(&self.data, &names)?
+            }
+        }))
     }
 
     /// Sets the database from the command line (it wins over the rest).
@@ -142,5 +204,12 @@ mod tests {
         assert!(Config::load(Some(&f), |_| None, None, None).is_err());
         let env = |_: &str| Some("not-an-address".to_string());
         assert!(Config::load(None, env, None, None).is_err());
+        let c = Config::default();
+        assert!(c.clone().with_tls(Some("c.pem".into()), None, false).is_err());
+        assert!(c
+            .clone()
+            .with_tls(Some("c.pem".into()), Some("k.pem".into()), true)
+            .is_err());
+        assert!(c.with_tls(None, None, true).unwrap().tls().unwrap().is_none());
     }
 }

@@ -59,11 +59,20 @@ pub async fn run(keep_running: bool, data: Option<PathBuf>) -> anyhow::Result<()
     }
     let storage = Arc::new(SqliteStorage::open(&root.join("station"))?);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-    let station = crate::spawn(listener, storage.clone()).await?;
+    // The station's TLS pair, generated into its data directory as
+    // `serve` does on a first start.
+    let (tls, _) = crate::tls::StationTls::load_or_generate_dev(&root.join("station"), &[])?;
+    let pin = tls.pin;
+    let station = crate::spawn(
+        listener,
+        storage.clone(),
+        crate::Transport::Tls(Arc::new(tls)),
+    )
+    .await?;
     let url = station.url();
     println!("FieldReport demo\n================");
     println!(
-        "1. Station started at {url} (embedded SQLite in {})",
+        "1. Station started at {url} (embedded SQLite in {}), TLS key pin {pin}",
         root.join("station").display()
     );
 
@@ -80,7 +89,7 @@ pub async fn run(keep_running: bool, data: Option<PathBuf>) -> anyhow::Result<()
     let root2 = root.clone();
     let url2 = url.clone();
     let (account, report) =
-        tokio::task::spawn_blocking(move || devices(&root2, &url2, codes)).await??;
+        tokio::task::spawn_blocking(move || devices(&root2, &url2, pin, codes)).await??;
     for line in &account {
         println!("{line}");
     }
@@ -156,6 +165,7 @@ pub async fn run(keep_running: bool, data: Option<PathBuf>) -> anyhow::Result<()
 fn devices(
     root: &Path,
     url: &str,
+    pin: fieldreport_core::sync::StationPin,
     codes: Vec<(Person, String)>,
 ) -> anyhow::Result<(Vec<String>, uuid::Uuid)> {
     let mut out = Vec::new();
@@ -171,12 +181,13 @@ fn devices(
         .collect::<Result<_, _>>()?;
     let mut clients = Vec::new();
     for (s, (_, code)) in stores.iter().zip(&codes) {
-        clients.push(SyncClient::enroll(s, url, code)?);
+        clients.push(SyncClient::enroll_pinned(s, url, code, Some(pin))?);
     }
     let (alvarez, brooks, chen) = (&stores[0], &stores[1], &stores[2]);
     let names: Vec<&str> = codes.iter().map(|(p, _)| p.name.as_str()).collect();
     out.push(
-        "3. Each phone enrolled: it made its own Ed25519 key pair and registered the public key."
+        "3. Each phone enrolled over TLS, holding the station to the key pin printed with its code; \
+         it made its own Ed25519 key pair and registered the public key."
             .into(),
     );
 

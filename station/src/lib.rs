@@ -3,6 +3,7 @@
 //! - [`storage`]: the station store behind one trait (SQLite engine here);
 //! - [`api`]: the HTTP API (`/v1`), authentication, event stream;
 //! - [`config`]: configuration from a file and the environment;
+//! - [`tls`]: the station's certificate and the TLS listener;
 //! - [`export`]: evidence packages for the State's Attorney;
 //! - [`demo`]: the guided demo a newcomer runs;
 //! - [`cli`]: the `fieldreport-station` command line.
@@ -16,6 +17,7 @@ pub mod error;
 pub mod export;
 pub mod oversight;
 pub mod storage;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,17 +26,30 @@ pub use api::{router, AppState};
 pub use storage::sqlite::SqliteStorage;
 pub use storage::StationStorage;
 
+/// How a station talks to its clients.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// HTTPS with this certificate (what `serve` does unless told otherwise).
+    Tls(Arc<tls::StationTls>),
+    /// Plain HTTP, for a station behind a TLS-terminating proxy on the
+    /// same machine. Devices refuse plain HTTP to any other host.
+    PlainHttp,
+}
+
 /// A station serving on a bound listener, in the background.
 pub struct RunningStation {
     pub addr: SocketAddr,
     pub state: AppState,
+    /// The certificate, when serving HTTPS.
+    pub tls: Option<Arc<tls::StationTls>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl RunningStation {
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub async fn stop(mut self) {
@@ -52,21 +67,39 @@ impl RunningStation {
 pub async fn spawn(
     listener: tokio::net::TcpListener,
     storage: Arc<dyn StationStorage>,
+    transport: Transport,
 ) -> std::io::Result<RunningStation> {
     let addr = listener.local_addr()?;
-    let state = AppState::new(storage, format!("station-{addr}"));
+    let state = AppState::new(storage.clone(), format!("station-{addr}"));
     let app = router(state.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
+    let stopped = async move {
+        let _ = rx.await;
+    };
+    let tls = match transport {
+        Transport::Tls(t) => Some(t),
+        Transport::PlainHttp => None,
+    };
+    let task = match &tls {
+        Some(t) => {
+            let config = t.server_config().map_err(std::io::Error::other)?;
+            let listener = tls::TlsListener::new(listener, config, storage)?;
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
             })
-            .await
-    });
+        }
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }),
+    };
     Ok(RunningStation {
         addr,
         state,
+        tls,
         shutdown: Some(tx),
         task: Some(task),
     })

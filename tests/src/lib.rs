@@ -1,5 +1,6 @@
-//! End-to-end test harness: a station on a random loopback port, enrolled
-//! device stores, and a fault-injecting TCP proxy.
+//! End-to-end test harness: a station serving HTTPS on a random loopback
+//! port, device stores enrolled with its key pin, and a fault-injecting TCP
+//! proxy.
 //!
 //! The station runs on SQLite, or on PostgreSQL when `FR_TEST_ENGINE=postgres`
 //! (each station gets a fresh database on the server `FR_TEST_DATABASE_URL`
@@ -11,11 +12,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use fieldreport_core::store::Store;
-use fieldreport_core::sync::SyncClient;
+use fieldreport_core::sync::{StationPin, SyncClient};
 use fieldreport_core::{Person, Role};
 use fieldreport_station::storage::postgres::PostgresStorage;
 use fieldreport_station::storage::Counts;
-use fieldreport_station::{RunningStation, SqliteStorage, StationStorage};
+use fieldreport_station::tls::StationTls;
+use fieldreport_station::{RunningStation, SqliteStorage, StationStorage, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The PostgreSQL server for tests, from `FR_TEST_DATABASE_URL`. `None`
@@ -57,6 +59,8 @@ pub struct TestStation {
     /// The station's PostgreSQL database, when on that engine.
     pub database: Option<String>,
     pub rt: tokio::runtime::Runtime,
+    /// The station's TLS certificate (self-signed, made for this test).
+    pub tls: Arc<StationTls>,
     station: Option<RunningStation>,
     pub dir: tempfile::TempDir,
 }
@@ -81,11 +85,15 @@ impl TestStation {
         } else {
             (Arc::new(SqliteStorage::open(&data).unwrap()), None)
         };
+        // In the data directory's development pair, so that `serve`
+        // processes on the same data (kill and cluster tests) present the
+        // same key.
+        let tls = Arc::new(StationTls::load_or_generate_dev(&data, &[]).unwrap().0);
         let station = rt.block_on(async {
             let l = tokio::net::TcpListener::bind(("127.0.0.1", 0))
                 .await
                 .unwrap();
-            fieldreport_station::spawn(l, storage.clone())
+            fieldreport_station::spawn(l, storage.clone(), Transport::Tls(tls.clone()))
                 .await
                 .unwrap()
         });
@@ -94,6 +102,7 @@ impl TestStation {
             storage,
             database,
             rt,
+            tls,
             station: Some(station),
             dir,
         }
@@ -114,6 +123,39 @@ impl TestStation {
             a.push(db.clone());
         }
         a
+    }
+
+    /// The key pin devices hold for this station.
+    pub fn pin(&self) -> StationPin {
+        self.tls.pin
+    }
+
+    /// A client that trusts this station's certificate (and no other).
+    pub fn http_builder(&self) -> reqwest::blocking::ClientBuilder {
+        let cert = reqwest::Certificate::from_der(self.tls.chain()[0].as_ref()).unwrap();
+        reqwest::blocking::Client::builder().tls_certs_only([cert])
+    }
+
+    pub fn http(&self) -> reqwest::blocking::Client {
+        self.http_builder().build().unwrap()
+    }
+
+    /// Stops the station and serves the same storage again on the same
+    /// address with `tls` (a new certificate, as after a key change).
+    pub fn restart_with(&mut self, tls: Arc<StationTls>) {
+        let addr = self.addr();
+        if let Some(s) = self.station.take() {
+            self.rt.block_on(s.stop());
+        }
+        let storage = self.storage.clone();
+        let station = self.rt.block_on(async {
+            let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+            fieldreport_station::spawn(l, storage, Transport::Tls(tls.clone()))
+                .await
+                .unwrap()
+        });
+        self.tls = tls;
+        self.station = Some(station);
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -161,7 +203,9 @@ impl TestStation {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_with(dir.path(), options).unwrap();
         let code = self.code(person, 600_000);
-        let client = SyncClient::enroll(&store, url.unwrap_or(&self.url), &code).unwrap();
+        let client =
+            SyncClient::enroll_pinned(&store, url.unwrap_or(&self.url), &code, Some(self.pin()))
+                .unwrap();
         Device {
             store,
             client,
@@ -219,6 +263,14 @@ impl Device {
     }
 }
 
+/// The station key pin a store holds since enrollment.
+pub fn pin_of(store: &Store) -> Option<StationPin> {
+    store
+        .sync_value("station_pin")
+        .unwrap()
+        .map(|p| StationPin::parse(&p).unwrap())
+}
+
 pub fn person(name: &str, star: &str, role: Role, unit: &str) -> Person {
     Person {
         name: name.into(),
@@ -244,7 +296,7 @@ impl Proxy {
         let listener = rt
             .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
             .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let url = format!("https://{}", listener.local_addr().unwrap());
         let upstream_bytes = Arc::new(AtomicU64::new(0));
         let cut_after = Arc::new(AtomicU64::new(u64::MAX));
         let cuts = Arc::new(AtomicU64::new(0));
@@ -348,7 +400,7 @@ impl ChaosProxy {
         let listener = rt
             .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
             .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let url = format!("https://{}", listener.local_addr().unwrap());
         let faults = Arc::new(Faults::default());
         let enabled = Arc::new(AtomicBool::new(true));
         let (f, en) = (faults.clone(), enabled.clone());

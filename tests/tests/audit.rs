@@ -8,7 +8,6 @@ use fieldreport_core::{Role, Value};
 use fieldreport_e2e::*;
 use fieldreport_station::dashboard::users::create_account;
 use fieldreport_station::storage::AuditEntry;
-use reqwest::blocking::Client;
 use reqwest::redirect::Policy;
 
 fn log(st: &TestStation) -> Vec<AuditEntry> {
@@ -58,7 +57,7 @@ fn every_read_every_refusal_and_every_step_is_audited() {
     sup.sync();
 
     // Every endpoint that reads the report or its media, as the supervisor.
-    let http = Client::builder().redirect(Policy::none()).build().unwrap();
+    let http = st.http_builder().redirect(Policy::none()).build().unwrap();
     let reads = [
         format!("/v1/reports/{r}"),
         format!("/v1/reports/{r}/changes"),

@@ -39,13 +39,13 @@ fn code(secret: &str) -> String {
         .unwrap()
 }
 
-fn client() -> Client {
-    Client::builder().redirect(Policy::none()).build().unwrap()
+fn client(st: &TestStation) -> Client {
+    st.http_builder().redirect(Policy::none()).build().unwrap()
 }
 
 /// Signs in; the session cookie.
 fn sign_in(st: &TestStation, star: &str, password: &str, code: &str) -> Option<String> {
-    let resp = client()
+    let resp = client(&st)
         .post(format!("{}/dashboard/login", st.url))
         .form(&[("star", star), ("password", password), ("code", code)])
         .send()
@@ -97,14 +97,14 @@ fn sign_in_sessions_and_actions_over_http() {
     officer.sync();
 
     // Not signed in: pages send you to the sign-in page, data is refused.
-    let resp = client()
+    let resp = client(&st)
         .get(format!("{}/dashboard", st.url))
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 303);
     assert_eq!(resp.headers()["location"], "/dashboard/login");
     assert_eq!(
-        client()
+        client(&st)
             .get(format!("{}/dashboard/inbox", st.url))
             .send()
             .unwrap()
@@ -113,7 +113,7 @@ fn sign_in_sessions_and_actions_over_http() {
         401
     );
     // A device credential is not a dashboard session.
-    let resp = client()
+    let resp = client(&st)
         .get(format!("{}/dashboard/inbox", st.url))
         .bearer_auth(officer.credential())
         .send()
@@ -124,7 +124,7 @@ fn sign_in_sessions_and_actions_over_http() {
 
     let cookie = sign_in(&st, "900", PASSWORD, &code(&secret)).unwrap();
     let get = |path: &str| {
-        client()
+        client(&st)
             .get(format!("{}{path}", st.url))
             .header("cookie", &cookie)
             .send()
@@ -137,7 +137,7 @@ fn sign_in_sessions_and_actions_over_http() {
 
     // An action out of turn is refused by the core and changes nothing.
     let post = |path: &str, form: &[(&str, &str)]| {
-        client()
+        client(&st)
             .post(format!("{}{path}", st.url))
             .header("cookie", &cookie)
             .form(form)
@@ -180,7 +180,7 @@ fn sign_in_sessions_and_actions_over_http() {
     assert!(tar.bytes().unwrap().len() > 1024);
     let other_secret = account(&st, "800", "D2");
     let other = sign_in(&st, "800", PASSWORD, &code(&other_secret)).unwrap();
-    let resp = client()
+    let resp = client(&st)
         .get(format!("{}/dashboard/reports/{r}", st.url))
         .header("cookie", &other)
         .send()

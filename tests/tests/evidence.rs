@@ -530,7 +530,7 @@ fn every_tampering_is_detected_and_named() {
 #[test]
 fn export_is_refused_to_those_who_may_not_see_the_report() {
     let s = scene();
-    let http = reqwest::blocking::Client::new();
+    let http = s.st.http();
     let get = |cred: Option<&str>, id: &str| {
         let mut req = http.get(format!("{}/v1/reports/{id}/export", s.st.url));
         if let Some(c) = cred {

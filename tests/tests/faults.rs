@@ -13,7 +13,7 @@ use fieldreport_e2e::*;
 use std::sync::atomic::Ordering;
 
 fn sync_until_done(store: &fieldreport_core::Store, url: &str, credential: &str) -> u32 {
-    let mut client = SyncClient::new(url, credential).unwrap();
+    let mut client = SyncClient::new(url, credential, pin_of(store)).unwrap();
     // The test retries, not the client: each failure is one more fault seen.
     client.max_attempts = 1;
     for attempt in 1..=400 {

@@ -38,7 +38,7 @@ impl Rng {
 }
 
 fn final_sync(store: &Store, url: &str, credential: &str) {
-    let client = SyncClient::new(url, credential).unwrap();
+    let client = SyncClient::new(url, credential, pin_of(store)).unwrap();
     for _ in 0..50 {
         if client.sync(store, &NoProgress, &Default::default()).is_ok()
             && store.outbox_len().unwrap() == 0
@@ -143,11 +143,15 @@ fn serve(st: &TestStation, port: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    match lines.next() {
-        Some(Ok(l)) if l.starts_with("serving on") => child,
-        other => panic!("the station did not start: {other:?}"),
+    // "station pin: …", then "serving on …".
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        match line {
+            Ok(l) if l.starts_with("serving on") => return child,
+            Ok(l) if l.starts_with("station pin:") => continue,
+            other => panic!("the station did not start: {other:?}"),
+        }
     }
+    panic!("the station did not start");
 }
 
 #[test]
@@ -166,7 +170,7 @@ fn a_station_killed_during_pushes_loses_and_duplicates_nothing() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}");
     let in_process = st.counts();
     let (mut kills, mut acked_rounds) = (0, 0);
     let n = rounds();
@@ -181,9 +185,9 @@ fn a_station_killed_during_pushes_loses_and_duplicates_nothing() {
         let kill_after = Duration::from_millis(rng.below(80));
         std::thread::scope(|s| {
             for (d, c) in devices.iter().zip(&creds) {
-                let url = &url;
+                let (url, pin) = (&url, st.pin());
                 s.spawn(move || {
-                    let mut client = SyncClient::new(url, c).unwrap();
+                    let mut client = SyncClient::new(url, c, Some(pin)).unwrap();
                     client.max_attempts = 1;
                     let _ = client.sync(&d.store, &NoProgress, &Default::default());
                 });

@@ -5,7 +5,6 @@
 use fieldreport_core::Role;
 use fieldreport_core::Value;
 use fieldreport_e2e::*;
-use reqwest::blocking::Client;
 use uuid::Uuid;
 
 const NOV_20: i64 = 1_795_705_200_000; // 2026-11-20T15:00:00Z (09:00 in Chicago)
@@ -80,7 +79,7 @@ impl Seed<'_> {
 }
 
 fn get(st: &TestStation, path: &str) -> (u16, String) {
-    let resp = Client::new()
+    let resp = st.http()
         .get(format!("{}{path}", st.url))
         .send()
         .unwrap();
@@ -275,7 +274,7 @@ fn supervisors_see_due_overdue_and_done_reviews() {
     s.sync();
 
     let list = |d: &Device| {
-        Client::new()
+        st.http()
             .get(format!("{}/v1/reviews", st.url))
             .bearer_auth(d.credential())
             .send()

@@ -18,7 +18,7 @@ use std::time::Duration;
 use fieldreport_core::store::{MediaMeta, Store};
 use fieldreport_core::sync::{NoProgress, SyncClient};
 use fieldreport_core::{Person, Role, Value};
-use fieldreport_e2e::{fresh_database, person, postgres_url};
+use fieldreport_e2e::{fresh_database, person, pin_of, postgres_url};
 use fieldreport_station::storage::postgres::PostgresStorage;
 use fieldreport_station::StationStorage;
 use uuid::Uuid;
@@ -88,7 +88,7 @@ impl Phone {
     }
 
     fn sync_with(&self, url: &str) {
-        SyncClient::new(url, &self.credential)
+        SyncClient::new(url, &self.credential, pin_of(&self.store))
             .unwrap()
             .sync(&self.store, &NoProgress, &Default::default())
             .unwrap();
@@ -166,7 +166,7 @@ fn two_station_processes_on_one_database_converge_and_share_events() {
 
     // The supervisor listens on process B (index 1).
     let (tx, rx) = mpsc::channel();
-    let listener = SyncClient::new(c.url(1), &sup.credential).unwrap();
+    let listener = SyncClient::new(c.url(1), &sup.credential, pin_of(&sup.store)).unwrap();
     std::thread::spawn(move || {
         let _ = listener.listen_events(|ev| tx.send(ev.report_id).is_ok());
     });

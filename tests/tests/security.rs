@@ -43,7 +43,7 @@ fn revoked_device_and_expired_credential_are_refused_and_audited() {
     let r = lost.store.create_report().unwrap();
     assert!(matches!(try_sync(&lost), Err(Error::Unauthorized)));
     assert_eq!(lost.store.outbox_len().unwrap(), 1, "nothing marked sent");
-    let http = Client::new();
+    let http = st.http();
     for path in ["/v1/changes?after=0", "/v1/devices"] {
         let resp = http
             .get(format!("{}{path}", st.url))
@@ -109,12 +109,12 @@ fn revoked_device_and_expired_credential_are_refused_and_audited() {
     ));
 }
 
-fn client() -> Client {
-    Client::builder().redirect(Policy::none()).build().unwrap()
+fn client(st: &TestStation) -> Client {
+    st.http_builder().redirect(Policy::none()).build().unwrap()
 }
 
 fn sign_in(st: &TestStation, star: &str, password: &str, code: &str) -> (u16, Option<String>) {
-    let resp = client()
+    let resp = client(&st)
         .post(format!("{}/dashboard/login", st.url))
         .form(&[("star", star), ("password", password), ("code", code)])
         .send()
@@ -180,7 +180,7 @@ fn second_factor_lockout_and_idle_sessions() {
 
     // Idle: the session works, then ends after the idle time.
     let inbox = |cookie: &str| {
-        client()
+        client(&st)
             .get(format!("{}/dashboard", st.url))
             .header("cookie", cookie)
             .send()

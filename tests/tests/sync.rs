@@ -10,7 +10,6 @@ use fieldreport_core::store::MediaMeta;
 use fieldreport_core::sync::SyncClient;
 use fieldreport_core::{Error, Role, Value};
 use fieldreport_e2e::*;
-use reqwest::blocking::Client;
 use serde_json::Value as Json;
 use uuid::Uuid;
 
@@ -115,7 +114,7 @@ fn two_officers_and_a_supervisor_converge_with_the_conflict_kept() {
     // The station holds each change exactly once, and its report agrees.
     let all = a.store.change_count().unwrap() + b.store.report_changes(r2).unwrap().len() as u64;
     assert_eq!(st.counts().changes, all);
-    let http = Client::new();
+    let http = st.http();
     let station_json = http
         .get(format!("{}/v1/reports/{r}", st.url))
         .bearer_auth(sup.credential())
@@ -168,7 +167,7 @@ fn a_cut_media_upload_resumes_and_sends_only_the_rest() {
         1,
         "the connection was cut"
     );
-    let status: fieldreport_core::sync::wire::MediaStatus = Client::new()
+    let status: fieldreport_core::sync::wire::MediaStatus = st.http()
         .get(format!("{}/v1/media/{sha}/status", st.url))
         .bearer_auth(a.credential())
         .send()
@@ -221,7 +220,7 @@ fn the_supervisor_is_told_of_a_new_report_of_the_unit_and_pulls_it() {
         Err(Error::ReportNotFound(_))
     ));
     // Officers may not listen.
-    let code = Client::new()
+    let code = st.http()
         .get(format!("{}/v1/events", st.url))
         .bearer_auth(a.credential())
         .send()
@@ -246,7 +245,7 @@ fn officers_see_only_their_reports_and_strangers_nothing() {
         sup_elsewhere.store.report(r),
         Err(Error::ReportNotFound(_))
     ));
-    let http = Client::new();
+    let http = st.http();
     for (path, who) in [
         (format!("/v1/reports/{r}/changes"), b.credential()),
         (format!("/v1/reports/{r}"), b.credential()),
@@ -316,7 +315,7 @@ fn bad_input_at_every_endpoint_gets_a_json_4xx_and_changes_nothing() {
         .unwrap();
     let good = a.store.outbox(10).unwrap().remove(0);
     let before = st.counts();
-    let http = Client::new();
+    let http = st.http();
     let url = |p: &str| format!("{}{p}", st.url);
     let cred = a.credential();
     let wire = fieldreport_core::sync::wire::WireChange::from_change(&good);

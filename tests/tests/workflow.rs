@@ -11,7 +11,6 @@ use fieldreport_core::store::Origin;
 use fieldreport_core::sync::wire::{EnrollRequest, EnrollResponse, PushRequest, WireChange};
 use fieldreport_core::{DeviceIdentity, Error, Role, Value};
 use fieldreport_e2e::*;
-use reqwest::blocking::Client;
 use uuid::Uuid;
 
 fn ready(d: &Device) -> Uuid {
@@ -261,7 +260,7 @@ struct Forger {
 
 fn forger(st: &TestStation, p: &fieldreport_core::Person) -> Forger {
     let id = DeviceIdentity::generate(p.clone()).unwrap();
-    let resp: EnrollResponse = Client::new()
+    let resp: EnrollResponse = st.http()
         .post(format!("{}/v1/enroll", st.url))
         .json(&EnrollRequest {
             code: st.code(p, 600_000),
@@ -329,7 +328,7 @@ impl Forger {
 
     /// Pushes raw; the HTTP status and the error code.
     fn push(&self, st: &TestStation, c: &Change) -> (u16, String) {
-        let resp = Client::new()
+        let resp = st.http()
             .post(format!("{}/v1/changes", st.url))
             .bearer_auth(&self.credential)
             .json(&PushRequest {
@@ -405,7 +404,7 @@ fn the_station_refuses_forged_transitions_and_accepts_rightful_ones() {
         ],
     );
     assert_eq!(sup.push(&st, &returned).0, 200);
-    let json: serde_json::Value = Client::new()
+    let json: serde_json::Value = st.http()
         .get(format!("{}/v1/reports/{r}", st.url))
         .bearer_auth(&sup.credential)
         .send()

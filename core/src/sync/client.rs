@@ -18,6 +18,7 @@ use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::StatusCode;
 use uuid::Uuid;
 
+use super::tls::{check_station_url, PinVerifier, StationPin};
 use super::wire::*;
 use crate::crdt::{Action, Change, Target};
 use crate::error::{Error, Result};
@@ -29,6 +30,7 @@ use crate::store::{Origin, Store};
 const KEY_URL: &str = "station_url";
 const KEY_CREDENTIAL: &str = "station_credential";
 const KEY_CURSOR: &str = "pull_cursor";
+const KEY_PIN: &str = "station_pin";
 
 /// Changes per push request (well under the station's limit).
 pub const PUSH_BATCH: u32 = 500;
@@ -114,18 +116,33 @@ pub struct SyncReport {
 pub struct SyncClient {
     base: String,
     credential: String,
+    verifier: Arc<PinVerifier>,
     http: Client,
     /// Attempts per request before giving up (transient errors only).
     pub max_attempts: u32,
     pub backoff_start: Duration,
 }
 
-fn http_client() -> Result<Client> {
-    Client::builder()
+/// An HTTP client whose TLS accepts only the station key `verifier` pins.
+/// `timeout` bounds whole requests (not the event stream, which is long).
+fn http_client(verifier: &Arc<PinVerifier>, timeout: Option<Duration>) -> Result<Client> {
+    let mut b = Client::builder()
         .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(120))
-        .build()
-        .map_err(|e| Error::Network(e.to_string()))
+        .tls_backend_preconfigured(verifier.client_config()?);
+    if let Some(t) = timeout {
+        b = b.timeout(t);
+    }
+    b.build().map_err(|e| Error::Network(e.to_string()))
+}
+
+/// A transport error, or [`Error::PinMismatch`] when the handshake was
+/// refused for the station's key (never retried).
+fn network_error(verifier: &PinVerifier, e: reqwest::Error) -> Error {
+    if verifier.mismatched() {
+        Error::PinMismatch
+    } else {
+        Error::Network(e.to_string())
+    }
 }
 
 /// Maps a response to the typed error the station's JSON body names.
@@ -156,11 +173,17 @@ fn transient(e: &Error) -> bool {
 }
 
 impl SyncClient {
-    pub fn new(base_url: &str, credential: &str) -> Result<Self> {
+    /// A client for `base_url` with `credential`, accepting only the
+    /// station key `pin`. Without a pin (tools and tests), the first key
+    /// seen is held for this client's life.
+    pub fn new(base_url: &str, credential: &str, pin: Option<StationPin>) -> Result<Self> {
+        check_station_url(base_url)?;
+        let verifier = PinVerifier::new(pin);
         Ok(SyncClient {
             base: base_url.trim_end_matches('/').to_string(),
             credential: credential.to_string(),
-            http: http_client()?,
+            http: http_client(&verifier, Some(Duration::from_secs(120)))?,
+            verifier,
             max_attempts: 6,
             backoff_start: Duration::from_millis(100),
         })
@@ -172,16 +195,48 @@ impl SyncClient {
         let cred = store
             .sync_value(KEY_CREDENTIAL)?
             .ok_or(Error::NotEnrolled)?;
-        Self::new(&url, &cred)
+        let pin = store
+            .sync_value(KEY_PIN)?
+            .map(|p| StationPin::parse(&p))
+            .transpose()?;
+        if pin.is_none() && url.starts_with("https:") {
+            // Enrollment over TLS always stores the pin.
+            return Err(Error::Corrupt("station pin missing".into()));
+        }
+        Self::new(&url, &cred, pin)
+    }
+
+    /// The station key this client accepts (none yet before the first
+    /// TLS handshake of an unpinned client, or over plain loopback HTTP).
+    pub fn station_pin(&self) -> Option<StationPin> {
+        self.verifier.pin()
     }
 
     /// Enrolls this device with a one-time code: creates its key pair,
     /// registers the public key, and installs the identity the station
     /// returns (the person comes from the enrollment record).
+    ///
+    /// The station's key is pinned on first contact (trust on first use).
+    /// Prefer [`SyncClient::enroll_pinned`] with the pin the station's
+    /// `enroll` command prints next to the code.
     pub fn enroll(store: &Store, base_url: &str, code: &str) -> Result<SyncClient> {
+        Self::enroll_pinned(store, base_url, code, None)
+    }
+
+    /// As [`SyncClient::enroll`], refusing (before the code is sent) a
+    /// station whose key is not `pin`. The pin is kept in the store and
+    /// every later sync is held to it.
+    pub fn enroll_pinned(
+        store: &Store,
+        base_url: &str,
+        code: &str,
+        pin: Option<StationPin>,
+    ) -> Result<SyncClient> {
         if store.identity().is_some() {
             return Err(Error::IdentityExists);
         }
+        check_station_url(base_url)?;
+        let verifier = PinVerifier::new(pin);
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|_| Error::Io(std::io::ErrorKind::Other))?;
         let device_id = Uuid::new_v4();
@@ -189,7 +244,7 @@ impl SyncClient {
             .verifying_key()
             .to_bytes();
         let base = base_url.trim_end_matches('/');
-        let resp = http_client()?
+        let resp = http_client(&verifier, Some(Duration::from_secs(120)))?
             .post(format!("{base}/v1/enroll"))
             .json(&EnrollRequest {
                 code: code.to_string(),
@@ -197,7 +252,7 @@ impl SyncClient {
                 public_key: hex::encode(public_key),
             })
             .send()
-            .map_err(|e| Error::Network(e.to_string()))?;
+            .map_err(|e| network_error(&verifier, e))?;
         let enrolled: EnrollResponse = check(resp)?
             .json()
             .map_err(|e| Error::Network(e.to_string()))?;
@@ -213,8 +268,12 @@ impl SyncClient {
             enrolled.device.person,
         ))?;
         store.set_sync_value(KEY_URL, base)?;
+        let pin = verifier.pin();
+        if let Some(pin) = pin {
+            store.set_sync_value(KEY_PIN, &pin.to_string())?;
+        }
         store.set_sync_value(KEY_CREDENTIAL, &enrolled.credential)?;
-        let client = SyncClient::new(base, &enrolled.credential)?;
+        let client = SyncClient::new(base, &enrolled.credential, pin)?;
         client.refresh_devices(store)?;
         Ok(client)
     }
@@ -248,7 +307,7 @@ impl SyncClient {
         check(
             self.auth(rb)
                 .send()
-                .map_err(|e| Error::Network(e.to_string()))?,
+                .map_err(|e| network_error(&self.verifier, e))?,
         )
     }
 
@@ -525,15 +584,9 @@ impl SyncClient {
     ) -> Result<()> {
         cancel.check()?;
         let resp = check(
-            self.auth(
-                Client::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .build()
-                    .map_err(|e| Error::Network(e.to_string()))?
-                    .get(self.url("/v1/events")),
-            )
-            .send()
-            .map_err(|e| Error::Network(e.to_string()))?,
+            self.auth(http_client(&self.verifier, None)?.get(self.url("/v1/events")))
+                .send()
+                .map_err(|e| network_error(&self.verifier, e))?,
         )?;
         let reader = BufReader::new(resp);
         for line in reader.lines() {

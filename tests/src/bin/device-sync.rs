@@ -3,7 +3,7 @@
 //! when the sync completed, 3 when it failed (the station was away).
 
 use fieldreport_core::store::Store;
-use fieldreport_core::sync::{NoProgress, SyncClient};
+use fieldreport_core::sync::{NoProgress, StationPin, SyncClient};
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -13,7 +13,11 @@ fn main() -> std::process::ExitCode {
     };
     let run = || -> fieldreport_core::Result<()> {
         let store = Store::open(dir)?;
-        let mut client = SyncClient::new(url, credential)?;
+        let pin = store
+            .sync_value("station_pin")?
+            .map(|p| StationPin::parse(&p))
+            .transpose()?;
+        let mut client = SyncClient::new(url, credential, pin)?;
         client.max_attempts = 1;
         client.sync(&store, &NoProgress, &Default::default())?;
         Ok(())
