@@ -54,6 +54,11 @@ pub enum FieldReportError {
     /// `wipe` refused: this much has not reached the station yet.
     #[error("{changes} changes and {media} media files are not yet at the station")]
     UnsyncedWork { changes: u64, media: u64 },
+    /// The station presented a TLS key other than the one pinned at
+    /// enrollment (an impostor, or a station whose key was replaced).
+    /// Nothing was sent; the work stays on the device.
+    #[error("the station's key is not the pinned one")]
+    StationPinMismatch,
     /// The store was wiped; open a new one.
     #[error("this store has been wiped")]
     Wiped,
@@ -76,7 +81,9 @@ impl From<CoreError> for FieldReportError {
             | CoreError::EntryNotFound { .. }
             | CoreError::EntryExists { .. }
             | CoreError::NoConflict(_)
-            | CoreError::BadKey { .. } => FieldReportError::InvalidInput { reason },
+            | CoreError::BadKey { .. }
+            | CoreError::BadPin { .. }
+            | CoreError::InsecureUrl { .. } => FieldReportError::InvalidInput { reason },
             CoreError::ReportNotFound(_) | CoreError::MediaNotFound(_) => {
                 FieldReportError::NotFound { reason }
             }
@@ -112,6 +119,7 @@ impl From<CoreError> for FieldReportError {
             CoreError::Network(_) => FieldReportError::Network { reason },
             CoreError::Station { status, code } => FieldReportError::Station { status, code },
             CoreError::Unauthorized => FieldReportError::Unauthorized,
+            CoreError::PinMismatch => FieldReportError::StationPinMismatch,
         }
     }
 }

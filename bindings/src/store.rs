@@ -122,15 +122,35 @@ impl FieldReportStore {
 
     /// Enrolls with a station using the one-time code an administrator
     /// issued: creates the device key, registers it and stores the
-    /// credential.
-    pub fn enroll(&self, station_url: String, code: String) -> Result<DeviceInfo> {
+    /// credential. `station_pin` (`sha256//…`, printed by the station next
+    /// to the code) is checked before the code is sent; without it the key
+    /// the station presents now is pinned. Every later sync is held to the
+    /// pin (`StationPinMismatch` otherwise). The URL must be `https://`
+    /// (plain `http://` only to this machine).
+    #[uniffi::method(default(station_pin = None))]
+    pub fn enroll(
+        &self,
+        station_url: String,
+        code: String,
+        station_pin: Option<String>,
+    ) -> Result<DeviceInfo> {
         guard(|| {
-            SyncClient::enroll(&self.store, &station_url, &code)?;
+            let pin = station_pin
+                .as_deref()
+                .map(fieldreport_core::sync::StationPin::parse)
+                .transpose()?;
+            SyncClient::enroll_pinned(&self.store, &station_url, &code, pin)?;
             self.store
                 .identity()
                 .map(Into::into)
                 .ok_or(FieldReportError::Internal)
         })
+    }
+
+    /// The station key pin held since enrollment (`sha256//…`), for the
+    /// app to show; none before enrolling.
+    pub fn station_pin(&self) -> Result<Option<String>> {
+        guard(|| Ok(self.store.sync_value("station_pin")?))
     }
 
     /// Creates a draft report; returns its id.

@@ -44,6 +44,8 @@ pub struct RunningStation {
     pub tls: Option<Arc<tls::StationTls>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The TLS accept loop, which owns the socket.
+    accept: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningStation {
@@ -58,6 +60,11 @@ impl RunningStation {
             let _ = tx.send(());
         }
         if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        // The socket is closed once this returns: the address can be
+        // served again at once.
+        if let Some(t) = self.accept.take() {
             let _ = t.await;
         }
     }
@@ -80,21 +87,26 @@ pub async fn spawn(
         Transport::Tls(t) => Some(t),
         Transport::PlainHttp => None,
     };
-    let task = match &tls {
+    let (task, accept) = match &tls {
         Some(t) => {
             let config = t.server_config().map_err(std::io::Error::other)?;
-            let listener = tls::TlsListener::new(listener, config, storage)?;
-            tokio::spawn(async move {
+            let (listener, accept) =
+                tls::TlsListener::new(listener, config, storage, state.shutdown.clone())?;
+            let task = tokio::spawn(async move {
                 axum::serve(listener, app)
                     .with_graceful_shutdown(stopped)
                     .await
-            })
+            });
+            (task, Some(accept))
         }
-        None => tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-        }),
+        None => {
+            let task = tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            });
+            (task, None)
+        }
     };
     Ok(RunningStation {
         addr,
@@ -102,5 +114,6 @@ pub async fn spawn(
         tls,
         shutdown: Some(tx),
         task: Some(task),
+        accept,
     })
 }

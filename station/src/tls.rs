@@ -158,17 +158,21 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
+    /// Starts accepting on `tcp`; the returned task owns the socket and
+    /// ends (closing it) once `stop` is cancelled or the listener dropped.
     pub fn new(
         tcp: TcpListener,
         config: Arc<rustls::ServerConfig>,
         storage: Arc<dyn StationStorage>,
-    ) -> std::io::Result<TlsListener> {
+        stop: tokio_util::sync::CancellationToken,
+    ) -> std::io::Result<(TlsListener, tokio::task::JoinHandle<()>)> {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 let (stream, peer) = tokio::select! {
+                    _ = stop.cancelled() => return,
                     // axum dropped the listener: the station stopped.
                     _ = tx.closed() => return,
                     r = tcp.accept() => match r {
@@ -196,7 +200,7 @@ impl TlsListener {
                 });
             }
         });
-        Ok(TlsListener { ready, local })
+        Ok((TlsListener { ready, local }, task))
     }
 }
 

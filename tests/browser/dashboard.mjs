@@ -20,7 +20,9 @@ const browser = await chromium.launch({
   args: ['--no-sandbox'],
 });
 try {
-  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  // The test station's certificate is self-signed (a supervisor's browser
+  // would be given it to trust).
+  page = await browser.newPage({ viewport: { width: 1280, height: 900 }, ignoreHTTPSErrors: true });
   const base = process.env.FR_URL;
 
   // A wrong password is refused.

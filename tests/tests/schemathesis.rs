@@ -48,6 +48,9 @@ fn generated_requests_never_get_a_server_error() {
         .args(["--max-examples", "25", "--workers", "2", "--max-time", "45"])
         // The event stream never ends by design.
         .args(["--exclude-path", "/v1/events"])
+        // Verified against the station's own (self-signed) certificate.
+        .arg("--tls-verify")
+        .arg(fieldreport_station::tls::dev_paths(&st.dir.path().join("station")).0)
         .env("SCHEMATHESIS_HOOKS", "")
         .output()
         .unwrap();

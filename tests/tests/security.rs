@@ -1,12 +1,19 @@
 //! Station security, end to end on both engines: a revoked device and an
 //! expired credential are refused (and nothing the phone holds is lost),
 //! a wrong second factor, a replayed code, five failures (lockout) and an
-//! idle session are refused, and each refusal is in the audit log.
+//! idle session are refused, and each refusal is in the audit log. A
+//! station presenting a key other than the pinned one is refused by the
+//! phone before anything is sent, and the refused handshake is audited.
 
+use std::sync::Arc;
+
+use fieldreport_core::store::Store;
+use fieldreport_core::sync::SyncClient;
 use fieldreport_core::{Error, Role, Value};
 use fieldreport_e2e::*;
 use fieldreport_station::dashboard::users::{create_account, totp};
 use fieldreport_station::storage::AuditEntry;
+use fieldreport_station::tls::StationTls;
 use reqwest::blocking::Client;
 use reqwest::redirect::Policy;
 
@@ -240,4 +247,77 @@ fn second_factor_lockout_and_idle_sessions() {
             "{line}"
         );
     }
+}
+
+/// Waits for an audit entry (handshake refusals are written after the
+/// client has gone).
+fn eventually(st: &TestStation, what: impl Fn(&AuditEntry) -> bool) -> bool {
+    for _ in 0..100 {
+        if log(st).iter().any(&what) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn a_station_key_other_than_the_pinned_one_is_refused_and_audited() {
+    let mut st = TestStation::start();
+    let original = st.tls.clone();
+    let d = st.device(&person("Officer Pin", "73001", Role::Officer, "D9"), None);
+    assert_eq!(pin_of(&d.store), Some(st.pin()), "pinned at enrollment");
+    let first = d.store.create_report().unwrap();
+    d.sync();
+    let second = d.store.create_report().unwrap();
+    d.store
+        .set_field(second, "narrative", Value::Text("kept on the phone".into()))
+        .unwrap();
+    let before = st.counts();
+
+    // The station comes back with another key (an impostor on its address,
+    // or a certificate replaced without its key).
+    st.restart_with(Arc::new(StationTls::generate(&[]).unwrap().0));
+    assert!(matches!(try_sync(&d), Err(Error::PinMismatch)));
+    // An app restart reads the pin from the store: still refused.
+    let reopened = SyncClient::for_store(&d.store).unwrap();
+    assert!(matches!(
+        reopened.sync(&d.store, &fieldreport_core::sync::NoProgress, &Default::default()),
+        Err(Error::PinMismatch)
+    ));
+    assert_eq!(st.counts().changes, before.changes, "nothing was sent");
+    assert_eq!(d.store.outbox_len().unwrap(), 2, "nothing marked sent");
+    assert!(eventually(&st, |e| e.action == "TLS handshake"
+        && e.actor == "anonymous"
+        && e.target == "127.0.0.1"
+        && e.outcome.starts_with("refused: TLS handshake, the client rejected")));
+
+    // Enrolling with the pin printed next to the code: a station with
+    // another key never sees the code, which still works afterwards.
+    let code = st.code(&person("Officer New", "73002", Role::Officer, "D9"), 600_000);
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = Store::open(dir.path()).unwrap();
+    assert!(matches!(
+        SyncClient::enroll_pinned(&fresh, &st.url, &code, Some(original.pin)),
+        Err(Error::PinMismatch)
+    ));
+    assert!(fresh.identity().is_none());
+    SyncClient::enroll_pinned(&fresh, &st.url, &code, Some(st.pin())).unwrap();
+    // Plain HTTP to another machine is refused before any connection.
+    let other = Store::open(tempfile::tempdir().unwrap().path()).unwrap();
+    assert!(matches!(
+        SyncClient::enroll(&other, "http://192.0.2.1:8787", "code"),
+        Err(Error::InsecureUrl { .. })
+    ));
+
+    // The real station is back: everything the phone held goes through.
+    st.restart_with(original);
+    let report = try_sync(&d).unwrap();
+    assert_eq!(report.pushed, 2);
+    assert_eq!(d.store.outbox_len().unwrap(), 0);
+    let all = st.rt.block_on(st.storage.all_reports()).unwrap();
+    for r in [first, second] {
+        assert!(all.iter().any(|j| j.contains(&r.to_string())), "{r}");
+    }
+    assert!(all.iter().any(|j| j.contains("kept on the phone")));
 }

@@ -41,8 +41,10 @@ with tempfile.TemporaryDirectory() as tmp:
         [station_bin, "serve", "--data", data, "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE, text=True)
     try:
-        line = serve.stdout.readline()
-        url = line.strip().split("serving on ", 1)[1]
+        # "station pin: …", then "serving on https://…".
+        pin = serve.stdout.readline().strip().split("station pin: ", 1)[1]
+        url = serve.stdout.readline().strip().split("serving on ", 1)[1]
+        check("served over TLS", url.startswith("https://"))
         code = subprocess.run(
             [station_bin, "enroll", "--data", data, "--name", "Py Officer",
              "--star", "7001", "--role", "officer", "--unit", "District 9"],
@@ -57,7 +59,12 @@ with tempfile.TemporaryDirectory() as tmp:
                lambda: fr.FieldReportStore.open(os.path.join(tmp, "device"), fr.generate_store_key()))
         raises("create before enrolling", fr.FieldReportError.NotEnrolled,
                store.create_report)
-        me = store.enroll(url, code)
+        raises("another station key", fr.FieldReportError.StationPinMismatch,
+               lambda: store.enroll(url, code, "sha256//" + "A" * 43 + "="))
+        raises("plain http to another machine", fr.FieldReportError.InvalidInput,
+               lambda: store.enroll("http://192.0.2.1:8787", code))
+        me = store.enroll(url, code, pin)
+        check("pin kept", store.station_pin() == pin)
         check("enrolled as officer", me.role == "officer" and me.star_number == "7001")
         r = store.create_report()
         store.set_field(r, "narrative", fr.FieldValue.TEXT("Agents detained a man at the bus stop."))

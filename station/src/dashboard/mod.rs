@@ -2,7 +2,7 @@
 //! JavaScript, served by the station under `/dashboard`.
 //!
 //! - sign-in with star number and password (`users`), a session cookie
-//!   (`HttpOnly`, `SameSite=Strict`) that ends after 30 minutes idle;
+//!   (`HttpOnly`, `Secure`, `SameSite=Strict`) that ends after 30 minutes idle;
 //! - the inbox of the unit's reports, updating live from the station's
 //!   event stream (`/dashboard/events`, Server-Sent Events);
 //! - a report page with its fields, kept conflicts, lifecycle history,
@@ -401,7 +401,7 @@ async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Re
     Ok((
         [(
             header::SET_COOKIE,
-            format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/dashboard"),
+            format!("{COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/dashboard"),
         )],
         Redirect::to("/dashboard"),
     )
@@ -432,7 +432,7 @@ async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Response {
     (
         [(
             header::SET_COOKIE,
-            format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age=0"),
+            format!("{COOKIE}=; HttpOnly; Secure; SameSite=Strict; Path=/dashboard; Max-Age=0"),
         )],
         Redirect::to("/dashboard/login"),
     )

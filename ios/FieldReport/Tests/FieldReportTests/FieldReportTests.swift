@@ -38,7 +38,8 @@ final class FieldReportTests: XCTestCase {
         let phone = try store("phone")
         let tablet = try store("tablet")
         // One officer, two devices.
-        let me = try phone.enroll(stationUrl: station.url, code: station.code(name: "Officer K. Test", star: "11021"))
+        let me = try phone.enroll(stationUrl: station.url, code: station.code(name: "Officer K. Test", star: "11021"), stationPin: station.pin)
+        XCTAssertEqual(try phone.stationPin(), station.pin)
         XCTAssertEqual(me.role, "officer")
         _ = try tablet.enroll(stationUrl: station.url, code: station.code(name: "Officer K. Test", star: "11021"))
 
@@ -109,7 +110,17 @@ final class FieldReportTests: XCTestCase {
         XCTAssertThrowsError(try s.enroll(stationUrl: station.url, code: "wrong-code")) { e in
             guard case let FieldReportError.Station(status, _) = e, status == 422 else { return XCTFail("\(e)") }
         }
-        _ = try s.enroll(stationUrl: station.url, code: station.code(name: "Officer E. Test", star: "11022"))
+        // Another key than the one printed with the code: refused before the code is sent.
+        let code = try station.code(name: "Officer E. Test", star: "11022")
+        let otherKey = "sha256//" + String(repeating: "A", count: 43) + "="
+        XCTAssertThrowsError(try s.enroll(stationUrl: station.url, code: code, stationPin: otherKey)) { e in
+            guard case FieldReportError.StationPinMismatch = e else { return XCTFail("\(e)") }
+        }
+        XCTAssertThrowsError(try s.enroll(stationUrl: "http://192.0.2.1:8787", code: code)) { e in
+            guard case FieldReportError.InvalidInput = e else { return XCTFail("\(e)") }
+        }
+        XCTAssertNil(s.identity())
+        _ = try s.enroll(stationUrl: station.url, code: code, stationPin: station.pin)
         let r = try s.createReport()
         XCTAssertThrowsError(try s.set(r, "no_such_field", "x")) { e in
             guard case FieldReportError.InvalidInput = e else { return XCTFail("\(e)") }

@@ -6,6 +6,8 @@ final class TestStation {
     let dir: URL
     let process = Process()
     let url: String
+    /// The key pin the station prints (`sha256//…`), checked at enrollment.
+    let pin: String
 
     init() throws {
         guard let bin = ProcessInfo.processInfo.environment["FR_STATION_BIN"] else {
@@ -19,17 +21,18 @@ final class TestStation {
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice
         try process.run()
-        var line = Data()
-        while !line.contains(UInt8(ascii: "\n")) {
+        // "station pin: …", then "serving on https://…".
+        var text = ""
+        while !text.contains("serving on ") || !text.hasSuffix("\n") {
             let chunk = out.fileHandleForReading.availableData
             if chunk.isEmpty { break }
-            line.append(chunk)
+            text += String(decoding: chunk, as: UTF8.self)
         }
-        let text = String(decoding: line, as: UTF8.self)
-        guard let range = text.range(of: "serving on ") else {
+        guard let range = text.range(of: "serving on "), let pinRange = text.range(of: "station pin: ") else {
             throw NSError(domain: "TestStation", code: 2, userInfo: [NSLocalizedDescriptionKey: "station did not start"])
         }
         url = text[range.upperBound...].split(separator: "\n")[0].trimmingCharacters(in: .whitespaces)
+        pin = text[pinRange.upperBound...].split(separator: "\n")[0].trimmingCharacters(in: .whitespaces)
     }
 
     /// A one-time enrollment code for a person.

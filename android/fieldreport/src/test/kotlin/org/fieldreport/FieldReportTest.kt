@@ -48,7 +48,8 @@ class FieldReportTest {
             store("phone").use { phone ->
                 store("tablet").use { tablet ->
                     // One officer, two devices.
-                    val me = phone.enroll(station.url, station.code("Officer K. Test", "11021"))
+                    val me = phone.enroll(station.url, station.code("Officer K. Test", "11021"), station.pin)
+                    assertEquals(station.pin, phone.stationPin())
                     assertEquals("officer", me.role)
                     tablet.enroll(station.url, station.code("Officer K. Test", "11021"))
 
@@ -125,7 +126,14 @@ class FieldReportTest {
             TestStation().use { station ->
                 val err = assertThrows(FieldReportException.Station::class.java) { s.enroll(station.url, "wrong-code") }
                 assertEquals(422.toUShort(), err.status)
-                s.enroll(station.url, station.code("Officer E. Test", "11022"))
+                // Another key than the one printed with the code: refused before the code is sent.
+                val code = station.code("Officer E. Test", "11022")
+                val otherKey = "sha256//" + "A".repeat(43) + "="
+                assertThrows(FieldReportException.StationPinMismatch::class.java) { s.enroll(station.url, code, otherKey) }
+                assertThrows(FieldReportException.InvalidInput::class.java) { s.enroll(station.url, code, "not-a-pin") }
+                assertThrows(FieldReportException.InvalidInput::class.java) { s.enroll("http://192.0.2.1:8787", code) }
+                assertNull(s.identity())
+                s.enroll(station.url, code, station.pin)
                 assertThrows(FieldReportException.AlreadyEnrolled::class.java) {
                     s.enroll(station.url, station.code("Officer E. Test", "11022"))
                 }

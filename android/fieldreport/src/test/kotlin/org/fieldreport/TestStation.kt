@@ -4,7 +4,7 @@ import java.io.File
 import java.nio.file.Files
 import java.util.concurrent.TimeUnit
 
-/** A real station process on a free loopback port, for the tests. */
+/** A real station process (HTTPS, self-signed) on a free loopback port, for the tests. */
 class TestStation : AutoCloseable {
     private val bin = System.getenv("FR_STATION_BIN") ?: error("FR_STATION_BIN is not set")
     val dir: File = Files.createTempDirectory("fr-station").toFile()
@@ -12,10 +12,17 @@ class TestStation : AutoCloseable {
         .redirectError(ProcessBuilder.Redirect.DISCARD)
         .start()
     val url: String
+    /** The key pin the station prints (`sha256//…`), checked at enrollment. */
+    val pin: String
 
     init {
-        val line = process.inputStream.bufferedReader().readLine() ?: error("station did not start")
-        url = line.substringAfter("serving on ").trim()
+        // "station pin: …", then "serving on https://…".
+        val lines = process.inputStream.bufferedReader()
+        val first = lines.readLine() ?: error("station did not start")
+        pin = first.substringAfter("station pin: ").trim()
+        val second = lines.readLine() ?: error("station did not start")
+        url = second.substringAfter("serving on ").trim()
+        check(url.startsWith("https://")) { "station did not start over TLS" }
     }
 
     /** A one-time enrollment code for a person. */
