@@ -86,7 +86,14 @@ pub fn run(dir: &Path, quick: bool) -> anyhow::Result<Vec<Row>> {
     let storage = Arc::new(SqliteStorage::open(&work.path().join("station"))?);
     let (station, code) = rt.block_on(async {
         let l = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-        let st = fieldreport_station::spawn(l, storage.clone()).await?;
+        // Over TLS, as phones sync.
+        let (tls, _, _) = fieldreport_station::tls::StationTls::generate(&[])?;
+        let st = fieldreport_station::spawn(
+            l,
+            storage.clone(),
+            fieldreport_station::Transport::Tls(Arc::new(tls)),
+        )
+        .await?;
         let (code, _) = storage
             .create_enrollment(
                 Person {

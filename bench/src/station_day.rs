@@ -61,7 +61,10 @@ fn serve(dir: &str) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let l = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-        let st = fieldreport_station::spawn(l, storage).await?;
+        // Plain HTTP: this row compares the storage engines, and its
+        // figures stay comparable with the runs before TLS.
+        let st = fieldreport_station::spawn(l, storage, fieldreport_station::Transport::PlainHttp)
+            .await?;
         println!("{}", st.url());
         // Serve until the parent closes our stdin.
         tokio::task::spawn_blocking(|| {

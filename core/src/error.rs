@@ -111,7 +111,9 @@ pub enum Error {
     Unauthorized,
     #[error("this device is not enrolled with a station")]
     NotEnrolled,
-    #[error("the station presented a key other than the one pinned at enrollment; nothing was sent")]
+    #[error(
+        "the station presented a key other than the one pinned at enrollment; nothing was sent"
+    )]
     PinMismatch,
     #[error("bad station pin: {reason}")]
     BadPin { reason: &'static str },

@@ -205,11 +205,19 @@ mod tests {
         let env = |_: &str| Some("not-an-address".to_string());
         assert!(Config::load(None, env, None, None).is_err());
         let c = Config::default();
-        assert!(c.clone().with_tls(Some("c.pem".into()), None, false).is_err());
+        assert!(c
+            .clone()
+            .with_tls(Some("c.pem".into()), None, false)
+            .is_err());
         assert!(c
             .clone()
             .with_tls(Some("c.pem".into()), Some("k.pem".into()), true)
             .is_err());
-        assert!(c.with_tls(None, None, true).unwrap().tls().unwrap().is_none());
+        assert!(c
+            .with_tls(None, None, true)
+            .unwrap()
+            .tls()
+            .unwrap()
+            .is_none());
     }
 }

@@ -153,7 +153,8 @@ fn skewed_clocks_keep_causal_order_and_are_flagged_not_refused() {
     assert!(receipts(&st, &sup.credential(), rs).clock_skew.is_empty());
     // Receipts follow visibility: another unit's supervisor sees nothing.
     let other = st.device(&person("X", "901", Role::Supervisor, "D2"), None);
-    let resp = st.http()
+    let resp = st
+        .http()
         .get(format!("{}/v1/reports/{r}/receipts", st.url))
         .bearer_auth(other.credential())
         .send()

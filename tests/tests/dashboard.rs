@@ -45,7 +45,7 @@ fn client(st: &TestStation) -> Client {
 
 /// Signs in; the session cookie.
 fn sign_in(st: &TestStation, star: &str, password: &str, code: &str) -> Option<String> {
-    let resp = client(&st)
+    let resp = client(st)
         .post(format!("{}/dashboard/login", st.url))
         .form(&[("star", star), ("password", password), ("code", code)])
         .send()

@@ -79,10 +79,7 @@ impl Seed<'_> {
 }
 
 fn get(st: &TestStation, path: &str) -> (u16, String) {
-    let resp = st.http()
-        .get(format!("{}{path}", st.url))
-        .send()
-        .unwrap();
+    let resp = st.http().get(format!("{}{path}", st.url)).send().unwrap();
     (resp.status().as_u16(), resp.text().unwrap())
 }
 

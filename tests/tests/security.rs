@@ -121,7 +121,7 @@ fn client(st: &TestStation) -> Client {
 }
 
 fn sign_in(st: &TestStation, star: &str, password: &str, code: &str) -> (u16, Option<String>) {
-    let resp = client(&st)
+    let resp = client(st)
         .post(format!("{}/dashboard/login", st.url))
         .form(&[("star", star), ("password", password), ("code", code)])
         .send()
@@ -282,7 +282,11 @@ fn a_station_key_other_than_the_pinned_one_is_refused_and_audited() {
     // An app restart reads the pin from the store: still refused.
     let reopened = SyncClient::for_store(&d.store).unwrap();
     assert!(matches!(
-        reopened.sync(&d.store, &fieldreport_core::sync::NoProgress, &Default::default()),
+        reopened.sync(
+            &d.store,
+            &fieldreport_core::sync::NoProgress,
+            &Default::default()
+        ),
         Err(Error::PinMismatch)
     ));
     assert_eq!(st.counts().changes, before.changes, "nothing was sent");
@@ -290,11 +294,15 @@ fn a_station_key_other_than_the_pinned_one_is_refused_and_audited() {
     assert!(eventually(&st, |e| e.action == "TLS handshake"
         && e.actor == "anonymous"
         && e.target == "127.0.0.1"
-        && e.outcome.starts_with("refused: TLS handshake, the client rejected")));
+        && e.outcome
+            .starts_with("refused: TLS handshake, the client rejected")));
 
     // Enrolling with the pin printed next to the code: a station with
     // another key never sees the code, which still works afterwards.
-    let code = st.code(&person("Officer New", "73002", Role::Officer, "D9"), 600_000);
+    let code = st.code(
+        &person("Officer New", "73002", Role::Officer, "D9"),
+        600_000,
+    );
     let dir = tempfile::tempdir().unwrap();
     let fresh = Store::open(dir.path()).unwrap();
     assert!(matches!(

@@ -167,7 +167,8 @@ fn a_cut_media_upload_resumes_and_sends_only_the_rest() {
         1,
         "the connection was cut"
     );
-    let status: fieldreport_core::sync::wire::MediaStatus = st.http()
+    let status: fieldreport_core::sync::wire::MediaStatus = st
+        .http()
         .get(format!("{}/v1/media/{sha}/status", st.url))
         .bearer_auth(a.credential())
         .send()
@@ -220,7 +221,8 @@ fn the_supervisor_is_told_of_a_new_report_of_the_unit_and_pulls_it() {
         Err(Error::ReportNotFound(_))
     ));
     // Officers may not listen.
-    let code = st.http()
+    let code = st
+        .http()
         .get(format!("{}/v1/events", st.url))
         .bearer_auth(a.credential())
         .send()

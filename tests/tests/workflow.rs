@@ -260,7 +260,8 @@ struct Forger {
 
 fn forger(st: &TestStation, p: &fieldreport_core::Person) -> Forger {
     let id = DeviceIdentity::generate(p.clone()).unwrap();
-    let resp: EnrollResponse = st.http()
+    let resp: EnrollResponse = st
+        .http()
         .post(format!("{}/v1/enroll", st.url))
         .json(&EnrollRequest {
             code: st.code(p, 600_000),
@@ -328,7 +329,8 @@ impl Forger {
 
     /// Pushes raw; the HTTP status and the error code.
     fn push(&self, st: &TestStation, c: &Change) -> (u16, String) {
-        let resp = st.http()
+        let resp = st
+            .http()
             .post(format!("{}/v1/changes", st.url))
             .bearer_auth(&self.credential)
             .json(&PushRequest {
@@ -404,7 +406,8 @@ fn the_station_refuses_forged_transitions_and_accepts_rightful_ones() {
         ],
     );
     assert_eq!(sup.push(&st, &returned).0, 200);
-    let json: serde_json::Value = st.http()
+    let json: serde_json::Value = st
+        .http()
         .get(format!("{}/v1/reports/{r}", st.url))
         .bearer_auth(&sup.credential)
         .send()
