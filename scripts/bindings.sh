@@ -157,12 +157,19 @@ run_swift() {
   [[ "$status" -eq 0 && "$fails" -eq 0 ]]
 }
 
-# Stripped size of the phone library (mobile profile: opt-level z, LTO).
+# Stripped size of the phone library (mobile profile: opt-level z, LTO),
+# with SQLCipher (the default) and without it (plain SQLite), one after
+# the other in the same run.
 run_size() {
-  log "building the mobile profile"
+  local so="$ROOT/target/mobile/libfieldreport_ffi.so" with without
+  log "building the mobile profile without SQLCipher"
+  cargo build -q -p fieldreport-ffi --lib --profile mobile --no-default-features
+  without=$(stat -c %s "$so")
+  log "building the mobile profile with SQLCipher"
   cargo build -q -p fieldreport-ffi --lib --profile mobile
-  local so="$ROOT/target/mobile/libfieldreport_ffi.so"
-  echo "library size (mobile profile, stripped, $(uname -m)): $(stat -c %s "$so") bytes"
+  with=$(stat -c %s "$so")
+  echo "library size (mobile profile, stripped, $(uname -m)): $with bytes with SQLCipher, $without bytes without"
+  python3 -c "print(f'SQLCipher adds {($with - $without) / 1e6:.2f} MB ({$with / $without:.2f}x)')"
 }
 
 steps=("$@")

@@ -195,6 +195,46 @@ mod tests {
     }
 
     #[test]
+    fn tls_comes_from_the_file_the_environment_or_the_development_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, cert, key) = crate::tls::StationTls::generate(&[]).unwrap();
+        let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        let f = dir.path().join("station.toml");
+        std::fs::write(
+            &f,
+            format!(
+                "data = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
+                dir.path().join("data"),
+                c,
+                k
+            ),
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&f), |_| None, None, None)
+            .unwrap()
+            .with_tls(None, None, false)
+            .unwrap();
+        let (tls, generated) = cfg.tls().unwrap().unwrap();
+        assert!(!generated);
+        let expected = crate::tls::StationTls::from_files(&c, &k).unwrap();
+        assert_eq!(tls.pin, expected.pin);
+        // A missing certificate file is a clear error, not a new pair.
+        let env = |v: &str| (v == "FIELDREPORT_TLS_CERT").then(|| "/nonexistent.pem".to_string());
+        let cfg = Config::load(Some(&f), env, None, None).unwrap();
+        let err = cfg.tls().unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent.pem"), "{err:#}");
+        // Neither given: the development pair in the data directory.
+        let cfg = Config::load(None, |_| None, None, Some(dir.path().join("d")))
+            .unwrap()
+            .with_tls(None, None, false)
+            .unwrap();
+        assert!(cfg.tls().unwrap().unwrap().1);
+        assert!(crate::tls::dev_paths(&dir.path().join("d")).0.exists());
+    }
+
+    #[test]
     fn bad_config_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("station.toml");

@@ -144,6 +144,9 @@ pub async fn run(keep_running: bool, data: Option<PathBuf>) -> anyhow::Result<()
         sgt.star_number,
         crate::dashboard::users::totp_uri(&account)
     );
+    println!(
+        "    (the certificate is the demo's own, self-signed: a browser asks before trusting it; its key pin is {pin})"
+    );
     if !kept {
         println!("    (the demo's files are removed at exit; `demo --data DIR` keeps them)");
     }
