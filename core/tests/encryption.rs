@@ -70,6 +70,18 @@ fn fill(store: &Store, dir: &Path) -> (Vec<u8>, String, uuid::Uuid) {
     (photo, m.sha256, r)
 }
 
+/// The narrative and the photo [`fill`] wrote read back whole.
+fn assert_holds_what_fill_wrote(store: &Store, r: uuid::Uuid, sha: &str, photo: &[u8]) {
+    assert_eq!(
+        store.field_value(r, "narrative").unwrap(),
+        Some(Value::Text(WORDS.join(" ")))
+    );
+    assert_eq!(
+        store.media().open_reader(sha).unwrap().read_all().unwrap(),
+        photo
+    );
+}
+
 fn all_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -133,14 +145,7 @@ fn encrypted_store_and_media_hold_no_plain_words_or_photo_bytes() {
     // With the WAL still holding pages (no clean checkpoint) and after.
     assert_nothing_readable(&dir, &photo);
     let store = open(&dir, Some(key(1))).unwrap();
-    assert_eq!(
-        store.field_value(r, "narrative").unwrap(),
-        Some(Value::Text(WORDS.join(" ")))
-    );
-    assert_eq!(
-        store.media().open_reader(&sha).unwrap().read_all().unwrap(),
-        photo
-    );
+    assert_holds_what_fill_wrote(&store, r, &sha, &photo);
     drop(store);
     assert_nothing_readable(&dir, &photo);
 
@@ -281,14 +286,7 @@ fn a_plain_store_opened_with_a_key_is_encrypted_in_place_with_nothing_lost() {
         .values()
         .any(|b| contains(b, WORDS[0].as_bytes())));
     let store = open(&dir, Some(key(5))).unwrap();
-    assert_eq!(
-        store.field_value(r, "narrative").unwrap(),
-        Some(Value::Text(WORDS.join(" ")))
-    );
-    assert_eq!(
-        store.media().open_reader(&sha).unwrap().read_all().unwrap(),
-        photo
-    );
+    assert_holds_what_fill_wrote(&store, r, &sha, &photo);
     assert_eq!(store.verify_integrity().unwrap(), 3);
     drop(store);
     assert_nothing_readable(&dir, &photo);

@@ -70,6 +70,23 @@ impl RunningStation {
     }
 }
 
+/// Runs axum on `listener` in the background until `stopped` resolves.
+fn serve_until<L>(
+    listener: L,
+    app: axum::Router,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<std::io::Result<()>>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+    })
+}
+
 /// Serves `storage` on `listener` until stopped.
 pub async fn spawn(
     listener: tokio::net::TcpListener,
@@ -92,21 +109,9 @@ pub async fn spawn(
             let config = t.server_config().map_err(std::io::Error::other)?;
             let (listener, accept) =
                 tls::TlsListener::new(listener, config, storage, state.shutdown.clone())?;
-            let task = tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stopped)
-                    .await
-            });
-            (task, Some(accept))
+            (serve_until(listener, app, stopped), Some(accept))
         }
-        None => {
-            let task = tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stopped)
-                    .await
-            });
-            (task, None)
-        }
+        None => (serve_until(listener, app, stopped), None),
     };
     Ok(RunningStation {
         addr,

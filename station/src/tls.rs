@@ -101,8 +101,8 @@ impl StationTls {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         // Key first, then the certificate, each written whole and renamed
         // into place: a crash leaves either nothing or a usable pair.
-        write_private(&key, key_pem.as_bytes())?;
-        write_atomic(&cert, cert_pem.as_bytes())?;
+        write_whole(&key, key_pem.as_bytes(), true)?;
+        write_whole(&cert, cert_pem.as_bytes(), false)?;
         Ok((tls, true))
     }
 
@@ -124,19 +124,15 @@ impl StationTls {
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+/// Writes `bytes` whole to a temporary file, syncs it and renames it into
+/// place; `private` makes it readable by this user only.
+fn write_whole(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
     use std::io::Write as _;
     let tmp = path.with_extension("tmp");
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
-    {
+    if private {
         use std::os::unix::fs::OpenOptionsExt as _;
         opts.mode(0o600);
     }
