@@ -14,9 +14,12 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 CACHE="${FR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fieldreport}"
-OUT="$ROOT/target/bindings"
-LIB="$ROOT/target/debug/libfieldreport_ffi.so"
-STATION="$ROOT/target/debug/fieldreport-station"
+# Cargo's output directory, wherever CARGO_TARGET_DIR puts it.
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+case "$TARGET" in /*) ;; *) TARGET="$ROOT/$TARGET" ;; esac
+OUT="$TARGET/bindings"
+LIB="$TARGET/debug/libfieldreport_ffi.so"
+STATION="$TARGET/debug/fieldreport-station"
 KOTLIN_VERSION=2.4.20
 SWIFT_ROOT="$CACHE/swift-trixie"
 mkdir -p "$CACHE" "$OUT"
@@ -45,7 +48,7 @@ build() {
 generate() {
   rm -rf "$OUT/kotlin" "$OUT/swift" "$OUT/python"
   for lang in kotlin swift python; do
-    "$ROOT/target/debug/uniffi-bindgen" generate --no-format --library "$LIB" \
+    "$TARGET/debug/uniffi-bindgen" generate --no-format --library "$LIB" \
       -l "$lang" -o "$OUT/$lang" >/dev/null
   done
   cp "$LIB" "$OUT/python/"
@@ -89,9 +92,13 @@ run_kotlin() {
     $(find android/fieldreport/src/main/kotlin -name '*.kt') \
     $(find android/fieldreport/src/test/kotlin -name '*.kt') \
     -cp "$cp" -d "$jar" 2> >(grep -v '^warning:' >&2)
+  # Every compiled test class (top-level `*Test`), so none is forgotten.
+  local classes
+  mapfile -t classes < <(jar tf "$jar" | grep -E '^org/fieldreport/[A-Za-z0-9_]+Test\.class$' |
+    sed 's/\.class$//; s#/#.#g')
   FR_STATION_BIN="$STATION" RUST_BACKTRACE=0 \
     java -Djna.library.path="$(dirname "$LIB")" -cp "$jar:$cp:$KOTLIN_STDLIB" \
-    org.fieldreport.RunTestsKt
+    org.fieldreport.RunTestsKt "${classes[@]}"
 }
 
 setup_swift() {
@@ -161,7 +168,7 @@ run_swift() {
 # with SQLCipher (the default) and without it (plain SQLite), one after
 # the other in the same run.
 run_size() {
-  local so="$ROOT/target/mobile/libfieldreport_ffi.so" with without
+  local so="$TARGET/mobile/libfieldreport_ffi.so" with without
   log "building the mobile profile without SQLCipher"
   cargo build -q -p fieldreport-ffi --lib --profile mobile --no-default-features
   without=$(stat -c %s "$so")

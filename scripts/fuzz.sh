@@ -3,6 +3,8 @@
 # each target's executions. Stable Rust: cargo-fuzz needs unstable flags,
 # which RUSTC_BOOTSTRAP=1 allows; no sanitizer (it needs nightly's std).
 # A crash fails the script and leaves its input in fuzz/artifacts/.
+# Overflow checks are on (fuzz/Cargo.toml's release profile, and
+# -C overflow-checks=yes here): an unchecked size or offset is a crash.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}
@@ -11,6 +13,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 export RUSTC_BOOTSTRAP=1
+export RUSTFLAGS="${RUSTFLAGS:-} -C overflow-checks=yes"
 targets=$(cargo fuzz list)
 cargo fuzz build -s none -O
 for t in $targets; do

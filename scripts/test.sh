@@ -11,9 +11,10 @@
 #          sqlite3                           the stock tool must fail to
 #                                            open an encrypted store
 #   npm:   playwright-core (under ~/.cache/fieldreport/playwright)
-#   PyPI:  bagit (bagit.py --validate)       evidence bag checks, and
-#          schemathesis                      API fuzzing, in a venv under
-#                                            ~/.cache/fieldreport
+#   PyPI:  bagit (bagit.py --validate)       evidence bag checks,
+#          schemathesis                      API fuzzing, and
+#          openapi-spec-validator            the OpenAPI description, in a
+#                                            venv under ~/.cache/fieldreport
 #   PostgreSQL 15 (installed on the machine, not running): a cluster in a
 #   temporary directory, stopped and removed on exit
 #   cargo-fuzz (crates.io): scripts/fuzz.sh runs each target for 15 s
@@ -27,6 +28,7 @@ CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/fieldreport"
 VENV="$CACHE/venv"
 BAGIT_VERSION=1.9.0
 SCHEMATHESIS_VERSION=4.32.5
+OPENAPI_VALIDATOR_VERSION=0.7.2
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"
@@ -61,6 +63,10 @@ if [ ! -x "$VENV/bin/schemathesis" ]; then
   echo "== installing schemathesis $SCHEMATHESIS_VERSION from PyPI into $VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
+if [ ! -x "$VENV/bin/openapi-spec-validator" ]; then
+  echo "== installing openapi-spec-validator $OPENAPI_VALIDATOR_VERSION from PyPI into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
+fi
 export PATH="$VENV/bin:$PATH"
 
 # The dashboard's browser test drives Debian's chromium with playwright-core
@@ -92,12 +98,19 @@ FR_TEST_DATABASE_URL=$(scripts/pg-cluster.sh start "$PGDIR" "$PGPORT" fsync=off)
 export FR_TEST_DATABASE_URL
 export FR_REQUIRE_TOOLS=1 FR_REQUIRE_POSTGRES=1
 
+echo "== the project's standards first: cargo fmt --check, cargo clippy -D warnings"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
 status=0
 echo "== every test; stations on SQLite"
 cargo nextest run --workspace --no-fail-fast "$@" || status=1
-echo "== station and end-to-end tests; stations on PostgreSQL"
+echo "== station and end-to-end tests; stations on PostgreSQL, their clock a year ahead"
 # The same build as the first pass (selecting packages with -p would change
-# feature unification and rebuild); a filter picks the tests.
+# feature unification and rebuild); a filter picks the tests. The stations
+# and the tests' devices run 365 days ahead of the real date
+# (FIELDREPORT_CLOCK_OFFSET_MS): no test may depend on the day it runs.
+FIELDREPORT_CLOCK_OFFSET_MS=$((365 * 86400000)) \
 FR_TEST_ENGINE=postgres cargo nextest run --workspace --no-fail-fast \
   -E 'package(fieldreport-station) | package(fieldreport-e2e)' "$@" || status=1
 echo "== bindings: Kotlin (JVM + JNA), Swift (trixie chroot) and Python against the real library (scripts/bindings.sh)"

@@ -1,6 +1,7 @@
 //! Media upload requests: any sequence of (offset, total, chunk) against
 //! the station's store is refused or stored, never a panic, and the station
-//! never claims more bytes than declared.
+//! never claims more bytes than declared. Offsets and totals are drawn
+//! across the whole u64 range (the build has overflow checks on).
 #![no_main]
 use std::sync::OnceLock;
 
@@ -38,16 +39,32 @@ fuzz_target!(|data: &[u8]| {
         None => return,
     };
     let mut rest = &data[1.min(data.len())..];
-    while rest.len() >= 6 {
-        let offset = u16::from_le_bytes([rest[0], rest[1]]) as u64;
-        let total = u16::from_le_bytes([rest[2], rest[3]]) as u64;
-        let n = (u16::from_le_bytes([rest[4], rest[5]]) as usize).min(rest.len() - 6);
-        let chunk = &rest[6..6 + n];
+    // Each request: a mode byte, then offset and total as full 64-bit
+    // values (mode odd) or as 16-bit ones (mode even, so that uploads that
+    // fit also get explored), then a 16-bit chunk length and the chunk.
+    loop {
+        let Some((&mode, tail)) = rest.split_first() else {
+            return;
+        };
+        let width = if mode & 1 == 1 { 8 } else { 2 };
+        if tail.len() < 2 * width + 2 {
+            return;
+        }
+        let int = |b: &[u8]| {
+            let mut w = [0u8; 8];
+            w[..b.len()].copy_from_slice(b);
+            u64::from_le_bytes(w)
+        };
+        let offset = int(&tail[..width]);
+        let total = int(&tail[width..2 * width]);
+        let body = &tail[2 * width..];
+        let n = (u16::from_le_bytes([body[0], body[1]]) as usize).min(body.len() - 2);
+        let chunk = &body[2..2 + n];
         if let Ok(st) =
             s.rt.block_on(s.storage.media_append(&sha, offset, total, chunk))
         {
             assert!(st.received <= total);
         }
-        rest = &rest[6 + n..];
+        rest = &body[2 + n..];
     }
 });

@@ -23,6 +23,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::StreamExt;
 use uuid::Uuid;
 
+use crate::clock::Clock;
 use crate::error::{Result, StationError};
 use crate::storage::{AuditEntry, Enrolled, StationStorage};
 
@@ -52,6 +53,8 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Dashboard sessions and signing stores.
     pub dashboard: Arc<crate::dashboard::Dashboard>,
+    /// The storage's clock: the one "now" of this station.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl AppState {
@@ -61,6 +64,7 @@ impl AppState {
             None => (broadcast::channel(1024).0, true),
         };
         AppState {
+            clock: storage.clock(),
             storage,
             events,
             local_events,
@@ -98,11 +102,14 @@ pub fn router(state: AppState) -> Router {
         .route("/public", get(public_page))
         .route("/public/counts.csv", get(public_csv))
         .merge(crate::dashboard::routes())
-        .route_layer(axum::middleware::from_fn_with_state(
+        // Matched routes name themselves to the audit entry; the audit
+        // layer wraps everything, unknown paths (the fallback) included.
+        .route_layer(axum::middleware::from_fn(note_route))
+        .fallback(|| async { StationError::NotFound })
+        .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             audit_layer,
         ))
-        .fallback(|| async { StationError::NotFound })
         .with_state(state)
 }
 
@@ -136,7 +143,7 @@ impl FromRequestParts<AppState> for Device {
             audit.note("device revoked");
             return Err(StationError::Unauthorized);
         }
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = state.clock.now_ms();
         if d.credential_expires_at.is_some_and(|t| t <= now) {
             audit.note("credential expired");
             return Err(StationError::Unauthorized);
@@ -167,19 +174,42 @@ fn lifecycle_steps(changes: &[Change]) -> Vec<(Uuid, String)> {
 /// authenticates it (the `Device` extractor, the dashboard session, the
 /// enrollment), read by [`audit_layer`] once the response is made.
 #[derive(Clone, Default)]
-pub struct AuditActor(Arc<std::sync::Mutex<(Option<String>, Option<&'static str>)>>);
+pub struct AuditActor(Arc<std::sync::Mutex<AuditNote>>);
+
+#[derive(Clone, Default)]
+struct AuditNote {
+    who: Option<String>,
+    why: Option<&'static str>,
+    /// The matched route (`None`: no route matched the path).
+    route: Option<String>,
+}
 
 impl AuditActor {
+    fn with<T>(&self, f: impl FnOnce(&mut AuditNote) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
     pub fn set(&self, who: String) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).0 = Some(who);
+        self.with(|n| n.who = Some(who));
     }
     /// Why a request was refused (no personal data: a fixed phrase).
     pub fn note(&self, why: &'static str) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(why);
+        self.with(|n| n.why = Some(why));
     }
-    fn get(&self) -> (Option<String>, Option<&'static str>) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    fn get(&self) -> AuditNote {
+        self.with(|n| n.clone())
     }
+}
+
+/// Tells the audit layer which route matched (it runs before routing).
+async fn note_route(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if let (Some(actor), Some(path)) = (
+        req.extensions().get::<AuditActor>(),
+        req.extensions().get::<axum::extract::MatchedPath>(),
+    ) {
+        let route = path.as_str().to_string();
+        actor.with(|n| n.route = Some(route));
+    }
+    next.run(req).await
 }
 
 /// Appends one audit entry per request: time, who (a device id, or
@@ -193,11 +223,6 @@ pub async fn audit_layer(
     let actor = AuditActor::default();
     req.extensions_mut().insert(actor.clone());
     let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unrouted".into());
     let target = req.uri().path().chars().take(200).collect::<String>();
     if target.starts_with("/dashboard") {
         if let Some((who, idle)) = crate::dashboard::session_actor(&s, req.headers()) {
@@ -208,14 +233,19 @@ pub async fn audit_layer(
         }
     }
     let resp = next.run(req).await;
+    let AuditNote {
+        who,
+        why: note,
+        route,
+    } = actor.get();
+    let route = route.unwrap_or_else(|| "unrouted".into());
     if route == "/dashboard/login" && method == axum::http::Method::POST {
         return resp;
     }
-    let (who, note) = actor.get();
     let status = resp.status().as_u16().to_string();
     let entry = AuditEntry {
         id: 0,
-        at_ms: chrono::Utc::now().timestamp_millis(),
+        at_ms: s.clock.now_ms(),
         actor: who.unwrap_or_else(|| "anonymous".into()),
         action: format!("{method} {route}"),
         target,
@@ -276,15 +306,13 @@ async fn enroll(
         credential,
         device,
         station_id: s.station_id.clone(),
-        credential_expires_at_ms: Some(
-            chrono::Utc::now().timestamp_millis() + crate::storage::CREDENTIAL_LIFETIME_MS,
-        ),
+        credential_expires_at_ms: Some(s.clock.now_ms() + crate::storage::CREDENTIAL_LIFETIME_MS),
     }))
 }
 
-async fn devices(State(s): State<AppState>, _d: Device) -> Result<Json<DevicesResponse>> {
+async fn devices(State(s): State<AppState>, Device(d): Device) -> Result<Json<DevicesResponse>> {
     Ok(Json(DevicesResponse {
-        devices: s.storage.devices().await?,
+        devices: s.storage.directory(&d).await?,
     }))
 }
 
@@ -316,7 +344,7 @@ async fn push(
             s.storage
                 .audit(AuditEntry {
                     id: 0,
-                    at_ms: chrono::Utc::now().timestamp_millis(),
+                    at_ms: s.clock.now_ms(),
                     actor: device.to_string(),
                     action: format!("lifecycle {to}"),
                     target: format!("/v1/reports/{report}"),
@@ -330,7 +358,7 @@ async fn push(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<i64>().ok());
         if let Some(t) = device_time {
-            let skew = t.saturating_sub(chrono::Utc::now().timestamp_millis());
+            let skew = t.saturating_sub(s.clock.now_ms());
             if skew.abs() > CLOCK_SKEW_TOLERANCE_MS {
                 tracing::warn!(%device, skew_ms = skew, "device clock skewed");
                 s.storage
@@ -444,10 +472,7 @@ async fn reviews(
         return Err(StationError::Forbidden("reviews are for supervisors"));
     }
     let reports = parse_reports(s.storage.visible_reports(&d).await?)?;
-    Ok(Json(crate::oversight::reviews(
-        &reports,
-        chrono::Utc::now(),
-    )))
+    Ok(Json(crate::oversight::reviews(&reports, s.clock.now())))
 }
 
 async fn public_counts(s: &AppState) -> Result<crate::oversight::Counts> {

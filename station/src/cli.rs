@@ -24,7 +24,7 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API.
     Serve {
-        /// TOML file with `listen` and `data`.
+        /// TOML file with `listen`, `data`, `database`, `tls_cert` and `tls_key`.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Address to listen on (default 127.0.0.1:8787).
@@ -83,8 +83,8 @@ enum Command {
         #[arg(long)]
         unit: String,
     },
-    /// Revoke a device (a lost phone): its pushes, pulls and credential
-    /// renewals are refused from now on. Takes effect on running stations.
+    /// Revoke a device (a lost phone): its pushes, pulls and event streams
+    /// are refused from now on. Takes effect on running stations.
     Revoke {
         #[command(flatten)]
         storage: StorageArgs,
@@ -154,7 +154,7 @@ struct StorageArgs {
     /// PostgreSQL URL; default: SQLite in the data directory.
     #[arg(long)]
     database: Option<String>,
-    /// TOML file with `listen`, `data` and `database`.
+    /// TOML file with `data` and `database` (the `serve` keys are ignored).
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -266,9 +266,17 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 role,
                 unit,
             };
+            let role = person.role;
             let (code, expires) = storage
-                .create_enrollment(person, ttl_minutes * 60_000)
+                .create_enrollment(person, ttl_minutes.saturating_mul(60_000))
                 .await?;
+            admin_audit(
+                storage.as_ref(),
+                "enrollment code made",
+                format!("{role} code, {ttl_minutes} minutes"),
+                "ok",
+            )
+            .await?;
             let expires = chrono::DateTime::from_timestamp_millis(expires).unwrap_or_default();
             println!("enrollment code: {code}");
             // The phone checks the station's key against this on enrolling.
@@ -307,10 +315,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             )
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-            admin_audit_text(
+            admin_audit(
                 storage.as_ref(),
                 "dashboard account made",
-                account.device_id,
+                format!("device {}", account.device_id),
+                "ok",
             )
             .await?;
             println!("dashboard account ready: sign in at /dashboard with star number {star}");
@@ -322,7 +331,14 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let cfg = storage.config(env)?;
             let storage = cfg.open_storage_async().await?;
             let done = storage.revoke(device).await?;
-            admin_audit(storage.as_ref(), "revoke device", device, done).await?;
+            let outcome = if done { "ok" } else { "no such device" };
+            admin_audit(
+                storage.as_ref(),
+                "revoke device",
+                format!("device {device}"),
+                outcome,
+            )
+            .await?;
             if !done {
                 anyhow::bail!("no unrevoked device {device}");
             }
@@ -335,10 +351,19 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         } => {
             let cfg = storage.config(env)?;
             let storage = cfg.open_storage_async().await?;
-            let at =
-                chrono::Utc::now().timestamp_millis() + i64::from(expires_in_days) * 86_400_000;
+            let at = storage
+                .clock()
+                .now_ms()
+                .saturating_add(i64::from(expires_in_days) * 86_400_000);
             let done = storage.set_credential_expiry(device, at).await?;
-            admin_audit(storage.as_ref(), "set credential expiry", device, done).await?;
+            let outcome = if done { "ok" } else { "no such device" };
+            admin_audit(
+                storage.as_ref(),
+                "set credential expiry",
+                format!("device {device}"),
+                outcome,
+            )
+            .await?;
             if !done {
                 anyhow::bail!("no device {device}");
             }
@@ -355,7 +380,16 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         } => {
             let cfg = storage.config(env)?;
             let storage = cfg.open_storage_async().await?;
-            for e in storage.audit_log(after, limit).await? {
+            // Read before the entry for this reading is written.
+            let entries = storage.audit_log(after, limit).await?;
+            admin_audit(
+                storage.as_ref(),
+                "audit log read",
+                format!("after {after}, at most {limit}"),
+                "ok",
+            )
+            .await?;
+            for e in entries {
                 let at = chrono::DateTime::from_timestamp_millis(e.at_ms).unwrap_or_default();
                 println!(
                     "{}\t{}\t{}\t{}\t{}\t{}",
@@ -393,6 +427,18 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 })
                 .await;
             bar.finish_and_clear();
+            let ids: Vec<String> = reports.iter().map(|r| r.to_string()).collect();
+            let outcome = match &summary {
+                Ok(_) => "ok".to_string(),
+                Err(e) => format!("refused: {}", e.status_and_code().1),
+            };
+            admin_audit(
+                storage.as_ref(),
+                "evidence package exported",
+                format!("reports {}", ids.join(" ")),
+                &outcome,
+            )
+            .await?;
             let summary = summary?;
             println!(
                 "wrote {}: {} report(s), {} change(s), {} device(s), {} media file(s), {} payload bytes",
@@ -441,29 +487,22 @@ fn progress_bar() -> indicatif::ProgressBar {
     bar
 }
 
-async fn admin_audit_text(
-    storage: &dyn crate::storage::StationStorage,
-    action: &str,
-    device: uuid::Uuid,
-) -> anyhow::Result<()> {
-    admin_audit(storage, action, device, true).await
-}
-
-/// Records an administrator's command in the audit log.
+/// Records an administrator's console command in the audit log: what, on
+/// what (ids only, never a name or star number) and how it ended.
 async fn admin_audit(
     storage: &dyn crate::storage::StationStorage,
     action: &str,
-    device: uuid::Uuid,
-    done: bool,
+    target: String,
+    outcome: &str,
 ) -> anyhow::Result<()> {
     storage
         .audit(crate::storage::AuditEntry {
             id: 0,
-            at_ms: chrono::Utc::now().timestamp_millis(),
+            at_ms: storage.clock().now_ms(),
             actor: "admin".into(),
             action: action.into(),
-            target: format!("device {device}"),
-            outcome: if done { "ok" } else { "no such device" }.into(),
+            target,
+            outcome: outcome.into(),
         })
         .await?;
     Ok(())

@@ -366,7 +366,7 @@ fn devices(
                 .find(|(s, _)| s.identity().map(|i| i.device_id) == Some(v.device))
                 .map(|(_, n)| *n)
                 .unwrap_or("unknown device");
-            out.push(format!("     - {:?} from {who}'s phone", v.value));
+            out.push(format!("     - {} from {who}'s phone", v.value));
         }
     }
     let photos_ok = hashes.iter().all(|h| chen.media().contains(h));

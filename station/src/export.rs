@@ -33,7 +33,7 @@ pub async fn export_package(
     let material = storage.export_material(who, reports).await?;
     let input = PackageInput {
         station: station.to_string(),
-        exported_at: chrono::Utc::now(),
+        exported_at: storage.clock().now(),
         reports: material.reports,
         devices: material.devices,
         media: material.media,

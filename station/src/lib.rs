@@ -2,6 +2,7 @@
 //!
 //! - [`storage`]: the station store behind one trait (SQLite engine here);
 //! - [`api`]: the HTTP API (`/v1`), authentication, event stream;
+//! - [`clock`]: the station's one source of "now" (injected in tests);
 //! - [`config`]: configuration from a file and the environment;
 //! - [`tls`]: the station's certificate and the TLS listener;
 //! - [`export`]: evidence packages for the State's Attorney;
@@ -10,6 +11,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dashboard;
 pub mod demo;

@@ -220,7 +220,7 @@ async fn handshake_failed(storage: &dyn StationStorage, peer: SocketAddr, e: &st
     tracing::warn!(%peer, "{outcome}");
     let entry = AuditEntry {
         id: 0,
-        at_ms: chrono::Utc::now().timestamp_millis(),
+        at_ms: storage.clock().now_ms(),
         actor: "anonymous".into(),
         action: "TLS handshake".into(),
         target: peer.ip().to_string(),

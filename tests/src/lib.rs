@@ -11,9 +11,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use fieldreport_core::store::Store;
+use fieldreport_core::store::{Store, StoreOptions, WallClock};
 use fieldreport_core::sync::{StationPin, SyncClient};
 use fieldreport_core::{Person, Role};
+use fieldreport_station::clock::{Clock, SystemClock};
 use fieldreport_station::storage::postgres::PostgresStorage;
 use fieldreport_station::storage::Counts;
 use fieldreport_station::tls::StationTls;
@@ -63,10 +64,33 @@ pub struct TestStation {
     pub tls: Arc<StationTls>,
     station: Option<RunningStation>,
     pub dir: tempfile::TempDir,
+    /// The station's clock, which its devices share (so a whole test can
+    /// run at a fixed time, or shifted by `FIELDREPORT_CLOCK_OFFSET_MS`).
+    pub clock: Arc<dyn Clock>,
+}
+
+/// A device store's wall clock reading a station clock.
+pub struct SharedClock(pub Arc<dyn Clock>);
+
+impl WallClock for SharedClock {
+    fn now_ms(&self) -> i64 {
+        self.0.now_ms()
+    }
+}
+
+/// "Now" for tests that run on the system clock: shifted like the
+/// stations' by `FIELDREPORT_CLOCK_OFFSET_MS`.
+pub fn now_ms() -> i64 {
+    SystemClock::from_env().now_ms()
 }
 
 impl TestStation {
     pub fn start() -> TestStation {
+        TestStation::start_with_clock(SystemClock::shared())
+    }
+
+    /// A station (and its devices) judging time by `clock`.
+    pub fn start_with_clock(clock: Arc<dyn Clock>) -> TestStation {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -79,11 +103,14 @@ impl TestStation {
                 .expect("FR_TEST_ENGINE=postgres needs FR_TEST_DATABASE_URL");
             let url = fresh_database(&admin);
             (
-                Arc::new(PostgresStorage::open(&url, &data).unwrap()),
+                Arc::new(PostgresStorage::open_with_clock(&url, &data, clock.clone()).unwrap()),
                 Some(url),
             )
         } else {
-            (Arc::new(SqliteStorage::open(&data).unwrap()), None)
+            (
+                Arc::new(SqliteStorage::open_with_clock(&data, clock.clone()).unwrap()),
+                None,
+            )
         };
         // In the data directory's development pair, so that `serve`
         // processes on the same data (kill and cluster tests) present the
@@ -105,6 +132,19 @@ impl TestStation {
             tls,
             station: Some(station),
             dir,
+            clock,
+        }
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Store options whose wall clock is this station's.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            clock: Arc::new(SharedClock(self.clock.clone())),
+            ..Default::default()
         }
     }
 
@@ -175,7 +215,7 @@ impl TestStation {
 
     /// A new device store enrolled as `person` (through `url`, default the station).
     pub fn device(&self, person: &Person, url: Option<&str>) -> Device {
-        self.device_with(person, url, Default::default())
+        self.device_with(person, url, self.store_options())
     }
 
     /// `n` officers of `unit`, named O0, O1, … with stars 100, 101, ….
@@ -194,12 +234,7 @@ impl TestStation {
     }
 
     /// Like [`TestStation::device`], with store options (a skewed clock).
-    pub fn device_with(
-        &self,
-        person: &Person,
-        url: Option<&str>,
-        options: fieldreport_core::store::StoreOptions,
-    ) -> Device {
+    pub fn device_with(&self, person: &Person, url: Option<&str>, options: StoreOptions) -> Device {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_with(dir.path(), options).unwrap();
         let code = self.code(person, 600_000);

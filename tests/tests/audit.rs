@@ -88,8 +88,7 @@ fn every_read_every_refusal_and_every_step_is_audited() {
         .unwrap();
     let code = fieldreport_station::dashboard::users::totp(&account.totp_secret)
         .unwrap()
-        .generate_current()
-        .unwrap();
+        .generate((st.now_ms() / 1000) as u64);
     let resp = http
         .post(format!("{}/dashboard/login", st.url))
         .form(&[
@@ -248,6 +247,108 @@ fn every_read_every_refusal_and_every_step_is_audited() {
     assert!(printed.contains(&format!(
         "{sup_id}\tGET /v1/reports/{{id}}\t/v1/reports/{r}\t200"
     )));
+}
+
+/// Requests to paths no route serves, and the console commands that read
+/// or change records, are audited too.
+#[test]
+fn unknown_paths_and_console_commands_are_audited() {
+    let st = TestStation::start();
+    let officer = st.device(
+        &person("Officer Cliname", "71101", Role::Officer, "D9"),
+        None,
+    );
+    let r = officer.store.create_report().unwrap();
+    officer.sync();
+
+    let http = st.http();
+    for (path, bearer) in [
+        ("/no/such/path", None),
+        ("/v1/nothing-here", Some(officer.credential())),
+        ("/dashboard/no-such-page", None),
+    ] {
+        let mut req = http.get(format!("{}{path}", st.url));
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        assert_eq!(req.send().unwrap().status().as_u16(), 404, "{path}");
+    }
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_station-cli"))
+            .args(args)
+            .args(st.cli_args())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    cli(&[
+        "enroll",
+        "--name",
+        "Officer Cliname Two",
+        "--star",
+        "71102",
+        "--role",
+        "officer",
+        "--unit",
+        "D9",
+    ]);
+    let out = tempfile::tempdir().unwrap();
+    let bag = out.path().join("bag");
+    cli(&[
+        "export",
+        "--report",
+        &r.to_string(),
+        "--out",
+        bag.to_str().unwrap(),
+    ]);
+    cli(&["audit"]);
+
+    let entries = log(&st);
+    let has = |actor: &str, action: &str, target: &str, outcome: &str| {
+        entries.iter().any(|e| {
+            e.actor == actor
+                && e.action == action
+                && e.target.starts_with(target)
+                && e.outcome == outcome
+        })
+    };
+    assert!(
+        has("anonymous", "GET unrouted", "/no/such/path", "404"),
+        "{entries:#?}"
+    );
+    assert!(
+        has("anonymous", "GET unrouted", "/dashboard/", "404"),
+        "{entries:#?}"
+    );
+    // The unknown path is unrouted, so nobody authenticated the request.
+    assert!(
+        has("anonymous", "GET unrouted", "/v1/nothing-here", "404"),
+        "{entries:#?}"
+    );
+    assert!(
+        has("admin", "enrollment code made", "officer code", "ok"),
+        "{entries:#?}"
+    );
+    assert!(
+        has(
+            "admin",
+            "evidence package exported",
+            &format!("reports {r}"),
+            "ok"
+        ),
+        "{entries:#?}"
+    );
+    assert!(
+        has("admin", "audit log read", "after 0", "ok"),
+        "{entries:#?}"
+    );
+    assert!(entries
+        .iter()
+        .all(|e| !format!("{e:?}").contains("Cliname") && !format!("{e:?}").contains("71102")));
 }
 
 #[test]

@@ -17,7 +17,7 @@ const DAY: i64 = 24 * 3600 * 1000;
 struct Skewed(AtomicI64);
 impl WallClock for Skewed {
     fn now_ms(&self) -> i64 {
-        chrono::Utc::now().timestamp_millis() + self.0.load(Ordering::SeqCst)
+        now_ms() + self.0.load(Ordering::SeqCst)
     }
 }
 
@@ -117,7 +117,7 @@ fn skewed_clocks_keep_causal_order_and_are_flagged_not_refused() {
     );
 
     // The station's receipt times are its own; the skews are flagged.
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = now_ms();
     let rec = receipts(&st, &sup.credential(), r);
     assert_eq!(
         rec.changes.len() as u64,

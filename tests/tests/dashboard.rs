@@ -31,12 +31,11 @@ fn account(st: &TestStation, star: &str, unit: &str) -> String {
         .totp_secret
 }
 
-/// The current code of an authenticator app holding `secret`.
-fn code(secret: &str) -> String {
+/// The code an authenticator app holding `secret` shows at the station's now.
+fn code(st: &TestStation, secret: &str) -> String {
     fieldreport_station::dashboard::users::totp(secret)
         .unwrap()
-        .generate_current()
-        .unwrap()
+        .generate((st.now_ms() / 1000) as u64)
 }
 
 fn client(st: &TestStation) -> Client {
@@ -119,10 +118,13 @@ fn sign_in_sessions_and_actions_over_http() {
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
-    assert_eq!(sign_in(&st, "900", "wrong password!", &code(&secret)), None);
-    assert_eq!(sign_in(&st, "999", PASSWORD, &code(&secret)), None);
+    assert_eq!(
+        sign_in(&st, "900", "wrong password!", &code(&st, &secret)),
+        None
+    );
+    assert_eq!(sign_in(&st, "999", PASSWORD, &code(&st, &secret)), None);
 
-    let cookie = sign_in(&st, "900", PASSWORD, &code(&secret)).unwrap();
+    let cookie = sign_in(&st, "900", PASSWORD, &code(&st, &secret)).unwrap();
     let get = |path: &str| {
         client(&st)
             .get(format!("{}{path}", st.url))
@@ -179,7 +181,7 @@ fn sign_in_sessions_and_actions_over_http() {
     assert_eq!(tar.status().as_u16(), 200);
     assert!(tar.bytes().unwrap().len() > 1024);
     let other_secret = account(&st, "800", "D2");
-    let other = sign_in(&st, "800", PASSWORD, &code(&other_secret)).unwrap();
+    let other = sign_in(&st, "800", PASSWORD, &code(&st, &other_secret)).unwrap();
     let resp = client(&st)
         .get(format!("{}/dashboard/reports/{r}", st.url))
         .header("cookie", &other)
@@ -237,7 +239,7 @@ fn supervisor_journey_in_headless_chromium() {
         .env("FR_URL", &st.url)
         .env("FR_STAR", "900")
         .env("FR_PASSWORD", PASSWORD)
-        .env("FR_CODE", code(&secret))
+        .env("FR_CODE", code(&st, &secret))
         .env("FR_SCREENSHOT", &shot)
         .env("FR_CHROMIUM", &chromium)
         .stdin(Stdio::piped())

@@ -9,6 +9,14 @@ use uuid::Uuid;
 
 const NOV_20: i64 = 1_795_705_200_000; // 2026-11-20T15:00:00Z (09:00 in Chicago)
 const OCT_10: i64 = 1_791_644_400_000; // 2026-10-10T15:00:00Z
+/// The day the tests run on, whatever the real date: five days after the
+/// November incidents (their reviews due, not overdue), weeks after the
+/// October one's was due.
+const NOV_25: i64 = NOV_20 + 5 * 86_400_000;
+
+fn station() -> TestStation {
+    TestStation::start_with_clock(fieldreport_station::clock::ManualClock::at(NOV_25))
+}
 
 struct Seed<'a> {
     officer: &'a Device,
@@ -85,7 +93,7 @@ fn get(st: &TestStation, path: &str) -> (u16, String) {
 
 #[test]
 fn public_counts_match_the_hand_count_and_show_nothing_personal() {
-    let st = TestStation::start();
+    let st = station();
     let o9 = st.device(
         &person(
             "Officer Nine Personname",
@@ -251,7 +259,7 @@ fn public_counts_match_the_hand_count_and_show_nothing_personal() {
 
 #[test]
 fn supervisors_see_due_overdue_and_done_reviews() {
-    let st = TestStation::start();
+    let st = station();
     let o = st.device(&person("O", "1", Role::Officer, "D9"), None);
     let s = st.device(&person("S", "9", Role::Supervisor, "D9"), None);
     let other = st.device(&person("X", "8", Role::Supervisor, "D2"), None);

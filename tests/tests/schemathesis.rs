@@ -74,3 +74,22 @@ fn generated_requests_never_get_a_server_error() {
             .join("\n")
     );
 }
+
+/// The OpenAPI description the station serves is valid for the version it
+/// declares, as `openapi-spec-validator` (PyPI) judges it.
+#[test]
+fn the_openapi_description_is_valid() {
+    let Some(validator) = outside_tool("openapi-spec-validator") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("openapi.json");
+    std::fs::write(&path, fieldreport_station::api::OPENAPI).unwrap();
+    let out = Command::new(validator).arg(&path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator refuses station/openapi.json:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

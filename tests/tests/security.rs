@@ -78,7 +78,7 @@ fn revoked_device_and_expired_credential_are_refused_and_audited() {
 
     // An expired credential: refused until an admin extends it, and then
     // the change made meanwhile goes through (nothing was lost).
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = st.now_ms();
     assert!(st
         .rt
         .block_on(st.storage.set_credential_expiry(old_id, now - 1))
@@ -152,10 +152,7 @@ fn second_factor_lockout_and_idle_sessions() {
         .unwrap();
     let actor = account.device_id.to_string();
     let t = totp(&account.totp_secret).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = (st.now_ms() / 1000) as u64;
     let current = t.generate(now);
     let wrong = format!(
         "{:06}",

@@ -438,11 +438,27 @@ fn a_cancelled_sync_reports_progress_and_a_restarted_app_resumes() {
 fn the_readme_demo_converges() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    rt.block_on(fieldreport_station::demo::run(
-        false,
-        Some(dir.path().to_path_buf()),
-    ))
-    .expect("the demo converges");
+    // As a newcomer runs it: the command, read by a person.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_station-cli"))
+        .args(["demo", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the demo converges: {printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Values as people read them, not Rust's debug form.
+    assert!(printed.contains("Kept conflict on"), "{printed}");
+    assert!(printed.contains("\"CBP 4471-B\" from"), "{printed}");
+    for debug in ["Text(", "Time(", "List(", "Some("] {
+        assert!(
+            !printed.contains(debug),
+            "`{debug}` in the demo's output:\n{printed}"
+        );
+    }
     // Again on the same, now full, directory: a clear refusal.
     let err = rt
         .block_on(fieldreport_station::demo::run(

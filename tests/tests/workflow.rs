@@ -281,7 +281,7 @@ fn forger(st: &TestStation, p: &fieldreport_core::Person) -> Forger {
 
 impl Forger {
     fn change(&self, report: Uuid, prev: Option<Hash>, ops: Vec<(&str, Value)>) -> Change {
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = now_ms();
         Change::sign(
             ChangeBody {
                 format: 1,
@@ -437,7 +437,7 @@ fn a_device_refuses_forged_changes_from_a_peer() {
         ed25519_dalek::SigningKey::from_bytes(&secret.try_into().unwrap())
     };
     let me = b.store.identity().unwrap();
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = now_ms();
     let forged = Change::sign(
         ChangeBody {
             format: 1,

@@ -19,6 +19,25 @@ pub enum Value {
     List(Vec<String>),
 }
 
+/// The value as a person reads it (the demo, logs of the admin's own
+/// data): text quoted, times in UTC, lists comma-separated.
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Null => f.write_str("(empty)"),
+            Value::Bool(b) => f.write_str(if *b { "yes" } else { "no" }),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Float(x) => write!(f, "{x}"),
+            Value::Text(s) => write!(f, "\"{s}\""),
+            Value::Time(ms) => match chrono::DateTime::from_timestamp_millis(*ms) {
+                Some(t) => write!(f, "{}", t.format("%Y-%m-%d %H:%M:%S UTC")),
+                None => write!(f, "{ms} ms"),
+            },
+            Value::List(items) => f.write_str(&items.join(", ")),
+        }
+    }
+}
+
 impl Value {
     pub fn kind_name(&self) -> &'static str {
         match self {
@@ -75,5 +94,28 @@ impl Value {
             (Value::Float(a), Value::Float(b)) => a.to_bits() == b.to_bits(),
             _ => self == other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Value;
+
+    #[test]
+    fn values_display_as_people_read_them() {
+        assert_eq!(
+            Value::Text("CBP 4471-B".into()).to_string(),
+            "\"CBP 4471-B\""
+        );
+        assert_eq!(
+            Value::Time(1_795_705_200_000).to_string(),
+            "2026-11-20 15:00:00 UTC"
+        );
+        assert_eq!(
+            Value::List(vec!["ice".into(), "cbp".into()]).to_string(),
+            "ice, cbp"
+        );
+        assert_eq!(Value::Bool(true).to_string(), "yes");
+        assert_eq!(Value::Null.to_string(), "(empty)");
     }
 }

@@ -369,7 +369,15 @@ impl SyncClient {
                 let status: MediaStatus = self.retry(cancel, || {
                     self.json(self.http.get(self.url(&format!("/v1/media/{sha}/status"))))
                 })?;
-                p.bytes_done = base_done + status.received;
+                if status.received > size {
+                    // A station claiming more than the file holds would
+                    // have the upload loop ask forever.
+                    return Err(Error::Station {
+                        status: 200,
+                        code: "media_status_beyond_size".into(),
+                    });
+                }
+                p.bytes_done = base_done.saturating_add(status.received);
                 progress.on_progress(p);
                 if status.complete {
                     break;
@@ -397,7 +405,7 @@ impl SyncClient {
                             )?;
                             offset += n as u64;
                             report.media_bytes_sent += n as u64;
-                            p.bytes_done = base_done + offset;
+                            p.bytes_done = base_done.saturating_add(offset);
                             progress.on_progress(p);
                         }
                         Ok(())

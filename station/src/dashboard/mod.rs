@@ -15,7 +15,7 @@ pub mod users;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Form, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -41,7 +41,8 @@ const COOKIE: &str = "fr_session";
 
 struct Session {
     star_number: String,
-    last_seen: Instant,
+    /// Station clock, ms.
+    last_seen: i64,
 }
 
 pub struct Dashboard {
@@ -76,7 +77,8 @@ impl Default for Dashboard {
 #[derive(Default)]
 struct Attempts {
     failures: u32,
-    locked_until: Option<Instant>,
+    /// Station clock, ms.
+    locked_until: Option<i64>,
     last_totp_step: u64,
 }
 
@@ -88,11 +90,15 @@ pub const LOCKOUT: std::time::Duration = std::time::Duration::from_secs(10 * 60)
 const MAX_TRACKED: usize = 10_000;
 
 impl Dashboard {
+    fn idle_ms(&self) -> i64 {
+        i64::try_from(self.idle_timeout.as_millis()).unwrap_or(i64::MAX)
+    }
+
     fn attempts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Attempts>> {
         self.attempts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn locked(&self, star: &str, now: Instant) -> bool {
+    fn locked(&self, star: &str, now: i64) -> bool {
         self.attempts()
             .get(star)
             .and_then(|a| a.locked_until)
@@ -100,7 +106,7 @@ impl Dashboard {
     }
 
     /// Counts a failure; true when it locks the account.
-    fn fail(&self, star: &str, now: Instant) -> bool {
+    fn fail(&self, star: &str, now: i64) -> bool {
         let mut all = self.attempts();
         if all.len() >= MAX_TRACKED && !all.contains_key(star) {
             all.retain(|_, a| a.locked_until.is_some_and(|t| t > now));
@@ -113,7 +119,7 @@ impl Dashboard {
         }
         a.failures += 1;
         if a.failures >= MAX_FAILURES {
-            a.locked_until = Some(now + LOCKOUT);
+            a.locked_until = Some(now.saturating_add(LOCKOUT.as_millis() as i64));
             return true;
         }
         false
@@ -177,9 +183,9 @@ async fn supervisor(s: &AppState, headers: &HeaderMap) -> Option<Supervisor> {
             .sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let idle = s.dashboard.idle_timeout;
-        sessions.retain(|_, v| now.duration_since(v.last_seen) < idle);
+        let now = s.clock.now_ms();
+        let idle = s.dashboard.idle_ms();
+        sessions.retain(|_, v| now.saturating_sub(v.last_seen) < idle);
         let session = sessions.get_mut(&token)?;
         session.last_seen = now;
         session.star_number.clone()
@@ -208,7 +214,7 @@ pub fn session_actor(s: &AppState, headers: &HeaderMap) -> Option<(String, bool)
         let session = sessions.get(&token)?;
         (
             session.star_number.clone(),
-            session.last_seen.elapsed() >= s.dashboard.idle_timeout,
+            s.clock.now_ms().saturating_sub(session.last_seen) >= s.dashboard.idle_ms(),
         )
     };
     users::load(&users::dashboard_dir(s.storage.as_ref()))
@@ -221,7 +227,7 @@ pub fn session_actor(s: &AppState, headers: &HeaderMap) -> Option<(String, bool)
 async fn audit_sign_in(s: &AppState, account: Option<&Account>, outcome: &str) {
     let entry = crate::storage::AuditEntry {
         id: 0,
-        at_ms: chrono::Utc::now().timestamp_millis(),
+        at_ms: s.clock.now_ms(),
         actor: account
             .map(|a| a.device_id.to_string())
             .unwrap_or_else(|| "unknown account".into()),
@@ -324,7 +330,7 @@ async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Re
         (status, page("Sign in", None, &login_form(message))).into_response()
     };
     // Locked: refused before any check, so guessing gets nowhere.
-    if s.dashboard.locked(&star, Instant::now()) {
+    if s.dashboard.locked(&star, s.clock.now_ms()) {
         audit_sign_in(&s, account.as_ref(), "refused: locked out").await;
         tracing::warn!("dashboard sign-in refused: locked out");
         return Ok(refused(
@@ -346,10 +352,7 @@ async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Re
         .as_ref()
         .and_then(|a| users::totp(&a.totp_secret))
         .and_then(|t| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .ok()?
-                .as_secs();
+            let now = u64::try_from(s.clock.now_ms() / 1000).ok()?;
             // The step the code belongs to (drift of one step allowed).
             [now, now.saturating_sub(30), now + 30]
                 .into_iter()
@@ -367,7 +370,7 @@ async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Re
         (Some(_), true, Some(_)) => Ok(()),
     };
     if let Err(why) = outcome {
-        let locked_now = s.dashboard.fail(&star, Instant::now());
+        let locked_now = s.dashboard.fail(&star, s.clock.now_ms());
         audit_sign_in(&s, account.as_ref(), why).await;
         if locked_now {
             audit_sign_in(&s, account.as_ref(), "locked out for 10 minutes").await;
@@ -393,7 +396,7 @@ async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Re
             token.clone(),
             Session {
                 star_number: account.star_number.clone(),
-                last_seen: Instant::now(),
+                last_seen: s.clock.now_ms(),
             },
         );
     tracing::info!("dashboard sign-in");
@@ -454,7 +457,7 @@ fn short_time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
 
 async fn inbox_rows(s: &AppState, sup: &Supervisor) -> Result<String> {
     let reports = parse_reports(s.storage.visible_reports(&sup.who).await?)?;
-    let now = chrono::Utc::now();
+    let now = s.clock.now();
     if reports.is_empty() {
         return Ok("<tr><td colspan=6>No reports from the unit yet.</td></tr>".into());
     }
@@ -847,7 +850,7 @@ async fn reviews_page(State(s): State<AppState>, headers: HeaderMap) -> Result<R
         Err(r) => return Ok(r),
     };
     let reports = parse_reports(s.storage.visible_reports(&sup.who).await?)?;
-    let items = oversight::reviews(&reports, chrono::Utc::now());
+    let items = oversight::reviews(&reports, s.clock.now());
     let mut body = String::from("<h1>Internal reviews (30 days)</h1>");
     for (status, title) in [
         (ReviewStatus::Overdue, "Overdue"),
@@ -934,26 +937,27 @@ mod tests {
     #[test]
     fn five_failures_lock_for_ten_minutes_then_count_afresh() {
         let d = Dashboard::default();
-        let t0 = Instant::now();
+        let t0: i64 = 1_800_000_000_000;
+        let lockout = LOCKOUT.as_millis() as i64;
         for i in 1..MAX_FAILURES {
             assert!(!d.fail("1234", t0), "failure {i} locked");
             assert!(!d.locked("1234", t0));
         }
         assert!(d.fail("1234", t0), "the fifth failure locks");
         assert!(d.locked("1234", t0));
-        assert!(d.locked("1234", t0 + LOCKOUT - std::time::Duration::from_secs(1)));
+        assert!(d.locked("1234", t0 + lockout - 1000));
         assert!(!d.locked("other", t0), "other accounts are not locked");
         assert!(
-            !d.locked("1234", t0 + LOCKOUT),
+            !d.locked("1234", t0 + lockout),
             "the lock ends after 10 minutes"
         );
         // After the lock: a fresh count, not an instant relock.
-        assert!(!d.fail("1234", t0 + LOCKOUT));
-        assert!(!d.locked("1234", t0 + LOCKOUT));
+        assert!(!d.fail("1234", t0 + lockout));
+        assert!(!d.locked("1234", t0 + lockout));
         // A success resets the count.
         d.succeeded("1234");
         for _ in 1..MAX_FAILURES {
-            assert!(!d.fail("1234", t0 + LOCKOUT));
+            assert!(!d.fail("1234", t0 + lockout));
         }
         // A code's step works once, and not an older one after it.
         assert!(d.use_totp_step("1234", 100));

@@ -11,10 +11,6 @@ use crate::error::{Result, StationError};
 /// Largest media file accepted.
 pub const MAX_MEDIA_BYTES: u64 = 4 << 30;
 
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 pub fn random_token(bytes: usize) -> Result<String> {
     let mut b = vec![0u8; bytes];
     getrandom::fill(&mut b).map_err(|_| StationError::Internal("random source".into()))?;
@@ -50,6 +46,21 @@ pub fn enrolled_from_row(
     })
 }
 
+/// One device's entry in the directory a device receives: the whole record
+/// when `named` (the device itself, or the author of a change the receiver
+/// may see), else only what verifying and authorizing its changes needs
+/// (id, public key, role and unit), with name and star number left empty,
+/// so a lost phone does not hold the department's roster.
+pub fn directory_entry(record: &str, named: bool) -> Result<DeviceRecord> {
+    let mut record: DeviceRecord =
+        serde_json::from_str(record).map_err(|_| StationError::Internal("device record".into()))?;
+    if !named {
+        record.person.name.clear();
+        record.person.star_number.clear();
+    }
+    Ok(record)
+}
+
 pub fn ed25519_key(bytes: &[u8; 32]) -> Result<[u8; 32]> {
     let rec = DeviceRecord {
         device_id: Uuid::nil(),
@@ -83,7 +94,11 @@ pub fn check_chunk(sha256: &str, offset: u64, total: u64, len: usize) -> Result<
             "media larger than {MAX_MEDIA_BYTES} bytes"
         )));
     }
-    if offset + len as u64 > total {
+    // Offset and total come from the request: overflow is refused, not wrapped.
+    let end = u64::try_from(len)
+        .ok()
+        .and_then(|len| offset.checked_add(len));
+    if end.is_none_or(|end| end > total) {
         return Err(StationError::BadRequest(
             "beyond_total",
             "chunk goes past the declared total".into(),
@@ -114,7 +129,10 @@ pub fn write_chunk(partial: &std::path::Path, offset: u64, bytes: &[u8]) -> Resu
     f.seek(SeekFrom::Start(offset))?;
     f.write_all(bytes)?;
     f.sync_data()?;
-    Ok(offset + bytes.len() as u64)
+    u64::try_from(bytes.len())
+        .ok()
+        .and_then(|n| offset.checked_add(n))
+        .ok_or_else(|| StationError::BadRequest("beyond_total", "chunk end overflows".into()))
 }
 
 /// Who may have made each change (the core's rule, the one phones apply);
@@ -138,4 +156,27 @@ pub fn authorize_changes(
         fieldreport_core::model::workflow::authorize(c.body(), person, unit)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    #[test]
+    fn chunk_arguments_that_overflow_are_refused_not_wrapped() {
+        for (offset, total, len) in [
+            (u64::MAX, 10, 5),
+            (u64::MAX - 2, MAX_MEDIA_BYTES, 3),
+            (u64::MAX, u64::MAX, 1),
+            (1 << 63, MAX_MEDIA_BYTES, usize::MAX),
+        ] {
+            let e = check_chunk(SHA, offset, total, len).unwrap_err();
+            assert!(e.is_client_error(), "{offset} {total} {len}: {e:?}");
+        }
+        assert!(check_chunk(SHA, 5, 10, 5).is_ok());
+        assert!(check_chunk(SHA, 6, 10, 5).is_err());
+        assert!(check_chunk(SHA, 0, 0, 0).is_ok());
+    }
 }

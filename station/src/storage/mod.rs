@@ -22,7 +22,9 @@ use fieldreport_core::{Change, Role};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+use crate::clock::Clock;
 use crate::error::Result;
+use std::sync::Arc;
 
 /// An enrolled device, as the station knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +97,9 @@ pub struct Counts {
 
 #[async_trait]
 pub trait StationStorage: Send + Sync + 'static {
+    /// The clock this station judges time by (the API and dashboard use
+    /// it too, so one station has one "now").
+    fn clock(&self) -> Arc<dyn Clock>;
     /// Creates a one-time enrollment code, valid for `ttl_ms`.
     async fn create_enrollment(&self, person: Person, ttl_ms: i64) -> Result<(String, i64)>;
     /// Redeems a code: registers the device's key, returns its record and
@@ -107,7 +112,13 @@ pub trait StationStorage: Send + Sync + 'static {
     ) -> Result<(DeviceRecord, String)>;
     /// The device a credential belongs to.
     async fn authenticate(&self, credential: &str) -> Result<Option<Enrolled>>;
+    /// Every enrolled device (the station's own uses: the console, the
+    /// dashboard's signing stores, exports).
     async fn devices(&self) -> Result<Vec<DeviceRecord>>;
+    /// The device directory `who` receives: every device's key, role and
+    /// unit, but names and star numbers only of `who` itself and of the
+    /// authors of changes `who` may see (see [`common::directory_entry`]).
+    async fn directory(&self, who: &Enrolled) -> Result<Vec<DeviceRecord>>;
     async fn revoke(&self, device: Uuid) -> Result<bool>;
     /// Sets when a device's credential expires; false if no such device.
     async fn set_credential_expiry(&self, device: Uuid, expires_at_ms: i64) -> Result<bool>;

@@ -43,6 +43,7 @@ use super::{
     AuditEntry, Counts, Enrolled, ExportMaterial, PullPage, PushOutcome, StationStorage,
     CREDENTIAL_LIFETIME_MS,
 };
+use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, StationError};
 
 /// Numbered schema steps; `schema_version` records how many ran.
@@ -172,6 +173,7 @@ struct Inner {
     events: broadcast::Sender<(String, ReportEvent)>,
     /// Tells the listener thread to stop.
     closed: Arc<AtomicBool>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Drop for Inner {
@@ -225,6 +227,15 @@ impl PostgresStorage {
     /// Connects to `url` (creating the schema if needed) with media files
     /// under `data` (shared by every process on the database).
     pub fn open(url: &str, data: &Path) -> Result<PostgresStorage> {
+        Self::open_with_clock(url, data, SystemClock::shared())
+    }
+
+    /// Like [`PostgresStorage::open`], judging time by `clock`.
+    pub fn open_with_clock(
+        url: &str,
+        data: &Path,
+        clock: Arc<dyn Clock>,
+    ) -> Result<PostgresStorage> {
         std::fs::create_dir_all(data)?;
         // Connection errors name the server, never data: safe to show.
         let connect = || {
@@ -254,6 +265,7 @@ impl PostgresStorage {
                 scratch,
                 events,
                 closed,
+                clock,
             }),
         })
     }
@@ -544,7 +556,7 @@ impl StationStorage for PostgresStorage {
     async fn create_enrollment(&self, person: Person, ttl_ms: i64) -> Result<(String, i64)> {
         self.blocking(move |i| {
             let code = random_token(10)?;
-            let now = now_ms();
+            let now = i.clock.now_ms();
             let expires = now + ttl_ms;
             let person = serde_json::to_string(&person)
                 .map_err(|_| StationError::Internal("person".into()))?;
@@ -583,7 +595,7 @@ impl StationStorage for PostgresStorage {
             if used.is_some() {
                 return Err(StationError::Unprocessable("code_used", "enrollment code already used".into()));
             }
-            if expires <= now_ms() {
+            if expires <= i.clock.now_ms() {
                 return Err(StationError::Unprocessable("code_expired", "enrollment code expired".into()));
             }
             let person: Person = serde_json::from_str(&person)
@@ -608,7 +620,7 @@ impl StationStorage for PostgresStorage {
                         &record.person.role.as_str(),
                         &record.person.unit,
                         &digest(&credential),
-                        &now_ms(),
+                        &i.clock.now_ms(),
                     ],
                 )
                 .map_err(db)?;
@@ -617,12 +629,12 @@ impl StationStorage for PostgresStorage {
             }
             tx.execute(
                 "UPDATE devices SET credential_expires_at = $1 WHERE device_id = $2",
-                &[&(now_ms() + CREDENTIAL_LIFETIME_MS), &device_id],
+                &[&(i.clock.now_ms() + CREDENTIAL_LIFETIME_MS), &device_id],
             )
             .map_err(db)?;
             tx.execute(
                 "UPDATE enrollment_codes SET used_at = $1, used_by = $2 WHERE code_hash = $3",
-                &[&now_ms(), &device_id, &digest(&code)],
+                &[&i.clock.now_ms(), &device_id, &digest(&code)],
             )
             .map_err(db)?;
             tx.commit().map_err(db)?;
@@ -670,7 +682,7 @@ impl StationStorage for PostgresStorage {
             Ok(i.conn()
                 .execute(
                     "UPDATE devices SET revoked_at = $1 WHERE device_id = $2 AND revoked_at IS NULL",
-                    &[&now_ms(), &device],
+                    &[&i.clock.now_ms(), &device],
                 )
                 .map_err(db)?
                 > 0)
@@ -730,7 +742,7 @@ impl StationStorage for PostgresStorage {
                 .query_one("SELECT COALESCE(MAX(id), 0) FROM changes", &[])
                 .map_err(db)?
                 .get(0);
-            let now = now_ms();
+            let now = i.clock.now_ms();
             let n = verified.new.len();
             let ids: Vec<i64> = (1..=n as i64).map(|k| head + k).collect();
             let hashes: Vec<Vec<u8>> = verified.new.iter().map(|c| c.hash().to_vec()).collect();
@@ -909,6 +921,26 @@ impl StationStorage for PostgresStorage {
         .await
     }
 
+    async fn directory(&self, who: &Enrolled) -> Result<Vec<DeviceRecord>> {
+        let who = who.clone();
+        self.blocking(move |i| {
+            let mut c = i.conn();
+            let (p, s, u) = visible_params(&who);
+            let sql = format!(
+                "SELECT record, device_id = $4 OR device_id IN
+                   (SELECT device_id FROM changes WHERE report_id IN {})
+                 FROM devices ORDER BY enrolled_at, device_id",
+                visible(1, 2, 3)
+            );
+            c.query(&sql, &[&p, &s, &u, &who.record.device_id])
+                .map_err(db)?
+                .into_iter()
+                .map(|r| directory_entry(&r.get::<_, String>(0), r.get(1)))
+                .collect()
+        })
+        .await
+    }
+
     async fn visible_reports(&self, who: &Enrolled) -> Result<Vec<String>> {
         let who = who.clone();
         self.blocking(move |i| {
@@ -1081,7 +1113,7 @@ impl StationStorage for PostgresStorage {
             i.conn()
                 .execute(
                     "INSERT INTO rejected (received_at, device_id, reason, bytes) VALUES ($1, $2, $3, $4)",
-                    &[&now_ms(), &device, &reason, &bytes],
+                    &[&i.clock.now_ms(), &device, &reason, &bytes],
                 )
                 .map_err(db)?;
             Ok(())
@@ -1114,6 +1146,10 @@ impl StationStorage for PostgresStorage {
         self.inner.scratch.clone()
     }
 
+    fn clock(&self) -> Arc<dyn Clock> {
+        self.inner.clock.clone()
+    }
+
     async fn record_clock_skew(
         &self,
         device: Uuid,
@@ -1126,7 +1162,7 @@ impl StationStorage for PostgresStorage {
                     "INSERT INTO clock_skew (report_id, device_id, skew_ms, observed_at)
                      SELECT r, $2, $3, $4 FROM UNNEST($1::uuid[]) AS r
                      ON CONFLICT (report_id, device_id) DO UPDATE SET skew_ms = excluded.skew_ms, observed_at = excluded.observed_at",
-                    &[&reports, &device, &skew_ms, &now_ms()],
+                    &[&reports, &device, &skew_ms, &i.clock.now_ms()],
                 )
                 .map_err(db)?;
             Ok(())

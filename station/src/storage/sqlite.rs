@@ -29,6 +29,7 @@ use super::{
     AuditEntry, Counts, Enrolled, ExportMaterial, PullPage, PushOutcome, StationStorage,
     CREDENTIAL_LIFETIME_MS,
 };
+use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, StationError};
 
 const DB_FILE: &str = "station.db";
@@ -149,6 +150,7 @@ struct Inner {
     media: MediaStore,
     scratch: PathBuf,
     partial_dir: PathBuf,
+    clock: Arc<dyn Clock>,
 }
 
 /// Reader connections (pulls of many supervisors run side by side).
@@ -171,6 +173,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl SqliteStorage {
     pub fn open(dir: &Path) -> Result<SqliteStorage> {
+        Self::open_with_clock(dir, SystemClock::shared())
+    }
+
+    /// Opens the station's storage in `dir`, judging time by `clock`.
+    pub fn open_with_clock(dir: &Path, clock: Arc<dyn Clock>) -> Result<SqliteStorage> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(DB_FILE);
         let mut writer = Connection::open(&path)?;
@@ -212,6 +219,7 @@ impl SqliteStorage {
                 media: MediaStore::open(dir.join("media"))?,
                 scratch,
                 partial_dir,
+                clock,
             }),
         })
     }
@@ -299,9 +307,9 @@ fn write_report(tx: &Transaction, report: Uuid) -> Result<(String, bool)> {
 impl StationStorage for SqliteStorage {
     async fn create_enrollment(&self, person: Person, ttl_ms: i64) -> Result<(String, i64)> {
         self.blocking(move |i| {
-            // 10 bytes = 20 hex characters: typed by hand or scanned as QR.
+            // 10 bytes = 20 hex characters, typed by hand at enrollment.
             let code = random_token(10)?;
-            let now = now_ms();
+            let now = i.clock.now_ms();
             let expires = now + ttl_ms;
             let person = serde_json::to_string(&person)
                 .map_err(|_| StationError::Internal("person".into()))?;
@@ -338,7 +346,7 @@ impl StationStorage for SqliteStorage {
             if used.is_some() {
                 return Err(StationError::Unprocessable("code_used", "enrollment code already used".into()));
             }
-            if expires <= now_ms() {
+            if expires <= i.clock.now_ms() {
                 return Err(StationError::Unprocessable("code_expired", "enrollment code expired".into()));
             }
             let person: Person = serde_json::from_str(&person)
@@ -362,19 +370,19 @@ impl StationStorage for SqliteStorage {
                     record.person.role.as_str(),
                     record.person.unit,
                     digest(&credential),
-                    now_ms()
+                    i.clock.now_ms()
                 ],
             )?;
             tx.execute(
                 "UPDATE devices SET credential_expires_at = ?1 WHERE device_id = ?2",
-                params![now_ms() + CREDENTIAL_LIFETIME_MS, device_id.as_bytes().as_slice()],
+                params![i.clock.now_ms() + CREDENTIAL_LIFETIME_MS, device_id.as_bytes().as_slice()],
             )?;
             if inserted == 0 {
                 return Err(StationError::Conflict("device_exists", "device id already enrolled".into()));
             }
             tx.execute(
                 "UPDATE enrollment_codes SET used_at = ?1, used_by = ?2 WHERE code_hash = ?3",
-                params![now_ms(), device_id.as_bytes().as_slice(), digest(&code)],
+                params![i.clock.now_ms(), device_id.as_bytes().as_slice(), digest(&code)],
             )?;
             tx.commit()?;
             Ok((record, credential))
@@ -417,7 +425,7 @@ impl StationStorage for SqliteStorage {
         self.blocking(move |i| {
             Ok(lock(&i.writer).execute(
                 "UPDATE devices SET revoked_at = ?1 WHERE device_id = ?2 AND revoked_at IS NULL",
-                params![now_ms(), device.as_bytes().as_slice()],
+                params![i.clock.now_ms(), device.as_bytes().as_slice()],
             )? > 0)
         })
         .await
@@ -451,7 +459,7 @@ impl StationStorage for SqliteStorage {
                     ));
                 }
             }
-            let now = now_ms();
+            let now = i.clock.now_ms();
             let mut touched = BTreeSet::new();
             for c in &verified.new {
                 insert_change(&tx, c, true, now)?;
@@ -603,6 +611,34 @@ impl StationStorage for SqliteStorage {
         .await
     }
 
+    async fn directory(&self, who: &Enrolled) -> Result<Vec<DeviceRecord>> {
+        let who = who.clone();
+        self.blocking(move |i| {
+            let c = i.reader();
+            let (p, s, u) = visible_params(&who);
+            let sql = format!(
+                "SELECT record, device_id = ?4 OR device_id IN
+                   (SELECT device_id FROM changes WHERE report_id IN {})
+                 FROM devices ORDER BY enrolled_at, device_id",
+                VISIBLE
+                    .replace("?p", "?1")
+                    .replace("?s", "?2")
+                    .replace("?u", "?3")
+            );
+            let mut st = c.prepare(&sql)?;
+            let rows = st.query_map(
+                params![p, s, u, who.record.device_id.as_bytes().as_slice()],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)),
+            )?;
+            rows.map(|row| {
+                let (record, named) = row?;
+                directory_entry(&record, named)
+            })
+            .collect()
+        })
+        .await
+    }
+
     async fn all_reports(&self) -> Result<Vec<String>> {
         self.blocking(move |i| {
             let c = i.reader();
@@ -745,7 +781,7 @@ impl StationStorage for SqliteStorage {
         self.blocking(move |i| {
             lock(&i.writer).execute(
                 "INSERT INTO rejected (received_at, device_id, reason, bytes) VALUES (?1, ?2, ?3, ?4)",
-                params![now_ms(), device.map(|d| d.as_bytes().to_vec()), reason, bytes],
+                params![i.clock.now_ms(), device.map(|d| d.as_bytes().to_vec()), reason, bytes],
             )?;
             Ok(())
         })
@@ -773,6 +809,10 @@ impl StationStorage for SqliteStorage {
         self.inner.scratch.clone()
     }
 
+    fn clock(&self) -> Arc<dyn Clock> {
+        self.inner.clock.clone()
+    }
+
     async fn record_clock_skew(
         &self,
         device: Uuid,
@@ -786,7 +826,7 @@ impl StationStorage for SqliteStorage {
                 tx.execute(
                     "INSERT INTO clock_skew (report_id, device_id, skew_ms, observed_at) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (report_id, device_id) DO UPDATE SET skew_ms = excluded.skew_ms, observed_at = excluded.observed_at",
-                    params![r.as_bytes().as_slice(), device.as_bytes().as_slice(), skew_ms, now_ms()],
+                    params![r.as_bytes().as_slice(), device.as_bytes().as_slice(), skew_ms, i.clock.now_ms()],
                 )?;
             }
             tx.commit()?;

@@ -1,0 +1,102 @@
+//! The station's one source of "now". Everything that judges time (code
+//! and credential expiry, receipt times, audit times, clock-skew flags,
+//! dashboard sessions and lock-outs, review due dates) asks the clock its
+//! storage was opened with, so tests pass a fixed or shifted one instead of
+//! depending on the day they run.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+/// Shifts the system clock of a station by this many milliseconds. A test
+/// hook (the suite runs once with the station a year ahead to prove no test
+/// depends on the real date); a station started with it logs a warning.
+pub const OFFSET_ENV: &str = "FIELDREPORT_CLOCK_OFFSET_MS";
+
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
+
+    fn now(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.now_ms()).unwrap_or(DateTime::<Utc>::MIN_UTC)
+    }
+}
+
+/// The machine's clock, shifted by a fixed offset (zero unless
+/// [`OFFSET_ENV`] says otherwise).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock {
+    pub offset_ms: i64,
+}
+
+impl SystemClock {
+    /// The system clock with the offset [`OFFSET_ENV`] names, if any.
+    pub fn from_env() -> SystemClock {
+        let offset_ms = std::env::var(OFFSET_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        if offset_ms != 0 {
+            tracing::warn!(offset_ms, "station clock shifted by {OFFSET_ENV}");
+        }
+        SystemClock { offset_ms }
+    }
+
+    pub fn shared() -> Arc<dyn Clock> {
+        Arc::new(SystemClock::from_env())
+    }
+}
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        Utc::now().timestamp_millis().saturating_add(self.offset_ms)
+    }
+}
+
+/// A clock that stands still until told to move (tests).
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn at(ms: i64) -> Arc<ManualClock> {
+        Arc::new(ManualClock(AtomicI64::new(ms)))
+    }
+    pub fn set(&self, ms: i64) {
+        self.0.store(ms, Ordering::SeqCst);
+    }
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_moves_only_when_told() {
+        let c = ManualClock::at(1_000);
+        assert_eq!(c.now_ms(), 1_000);
+        c.advance(500);
+        assert_eq!(c.now_ms(), 1_500);
+        c.set(10);
+        assert_eq!(c.now().timestamp_millis(), 10);
+    }
+
+    #[test]
+    fn system_clock_offset_shifts_now() {
+        let base = SystemClock::default().now_ms();
+        let ahead = SystemClock {
+            offset_ms: 365 * 86_400_000,
+        }
+        .now_ms();
+        assert!(ahead - base >= 365 * 86_400_000 - 1_000);
+    }
+}
