@@ -318,6 +318,7 @@ async fn devices(State(s): State<AppState>, Device(d): Device) -> Result<Json<De
 
 async fn push(
     State(s): State<AppState>,
+    axum::Extension(actor): axum::Extension<AuditActor>,
     Device(d): Device,
     headers: axum::http::HeaderMap,
     body: Bytes,
@@ -383,6 +384,23 @@ async fn push(
             }))
         }
         Err(e) => {
+            if let StationError::DeviceRevoked {
+                device: revoked, ..
+            } = &e
+            {
+                // Which revoked key was used, and by whom it came.
+                actor.note(REVOKED_NOTE);
+                s.storage
+                    .audit(AuditEntry {
+                        id: 0,
+                        at_ms: s.clock.now_ms(),
+                        actor: device.to_string(),
+                        action: "push refused".into(),
+                        target: format!("device {revoked}"),
+                        outcome: format!("refused: {REVOKED_NOTE}"),
+                    })
+                    .await?;
+            }
             if e.is_client_error() {
                 let code = e.status_and_code().1;
                 tracing::warn!(%device, code, "push refused");
@@ -394,6 +412,10 @@ async fn push(
         }
     }
 }
+
+/// The audit log's phrase for a push refused because a change in it is
+/// signed by a revoked device.
+pub const REVOKED_NOTE: &str = "change signed by a revoked device";
 
 #[derive(Deserialize)]
 struct PullQuery {

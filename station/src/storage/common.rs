@@ -111,6 +111,12 @@ pub fn bad_hash() -> StationError {
     StationError::BadRequest("bad_hash", "not a lowercase sha256 hex digest".into())
 }
 
+/// A change's receipt time (ms since epoch, as stored) as a time.
+pub fn receipt_time(ms: i64) -> Result<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| StationError::Internal("receipt time out of range".into()))
+}
+
 pub fn ms_time(ms: Option<i64>) -> Option<chrono::DateTime<chrono::Utc>> {
     ms.and_then(chrono::DateTime::from_timestamp_millis)
 }
@@ -133,6 +139,25 @@ pub fn write_chunk(partial: &std::path::Path, offset: u64, bytes: &[u8]) -> Resu
         .ok()
         .and_then(|n| offset.checked_add(n))
         .ok_or_else(|| StationError::BadRequest("beyond_total", "chunk end overflows".into()))
+}
+
+/// Refuses a batch holding a new change signed by a revoked device, whoever
+/// pushes it (the device itself, a partner's phone forwarding it, the
+/// dashboard's signing store). `revoked` holds the authors of `changes`
+/// that are revoked now, read inside the push's write transaction, so a
+/// revocation is ordered before or after every push. Changes the station
+/// already holds are not in `changes` (they are duplicates) and stay valid.
+pub fn refuse_revoked(
+    changes: &[fieldreport_core::Change],
+    revoked: &std::collections::HashSet<Uuid>,
+) -> Result<()> {
+    match changes.iter().find(|c| revoked.contains(&c.device())) {
+        Some(c) => Err(StationError::DeviceRevoked {
+            device: c.device(),
+            change: c.id().to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Who may have made each change (the core's rule, the one phones apply);
