@@ -108,7 +108,7 @@ mod tests {
             "\"CBP 4471-B\""
         );
         assert_eq!(
-            Value::Time(1_795_705_200_000).to_string(),
+            Value::Time(1_795_186_800_000).to_string(),
             "2026-11-20 15:00:00 UTC"
         );
         assert_eq!(
