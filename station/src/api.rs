@@ -238,7 +238,12 @@ pub async fn audit_layer(
         why: note,
         route,
     } = actor.get();
-    let route = route.unwrap_or_else(|| "unrouted".into());
+    // A path no route serves is whatever the client typed (it could be a
+    // name): only its first segment's safe characters and a hash are kept.
+    let (route, target) = match route {
+        Some(r) => (r, target),
+        None => ("unrouted".to_string(), unrouted_target(&target)),
+    };
     if route == "/dashboard/login" && method == axum::http::Method::POST {
         return resp;
     }
@@ -258,6 +263,22 @@ pub async fn audit_layer(
         tracing::error!(error = %e, "audit log write failed");
     }
     resp
+}
+
+/// `/first-segment… sha256:0123456789abcdef` for a path no route serves.
+fn unrouted_target(path: &str) -> String {
+    use sha2::Digest;
+    let first: String = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+        .take(24)
+        .collect();
+    let hash = hex::encode(sha2::Sha256::digest(path.as_bytes()));
+    format!("/{first}… sha256:{}", &hash[..16])
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -360,7 +381,8 @@ async fn push(
             .and_then(|v| v.parse::<i64>().ok());
         if let Some(t) = device_time {
             let skew = t.saturating_sub(s.clock.now_ms());
-            if skew.abs() > CLOCK_SKEW_TOLERANCE_MS {
+            // unsigned_abs: a header of i64::MIN must not overflow.
+            if skew.unsigned_abs() > CLOCK_SKEW_TOLERANCE_MS.unsigned_abs() {
                 tracing::warn!(%device, skew_ms = skew, "device clock skewed");
                 s.storage
                     .record_clock_skew(device, reports.into_iter().collect(), skew)

@@ -19,8 +19,9 @@ pub enum Value {
     List(Vec<String>),
 }
 
-/// The value as a person reads it (the demo, logs of the admin's own
-/// data): text quoted, times in UTC, lists comma-separated.
+/// The value as a person reads it (the demo, a report shown to its
+/// reader): text quoted, times in UTC, lists comma-separated. Never for
+/// logs or errors, which carry no report data.
 impl std::fmt::Display for Value {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -49,22 +49,20 @@ pub fn enrolled_from_row(
 /// One device's entry in the directory a device receives: the whole record
 /// when `named` (the device itself, or the author of a change the receiver
 /// may see), else only what verifying and authorizing its changes needs
-/// (id, public key, role and unit), with name and star number left empty,
-/// so a lost phone does not hold the department's roster.
+/// (id, public key, role and unit, and a salted digest of the person to
+/// check a claimed reporting officer against), with name and star number
+/// left empty, so a lost phone does not hold the department's roster.
 pub fn directory_entry(record: &str, named: bool) -> Result<DeviceRecord> {
-    let mut record: DeviceRecord =
+    let record: DeviceRecord =
         serde_json::from_str(record).map_err(|_| StationError::Internal("device record".into()))?;
-    if !named {
-        record.person.name.clear();
-        record.person.star_number.clear();
-    }
-    Ok(record)
+    Ok(if named { record } else { record.without_name() })
 }
 
 pub fn ed25519_key(bytes: &[u8; 32]) -> Result<[u8; 32]> {
     let rec = DeviceRecord {
         device_id: Uuid::nil(),
         public_key: *bytes,
+        person_digest: None,
         person: Person {
             name: String::new(),
             star_number: String::new(),

@@ -227,7 +227,7 @@ impl PostgresStorage {
     /// Connects to `url` (creating the schema if needed) with media files
     /// under `data` (shared by every process on the database).
     pub fn open(url: &str, data: &Path) -> Result<PostgresStorage> {
-        Self::open_with_clock(url, data, SystemClock::shared())
+        Self::open_with_clock(url, data, SystemClock::shared()?)
     }
 
     /// Like [`PostgresStorage::open`], judging time by `clock`.
@@ -557,7 +557,10 @@ impl StationStorage for PostgresStorage {
         self.blocking(move |i| {
             let code = random_token(10)?;
             let now = i.clock.now_ms();
-            let expires = now + ttl_ms;
+            let expires = now
+                .checked_add(ttl_ms)
+                .filter(|_| ttl_ms > 0)
+                .ok_or_else(|| StationError::BadRequest("bad_ttl", "a code's lifetime must be positive and in range".into()))?;
             let person = serde_json::to_string(&person)
                 .map_err(|_| StationError::Internal("person".into()))?;
             i.conn()
@@ -600,11 +603,7 @@ impl StationStorage for PostgresStorage {
             }
             let person: Person = serde_json::from_str(&person)
                 .map_err(|_| StationError::Internal("person".into()))?;
-            let record = DeviceRecord {
-                device_id,
-                public_key: key,
-                person,
-            };
+            let record = DeviceRecord::new(device_id, key, person);
             let credential = random_token(32)?;
             let json = serde_json::to_string(&record)
                 .map_err(|_| StationError::Internal("record".into()))?;

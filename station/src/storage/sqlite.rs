@@ -173,7 +173,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl SqliteStorage {
     pub fn open(dir: &Path) -> Result<SqliteStorage> {
-        Self::open_with_clock(dir, SystemClock::shared())
+        Self::open_with_clock(dir, SystemClock::shared()?)
     }
 
     /// Opens the station's storage in `dir`, judging time by `clock`.
@@ -327,7 +327,10 @@ impl StationStorage for SqliteStorage {
             // 10 bytes = 20 hex characters, typed by hand at enrollment.
             let code = random_token(10)?;
             let now = i.clock.now_ms();
-            let expires = now + ttl_ms;
+            let expires = now
+                .checked_add(ttl_ms)
+                .filter(|_| ttl_ms > 0)
+                .ok_or_else(|| StationError::BadRequest("bad_ttl", "a code's lifetime must be positive and in range".into()))?;
             let person = serde_json::to_string(&person)
                 .map_err(|_| StationError::Internal("person".into()))?;
             lock(&i.writer).execute(
@@ -368,11 +371,7 @@ impl StationStorage for SqliteStorage {
             }
             let person: Person = serde_json::from_str(&person)
                 .map_err(|_| StationError::Internal("person".into()))?;
-            let record = DeviceRecord {
-                device_id,
-                public_key: key,
-                person,
-            };
+            let record = DeviceRecord::new(device_id, key, person);
             let credential = random_token(32)?;
             let json = serde_json::to_string(&record)
                 .map_err(|_| StationError::Internal("record".into()))?;
