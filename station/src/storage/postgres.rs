@@ -448,7 +448,7 @@ fn batch_lookup(tx: &mut Transaction, changes: &[Change]) -> Result<BatchLookup>
 }
 
 /// Re-materialises `report` from all its changes; returns (unit, is new).
-fn write_report(tx: &mut Transaction, report: Uuid) -> Result<(String, bool)> {
+fn write_report(tx: &mut Transaction, report: Uuid) -> Result<(ReportFacts, bool)> {
     let mut doc = ReportDoc::new();
     for r in tx
         .query(
@@ -488,7 +488,13 @@ fn write_report(tx: &mut Transaction, report: Uuid) -> Result<(String, bool)> {
         ],
     )
     .map_err(db)?;
-    Ok((unit, !existed))
+    Ok((
+        ReportFacts {
+            unit,
+            creations: state.creations,
+        },
+        !existed,
+    ))
 }
 
 /// SQL for the reports a device may see ($p person key, $s is supervisor, $u unit).
@@ -792,8 +798,9 @@ impl StationStorage for PostgresStorage {
             let mut events = Vec::new();
             let mut units = HashMap::new();
             for report in touched {
-                let (unit, new) = write_report(&mut tx, report)?;
-                units.insert(report, unit.clone());
+                let (facts, new) = write_report(&mut tx, report)?;
+                let unit = facts.unit.clone();
+                units.insert(report, facts);
                 let ev = (
                     unit,
                     ReportEvent {

@@ -242,7 +242,7 @@ fn visible_params(who: &Enrolled) -> (String, bool, String) {
 fn authorize_all(
     tx: &Transaction,
     changes: &[Change],
-    units: &std::collections::HashMap<Uuid, String>,
+    reports: &std::collections::HashMap<Uuid, ReportFacts>,
 ) -> Result<()> {
     let mut people = std::collections::HashMap::new();
     for c in changes {
@@ -252,10 +252,10 @@ fn authorize_all(
             }
         }
     }
-    authorize_changes(changes, &people, units)
+    authorize_changes(changes, &people, reports)
 }
 
-fn write_report(tx: &Transaction, report: Uuid) -> Result<(String, bool)> {
+fn write_report(tx: &Transaction, report: Uuid) -> Result<(ReportFacts, bool)> {
     let doc = load_doc(tx, report)?;
     let state = doc.materialise();
     let r = Report::from_state(report, &state);
@@ -292,7 +292,13 @@ fn write_report(tx: &Transaction, report: Uuid) -> Result<(String, bool)> {
             r.to_canonical_json()
         ],
     )?;
-    Ok((unit, !existed))
+    Ok((
+        ReportFacts {
+            unit,
+            creations: state.creations,
+        },
+        !existed,
+    ))
 }
 
 #[async_trait]
@@ -480,8 +486,9 @@ impl StationStorage for SqliteStorage {
             let mut events = Vec::new();
             let mut units = std::collections::HashMap::new();
             for report in touched {
-                let (unit, new) = write_report(&tx, report)?;
-                units.insert(report, unit.clone());
+                let (facts, new) = write_report(&tx, report)?;
+                let unit = facts.unit.clone();
+                units.insert(report, facts);
                 events.push((
                     unit,
                     ReportEvent {
