@@ -122,11 +122,29 @@ fn changes_for(id: &DeviceIdentity, d: usize, s: &Sizes, photos: &[(String, u64)
         for e in 0..s.edits {
             seq += 1;
             let op = if e == 0 {
-                Operation {
-                    target: Target::Field("lifecycle.state".into()),
-                    action: Action::Set(Value::Text("draft".into())),
+                // The creation: the draft and its reporting officer, as
+                // the directory has this device's person.
+                let p = &id.record.person;
+                let set = |path: &str, v: &str| Operation {
+                    target: Target::Field(path.into()),
+                    action: Action::Set(Value::Text(v.into())),
                     pred: vec![],
-                }
+                };
+                let c = signed(
+                    id,
+                    report,
+                    seq,
+                    prev,
+                    vec![
+                        set("lifecycle.state", "draft"),
+                        set("reporting_officer.name", &p.name),
+                        set("reporting_officer.star_number", &p.star_number),
+                        set("reporting_officer.unit", &p.unit),
+                    ],
+                );
+                prev = Some(*c.hash());
+                out.push(c);
+                continue;
             } else if r == 0 && e <= photos.len() {
                 let (sha, size) = &photos[e - 1];
                 let entry = Uuid::from_u128(((d as u128 + 1) << 64) | (1 << 32) | e as u128);

@@ -7,8 +7,16 @@
 //! byte-identical report, and every register's conflict is exactly what an
 //! independent oracle says: the values no other value's author had seen.
 //!
+//! In some cases one officer's phone has its clock 80 years ahead, and a
+//! supervisor returns and approves what the officers submit: every
+//! lifecycle step still comes after every step its author had seen, no
+//! other replica's clock (nor any change it makes) goes beyond the bound,
+//! and exactly the far-ahead phone's changes that others built on are
+//! flagged.
+//!
 //! `materialisation_is_order_free`: the state is the same whatever order
-//! and however often changes are inserted.
+//! and however often changes are inserted (with a far-ahead clock in the
+//! history).
 
 mod common;
 
@@ -18,7 +26,7 @@ use std::sync::Arc;
 use common::*;
 use fieldreport_core::crdt::{Action, ReportDoc, Target};
 use fieldreport_core::store::{Heads, Store};
-use fieldreport_core::{Change, ChangeId, Edit, Origin, Value};
+use fieldreport_core::{Change, ChangeId, Edit, Error, Origin, Role, Value};
 use proptest::prelude::*;
 use uuid::Uuid;
 
@@ -52,6 +60,13 @@ enum Step {
         replica: usize,
         value: u8,
     },
+    Submit {
+        replica: usize,
+    },
+    /// The supervisor approves, or returns with a comment.
+    Supervise {
+        approve: bool,
+    },
     Sync {
         from: usize,
         to: usize,
@@ -61,6 +76,7 @@ enum Step {
     },
 }
 
+/// Officers are replicas `0..n`; the supervisor is replica `n`.
 fn step(n: usize) -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (0..n, 0..FIELDS.len(), 0u8..6).prop_map(|(replica, field, value)| Step::SetField { replica, field, value }),
@@ -68,13 +84,23 @@ fn step(n: usize) -> impl Strategy<Value = Step> {
         2 => (0..n, 0usize..8, 0u8..6).prop_map(|(replica, pick, value)| Step::EditForce { replica, pick, value }),
         1 => (0..n, 0usize..8).prop_map(|(replica, pick)| Step::RemoveForce { replica, pick }),
         1 => (0..n, 0u8..6).prop_map(|(replica, value)| Step::Resolve { replica, value }),
-        4 => (0..n, 0..n, 0.0f64..=1.0, any::<u64>(), 0usize..4)
+        2 => (0..n).prop_map(|replica| Step::Submit { replica }),
+        3 => any::<bool>().prop_map(|approve| Step::Supervise { approve }),
+        4 => (0..=n, 0..=n, 0.0f64..=1.0, any::<u64>(), 0usize..4)
             .prop_map(|(from, to, keep, seed, dups)| Step::Sync { from, to, keep, seed, dups }),
     ]
 }
 
-fn scenario() -> impl Strategy<Value = (usize, Vec<Step>)> {
-    (3usize..=5).prop_flat_map(|n| (Just(n), prop::collection::vec(step(n), 1..40)))
+/// Officer count, the officer whose clock runs 80 years ahead (if any),
+/// and the steps.
+fn scenario() -> impl Strategy<Value = (usize, Option<usize>, Vec<Step>)> {
+    (3usize..=5).prop_flat_map(|n| {
+        (
+            Just(n),
+            prop_oneof![Just(None), (0..n).prop_map(Some)],
+            prop::collection::vec(step(n), 1..40),
+        )
+    })
 }
 
 /// Deterministic shuffle (the proptest seed decides it).
@@ -90,16 +116,22 @@ fn shuffle<T>(v: &mut [T], mut seed: u64) {
 /// What each authored change's author had seen (its replica's heads).
 type Seen = BTreeMap<ChangeId, Heads>;
 
-fn author(s: &Store, seen: &mut Seen, report: Uuid, edits: &[Edit]) {
-    let heads = s.heads().unwrap();
-    match s.edit(report, edits) {
+/// Records what the author had seen when a step succeeds; a step refused
+/// for the report's state (editing an entry this replica saw removed,
+/// editing after approval, approving what is not submitted) is fine.
+fn record(seen: &mut Seen, heads: Heads, result: fieldreport_core::Result<ChangeId>) {
+    match result {
         Ok(id) => {
             seen.insert(id, heads);
         }
-        // Editing an entry this replica saw removed is refused: fine.
-        Err(fieldreport_core::Error::EntryNotFound { .. }) => {}
-        Err(e) => panic!("edit failed: {e}"),
+        Err(Error::EntryNotFound { .. } | Error::InvalidState { .. }) => {}
+        Err(e) => panic!("step failed: {e}"),
     }
+}
+
+fn author(s: &Store, seen: &mut Seen, report: Uuid, edits: &[Edit]) {
+    let heads = s.heads().unwrap();
+    record(seen, heads, s.edit(report, edits));
 }
 
 fn visible_force(s: &Store, report: Uuid) -> Vec<Uuid> {
@@ -111,14 +143,42 @@ fn visible_force(s: &Store, report: Uuid) -> Vec<Uuid> {
         .collect()
 }
 
-fn run(n: usize, steps: Vec<Step>) {
-    let (_dirs, stores) = replicas(n);
+fn run(n: usize, far: Option<usize>, steps: Vec<Step>) {
+    let mut people: Vec<_> = (0..n)
+        .map(|i| {
+            let offset = if far == Some(i) { EIGHTY_YEARS_MS } else { 0 };
+            (person(&format!("officer{i}"), Role::Officer), offset)
+        })
+        .collect();
+    people.push((person("sergeant", Role::Supervisor), 0));
+    let (_dirs, stores) = stores_with(&people);
     let report = stores[0].create_report().unwrap();
+    // What a submission needs.
+    stores[0]
+        .edit(
+            report,
+            &[
+                Edit::SetField {
+                    path: "occurred.start".into(),
+                    value: Value::Time(1_795_000_000_000),
+                },
+                Edit::SetField {
+                    path: "location.address".into(),
+                    value: Value::Text("W 26th St".into()),
+                },
+                Edit::SetField {
+                    path: "federal_agencies".into(),
+                    value: Value::List(vec!["ice".into()]),
+                },
+            ],
+        )
+        .unwrap();
     for s in &stores[1..] {
         sync(&stores[0], s);
     }
+    let sup = &stores[n];
     let mut seen: Seen = BTreeMap::new();
-    let mut made = 1u64; // the creation change
+    let mut made = 2u64; // the creation and the required fields
     for st in steps {
         match st {
             Step::SetField {
@@ -187,11 +247,25 @@ fn run(n: usize, steps: Vec<Step>) {
                     } else {
                         Value::Text(format!("resolved{value}"))
                     };
-                    let id = stores[replica]
-                        .resolve_conflict(report, &c.path, v)
-                        .unwrap();
-                    seen.insert(id, heads);
+                    record(
+                        &mut seen,
+                        heads,
+                        stores[replica].resolve_conflict(report, &c.path, v),
+                    );
                 }
+            }
+            Step::Submit { replica } => {
+                let heads = stores[replica].heads().unwrap();
+                record(&mut seen, heads, stores[replica].submit(report));
+            }
+            Step::Supervise { approve } => {
+                let heads = sup.heads().unwrap();
+                let result = if approve {
+                    sup.approve(report)
+                } else {
+                    sup.return_report(report, "Add the badge number.")
+                };
+                record(&mut seen, heads, result);
             }
             Step::Sync {
                 from,
@@ -224,8 +298,8 @@ fn run(n: usize, steps: Vec<Step>) {
 
     // Everyone meets everyone.
     for _ in 0..2 {
-        for a in 0..n {
-            for b in 0..n {
+        for a in 0..=n {
+            for b in 0..=n {
                 if a != b {
                     sync(&stores[a], &stores[b]);
                 }
@@ -268,6 +342,10 @@ fn run(n: usize, steps: Vec<Step>) {
     let rep = stores[0].report(report).unwrap();
     let state = stores[0].state(report).unwrap();
     for (target, vals) in &sets {
+        // Lifecycle steps are replayed, never shown as a conflict.
+        if *target == Target::Field("lifecycle.state".into()) {
+            continue;
+        }
         let live: Vec<&(ChangeId, Value)> = vals
             .iter()
             .filter(|(x, _)| !vals.iter().any(|(y, _)| y != x && had_seen(y, x)))
@@ -293,6 +371,70 @@ fn run(n: usize, steps: Vec<Step>) {
             assert!(shown.is_none(), "spurious conflict on {path}");
         }
     }
+
+    // Lifecycle: a step comes after every step its author had seen,
+    // whatever the clocks say.
+    let pos: BTreeMap<ChangeId, usize> = rep
+        .lifecycle_history
+        .iter()
+        .enumerate()
+        .map(|(i, st)| (st.change, i))
+        .collect();
+    for (x, px) in &pos {
+        for (y, py) in &pos {
+            if x != y && had_seen(y, x) {
+                assert!(px < py, "{y} saw {x} but is replayed before it");
+            }
+        }
+    }
+
+    // Clocks: nobody but the far phone goes beyond the bound, in its clock
+    // or in any change it signs.
+    let far_device = far.map(|f| stores[f].identity().unwrap().device_id);
+    let now = chrono::Utc::now().timestamp_millis() as u64;
+    for (i, s) in stores.iter().enumerate() {
+        if Some(i) != far {
+            assert!(
+                !s.hlc().beyond_bound(now),
+                "replica {i} clock followed the far phone: {:?}",
+                s.hlc()
+            );
+        }
+    }
+    for c in &changes {
+        if Some(c.device()) != far_device {
+            let b = c.body();
+            assert!(
+                !b.hlc.beyond_bound(b.wall_clock_ms as u64),
+                "change {} signed with a clock beyond the bound",
+                c.id()
+            );
+        }
+    }
+    // Flags: only the far phone's changes, and every one another device
+    // named in `pred`.
+    let flagged: BTreeSet<ChangeId> = rep.clock_ahead.iter().map(|f| f.change).collect();
+    for f in &rep.clock_ahead {
+        assert_eq!(Some(f.change.device), far_device, "honest change flagged");
+        assert!(f.followed_clock_ms < f.clock_ms);
+    }
+    for y in &changes {
+        for op in &y.body().ops {
+            for p in &op.pred {
+                if Some(p.device) == far_device && y.device() != p.device {
+                    let x = ChangeId {
+                        device: p.device,
+                        seq: p.seq,
+                    };
+                    assert!(
+                        flagged.contains(&x),
+                        "{x} built on by {} but not flagged",
+                        y.id()
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn cases() -> u32 {
@@ -306,8 +448,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 2000, ..ProptestConfig::default() })]
 
     #[test]
-    fn replicas_converge((n, steps) in scenario()) {
-        run(n, steps);
+    fn replicas_converge((n, far, steps) in scenario()) {
+        run(n, far, steps);
     }
 }
 
@@ -321,8 +463,17 @@ fn doc_json(report: Uuid, changes: &[Arc<Change>]) -> String {
 
 #[test]
 fn materialisation_is_order_free() {
-    // A history with conflicts and removals, from the store.
-    let (_d, s) = replicas(3);
+    // A history with conflicts and removals, from the store; the third
+    // phone's clock is 80 years ahead.
+    let people: Vec<_> = (0..3)
+        .map(|i| {
+            (
+                person(&format!("officer{i}"), Role::Officer),
+                if i == 2 { EIGHTY_YEARS_MS } else { 0 },
+            )
+        })
+        .collect();
+    let (_d, s) = stores_with(&people);
     let r = s[0].create_report().unwrap();
     sync(&s[0], &s[1]);
     sync(&s[0], &s[2]);
@@ -347,6 +498,12 @@ fn materialisation_is_order_free() {
             }
         }
     }
+    // Resolving the narrative builds on the far phone's value.
+    s[0].resolve_conflict(r, "narrative", Value::Text("settled".into()))
+        .unwrap();
+    sync(&s[0], &s[1]);
+    sync(&s[0], &s[2]);
+    assert!(!s[0].report(r).unwrap().clock_ahead.is_empty());
     let changes: Vec<Arc<Change>> = s[0]
         .report_changes(r)
         .unwrap()
@@ -362,4 +519,114 @@ fn materialisation_is_order_free() {
         }
         prop_assert_eq!(doc_json(r, &order), expected.clone());
     });
+}
+
+/// A phone with its clock 80 years ahead fills in and submits a report;
+/// another officer then corrects it and the supervisor approves. Nobody
+/// else's clock follows the far one, every replica shows the same report,
+/// the approval is applied (it saw the submission, whatever the clocks
+/// say), and the far phone's changes that others built on are flagged.
+#[test]
+fn a_clock_80_years_ahead_cannot_outrank_what_came_after_it() {
+    let (_d, s) = stores_with(&[
+        (person("creator", Role::Officer), 0),
+        (person("far", Role::Officer), EIGHTY_YEARS_MS),
+        (person("sergeant", Role::Supervisor), 0),
+    ]);
+    let (creator, far, sup) = (&s[0], &s[1], &s[2]);
+    let r = creator.create_report().unwrap();
+    sync(creator, far);
+    far.edit(
+        r,
+        &[
+            Edit::SetField {
+                path: "occurred.start".into(),
+                value: Value::Time(1_795_000_000_000),
+            },
+            Edit::SetField {
+                path: "location.address".into(),
+                value: Value::Text("W 26th St".into()),
+            },
+            Edit::SetField {
+                path: "federal_agencies".into(),
+                value: Value::List(vec!["ice".into()]),
+            },
+        ],
+    )
+    .unwrap();
+    let far_narrative = far
+        .set_field(r, "narrative", Value::Text("Agents arrived.".into()))
+        .unwrap();
+    let submitted = far.submit(r).unwrap();
+    for to in [creator, sup] {
+        sync(far, to);
+    }
+    let corrected = creator
+        .set_field(
+            r,
+            "narrative",
+            Value::Text("Agents arrived at 14:05.".into()),
+        )
+        .unwrap();
+    sync(creator, sup);
+    let approved = sup.approve(r).unwrap();
+    for a in 0..3 {
+        for b in 0..3 {
+            if a != b {
+                sync(&s[a], &s[b]);
+            }
+        }
+    }
+    let json = creator.report_json(r).unwrap();
+    for st in &s {
+        assert_eq!(st.report_json(r).unwrap(), json, "all replicas agree");
+    }
+    let rep = creator.report(r).unwrap();
+    assert_eq!(rep.lifecycle, fieldreport_core::LifecycleState::Approved);
+    let steps: Vec<_> = rep
+        .lifecycle_history
+        .iter()
+        .map(|h| (h.change, h.applied))
+        .collect();
+    assert_eq!(steps, vec![(submitted, true), (approved, true)]);
+    assert_eq!(
+        rep.narrative.as_deref(),
+        Some("Agents arrived at 14:05."),
+        "the correction made after seeing the far value wins"
+    );
+    assert!(rep.conflicts.is_empty(), "{:?}", rep.conflicts);
+
+    // No clock followed the far one: not the replicas', not their changes'.
+    let now = chrono::Utc::now().timestamp_millis() as u64;
+    for st in [creator, sup] {
+        assert!(!st.hlc().beyond_bound(now), "{:?}", st.hlc());
+    }
+    let far_clock = far.hlc();
+    for c in creator.report_changes(r).unwrap() {
+        if c.id() == corrected || c.id() == approved {
+            assert!(!c.body().hlc.beyond_bound(now));
+            assert!(c.body().hlc < far_clock, "made later, clocked earlier");
+        }
+    }
+    // The far changes others built on are flagged, with what followed them.
+    let flag = |id: ChangeId| rep.clock_ahead.iter().find(|f| f.change == id);
+    assert_eq!(flag(submitted).map(|f| f.followed_by), Some(approved));
+    assert_eq!(flag(far_narrative).map(|f| f.followed_by), Some(corrected));
+    assert!(rep
+        .clock_ahead
+        .iter()
+        .all(|f| f.change.device == far.identity().unwrap().device_id));
+    // The report's own times are not dragged into the next century.
+    let year = |t: chrono::DateTime<chrono::Utc>| chrono::Datelike::year(&t);
+    let this_year = year(chrono::Utc::now());
+    assert!(
+        year(rep.updated_at.unwrap()) <= this_year + 1,
+        "{:?}",
+        rep.updated_at
+    );
+    assert!(year(rep.created_at.unwrap()) <= this_year + 1);
+    assert_eq!(
+        rep.created_by_device,
+        Some(creator.identity().unwrap().device_id)
+    );
 }

@@ -252,3 +252,138 @@ fn secret_of(store: &Store) -> DeviceIdentity {
         store.identity().unwrap().person,
     )
 }
+
+/// Only the report's creation names its reporting officer, and only as the
+/// directory has its author: a peer's change that sets the reporting
+/// officer otherwise is refused, and the receiver is left as it was.
+#[test]
+fn forged_reporting_officers_from_peers_are_refused() {
+    let s = setup();
+    // `author` holds the report; the other phone, whose device it knows,
+    // forges.
+    let receiver = &s.author;
+    let forger = secret_of(&s.receiver);
+    let me = forger.record.person.clone();
+    let owner = receiver.identity().unwrap().person;
+    let now = chrono::Utc::now().timestamp_millis();
+    let text = |v: &str| Action::Set(Value::Text(v.into()));
+    let change = |report: Uuid, seq: u64, ops: Vec<(&str, Action)>| {
+        sign_as(
+            &forger,
+            ChangeBody {
+                format: 1,
+                report,
+                device: forger.device_id(),
+                seq,
+                hlc: Hlc {
+                    wall_ms: now as u64,
+                    counter: 0,
+                },
+                wall_clock_ms: now,
+                prev: None,
+                ops: ops
+                    .into_iter()
+                    .map(|(p, action)| Operation {
+                        target: Target::Field(p.into()),
+                        action,
+                        pred: vec![],
+                    })
+                    .collect(),
+            },
+        )
+    };
+    let creation = |report: Uuid, seq: u64, name: &str, star: &str, unit: &str| {
+        change(
+            report,
+            seq,
+            vec![
+                ("lifecycle.state", text("draft")),
+                ("reporting_officer.name", text(name)),
+                ("reporting_officer.star_number", text(star)),
+                ("reporting_officer.unit", text(unit)),
+            ],
+        )
+    };
+    let not_permitted = |c: Change, why: &str| {
+        let before = snapshot(receiver);
+        let e = receiver
+            .apply_changes(vec![c], Origin::Peer)
+            .expect_err(why);
+        assert!(matches!(e, Error::NotPermitted { .. }), "{why}: {e:?}");
+        assert_eq!(snapshot(receiver), before, "{why}: store changed");
+    };
+    let r = s.report;
+    // Naming oneself the reporting officer of someone else's report, in a
+    // first change to it: refused.
+    not_permitted(
+        change(r, 1000, vec![("reporting_officer.name", text(&me.name))]),
+        "a first change that is not the creation",
+    );
+    // Re-creating someone else's report to name oneself: refused.
+    not_permitted(
+        creation(r, 1001, &me.name, &me.star_number, &me.unit),
+        "a second creation",
+    );
+    // Creating a report in someone else's name: refused.
+    let fresh = Uuid::new_v4();
+    not_permitted(
+        creation(fresh, 1002, &owner.name, &me.star_number, &me.unit),
+        "another officer's name",
+    );
+    not_permitted(
+        creation(fresh, 1003, &me.name, "99999", &me.unit),
+        "another star number",
+    );
+    not_permitted(
+        change(
+            fresh,
+            1004,
+            vec![
+                ("lifecycle.state", text("draft")),
+                ("reporting_officer.unit", text(&me.unit)),
+            ],
+        ),
+        "a creation that does not name the officer",
+    );
+    not_permitted(
+        change(
+            fresh,
+            1005,
+            vec![
+                ("lifecycle.state", text("draft")),
+                ("reporting_officer.name", text(&me.name)),
+                ("reporting_officer.star_number", text(&me.star_number)),
+                ("reporting_officer.unit", text(&me.unit)),
+                ("reporting_officer.name", Action::Set(Value::Null)),
+            ],
+        ),
+        "a creation that also clears the name",
+    );
+    // The report is as its creator made it.
+    let rep = receiver.report(r).unwrap();
+    assert_eq!(
+        rep.reporting_officer.name.as_deref(),
+        Some(owner.name.as_str())
+    );
+    // The rightful creation, and a plain first edit of someone else's
+    // report, are accepted.
+    receiver
+        .apply_changes(
+            vec![creation(fresh, 1006, &me.name, &me.star_number, &me.unit)],
+            Origin::Peer,
+        )
+        .unwrap();
+    receiver
+        .apply_changes(
+            vec![change(r, 1007, vec![("narrative", text("seen too"))])],
+            Origin::Peer,
+        )
+        .unwrap();
+    let rep = receiver.report(fresh).unwrap();
+    assert_eq!(
+        rep.reporting_officer.name.as_deref(),
+        Some(me.name.as_str())
+    );
+    assert_eq!(rep.created_by_device, Some(forger.device_id()));
+    receiver.verify_integrity().unwrap();
+}

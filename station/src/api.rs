@@ -360,6 +360,7 @@ async fn push(
         let reports: std::collections::BTreeSet<Uuid> =
             changes.iter().map(|c| c.report()).collect();
         let transitions = lifecycle_steps(&changes);
+        let ahead = clocks_ahead(&changes, s.clock.now_ms());
         let outcome = s.storage.push(changes).await?;
         // Each lifecycle step pushed gets its own audit entry.
         for (report, to) in transitions {
@@ -374,20 +375,31 @@ async fn push(
                 })
                 .await?;
         }
-        // Receipt time is the station's; a skewed device clock is flagged.
+        // Receipt time is the station's; a skewed device clock is flagged,
+        // from what the device says its clock reads (the header) and, for
+        // each author, from what its signed changes say (which a header
+        // cannot talk away).
         let device_time = headers
             .get(DEVICE_TIME_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<i64>().ok());
         if let Some(t) = device_time {
             let skew = t.saturating_sub(s.clock.now_ms());
+            let unproven: Vec<Uuid> = reports
+                .into_iter()
+                .filter(|r| !ahead.contains_key(&(device, *r)))
+                .collect();
             // unsigned_abs: a header of i64::MIN must not overflow.
-            if skew.unsigned_abs() > CLOCK_SKEW_TOLERANCE_MS.unsigned_abs() {
+            if skew.unsigned_abs() > CLOCK_SKEW_TOLERANCE_MS.unsigned_abs() && !unproven.is_empty() {
                 tracing::warn!(%device, skew_ms = skew, "device clock skewed");
-                s.storage
-                    .record_clock_skew(device, reports.into_iter().collect(), skew)
-                    .await?;
+                s.storage.record_clock_skew(device, unproven, skew).await?;
             }
+        }
+        for ((author, report), skew) in ahead {
+            tracing::warn!(device = %author, %report, skew_ms = skew, "change clock ahead of the station's");
+            s.storage
+                .record_clock_skew(author, vec![report], skew)
+                .await?;
         }
         Ok(outcome)
     }
@@ -438,6 +450,37 @@ async fn push(
 /// The audit log's phrase for a push refused because a change in it is
 /// signed by a revoked device.
 pub const REVOKED_NOTE: &str = "change signed by a revoked device";
+
+/// Per (author device, report): how far ahead of the station's clock
+/// (`now_ms`) the pushed changes show their author's clock, where they show
+/// it beyond doubt: a change's own wall clock reading later than its
+/// receipt by more than the tolerance, or its hybrid logical clock beyond
+/// the bound no honest device follows (`MAX_CLOCK_AHEAD_MS`). The larger
+/// offset of the two, the largest over the author's changes of the report.
+pub fn clocks_ahead(
+    changes: &[Change],
+    now_ms: i64,
+) -> std::collections::BTreeMap<(Uuid, Uuid), i64> {
+    let mut out = std::collections::BTreeMap::new();
+    for c in changes {
+        let b = c.body();
+        let by_wall = b.wall_clock_ms.saturating_sub(now_ms);
+        let hlc_ms = i64::try_from(b.hlc.wall_ms).unwrap_or(i64::MAX);
+        let by_hlc = hlc_ms.saturating_sub(now_ms);
+        let mut found = None;
+        if by_wall > CLOCK_SKEW_TOLERANCE_MS {
+            found = Some(by_wall);
+        }
+        if b.hlc.beyond_bound(now_ms.max(0) as u64) {
+            found = Some(found.map_or(by_hlc, |f: i64| f.max(by_hlc)));
+        }
+        if let Some(f) = found {
+            let slot = out.entry((c.device(), c.report())).or_insert(f);
+            *slot = (*slot).max(f);
+        }
+    }
+    out
+}
 
 #[derive(Deserialize)]
 struct PullQuery {

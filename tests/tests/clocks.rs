@@ -176,3 +176,143 @@ fn the_station_clock_runs_at_the_offset_the_suite_sets() {
     let drift = st.now_ms() - machine - offset;
     assert!(drift.abs() < 60_000, "station clock off by {drift} ms");
 }
+
+/// About 80 years, in ms.
+const EIGHTY_YEARS: i64 = 80 * 36525 * 24 * 36_000;
+
+/// A phone whose clock is 80 years ahead fills in and submits a report
+/// (its first push with a header claiming the station's own time); another
+/// officer then corrects it and the supervisor approves. Nothing is
+/// refused; every replica and the station show the same report with the
+/// approval applied; no other clock moves beyond the bound; the report
+/// flags the far changes others built on, and the station flags the
+/// device from its signed changes, whatever its header said.
+#[test]
+fn a_clock_80_years_ahead_drags_no_one_and_cannot_outrank_later_steps() {
+    use fieldreport_core::crdt::hlc::MAX_CLOCK_AHEAD_MS;
+    use fieldreport_core::model::LifecycleState;
+    use fieldreport_core::sync::wire::{PushRequest, WireChange, DEVICE_TIME_HEADER};
+
+    let st = TestStation::start();
+    let (_, ahead) = skewed(EIGHTY_YEARS);
+    let f = st.device_with(&person("F", "105", Role::Officer, "D9"), None, ahead);
+    let b = st.device(&person("B", "106", Role::Officer, "D9"), None);
+    let s = st.device(&person("S", "900", Role::Supervisor, "D9"), None);
+    let dev = |d: &Device| d.store.identity().unwrap().device_id;
+
+    let r = f.store.create_report().unwrap();
+    f.store
+        .set_field(r, "occurred.start", Value::Time(1_795_000_000_000))
+        .unwrap();
+    f.store
+        .set_field(r, "location.address", Value::Text("W 26th St".into()))
+        .unwrap();
+    f.store
+        .set_field(r, "federal_agencies", Value::List(vec!["ice".into()]))
+        .unwrap();
+    let far_narrative = f
+        .store
+        .set_field(r, "narrative", Value::Text("Agents arrived.".into()))
+        .unwrap();
+    let submitted = f.store.submit(r).unwrap();
+
+    // The first push lies about the device's clock; it is accepted, and the
+    // signed changes give the clock away.
+    let outbox = f.store.outbox(100).unwrap();
+    let resp = st
+        .http()
+        .post(format!("{}/v1/changes", st.url))
+        .bearer_auth(f.credential())
+        .header(
+            DEVICE_TIME_HEADER,
+            now_ms().to_string(),
+        )
+        .json(&PushRequest {
+            changes: outbox.iter().map(WireChange::from_change).collect(),
+        })
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200, "never refused for its clock");
+    let rec = receipts(&st, &s.credential(), r);
+    let flagged = rec
+        .clock_skew
+        .iter()
+        .find(|x| x.device == dev(&f))
+        .expect("the far device is flagged despite its header");
+    assert!(flagged.skew_ms > EIGHTY_YEARS - DAY, "{flagged:?}");
+    f.sync();
+
+    // Officers see their own reports: F hands it to B at the scene.
+    f.hand_over_to(&b);
+    let corrected = b
+        .store
+        .set_field(
+            r,
+            "narrative",
+            Value::Text("Agents arrived at 14:05.".into()),
+        )
+        .unwrap();
+    b.sync();
+    s.sync();
+    let approved = s.store.approve(r).unwrap();
+    for d in [&s, &b, &f, &s, &b] {
+        d.sync();
+    }
+
+    // Everyone, the station too, shows the same report.
+    let json = f.store.report_json(r).unwrap();
+    assert_eq!(b.store.report_json(r).unwrap(), json);
+    assert_eq!(s.store.report_json(r).unwrap(), json);
+    let at_station: fieldreport_core::Report = st
+        .http()
+        .get(format!("{}/v1/reports/{r}", st.url))
+        .bearer_auth(s.credential())
+        .send()
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(at_station.to_canonical_json(), json);
+
+    // The approval, which saw the far submission, is applied.
+    let rep = b.store.report(r).unwrap();
+    assert_eq!(rep.lifecycle, LifecycleState::Approved);
+    let steps: Vec<_> = rep
+        .lifecycle_history
+        .iter()
+        .map(|h| (h.change, h.to, h.applied))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            (submitted, LifecycleState::Submitted, true),
+            (approved, LifecycleState::Approved, true)
+        ]
+    );
+    assert_eq!(rep.narrative.as_deref(), Some("Agents arrived at 14:05."));
+    assert!(rep.conflicts.is_empty(), "{:?}", rep.conflicts);
+
+    // No other clock followed the far one.
+    let now = now_ms() as u64;
+    for d in [&b, &s] {
+        let h = d.store.hlc();
+        assert!(h.wall_ms <= now + MAX_CLOCK_AHEAD_MS, "{h:?}");
+        assert!(!h.beyond_bound(now));
+    }
+    for c in b.store.report_changes(r).unwrap() {
+        if c.device() != dev(&f) {
+            assert!(!c.body().hlc.beyond_bound(now), "{}", c.id());
+        }
+    }
+
+    // The report flags the far changes others built on.
+    let flag = |id| rep.clock_ahead.iter().find(|x| x.change == id);
+    assert_eq!(flag(submitted).unwrap().followed_by, approved);
+    assert_eq!(flag(far_narrative).unwrap().followed_by, corrected);
+    assert!(rep.clock_ahead.iter().all(|x| x.change.device == dev(&f)));
+    // And the station flags the far device only.
+    let rec = receipts(&st, &s.credential(), r);
+    let devices: Vec<_> = rec.clock_skew.iter().map(|x| x.device).collect();
+    assert_eq!(devices, vec![dev(&f)], "{:?}", rec.clock_skew);
+}

@@ -516,3 +516,102 @@ fn every_transition_by_every_role_at_the_station() {
     }
     assert_eq!(checked, 20);
 }
+
+/// The reporting officer is named by the report's creation alone, exactly
+/// as the directory has its author: forged, correctly signed changes that
+/// say otherwise, pushed raw, get `403 not_permitted`.
+#[test]
+fn the_station_refuses_a_forged_reporting_officer() {
+    let st = TestStation::start();
+    let a = forger(&st, &person("A. Alvarez", "101", Role::Officer, "D9"));
+    let b = forger(&st, &person("B. Brown", "102", Role::Officer, "D9"));
+    let text = |s: &str| Value::Text(s.into());
+    let forbidden = (403, "not_permitted".to_string());
+    let creation_as = |who: &Forger, r: Uuid, name: &str, star: &str| {
+        who.change(
+            r,
+            None,
+            vec![
+                ("lifecycle.state", text("draft")),
+                ("reporting_officer.name", text(name)),
+                ("reporting_officer.star_number", text(star)),
+                ("reporting_officer.unit", text("D9")),
+            ],
+        )
+    };
+
+    // A creation naming anyone but its signer is refused.
+    let r = Uuid::new_v4();
+    assert_eq!(
+        a.push(&st, &creation_as(&a, r, "B. Brown", "101")),
+        forbidden,
+        "another officer's name"
+    );
+    assert_eq!(
+        a.push(&st, &creation_as(&a, r, "A. Alvarez", "102")),
+        forbidden,
+        "another star number"
+    );
+    assert_eq!(
+        a.push(
+            &st,
+            &a.change(
+                r,
+                None,
+                vec![
+                    ("lifecycle.state", text("draft")),
+                    ("reporting_officer.unit", text("D9"))
+                ]
+            )
+        ),
+        forbidden,
+        "a creation that does not name its officer"
+    );
+    // The rightful creation is accepted.
+    let created = a.creation(r);
+    assert_eq!(a.push(&st, &created).0, 200);
+
+    // Another officer of the unit may edit the report, but not name
+    // himself its reporting officer: not in his first change to it, not
+    // by re-creating it.
+    assert_eq!(
+        b.push(
+            &st,
+            &b.change(r, None, vec![("reporting_officer.name", text("B. Brown"))])
+        ),
+        forbidden,
+        "a first change that is not the creation"
+    );
+    assert_eq!(
+        b.push(&st, &creation_as(&b, r, "B. Brown", "102")),
+        forbidden,
+        "a second creation"
+    );
+    assert_eq!(
+        a.push(
+            &st,
+            &a.change(
+                r,
+                Some(*created.hash()),
+                vec![("reporting_officer.name", text("A. Alvarez"))]
+            )
+        ),
+        forbidden,
+        "the creator later"
+    );
+    let edit = b.change(r, None, vec![("narrative", text("Seen from the corner."))]);
+    assert_eq!(b.push(&st, &edit).0, 200);
+
+    let json: serde_json::Value = st
+        .http()
+        .get(format!("{}/v1/reports/{r}", st.url))
+        .bearer_auth(&a.credential)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(json["reporting_officer"]["name"], "A. Alvarez", "{json}");
+    assert_eq!(json["reporting_officer"]["star_number"], "101");
+    assert_eq!(json["created_by_device"], a.id.device_id().to_string());
+    assert_eq!(json["narrative"], "Seen from the corner.");
+}

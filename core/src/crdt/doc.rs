@@ -13,6 +13,11 @@
 //! whose live existence ops are all removals is removed only if every live
 //! field value of the entry was seen by a removal; an edit the removal did
 //! not see keeps the entry and flags it.
+//!
+//! Order: the lifecycle replay and amendments follow the report's causal
+//! order (see [`Causal`]), so a change whose clock ran far ahead neither
+//! outranks what was made after it nor drags the report's times; it is
+//! flagged (`State::clock_ahead`).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -23,7 +28,7 @@ use super::change::{Action, Change, ChangeId, Hash, OpId, Operation, Target};
 use super::hlc::Hlc;
 use crate::model::schema::{ADDENDA_COLLECTION, LIFECYCLE_FIELD};
 use crate::model::value::Value;
-use crate::model::workflow::{self, Amendment, Lifecycle};
+use crate::model::workflow::{self, Amendment, ClockAhead, Lifecycle};
 use crate::model::LifecycleState;
 
 /// A live value of a register, with who wrote it and when.
@@ -61,7 +66,7 @@ impl Register {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EntryState {
     pub id: Uuid,
-    /// HLC of the earliest operation on the entry (orders entries).
+    /// Effective clock of the earliest operation on the entry (orders entries).
     pub created: Hlc,
     pub fields: BTreeMap<String, Register>,
     pub removed: bool,
@@ -98,8 +103,13 @@ pub struct State {
     pub updated: Option<Hlc>,
     /// The lifecycle replayed from every transition (not the register).
     pub lifecycle: Lifecycle,
-    /// Content edits after the first submission, in (HLC, change) order.
+    /// Content edits after the first submission, in replay order.
     pub amendments: Vec<Amendment>,
+    /// The report's creation changes (one, unless a crafted history holds
+    /// more; receivers refuse a second).
+    pub creations: Vec<ChangeId>,
+    /// Changes whose clock is later than a causally later change's, by id.
+    pub clock_ahead: Vec<ClockAhead>,
 }
 
 impl State {
@@ -219,7 +229,7 @@ impl ReportDoc {
     }
 }
 
-/// Per entry while materialising: existence ops, field registers, earliest HLC.
+/// Per entry while materialising: existence ops, field registers, earliest clock.
 struct EntryAcc<'a> {
     created: Hlc,
     /// Live existence ops: (id, is an add, what it named).
@@ -230,35 +240,201 @@ struct EntryAcc<'a> {
 struct OpRef<'a> {
     id: OpId,
     hlc: Hlc,
+    /// The change's effective clock (see [`Causal`]).
+    eff: Hlc,
     wall: i64,
     op: &'a Operation,
+}
+
+/// The causal order of one report's changes (indexes into the changes,
+/// sorted by change id).
+///
+/// A change comes after every change it names in an operation's `pred`
+/// (the author had seen it) and after the earlier changes of its own
+/// device (its chain). The replay order is a topological order of that
+/// graph, taking among the changes whose predecessors are all placed the
+/// one with the lowest (HLC, change id). On honest clocks every edge goes
+/// from a lower HLC to a higher one, so this is simply (HLC, change id)
+/// order; a change whose clock ran far ahead cannot outrank what was made
+/// after it. (A cycle, which only crafted `pred`s can make, is broken by
+/// placing the lowest remaining (HLC, change id) next.)
+///
+/// A change's effective clock is the lowest HLC among itself and every
+/// change causally after it: its own HLC unless some later change carries
+/// an earlier clock, in which case the change is flagged (clock ahead).
+pub(crate) struct Causal {
+    /// Change indexes in replay order.
+    pub order: Vec<usize>,
+    /// Position of each change in `order`.
+    pub rank: Vec<usize>,
+    /// Successors (edges that go forward in `order`).
+    pub succ: Vec<Vec<usize>>,
+    pub eff: Vec<Hlc>,
+    /// For a flagged change, the causally later change with the lowest
+    /// (HLC, change id).
+    pub followed_by: Vec<Option<usize>>,
+}
+
+impl Causal {
+    pub(crate) fn of(changes: &[&Change]) -> Causal {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let n = changes.len();
+        let key = |i: usize| (changes[i].body().hlc, changes[i].id());
+        let mut succ: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let mut indeg = vec![0usize; n];
+        let mut preds = Vec::new();
+        for (d, c) in changes.iter().enumerate() {
+            let b = c.body();
+            preds.clear();
+            // The chain: sorted by id, the previous entry of the same
+            // device is its previous change to this report.
+            if d > 0 && changes[d - 1].device() == b.device {
+                preds.push(d - 1);
+            }
+            for p in b.ops.iter().flat_map(|op| op.pred.iter()) {
+                let id = ChangeId {
+                    device: p.device,
+                    seq: p.seq,
+                };
+                if let Ok(i) = changes.binary_search_by_key(&id, |c| c.id()) {
+                    if i != d && (p.index as usize) < changes[i].body().ops.len() {
+                        preds.push(i);
+                    }
+                }
+            }
+            preds.sort_unstable();
+            preds.dedup();
+            for &i in &preds {
+                succ[i].push(d);
+            }
+            indeg[d] = preds.len();
+        }
+        let mut ready: BinaryHeap<Reverse<(Hlc, ChangeId, usize)>> = (0..n)
+            .filter(|&i| indeg[i] == 0)
+            .map(|i| {
+                let (h, id) = key(i);
+                Reverse((h, id, i))
+            })
+            .collect();
+        let mut placed = vec![false; n];
+        let mut order = Vec::with_capacity(n);
+        // Only for breaking cycles: every change by (HLC, change id).
+        let mut by_key: Vec<usize> = Vec::new();
+        let mut next_key = 0;
+        while order.len() < n {
+            let i = match ready.pop() {
+                Some(Reverse((_, _, i))) => i,
+                None => {
+                    if by_key.is_empty() {
+                        by_key = (0..n).collect();
+                        by_key.sort_by_key(|&i| key(i));
+                    }
+                    while placed[by_key[next_key]] {
+                        next_key += 1;
+                    }
+                    by_key[next_key]
+                }
+            };
+            if placed[i] {
+                continue;
+            }
+            placed[i] = true;
+            order.push(i);
+            for &s in &succ[i] {
+                if !placed[s] {
+                    indeg[s] -= 1;
+                    if indeg[s] == 0 {
+                        let (h, id) = key(s);
+                        ready.push(Reverse((h, id, s)));
+                    }
+                }
+            }
+        }
+        let mut rank = vec![0usize; n];
+        for (r, &i) in order.iter().enumerate() {
+            rank[i] = r;
+        }
+        for (i, s) in succ.iter_mut().enumerate() {
+            s.retain(|&d| rank[d] > rank[i]);
+        }
+        // Lowest (HLC, id) over each change and its descendants, latest first.
+        let mut low: Vec<(Hlc, ChangeId, usize)> = vec![(Hlc::default(), changes[0].id(), 0); n];
+        for &i in order.iter().rev() {
+            let (h, id) = key(i);
+            let mut m = (h, id, i);
+            for &d in &succ[i] {
+                m = m.min(low[d]);
+            }
+            low[i] = m;
+        }
+        let eff = (0..n).map(|i| low[i].0).collect();
+        let followed_by = (0..n)
+            .map(|i| (low[i].0 < key(i).0).then_some(low[i].2))
+            .collect();
+        Causal {
+            order,
+            rank,
+            succ,
+            eff,
+            followed_by,
+        }
+    }
+
+    /// The changes causally after `from` (not itself).
+    fn descendants(&self, from: usize) -> Vec<bool> {
+        let mut seen = vec![false; self.rank.len()];
+        let mut stack = self.succ[from].clone();
+        while let Some(i) = stack.pop() {
+            if !seen[i] {
+                seen[i] = true;
+                stack.extend(self.succ[i].iter().copied().filter(|&d| !seen[d]));
+            }
+        }
+        seen
+    }
 }
 
 /// The state of a set of changes (all of one report).
 pub fn materialise<'a, I>(changes: I) -> State
 where
     I: IntoIterator<Item = &'a Change>,
-    I::IntoIter: Clone,
 {
-    let changes = changes.into_iter();
-    let again = changes.clone();
-    let mut by_target: BTreeMap<&Target, Vec<OpRef<'a>>> = BTreeMap::new();
+    let mut changes: Vec<&'a Change> = changes.into_iter().collect();
+    changes.sort_by_key(|c| c.id());
+    changes.dedup_by_key(|c| c.id());
     let mut state = State::default();
+    if changes.is_empty() {
+        return state;
+    }
+    let causal = Causal::of(&changes);
+    let mut by_target: BTreeMap<&Target, Vec<OpRef<'a>>> = BTreeMap::new();
     let mut transitions = Vec::new();
-    for change in changes {
+    for (ci, change) in changes.iter().enumerate() {
         let b = change.body();
-        let key = (b.hlc, b.device);
-        if state.created.is_none_or(|c| key < c) {
-            state.created = Some(key);
+        let eff = causal.eff[ci];
+        if state.updated.is_none_or(|u| eff > u) {
+            state.updated = Some(eff);
         }
-        if state.updated.is_none_or(|u| b.hlc > u) {
-            state.updated = Some(b.hlc);
+        if workflow::is_creation(b) {
+            state.creations.push(b.id());
+        }
+        if let Some(f) = causal.followed_by[ci] {
+            let later = changes[f].body();
+            state.clock_ahead.push(ClockAhead {
+                change: b.id(),
+                clock_ms: b.hlc.wall_ms,
+                clock_counter: b.hlc.counter,
+                wall_clock_ms: b.wall_clock_ms,
+                followed_by: later.id(),
+                followed_clock_ms: later.hlc.wall_ms,
+            });
         }
         for (i, op) in b.ops.iter().enumerate() {
             if let (Target::Field(p), Action::Set(Value::Text(t))) = (&op.target, &op.action) {
                 if p == LIFECYCLE_FIELD {
                     if let Some(to) = LifecycleState::parse(t) {
-                        transitions.push((b.hlc, b.id(), b.wall_clock_ms, to));
+                        transitions.push((causal.rank[ci], b.hlc, b.id(), b.wall_clock_ms, to));
                     }
                 }
             }
@@ -269,11 +445,27 @@ where
                     index: i as u32,
                 },
                 hlc: b.hlc,
+                eff,
                 wall: b.wall_clock_ms,
                 op,
             });
         }
     }
+    // The creation: the change that started the draft (the first in replay
+    // order should a crafted history hold several); failing that, the
+    // earliest change.
+    let creator = changes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| workflow::is_creation(c.body()))
+        .min_by_key(|(i, _)| causal.rank[*i])
+        .map(|(i, _)| i)
+        .unwrap_or_else(|| {
+            (0..changes.len())
+                .min_by_key(|&i| (causal.eff[i], changes[i].device()))
+                .unwrap_or(0)
+        });
+    state.created = Some((causal.eff[creator], changes[creator].device()));
 
     let mut entries: BTreeMap<(&str, Uuid), EntryAcc> = BTreeMap::new();
 
@@ -339,16 +531,29 @@ where
     for entries in state.collections.values_mut() {
         entries.sort_by_key(|e| (e.created, e.id));
     }
-    state.lifecycle = workflow::replay(transitions);
+    transitions.sort_by_key(|t| t.0);
+    state.lifecycle = workflow::replay(
+        transitions
+            .into_iter()
+            .map(|(_, hlc, id, wall, to)| (hlc, id, wall, to)),
+    );
     // Drafts (most edits) skip this second pass.
-    if let Some(submitted) = state.lifecycle.submitted {
-        let mut content: Vec<(Hlc, ChangeId, i64, &Target)> = Vec::new();
-        for change in again {
-            let b = change.body();
-            if b.hlc <= submitted {
+    let index = |id: ChangeId| changes.binary_search_by_key(&id, |c| c.id()).ok();
+    if let Some(submitted) = state.lifecycle.submitted.and_then(index) {
+        // After a step: causally after it, or with a later effective clock.
+        let eff = &causal.eff;
+        let after = |step: usize| {
+            let desc = causal.descendants(step);
+            move |i: usize| desc[i] || eff[i] > eff[step]
+        };
+        let after_submission = after(submitted);
+        let after_lock = state.lifecycle.locked.and_then(index).map(&after);
+        let mut content: Vec<(usize, usize, &Target)> = Vec::new();
+        for (ci, change) in changes.iter().enumerate() {
+            if !after_submission(ci) {
                 continue;
             }
-            for op in &b.ops {
+            for (k, op) in change.body().ops.iter().enumerate() {
                 let addendum = matches!(
                     &op.target,
                     Target::Entry { collection, .. } | Target::EntryField { collection, .. }
@@ -356,18 +561,22 @@ where
                 );
                 // Addenda are how a report grows after approval, not amendments.
                 if !addendum && workflow::is_content(&op.target) {
-                    content.push((b.hlc, b.id(), b.wall_clock_ms, &op.target));
+                    content.push((causal.rank[ci], k, &op.target));
                 }
             }
         }
         content.sort_by_key(|c| (c.0, c.1));
         state.amendments = content
             .into_iter()
-            .map(|(hlc, change, wall, target)| Amendment {
-                path: target.path(),
-                change,
-                wall_clock_ms: wall,
-                after_lock: state.lifecycle.locked.is_some_and(|l| hlc > l),
+            .map(|(rank, _, target)| {
+                let ci = causal.order[rank];
+                let b = changes[ci].body();
+                Amendment {
+                    path: target.path(),
+                    change: b.id(),
+                    wall_clock_ms: b.wall_clock_ms,
+                    after_lock: after_lock.as_ref().is_some_and(|f| f(ci)),
+                }
             })
             .collect();
     }
@@ -380,7 +589,7 @@ fn entry_acc<'m, 'a>(
     entry: Uuid,
     ops: &[OpRef<'a>],
 ) -> &'m mut EntryAcc<'a> {
-    let first = ops.iter().map(|o| o.hlc).min().unwrap_or_default();
+    let first = ops.iter().map(|o| o.eff).min().unwrap_or_default();
     let acc = entries
         .entry((collection, entry))
         .or_insert_with(|| EntryAcc {
@@ -405,6 +614,8 @@ fn register<'a, 'b: 'a>(live: impl Iterator<Item = &'a OpRef<'b>>) -> Register {
         })
         .collect();
     // Displayed value first: highest clock, then device id, then op id.
+    // (Live values are concurrent: none names another, so a causally later
+    // value has always replaced an earlier one, whatever their clocks.)
     live.sort_by_key(|c| std::cmp::Reverse((c.hlc, c.op)));
     Register { live }
 }

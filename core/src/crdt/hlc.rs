@@ -1,8 +1,19 @@
 //! Hybrid logical clock: wall-clock milliseconds plus a counter. It never
 //! goes backwards, even when the phone's clock does, and it moves past every
-//! timestamp the device has seen from others, so causal order is kept.
+//! timestamp the device has seen from others, so causal order is kept, up
+//! to a bound: a peer's clock never moves this device's clock more than
+//! [`MAX_CLOCK_AHEAD_MS`] ahead of its own wall clock. One phone set to the
+//! year 2100 (or a crafted change) therefore cannot drag every replica into
+//! the future; the changes made after seeing it carry earlier clocks than
+//! it, and the merge orders them by what they name (`pred`, device chains)
+//! before clocks (`crdt::doc`) and flags the far-ahead change.
 
 use serde::{Deserialize, Serialize};
+
+/// How far ahead of this device's own wall clock a peer's clock may move
+/// it. Clock skews of a few days (a phone set by hand, no network time)
+/// are honoured in full; anything further is not followed.
+pub const MAX_CLOCK_AHEAD_MS: u64 = 7 * 24 * 3600 * 1000;
 
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -33,9 +44,24 @@ impl Hlc {
         }
     }
 
-    /// Moves the clock past a timestamp received from a peer.
-    pub fn observe(self, remote: Hlc) -> Hlc {
-        self.max(remote)
+    /// Moves the clock past a timestamp received from a peer, when this
+    /// device's wall clock reads `now_ms` — unless that timestamp is beyond
+    /// the bound, more than [`MAX_CLOCK_AHEAD_MS`] ahead of `now_ms`: such a
+    /// clock is not followed at all (the change is still accepted; the
+    /// merge orders what comes after it by causality and flags it).
+    pub fn observe(self, remote: Hlc, now_ms: u64) -> Hlc {
+        if remote.beyond_bound(now_ms) {
+            self
+        } else {
+            self.max(remote)
+        }
+    }
+
+    /// Whether this timestamp is more than [`MAX_CLOCK_AHEAD_MS`] ahead of
+    /// a wall clock reading `now_ms` (counters aside: a device that
+    /// followed a peer to the bound ticks on it).
+    pub fn beyond_bound(self, now_ms: u64) -> bool {
+        self.wall_ms > now_ms.saturating_add(MAX_CLOCK_AHEAD_MS)
     }
 }
 
@@ -71,8 +97,51 @@ mod tests {
             wall_ms: 50,
             counter: 7,
         };
-        let after = local.observe(remote).tick(20);
+        let after = local.observe(remote, 20).tick(20);
         assert!(after > remote);
+    }
+
+    #[test]
+    fn observe_follows_a_peer_up_to_the_bound_only() {
+        let now = 1_800_000_000_000u64;
+        let local = Hlc {
+            wall_ms: now,
+            counter: 0,
+        };
+        // Up to the bound (whatever the counter): followed exactly.
+        let near = Hlc {
+            wall_ms: now + MAX_CLOCK_AHEAD_MS,
+            counter: 7,
+        };
+        assert!(!near.beyond_bound(now));
+        assert_eq!(local.observe(near, now), near);
+        assert!(local.observe(near, now).tick(now) > near);
+        // 80 years ahead: not followed.
+        let far = Hlc {
+            wall_ms: now + 80 * 365 * 24 * 3600 * 1000,
+            counter: 9,
+        };
+        assert!(far.beyond_bound(now));
+        assert_eq!(local.observe(far, now), local);
+        // One millisecond past the bound is past it.
+        let just = Hlc {
+            wall_ms: now + MAX_CLOCK_AHEAD_MS + 1,
+            counter: 0,
+        };
+        assert!(just.beyond_bound(now));
+        assert_eq!(local.observe(just, now), local);
+        // Never backwards.
+        let later = Hlc {
+            wall_ms: now + 5,
+            counter: 0,
+        };
+        assert_eq!(later.observe(local, now), later);
+        // No overflow near the end of time.
+        assert!(!Hlc {
+            wall_ms: u64::MAX,
+            counter: 0
+        }
+        .beyond_bound(u64::MAX - 1));
     }
 
     #[test]

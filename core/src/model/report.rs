@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::enums::*;
 use super::value::Value;
-use super::workflow::{Amendment, LifecycleStep};
+use super::workflow::{Amendment, ClockAhead, LifecycleStep};
 use crate::crdt::{EntryState, Register, State};
 
 pub type Time = DateTime<Utc>;
@@ -268,6 +268,11 @@ pub struct Report {
     /// Content edits made after the first submission.
     #[serde(default)]
     pub amendments: Vec<Amendment>,
+    /// Changes whose clock is later than that of a change made after them:
+    /// their device's clock was beyond the bound ahead of the device that
+    /// built on them (`docs/data-model.md`, "Clocks"). Absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clock_ahead: Vec<ClockAhead>,
     /// The supervisor's comment with the latest return.
     #[serde(default)]
     pub return_comment: Option<String>,
@@ -481,6 +486,7 @@ impl Report {
             conflicts: conflicts(s),
             lifecycle_history: s.lifecycle.steps.clone(),
             amendments: s.amendments.clone(),
+            clock_ahead: s.clock_ahead.clone(),
             return_comment: f.text(super::schema::RETURN_COMMENT_FIELD),
             review: Review {
                 due: f

@@ -40,6 +40,21 @@ pub fn upsert_device(conn: &Connection, record: &DeviceRecord) -> Result<()> {
     Ok(())
 }
 
+/// The directory record of a known device.
+pub fn device_record(conn: &Connection, device: Uuid) -> Result<Option<DeviceRecord>> {
+    let json: Option<String> = conn
+        .query_row(
+            "SELECT record FROM devices WHERE device_id = ?1",
+            [device.as_bytes().as_slice()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    json.map(|j| {
+        serde_json::from_str::<DeviceRecord>(&j).map_err(|_| Error::Corrupt("device record".into()))
+    })
+    .transpose()
+}
+
 /// The person of a known device.
 pub fn device_person(conn: &Connection, device: Uuid) -> Result<Option<Person>> {
     let json: Option<String> = conn

@@ -344,7 +344,7 @@ impl Store {
         // file is trimmed back to that size after each checkpoint.
         conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
         conn.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)?;
-        let (identity, next_seq, hlc) = load_identity(&conn)?;
+        let (identity, next_seq, hlc) = load_identity(&conn, options.clock.now_ms())?;
         let media_key = match &key {
             Some(_) => Some(media_key(&mut conn)?),
             None => None,
@@ -491,6 +491,11 @@ impl Store {
     /// This device's wall clock (the store's clock source), in ms.
     pub fn wall_clock_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// This device's hybrid logical clock: its next change's is later.
+    pub fn hlc(&self) -> Hlc {
+        lock(&self.writer).hlc
     }
 
     pub fn dir(&self) -> &Path {
@@ -994,7 +999,7 @@ impl Store {
             .and_then(Value::as_text)
             .unwrap_or(&identity.record.person.unit)
             .to_string();
-        workflow::authorize(&body, &identity.record.person, &unit)?;
+        workflow::authorize(&body, &identity.record, &unit)?;
         let change = Change::sign(body, &identity.signing_key)?;
         let id = change.id();
         insert_change(&tx, &change, false, now)?;
@@ -1220,7 +1225,9 @@ impl Store {
         let verified = verify_batch(batch, &SqlLookup(&tx))?;
         let now = self.clock.now_ms();
         let mut touched = BTreeSet::new();
-        let mut max_hlc = w.hlc;
+        // Follow the peers' clocks, but none that is beyond the bound ahead
+        // of this device's own wall clock.
+        let mut observed = w.hlc;
         if origin == Origin::Station {
             // Changes we already held (ours, or a partner's) are now known
             // to be at the station.
@@ -1233,7 +1240,7 @@ impl Store {
         for c in &verified.new {
             insert_change(&tx, c, origin == Origin::Station, now)?;
             touched.insert(c.report());
-            max_hlc = max_hlc.max(c.body().hlc);
+            observed = observed.observe(c.body().hlc, now.max(0) as u64);
         }
         let mut docs = Vec::with_capacity(touched.len());
         let mut units = std::collections::HashMap::new();
@@ -1243,10 +1250,13 @@ impl Store {
             write_report_row(&tx, report, &state)?;
             units.insert(
                 report,
-                state
-                    .field("reporting_officer.unit")
-                    .and_then(Value::as_text)
-                    .map(str::to_string),
+                (
+                    state
+                        .field("reporting_officer.unit")
+                        .and_then(Value::as_text)
+                        .map(str::to_string),
+                    state.creations.clone(),
+                ),
             );
             docs.push((report, doc, state));
         }
@@ -1255,30 +1265,31 @@ impl Store {
         for c in &verified.new {
             let device = c.device();
             if let std::collections::hash_map::Entry::Vacant(slot) = people.entry(device) {
-                let person = log::device_person(&tx, device)?.ok_or(Error::UnknownDevice {
+                let record = log::device_record(&tx, device)?.ok_or(Error::UnknownDevice {
                     change: c.id().to_string(),
                 })?;
-                slot.insert(person);
+                slot.insert(record);
             }
-            let person = &people[&device];
-            let unit = units
+            let record = &people[&device];
+            let person = &record.person;
+            let (unit, creations) = units
                 .get(&c.report())
-                .cloned()
-                .flatten()
-                .unwrap_or_else(|| person.unit.clone());
-            workflow::authorize(c.body(), person, &unit)?;
+                .map(|(u, cr)| (u.as_deref(), cr.as_slice()))
+                .unwrap_or((None, &[]));
+            workflow::authorize(c.body(), record, unit.unwrap_or(&person.unit))?;
+            workflow::authorize_one_creation(c.body(), creations)?;
         }
-        if w.identity.is_some() && max_hlc != w.hlc {
+        if w.identity.is_some() && observed != w.hlc {
             tx.execute(
                 "UPDATE identity SET hlc_wall = ?1, hlc_counter = ?2 WHERE id = 1",
-                params![max_hlc.wall_ms as i64, max_hlc.counter],
+                params![observed.wall_ms as i64, observed.counter],
             )?;
         }
         tx.commit()?;
         for (report, doc, state) in docs {
             w.docs.put(report, doc, state);
         }
-        w.hlc = w.hlc.observe(max_hlc);
+        w.hlc = observed;
         Ok(ApplyOutcome {
             applied: verified.new.len(),
             duplicates: verified.duplicates,
@@ -1512,7 +1523,12 @@ pub fn missing_for_submission(r: &Report) -> Vec<String> {
     missing
 }
 
-fn load_identity(conn: &Connection) -> Result<(Option<DeviceIdentity>, u64, Hlc)> {
+/// The identity, the next seq and the clock. The clock is the newest own
+/// change's, or the highest seen from peers if later and not beyond the
+/// bound ahead of `now_ms` (a store that followed a far-ahead peer before
+/// the bound existed lets go of it; its own signed changes keep their
+/// clocks, and the clock never goes below them).
+fn load_identity(conn: &Connection, now_ms: i64) -> Result<(Option<DeviceIdentity>, u64, Hlc)> {
     let row = conn
         .query_row(
             "SELECT i.device_id, i.secret_key, i.hlc_wall, i.hlc_counter, d.record
@@ -1551,11 +1567,13 @@ fn load_identity(conn: &Connection) -> Result<(Option<DeviceIdentity>, u64, Hlc)
     let record: DeviceRecord =
         serde_json::from_str(&record).map_err(|_| Error::Corrupt("device record".into()))?;
     let identity = DeviceIdentity::from_secret(uuid_of(id)?, secret, record.person);
-    let hlc = Hlc {
-        wall_ms: wall as u64,
-        counter,
-    }
-    .max(own_hlc);
+    let hlc = own_hlc.observe(
+        Hlc {
+            wall_ms: wall as u64,
+            counter,
+        },
+        now_ms.max(0) as u64,
+    );
     Ok((Some(identity), next_seq, hlc))
 }
 

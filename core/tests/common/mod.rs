@@ -26,6 +26,49 @@ pub fn person(name: &str, role: Role) -> Person {
     }
 }
 
+/// The system clock plus a fixed offset (a phone set wrong).
+pub struct Skewed(pub i64);
+
+impl fieldreport_core::store::WallClock for Skewed {
+    fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis() + self.0
+    }
+}
+
+/// About 80 years, in ms: a phone set to the next century.
+pub const EIGHTY_YEARS_MS: i64 = 80 * 36525 * 24 * 36_000;
+
+/// Stores for these people, each with its clock offset (ms), that know
+/// each other's devices.
+pub fn stores_with(people: &[(Person, i64)]) -> (Vec<tempfile::TempDir>, Vec<Store>) {
+    let dirs: Vec<_> = people.iter().map(|_| tempdir()).collect();
+    let stores: Vec<Store> = dirs
+        .iter()
+        .zip(people)
+        .map(|(d, (_, offset))| {
+            Store::open_with(
+                d.path(),
+                fieldreport_core::store::StoreOptions {
+                    clock: std::sync::Arc::new(Skewed(*offset)),
+                    ..Default::default()
+                },
+            )
+            .expect("open")
+        })
+        .collect();
+    let records: Vec<_> = stores
+        .iter()
+        .zip(people)
+        .map(|(s, (p, _))| s.create_identity(p.clone()).unwrap())
+        .collect();
+    for s in &stores {
+        for r in &records {
+            s.add_known_device(r).unwrap();
+        }
+    }
+    (dirs, stores)
+}
+
 /// Stores that know each other's devices.
 pub fn replicas(n: usize) -> (Vec<tempfile::TempDir>, Vec<Store>) {
     let dirs: Vec<_> = (0..n).map(|_| tempdir()).collect();

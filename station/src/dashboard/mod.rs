@@ -636,6 +636,7 @@ async fn render_report(s: &AppState, sup: &Supervisor, id: &str, error: &str) ->
             "conflicts",
             "lifecycle_history",
             "amendments",
+            "clock_ahead",
             "media",
             "id",
             "lifecycle",
@@ -706,6 +707,32 @@ async fn render_report(s: &AppState, sup: &Supervisor, id: &str, error: &str) ->
             )
         })
         .collect();
+    // Clocks: changes whose clock ran ahead of what was made after them
+    // (the report's own flag), and devices the station found skewed.
+    let receipts = s.storage.receipts(&sup.who, id).await?;
+    let mut clocks = String::new();
+    for f in &r.clock_ahead {
+        clocks.push_str(&format!(
+            "<tr><td>{}:{}</td><td>clock {} is later than that of {}:{} made after it ({})</td></tr>",
+            &f.change.device.to_string()[..8],
+            f.change.seq,
+            esc(&short_time(chrono::DateTime::from_timestamp_millis(
+                f.clock_ms.min(i64::MAX as u64) as i64
+            ))),
+            &f.followed_by.device.to_string()[..8],
+            f.followed_by.seq,
+            esc(&short_time(chrono::DateTime::from_timestamp_millis(
+                f.followed_clock_ms.min(i64::MAX as u64) as i64
+            ))),
+        ));
+    }
+    for k in &receipts.clock_skew {
+        clocks.push_str(&format!(
+            "<tr><td>device {}</td><td>clock off by {} s when it pushed (station's receipt)</td></tr>",
+            &k.device.to_string()[..8],
+            k.skew_ms / 1000
+        ));
+    }
     let photos: String = r
         .media
         .iter()
@@ -729,7 +756,8 @@ async fn render_report(s: &AppState, sup: &Supervisor, id: &str, error: &str) ->
          <section><h2>Photos</h2>{photos}</section>\
          <section><h2>Lifecycle</h2><div class=scroll><table><thead><tr><th>To</th><th>Change</th><th>Device time</th><th></th></tr></thead>\
          <tbody>{history}</tbody></table></div>\
-         <h3>Amendments</h3><div class=scroll><table><tbody>{amend}</tbody></table></div></section>",
+         <h3>Amendments</h3><div class=scroll><table><tbody>{amend}</tbody></table></div>\
+         <h3>Clocks</h3><div class=scroll><table><tbody>{clocks}</tbody></table></div></section>",
         short = &id.to_string()[..8],
         badge = lifecycle_badge(r.lifecycle),
         err = if error.is_empty() {
@@ -744,6 +772,11 @@ async fn render_report(s: &AppState, sup: &Supervisor, id: &str, error: &str) ->
             "<tr><td>None.</td></tr>".to_string()
         } else {
             amendments
+        },
+        clocks = if clocks.is_empty() {
+            "<tr><td>No clock flagged.</td></tr>".to_string()
+        } else {
+            clocks
         },
     );
     Ok(page(

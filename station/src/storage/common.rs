@@ -158,25 +158,40 @@ pub fn refuse_revoked(
     }
 }
 
+/// What the station knows of a report while it authorizes a push: its
+/// unit (the creating device's) and its creation changes, the push's
+/// included.
+#[derive(Debug, Clone, Default)]
+pub struct ReportFacts {
+    pub unit: String,
+    pub creations: Vec<fieldreport_core::ChangeId>,
+}
+
 /// Who may have made each change (the core's rule, the one phones apply);
 /// one refused change refuses the push. `people` holds each author device's
-/// person, `units` each touched report's unit (empty when unknown).
+/// person, `reports` each touched report's facts (unit empty when unknown).
 pub fn authorize_changes(
     changes: &[fieldreport_core::Change],
-    people: &std::collections::HashMap<uuid::Uuid, fieldreport_core::Person>,
-    units: &std::collections::HashMap<uuid::Uuid, String>,
+    people: &std::collections::HashMap<uuid::Uuid, DeviceRecord>,
+    reports: &std::collections::HashMap<uuid::Uuid, ReportFacts>,
 ) -> crate::error::Result<()> {
+    use fieldreport_core::model::workflow;
     for c in changes {
-        let person = people.get(&c.device()).ok_or_else(|| {
+        let record = people.get(&c.device()).ok_or_else(|| {
             crate::error::StationError::Core(fieldreport_core::Error::UnknownDevice {
                 change: c.id().to_string(),
             })
         })?;
-        let unit = units
-            .get(&c.report())
+        let facts = reports.get(&c.report());
+        let unit = facts
+            .map(|f| f.unit.as_str())
             .filter(|u| !u.is_empty())
-            .unwrap_or(&person.unit);
-        fieldreport_core::model::workflow::authorize(c.body(), person, unit)?;
+            .unwrap_or(&record.person.unit);
+        workflow::authorize(c.body(), record, unit)?;
+        workflow::authorize_one_creation(
+            c.body(),
+            facts.map(|f| f.creations.as_slice()).unwrap_or(&[]),
+        )?;
     }
     Ok(())
 }

@@ -460,7 +460,7 @@ fn batch_lookup(tx: &mut Transaction, changes: &[Change]) -> Result<BatchLookup>
 }
 
 /// Re-materialises `report` from all its changes; returns (unit, is new).
-fn write_report(tx: &mut Transaction, report: Uuid) -> Result<(String, bool)> {
+fn write_report(tx: &mut Transaction, report: Uuid) -> Result<(ReportFacts, bool)> {
     let mut doc = ReportDoc::new();
     for r in tx
         .query(
@@ -500,7 +500,13 @@ fn write_report(tx: &mut Transaction, report: Uuid) -> Result<(String, bool)> {
         ],
     )
     .map_err(db)?;
-    Ok((unit, !existed))
+    Ok((
+        ReportFacts {
+            unit,
+            creations: state.creations,
+        },
+        !existed,
+    ))
 }
 
 /// SQL for the reports a device may see ($p person key, $s is supervisor, $u unit).
@@ -559,8 +565,7 @@ impl StationStorage for PostgresStorage {
             let now = i.clock.now_ms();
             let expires = now
                 .checked_add(ttl_ms)
-                .filter(|_| ttl_ms > 0)
-                .ok_or_else(|| StationError::BadRequest("bad_ttl", "a code's lifetime must be positive and in range".into()))?;
+                .ok_or_else(|| StationError::BadRequest("bad_ttl", "a code's lifetime is out of range".into()))?;
             let person = serde_json::to_string(&person)
                 .map_err(|_| StationError::Internal("person".into()))?;
             i.conn()
@@ -834,8 +839,9 @@ impl StationStorage for PostgresStorage {
             let mut events = Vec::new();
             let mut units = HashMap::new();
             for report in touched {
-                let (unit, new) = write_report(&mut tx, report)?;
-                units.insert(report, unit.clone());
+                let (facts, new) = write_report(&mut tx, report)?;
+                let unit = facts.unit.clone();
+                units.insert(report, facts);
                 let ev = (
                     unit,
                     ReportEvent {
@@ -861,7 +867,7 @@ impl StationStorage for PostgresStorage {
             {
                 let record: DeviceRecord = serde_json::from_str(r.get::<_, &str>(1))
                     .map_err(|_| StationError::Internal("device record".into()))?;
-                people.insert(r.get::<_, Uuid>(0), record.person);
+                people.insert(r.get::<_, Uuid>(0), record);
             }
             authorize_changes(&verified.new, &people, &units)?;
             tx.commit().map_err(db)?;

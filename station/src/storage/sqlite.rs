@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use fieldreport_core::crdt::Change;
 use fieldreport_core::evidence::package::DeviceEnrollment;
 use fieldreport_core::evidence::{verify_batch, DeviceRecord, Person};
-use fieldreport_core::store::log::{decode_row, device_person, insert_change, load_doc, SqlLookup};
+use fieldreport_core::store::log::{decode_row, device_record, insert_change, load_doc, SqlLookup};
 use fieldreport_core::store::MediaStore;
 use fieldreport_core::sync::client::media_refs;
 use fieldreport_core::sync::wire::{
@@ -250,17 +250,17 @@ fn visible_params(who: &Enrolled) -> (String, bool, String) {
 fn authorize_all(
     tx: &Transaction,
     changes: &[Change],
-    units: &std::collections::HashMap<Uuid, String>,
+    reports: &std::collections::HashMap<Uuid, ReportFacts>,
 ) -> Result<()> {
     let mut people = std::collections::HashMap::new();
     for c in changes {
         if let std::collections::hash_map::Entry::Vacant(slot) = people.entry(c.device()) {
-            if let Some(p) = device_person(tx, c.device())? {
+            if let Some(p) = device_record(tx, c.device())? {
                 slot.insert(p);
             }
         }
     }
-    authorize_changes(changes, &people, units)
+    authorize_changes(changes, &people, reports)
 }
 
 /// The authors of `changes` that are revoked now.
@@ -280,7 +280,7 @@ fn revoked_authors(
     Ok(out)
 }
 
-fn write_report(tx: &Transaction, report: Uuid) -> Result<(String, bool)> {
+fn write_report(tx: &Transaction, report: Uuid) -> Result<(ReportFacts, bool)> {
     let doc = load_doc(tx, report)?;
     let state = doc.materialise();
     let r = Report::from_state(report, &state);
@@ -317,7 +317,13 @@ fn write_report(tx: &Transaction, report: Uuid) -> Result<(String, bool)> {
             r.to_canonical_json()
         ],
     )?;
-    Ok((unit, !existed))
+    Ok((
+        ReportFacts {
+            unit,
+            creations: state.creations,
+        },
+        !existed,
+    ))
 }
 
 #[async_trait]
@@ -329,8 +335,7 @@ impl StationStorage for SqliteStorage {
             let now = i.clock.now_ms();
             let expires = now
                 .checked_add(ttl_ms)
-                .filter(|_| ttl_ms > 0)
-                .ok_or_else(|| StationError::BadRequest("bad_ttl", "a code's lifetime must be positive and in range".into()))?;
+                .ok_or_else(|| StationError::BadRequest("bad_ttl", "a code's lifetime is out of range".into()))?;
             let person = serde_json::to_string(&person)
                 .map_err(|_| StationError::Internal("person".into()))?;
             lock(&i.writer).execute(
@@ -513,8 +518,9 @@ impl StationStorage for SqliteStorage {
             let mut events = Vec::new();
             let mut units = std::collections::HashMap::new();
             for report in touched {
-                let (unit, new) = write_report(&tx, report)?;
-                units.insert(report, unit.clone());
+                let (facts, new) = write_report(&tx, report)?;
+                let unit = facts.unit.clone();
+                units.insert(report, facts);
                 events.push((
                     unit,
                     ReportEvent {

@@ -486,6 +486,29 @@ pub fn render(input: &PdfInput) -> Vec<u8> {
         }
     }
 
+    // Clocks that ran ahead of what was made after them (only when any).
+    if !r.clock_ahead.is_empty() {
+        l.heading(&format!("Clocks ahead ({})", r.clock_ahead.len()));
+        l.text(
+            0,
+            "These changes carry a clock later than that of a change made after them: their device's clock was more than the allowed bound ahead. They are ordered by what came after them, not by their clock.",
+        );
+        for f in &r.clock_ahead {
+            l.text(
+                2,
+                &format!(
+                    "- change {} (device {}): clock {}, device clock {}; followed by change {} with clock {}",
+                    f.change,
+                    person(&f.change.device),
+                    l.time_ms(f.clock_ms.min(i64::MAX as u64) as i64),
+                    l.time_ms(f.wall_clock_ms),
+                    f.followed_by,
+                    l.time_ms(f.followed_clock_ms.min(i64::MAX as u64) as i64)
+                ),
+            );
+        }
+    }
+
     // Field history summary.
     struct Hist {
         ops: usize,
