@@ -94,8 +94,11 @@ run_kotlin() {
     -cp "$cp" -d "$jar" 2> >(grep -v '^warning:' >&2)
   # Every compiled test class (top-level `*Test`), so none is forgotten.
   local classes
-  mapfile -t classes < <(jar tf "$jar" | grep -E '^org/fieldreport/[A-Za-z0-9_]+Test\.class$' |
-    sed 's/\.class$//; s#/#.#g')
+  mapfile -t classes < <(python3 -c '
+import re, sys, zipfile
+for n in zipfile.ZipFile(sys.argv[1]).namelist():
+    if re.fullmatch(r"org/fieldreport/\w+Test\.class", n):
+        print(n[:-6].replace("/", "."))' "$jar")
   FR_STATION_BIN="$STATION" RUST_BACKTRACE=0 \
     java -Djna.library.path="$(dirname "$LIB")" -cp "$jar:$cp:$KOTLIN_STDLIB" \
     org.fieldreport.RunTestsKt "${classes[@]}"

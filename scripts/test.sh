@@ -24,6 +24,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
+
+# The project's standards first, so drift fails in seconds, not at the end.
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/fieldreport"
 VENV="$CACHE/venv"
 BAGIT_VERSION=1.9.0
@@ -98,8 +102,7 @@ FR_TEST_DATABASE_URL=$(scripts/pg-cluster.sh start "$PGDIR" "$PGPORT" fsync=off)
 export FR_TEST_DATABASE_URL
 export FR_REQUIRE_TOOLS=1 FR_REQUIRE_POSTGRES=1
 
-echo "== the project's standards first: cargo fmt --check, cargo clippy -D warnings"
-cargo fmt --all -- --check
+echo "== cargo clippy --workspace --all-targets -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 status=0

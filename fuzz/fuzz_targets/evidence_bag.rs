@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
         &format!("{REPORT}/report.json"),
         &format!("{REPORT}/report.pdf"),
         "data/media/ab",
+        &format!("{REPORT}/receipts.jsonl"),
     ] {
         let bytes = parts.next().unwrap_or_default();
         std::fs::write(root.join(name), bytes).unwrap();

@@ -247,7 +247,12 @@ pub async fn audit_layer(
         why: note,
         route,
     } = actor.get();
-    let route = route.unwrap_or_else(|| "unrouted".into());
+    // A path no route serves is whatever the client typed (it could be a
+    // name): only its first segment's safe characters and a hash are kept.
+    let (route, target) = match route {
+        Some(r) => (r, target),
+        None => ("unrouted".to_string(), unrouted_target(&target)),
+    };
     // Sign-ins are written by their handler; one refused before it (from
     // another origin) is written here.
     if route == "/dashboard/login" && method == axum::http::Method::POST && note.is_none() {
@@ -269,6 +274,22 @@ pub async fn audit_layer(
         tracing::error!(error = %e, "audit log write failed");
     }
     resp
+}
+
+/// `/first-segment… sha256:0123456789abcdef` for a path no route serves.
+fn unrouted_target(path: &str) -> String {
+    use sha2::Digest;
+    let first: String = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+        .take(24)
+        .collect();
+    let hash = hex::encode(sha2::Sha256::digest(path.as_bytes()));
+    format!("/{first}… sha256:{}", &hash[..16])
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -329,6 +350,7 @@ async fn devices(State(s): State<AppState>, Device(d): Device) -> Result<Json<De
 
 async fn push(
     State(s): State<AppState>,
+    axum::Extension(actor): axum::Extension<AuditActor>,
     Device(d): Device,
     headers: axum::http::HeaderMap,
     body: Bytes,
@@ -370,7 +392,8 @@ async fn push(
             .and_then(|v| v.parse::<i64>().ok());
         if let Some(t) = device_time {
             let skew = t.saturating_sub(s.clock.now_ms());
-            if skew.abs() > CLOCK_SKEW_TOLERANCE_MS {
+            // unsigned_abs: a header of i64::MIN must not overflow.
+            if skew.unsigned_abs() > CLOCK_SKEW_TOLERANCE_MS.unsigned_abs() {
                 tracing::warn!(%device, skew_ms = skew, "device clock skewed");
                 s.storage
                     .record_clock_skew(device, reports.into_iter().collect(), skew)
@@ -394,6 +417,23 @@ async fn push(
             }))
         }
         Err(e) => {
+            if let StationError::DeviceRevoked {
+                device: revoked, ..
+            } = &e
+            {
+                // Which revoked key was used, and by whom it came.
+                actor.note(REVOKED_NOTE);
+                s.storage
+                    .audit(AuditEntry {
+                        id: 0,
+                        at_ms: s.clock.now_ms(),
+                        actor: device.to_string(),
+                        action: "push refused".into(),
+                        target: format!("device {revoked}"),
+                        outcome: format!("refused: {REVOKED_NOTE}"),
+                    })
+                    .await?;
+            }
             if e.is_client_error() {
                 let code = e.status_and_code().1;
                 tracing::warn!(%device, code, "push refused");
@@ -405,6 +445,10 @@ async fn push(
         }
     }
 }
+
+/// The audit log's phrase for a push refused because a change in it is
+/// signed by a revoked device.
+pub const REVOKED_NOTE: &str = "change signed by a revoked device";
 
 #[derive(Deserialize)]
 struct PullQuery {

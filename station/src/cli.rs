@@ -24,8 +24,8 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API.
     Serve {
-        /// TOML file with `listen`, `data`, `database`, `tls_cert`, `tls_key`
-        /// and `station_key`.
+        /// TOML file with `listen`, `data`, `database`, `tls_cert`, `tls_key`,
+        /// `plain_http` and `station_key`.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Address to listen on (default 127.0.0.1:8787).
@@ -85,11 +85,13 @@ enum Command {
         unit: String,
     },
     /// Revoke a device (a lost phone): its pushes, pulls and event streams
-    /// are refused from now on. Takes effect on running stations.
+    /// are refused from now on, and so is any new change signed by its key,
+    /// whoever pushes it. Takes effect on running stations.
     Revoke {
         #[command(flatten)]
         storage: StorageArgs,
-        /// The device id (as `devices` and the audit log show it).
+        /// The device id, as the audit log shows it (the actor of its
+        /// `POST /v1/enroll` entry).
         #[arg(long)]
         device: uuid::Uuid,
     },
@@ -130,7 +132,8 @@ enum Command {
         station_name: Option<String>,
     },
     /// Check an evidence package: manifests, signatures, device chains,
-    /// media hashes, and the replay of the history. Exits 1 if it fails.
+    /// media hashes, receipt times against revocations, and the replay of
+    /// the history. Exits 1 if it fails.
     Verify {
         /// The package directory.
         dir: PathBuf,
@@ -213,6 +216,16 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 .with_database(database)?
                 .with_tls(tls_cert, tls_key, plain_http)?;
             let storage = cfg.open_storage_async().await?;
+            let shift = crate::clock::SystemClock::from_env()?.offset_ms;
+            if shift != 0 {
+                admin_audit(
+                    storage.as_ref(),
+                    "station clock shifted",
+                    format!("{shift} ms by {}", crate::clock::OFFSET_ENV),
+                    "ok",
+                )
+                .await?;
+            }
             let key = std::sync::Arc::new(cfg.station_key()?);
             let transport = match cfg.tls()? {
                 Some((tls, generated)) => {

@@ -9,17 +9,31 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use crate::error::StationError;
+
 /// Shifts the system clock of a station by this many milliseconds. A test
 /// hook (the suite runs once with the station a year ahead to prove no test
-/// depends on the real date); a station started with it logs a warning.
+/// depends on the real date), honoured only by builds with the
+/// `test-clock` feature (the test crate turns it on); a station started
+/// shifted logs a warning and `serve` writes an audit entry. Other builds
+/// refuse to start while it is set, rather than ignore it silently.
 pub const OFFSET_ENV: &str = "FIELDREPORT_CLOCK_OFFSET_MS";
+
+/// The largest shift accepted (ten years either way).
+const MAX_OFFSET_MS: i64 = 10 * 366 * 86_400_000;
 
 pub trait Clock: Send + Sync + 'static {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> i64;
 
     fn now(&self) -> DateTime<Utc> {
-        DateTime::from_timestamp_millis(self.now_ms()).unwrap_or(DateTime::<Utc>::MIN_UTC)
+        // Every i64 of milliseconds chrono cannot hold is beyond year
+        // 262,000 either way; clamp rather than invent a time.
+        DateTime::from_timestamp_millis(self.now_ms()).unwrap_or(if self.now_ms() < 0 {
+            DateTime::<Utc>::MIN_UTC
+        } else {
+            DateTime::<Utc>::MAX_UTC
+        })
     }
 }
 
@@ -31,20 +45,37 @@ pub struct SystemClock {
 }
 
 impl SystemClock {
-    /// The system clock with the offset [`OFFSET_ENV`] names, if any.
-    pub fn from_env() -> SystemClock {
-        let offset_ms = std::env::var(OFFSET_ENV)
+    /// The system clock with the offset [`OFFSET_ENV`] names, if any. A
+    /// value that is not a whole number of milliseconds within ten years,
+    /// or any value in a build without the `test-clock` feature, is an
+    /// error: a station never runs at a time nobody meant.
+    pub fn from_env() -> Result<SystemClock, StationError> {
+        let Ok(raw) = std::env::var(OFFSET_ENV) else {
+            return Ok(SystemClock::default());
+        };
+        if !cfg!(feature = "test-clock") {
+            return Err(StationError::Unavailable(format!(
+                "{OFFSET_ENV} is set, but this build has no test clock: unset it"
+            )));
+        }
+        let offset_ms = raw
+            .trim()
+            .parse::<i64>()
             .ok()
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .unwrap_or(0);
+            .filter(|o| o.abs() <= MAX_OFFSET_MS)
+            .ok_or_else(|| {
+                StationError::Unavailable(format!(
+                    "{OFFSET_ENV} must be whole milliseconds within ten years"
+                ))
+            })?;
         if offset_ms != 0 {
             tracing::warn!(offset_ms, "station clock shifted by {OFFSET_ENV}");
         }
-        SystemClock { offset_ms }
+        Ok(SystemClock { offset_ms })
     }
 
-    pub fn shared() -> Arc<dyn Clock> {
-        Arc::new(SystemClock::from_env())
+    pub fn shared() -> Result<Arc<dyn Clock>, StationError> {
+        Ok(Arc::new(SystemClock::from_env()?))
     }
 }
 
@@ -97,6 +128,10 @@ mod tests {
             offset_ms: 365 * 86_400_000,
         }
         .now_ms();
-        assert!(ahead - base >= 365 * 86_400_000 - 1_000);
+        let shift = ahead - base;
+        assert!(
+            (365 * 86_400_000..365 * 86_400_000 + 5_000).contains(&shift),
+            "{shift}"
+        );
     }
 }

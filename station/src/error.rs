@@ -16,6 +16,10 @@ pub enum StationError {
     Unauthorized,
     #[error("{0}")]
     Forbidden(&'static str),
+    /// A new change signed by a device that is revoked (whoever pushed it):
+    /// 403 `device_revoked`. Names only ids.
+    #[error("change {change} is signed by device {device}, which is revoked: the station takes no new change of a revoked device")]
+    DeviceRevoked { device: uuid::Uuid, change: String },
     #[error("not found")]
     NotFound,
     #[error("{1}")]
@@ -52,6 +56,7 @@ impl StationError {
             BadRequest(c, _) => (StatusCode::BAD_REQUEST, c),
             Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            DeviceRevoked { .. } => (StatusCode::FORBIDDEN, "device_revoked"),
             NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Conflict(c, _) => (StatusCode::CONFLICT, c),
             Unprocessable(c, _) => (StatusCode::UNPROCESSABLE_ENTITY, c),

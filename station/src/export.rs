@@ -37,6 +37,7 @@ pub async fn export_package(
         reports: material.reports,
         devices: material.devices,
         media: material.media,
+        received: material.received,
     };
     let out: PathBuf = out.to_path_buf();
     tokio::task::spawn_blocking(move || write_package(input, &out, &mut progress))

@@ -108,12 +108,12 @@ impl WallClock for SharedClock {
 /// "Now" for tests that run on the system clock: shifted like the
 /// stations' by `FIELDREPORT_CLOCK_OFFSET_MS`.
 pub fn now_ms() -> i64 {
-    SystemClock::from_env().now_ms()
+    SystemClock::from_env().expect("the test clock").now_ms()
 }
 
 impl TestStation {
     pub fn start() -> TestStation {
-        TestStation::start_with_clock(SystemClock::shared())
+        TestStation::start_with_clock(SystemClock::shared().expect("the test clock"))
     }
 
     /// A station (and its devices) judging time by `clock`.

@@ -269,7 +269,7 @@ fn legacy_layout(p: &Prepared) -> Legacy {
 #[test]
 fn no_secret_in_the_clear_and_no_file_readable_by_others() {
     let mut legacy = None;
-    let st = TestStation::start_prepared(SystemClock::shared(), |p| {
+    let st = TestStation::start_prepared(SystemClock::shared().expect("the test clock"), |p| {
         let l = legacy_layout(p);
         // The search finds the earlier build's secrets in its files.
         let needles = [

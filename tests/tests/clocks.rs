@@ -161,3 +161,18 @@ fn skewed_clocks_keep_causal_order_and_are_flagged_not_refused() {
         .unwrap();
     assert_eq!(resp.status(), 404);
 }
+
+/// The year-ahead pass of scripts/test.sh really runs shifted: the
+/// stations' clock is the machine's plus `FIELDREPORT_CLOCK_OFFSET_MS`
+/// (zero when unset). Compares two clocks, judges no date.
+#[test]
+fn the_station_clock_runs_at_the_offset_the_suite_sets() {
+    let offset: i64 = std::env::var(fieldreport_station::clock::OFFSET_ENV)
+        .map(|v| v.parse().expect("a whole number of milliseconds"))
+        .unwrap_or(0);
+    let st = TestStation::start();
+    use fieldreport_station::clock::Clock;
+    let machine = fieldreport_station::clock::SystemClock::default().now_ms();
+    let drift = st.now_ms() - machine - offset;
+    assert!(drift.abs() < 60_000, "station clock off by {drift} ms");
+}

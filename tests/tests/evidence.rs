@@ -665,3 +665,172 @@ fn any_flipped_byte_is_found() {
     }
     assert!(verify(&bag).is_ok());
 }
+
+/// A device revoked after its work reached the station: the package says
+/// so and verifies. A receipt moved to after the revocation (manifests
+/// rewritten), a missing receipt, and a station database edited to hold a
+/// change of the device received at its revocation are each named.
+#[test]
+fn a_change_received_after_its_devices_revocation_is_named() {
+    let s = scene();
+    let r = s.report;
+    let a = s.officer.store.identity().unwrap().device_id;
+    // The phone is lost after it synced: revoked.
+    assert!(s.st.rt.block_on(s.st.storage.revoke(a)).unwrap());
+    let work = tempfile::tempdir().unwrap();
+    let clean = work.path().join("clean");
+    export(&s, &[r], &clean);
+    let v = verify(&clean);
+    assert!(v.is_ok(), "{v}");
+    let hist_rel = format!("data/reports/{r}/changes.jsonl");
+    let receipts_rel = format!("data/reports/{r}/receipts.jsonl");
+    let read_lines = |bag: &Path| -> Vec<serde_json::Value> {
+        fs::read_to_string(bag.join(&receipts_rel))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let write_lines = |bag: &Path, lines: &[serde_json::Value]| {
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        fs::write(bag.join(&receipts_rel), text).unwrap();
+    };
+    // One receipt per change, in the history's order.
+    let receipts = read_lines(&clean);
+    let hist = history(&clean, r);
+    assert_eq!(receipts.len(), hist.len());
+    for (rc, h) in receipts.iter().zip(&hist) {
+        assert_eq!(rc["hash"], h["hash"]);
+    }
+    // devices.json records the revocation.
+    let devices: Vec<serde_json::Value> =
+        serde_json::from_str(&fs::read_to_string(clean.join("data/devices.json")).unwrap())
+            .unwrap();
+    let revoked_at = devices
+        .iter()
+        .find(|d| d["device_id"] == a.to_string().as_str())
+        .and_then(|d| d["revoked_at"].as_str())
+        .map(|t| chrono::DateTime::parse_from_rfc3339(t).unwrap())
+        .expect("the revoked device's revocation time");
+    if let Some(pdftotext) = tool("pdftotext") {
+        let pdf = clean.join(format!("data/reports/{r}/report.pdf"));
+        let txt = work.path().join("report.txt");
+        run_ok(
+            &pdftotext,
+            &[&pdf.to_string_lossy(), &txt.to_string_lossy()],
+        );
+        let text = fs::read_to_string(&txt).unwrap();
+        assert!(text.contains("Received after revocation"), "{text}");
+        assert!(text.contains("Received by the station"), "{text}");
+    }
+    let case = |name: &str| {
+        let dir = work.path().join(name);
+        copy_dir(&clean, &dir);
+        dir
+    };
+    let a_prefix = format!("{a}:");
+
+    // 1. One of the device's receipts moved to a second after its
+    //    revocation, manifests rewritten: that change is named.
+    let bag = case("late-receipt");
+    let mut lines = read_lines(&bag);
+    let late = lines
+        .iter()
+        .position(|l| l["change"].as_str().unwrap().starts_with(&a_prefix))
+        .unwrap();
+    let late_change = lines[late]["change"].as_str().unwrap().to_string();
+    lines[late]["received_at"] = (revoked_at + chrono::Duration::seconds(1))
+        .with_timezone(&chrono::Utc)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        .into();
+    write_lines(&bag, &lines);
+    rewrite_manifests(&bag);
+    let v = verify(&bag);
+    assert_names(
+        &v,
+        &hist_rel,
+        Some(&late_change),
+        "at or after its device was revoked",
+    );
+    let (ok, out, _) = cli(&["verify", &bag.to_string_lossy()]);
+    assert!(
+        !ok && out.starts_with("FAILED") && out.contains(&late_change) && out.contains("revoked"),
+        "{out}"
+    );
+
+    // 2. A receipt removed: its change is named. The whole file removed:
+    //    named too.
+    let bag = case("no-receipt");
+    let mut lines = read_lines(&bag);
+    let gone = lines.remove(0)["change"].as_str().unwrap().to_string();
+    write_lines(&bag, &lines);
+    rewrite_manifests(&bag);
+    assert_names(
+        &verify(&bag),
+        &hist_rel,
+        Some(&gone),
+        "has no station receipt time",
+    );
+    let bag = case("no-receipts");
+    fs::remove_file(bag.join(&receipts_rel)).unwrap();
+    rewrite_manifests(&bag);
+    assert_names(&verify(&bag), &receipts_rel, None, "is missing");
+
+    // 3. The station's database edited to hold a change of the revoked
+    //    device, received at the moment of its revocation: the export
+    //    refuses to publish the package, naming the change.
+    s.officer
+        .store
+        .set_field(r, "narrative", Value::Text("Nothing happened.".into()))
+        .unwrap();
+    let forged = s.officer.store.outbox(10).unwrap().pop().unwrap();
+    let at = revoked_at.timestamp_millis();
+    let counts = s.st.counts();
+    match &s.st.database {
+        None => {
+            let c = rusqlite::Connection::open(station_data(&s).join("station.db")).unwrap();
+            fieldreport_core::store::log::insert_change(&c, &forged, true, at).unwrap();
+        }
+        Some(url) => {
+            let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+            let b = forged.body();
+            c.execute(
+                "INSERT INTO changes (id, hash, device_id, seq, report_id, prev, body, signature, hlc_wall, received_at)
+                 SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM changes",
+                &[
+                    &forged.hash().to_vec(),
+                    &b.device,
+                    &(b.seq as i64),
+                    &b.report,
+                    &b.prev.unwrap_or([0; 32]).to_vec(),
+                    &forged.bytes(),
+                    &forged.signature().to_vec(),
+                    &(b.hlc.wall_ms as i64),
+                    &at,
+                ],
+            )
+            .unwrap();
+        }
+    }
+    assert_eq!(s.st.counts().changes, counts.changes + 1);
+    let out = work.path().join("edited");
+    let mut args = vec![
+        "export".to_string(),
+        "--report".into(),
+        r.to_string(),
+        "--out".into(),
+        out.to_string_lossy().into_owned(),
+    ];
+    args.extend(s.st.cli_args());
+    let (ok, _, err) = cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        !ok,
+        "an export holding a change received after revocation was published"
+    );
+    assert!(
+        err.contains(&forged.id().to_string())
+            && err.contains("at or after its device was revoked"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

@@ -7,7 +7,7 @@ use fieldreport_core::Value;
 use fieldreport_e2e::*;
 use uuid::Uuid;
 
-const NOV_20: i64 = 1_795_705_200_000; // 2026-11-20T15:00:00Z (09:00 in Chicago)
+const NOV_20: i64 = 1_795_186_800_000; // 2026-11-20T15:00:00Z (09:00 in Chicago)
 const OCT_10: i64 = 1_791_644_400_000; // 2026-10-10T15:00:00Z
 /// The day the tests run on, whatever the real date: five days after the
 /// November incidents (their reviews due, not overdue), weeks after the

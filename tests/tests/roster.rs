@@ -128,6 +128,17 @@ fn a_device_learns_names_only_of_authors_it_may_see() {
     }
     assert!(raw.contains("Rosterbob"), "a device's own record is whole");
 
+    // Without A's name, B can still check a claimed reporting officer.
+    let a_on_b = b
+        .store
+        .known_devices()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.device_id == id(&a))
+        .unwrap();
+    assert!(a_on_b.is_person("Rosterann Alpha", "81001", "D9"));
+    assert!(!a_on_b.is_person("Rosterann Alpha", "81002", "D9"));
+
     // At the scene, B takes A's report from A's phone: B verifies it with
     // the key it holds. Once B has written to the report and synced, A is
     // an author B may see, and B learns A's name.

@@ -493,7 +493,15 @@ fn a_revoked_or_expired_supervisor_cannot_act_in_the_dashboard() {
         "POST /dashboard/login",
         "401 credential expired"
     ));
-    // Extended by the admin, the same account signs in again.
+    // Made again, the revoked account gets a new signing device, and its
+    // supervisor signs in with the new second factor.
+    let again = make("Sgt Revoked", "74009");
+    assert_ne!(again.device_id, revoked.device_id);
+    clock.advance(30_000);
+    let (status, _) = sign_in(&st, "74009", PASSWORD, &code(&again.totp_secret));
+    assert_eq!(status, 303);
+
+    // Extended by the admin, the expired account signs in again.
     assert!(st
         .rt
         .block_on(

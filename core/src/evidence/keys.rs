@@ -25,9 +25,75 @@ pub struct DeviceRecord {
     #[serde(with = "hex_key")]
     pub public_key: [u8; 32],
     pub person: Person,
+    /// Set when the station left this device's name and star number out
+    /// of the directory it gave a phone (docs/sync.md): a digest of them,
+    /// so the phone can still check a claimed reporting officer
+    /// ([`DeviceRecord::is_person`]) without holding the roster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person_digest: Option<String>,
+}
+
+/// Digest of a device's person, salted with its id (so equal people on
+/// two devices give unrelated digests).
+fn person_digest(device: Uuid, name: &str, star_number: &str, unit: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [
+        b"fieldreport person v1".as_slice(),
+        device.as_bytes(),
+        name.as_bytes(),
+        star_number.as_bytes(),
+        unit.as_bytes(),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    hex::encode(h.finalize())
 }
 
 impl DeviceRecord {
+    pub fn new(device_id: Uuid, public_key: [u8; 32], person: Person) -> DeviceRecord {
+        DeviceRecord {
+            device_id,
+            public_key,
+            person,
+            person_digest: None,
+        }
+    }
+
+    /// The record without name and star number, with their digest: what a
+    /// phone that may not know the person receives.
+    pub fn without_name(mut self) -> DeviceRecord {
+        if self.person_digest.is_none() {
+            let p = &self.person;
+            self.person_digest = Some(person_digest(
+                self.device_id,
+                &p.name,
+                &p.star_number,
+                &p.unit,
+            ));
+        }
+        self.person.name.clear();
+        self.person.star_number.clear();
+        self
+    }
+
+    /// Whether this device's person is (name, star number, unit), from the
+    /// names when the record has them, else from their digest.
+    pub fn is_person(&self, name: &str, star_number: &str, unit: &str) -> bool {
+        match &self.person_digest {
+            Some(d) => {
+                unit == self.person.unit
+                    && *d == person_digest(self.device_id, name, star_number, unit)
+            }
+            None => {
+                name == self.person.name
+                    && star_number == self.person.star_number
+                    && unit == self.person.unit
+            }
+        }
+    }
+
     pub fn verifying_key(&self) -> Result<VerifyingKey> {
         VerifyingKey::from_bytes(&self.public_key)
             .map_err(|_| Error::Corrupt(format!("public key of device {}", self.device_id)))
@@ -59,11 +125,7 @@ impl DeviceIdentity {
     pub fn from_secret(device_id: Uuid, secret: [u8; 32], person: Person) -> Self {
         let signing_key = SigningKey::from_bytes(&secret);
         DeviceIdentity {
-            record: DeviceRecord {
-                device_id,
-                public_key: signing_key.verifying_key().to_bytes(),
-                person,
-            },
+            record: DeviceRecord::new(device_id, signing_key.verifying_key().to_bytes(), person),
             signing_key,
         }
     }
@@ -85,5 +147,43 @@ mod hex_key {
         let mut out = [0u8; 32];
         hex::decode_to_slice(&s, &mut out).map_err(serde::de::Error::custom)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_without_name_still_tells_its_person() {
+        let person = Person {
+            name: "A. Alvarez".into(),
+            star_number: "11021".into(),
+            role: Role::Officer,
+            unit: "District 9".into(),
+        };
+        let full = DeviceRecord::new(Uuid::from_u128(7), [1; 32], person);
+        let bare = full.clone().without_name();
+        assert!(bare.person.name.is_empty() && bare.person.star_number.is_empty());
+        let json = serde_json::to_string(&bare).unwrap();
+        assert!(
+            !json.contains("Alvarez") && !json.contains("11021"),
+            "{json}"
+        );
+        for r in [&full, &bare] {
+            assert!(r.is_person("A. Alvarez", "11021", "District 9"));
+            assert!(!r.is_person("A. Alvarez", "11022", "District 9"));
+            assert!(!r.is_person("B. Alvarez", "11021", "District 9"));
+            assert!(!r.is_person("A. Alvarez", "11021", "District 2"));
+            assert!(!r.is_person("", "", "District 9"));
+        }
+        // The same person on another device has another digest.
+        let other =
+            DeviceRecord::new(Uuid::from_u128(8), [1; 32], full.person.clone()).without_name();
+        assert_ne!(other.person_digest, bare.person_digest);
+        // Full records serialise as before (packages, the station's rows).
+        assert!(!serde_json::to_string(&full)
+            .unwrap()
+            .contains("person_digest"));
     }
 }

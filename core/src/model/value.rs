@@ -19,8 +19,9 @@ pub enum Value {
     List(Vec<String>),
 }
 
-/// The value as a person reads it (the demo, logs of the admin's own
-/// data): text quoted, times in UTC, lists comma-separated.
+/// The value as a person reads it (the demo, a report shown to its
+/// reader): text quoted, times in UTC, lists comma-separated. Never for
+/// logs or errors, which carry no report data.
 impl std::fmt::Display for Value {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -108,7 +109,7 @@ mod tests {
             "\"CBP 4471-B\""
         );
         assert_eq!(
-            Value::Time(1_795_705_200_000).to_string(),
+            Value::Time(1_795_186_800_000).to_string(),
             "2026-11-20 15:00:00 UTC"
         );
         assert_eq!(

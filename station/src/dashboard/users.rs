@@ -193,7 +193,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 /// Creates a supervisor's dashboard account, enrolling its signing device;
 /// for a star number that has one, sets a new password and a new second
-/// factor (the device and its store stay).
+/// factor (the device and its store stay, unless the device was revoked:
+/// then the account gets a new one).
 pub async fn create_account(
     storage: &dyn StationStorage,
     key: &Arc<StationKey>,
@@ -213,7 +214,12 @@ pub async fn create_account(
     let password_hash = blocking(move || hash_password(&password)).await?;
     let raw = new_totp_secret()?;
     let totp_secret = base32(&raw)?;
-    if let Some(mut a) = storage.dashboard_account(star_number).await? {
+    let existing = storage.dashboard_account(star_number).await?;
+    let revoked = match &existing {
+        Some(a) => storage.device(a.device_id).await?.is_none_or(|d| d.revoked),
+        None => false,
+    };
+    if let Some(mut a) = existing.clone().filter(|_| !revoked) {
         // Made again: new password and new second factor.
         a.password_hash = password_hash;
         a.totp_sealed = seal_totp(key, star_number, a.device_id, &raw)?;
@@ -260,7 +266,9 @@ pub async fn create_account(
         Ok(())
     })
     .await?;
-    if !storage.put_dashboard_account(account, false).await? {
+    // A revoked device's account is replaced; otherwise one made meanwhile
+    // (by another process) is not.
+    if !storage.put_dashboard_account(account, revoked).await? {
         return Err(StationError::Conflict(
             "account_exists",
             "an account with this star number was made meanwhile".into(),

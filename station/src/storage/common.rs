@@ -49,22 +49,20 @@ pub fn enrolled_from_row(
 /// One device's entry in the directory a device receives: the whole record
 /// when `named` (the device itself, or the author of a change the receiver
 /// may see), else only what verifying and authorizing its changes needs
-/// (id, public key, role and unit), with name and star number left empty,
-/// so a lost phone does not hold the department's roster.
+/// (id, public key, role and unit, and a salted digest of the person to
+/// check a claimed reporting officer against), with name and star number
+/// left empty, so a lost phone does not hold the department's roster.
 pub fn directory_entry(record: &str, named: bool) -> Result<DeviceRecord> {
-    let mut record: DeviceRecord =
+    let record: DeviceRecord =
         serde_json::from_str(record).map_err(|_| StationError::Internal("device record".into()))?;
-    if !named {
-        record.person.name.clear();
-        record.person.star_number.clear();
-    }
-    Ok(record)
+    Ok(if named { record } else { record.without_name() })
 }
 
 pub fn ed25519_key(bytes: &[u8; 32]) -> Result<[u8; 32]> {
     let rec = DeviceRecord {
         device_id: Uuid::nil(),
         public_key: *bytes,
+        person_digest: None,
         person: Person {
             name: String::new(),
             star_number: String::new(),
@@ -111,6 +109,12 @@ pub fn bad_hash() -> StationError {
     StationError::BadRequest("bad_hash", "not a lowercase sha256 hex digest".into())
 }
 
+/// A change's receipt time (ms since epoch, as stored) as a time.
+pub fn receipt_time(ms: i64) -> Result<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| StationError::Internal("receipt time out of range".into()))
+}
+
 pub fn ms_time(ms: Option<i64>) -> Option<chrono::DateTime<chrono::Utc>> {
     ms.and_then(chrono::DateTime::from_timestamp_millis)
 }
@@ -133,6 +137,25 @@ pub fn write_chunk(partial: &std::path::Path, offset: u64, bytes: &[u8]) -> Resu
         .ok()
         .and_then(|n| offset.checked_add(n))
         .ok_or_else(|| StationError::BadRequest("beyond_total", "chunk end overflows".into()))
+}
+
+/// Refuses a batch holding a new change signed by a revoked device, whoever
+/// pushes it (the device itself, a partner's phone forwarding it, the
+/// dashboard's signing store). `revoked` holds the authors of `changes`
+/// that are revoked now, read inside the push's write transaction, so a
+/// revocation is ordered before or after every push. Changes the station
+/// already holds are not in `changes` (they are duplicates) and stay valid.
+pub fn refuse_revoked(
+    changes: &[fieldreport_core::Change],
+    revoked: &std::collections::HashSet<Uuid>,
+) -> Result<()> {
+    match changes.iter().find(|c| revoked.contains(&c.device())) {
+        Some(c) => Err(StationError::DeviceRevoked {
+            device: c.device(),
+            change: c.id().to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Who may have made each change (the core's rule, the one phones apply);

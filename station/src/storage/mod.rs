@@ -113,6 +113,9 @@ pub struct ExportMaterial {
     pub devices: Vec<DeviceEnrollment>,
     /// Path of each complete media file the changes attach, by sha256.
     pub media: BTreeMap<String, PathBuf>,
+    /// When the station received each change (its `received_at`), by
+    /// change hash.
+    pub received: BTreeMap<fieldreport_core::crdt::Hash, chrono::DateTime<chrono::Utc>>,
 }
 
 /// Counts used by tests and the admin to check nothing changed.
@@ -163,11 +166,15 @@ pub trait StationStorage: Send + Sync + 'static {
     /// unit, but names and star numbers only of `who` itself and of the
     /// authors of changes `who` may see (see [`common::directory_entry`]).
     async fn directory(&self, who: &Enrolled) -> Result<Vec<DeviceRecord>>;
+    /// Revokes a device: its credential is refused, and so is any new
+    /// change signed by it, whoever pushes it. Ordered with pushes; the
+    /// time recorded is later than every receipt of its changes.
     async fn revoke(&self, device: Uuid) -> Result<bool>;
     /// Sets when a device's credential expires; false if no such device.
     async fn set_credential_expiry(&self, device: Uuid, expires_at_ms: i64) -> Result<bool>;
 
-    /// Verifies and appends a batch (whole or nothing); idempotent.
+    /// Verifies and appends a batch (whole or nothing); idempotent. A new
+    /// change by a revoked device refuses the batch (`DeviceRevoked`).
     async fn push(&self, changes: Vec<Change>) -> Result<PushOutcome>;
     /// Visible changes after `after`, in log order.
     async fn pull(&self, who: &Enrolled, after: i64, limit: u32) -> Result<PullPage>;

@@ -240,7 +240,7 @@ impl PostgresStorage {
     /// Connects to `url` (creating the schema if needed) with media files
     /// under `data` (shared by every process on the database).
     pub fn open(url: &str, data: &Path) -> Result<PostgresStorage> {
-        Self::open_with_clock(url, data, SystemClock::shared())
+        Self::open_with_clock(url, data, SystemClock::shared()?)
     }
 
     /// Like [`PostgresStorage::open`], judging time by `clock`.
@@ -585,7 +585,10 @@ impl StationStorage for PostgresStorage {
         self.blocking(move |i| {
             let code = random_token(10)?;
             let now = i.clock.now_ms();
-            let expires = now + ttl_ms;
+            let expires = now
+                .checked_add(ttl_ms)
+                .filter(|_| ttl_ms > 0)
+                .ok_or_else(|| StationError::BadRequest("bad_ttl", "a code's lifetime must be positive and in range".into()))?;
             let person = serde_json::to_string(&person)
                 .map_err(|_| StationError::Internal("person".into()))?;
             i.conn()
@@ -628,11 +631,7 @@ impl StationStorage for PostgresStorage {
             }
             let person: Person = serde_json::from_str(&person)
                 .map_err(|_| StationError::Internal("person".into()))?;
-            let record = DeviceRecord {
-                device_id,
-                public_key: key,
-                person,
-            };
+            let record = DeviceRecord::new(device_id, key, person);
             let credential = random_token(32)?;
             let json = serde_json::to_string(&record)
                 .map_err(|_| StationError::Internal("record".into()))?;
@@ -799,13 +798,25 @@ impl StationStorage for PostgresStorage {
 
     async fn revoke(&self, device: Uuid) -> Result<bool> {
         self.blocking(move |i| {
-            Ok(i.conn()
+            let mut c = i.conn();
+            let mut tx = c.transaction().map_err(db)?;
+            // Under the log lock, ordered with every push: a push either
+            // committed before (its changes stay valid) or sees the
+            // revocation. The time recorded is after every receipt of the
+            // device's changes, even when this process's clock is behind
+            // the one that received them.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_LOG])
+                .map_err(db)?;
+            let n = tx
                 .execute(
-                    "UPDATE devices SET revoked_at = $1 WHERE device_id = $2 AND revoked_at IS NULL",
+                    "UPDATE devices SET revoked_at = GREATEST($1,
+                        (SELECT MAX(received_at) + 1 FROM changes WHERE device_id = $2))
+                     WHERE device_id = $2 AND revoked_at IS NULL",
                     &[&i.clock.now_ms(), &device],
                 )
-                .map_err(db)?
-                > 0)
+                .map_err(db)?;
+            tx.commit().map_err(db)?;
+            Ok(n > 0)
         })
         .await
     }
@@ -832,6 +843,25 @@ impl StationStorage for PostgresStorage {
                 .map_err(db)?;
             let lookup = batch_lookup(&mut tx, &changes)?;
             let verified = verify_batch(changes, &lookup)?;
+            // Read under the lock: a revocation (which takes it too) is
+            // ordered before or after this push.
+            let authors: Vec<Uuid> = verified
+                .new
+                .iter()
+                .map(|c| c.device())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let revoked: std::collections::HashSet<Uuid> = tx
+                .query(
+                    "SELECT device_id FROM devices WHERE device_id = ANY($1) AND revoked_at IS NOT NULL",
+                    &[&authors],
+                )
+                .map_err(db)?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect();
+            refuse_revoked(&verified.new, &revoked)?;
             let shas = media_refs(&verified.new);
             if !shas.is_empty() {
                 let complete: BTreeSet<String> = tx
@@ -1366,6 +1396,7 @@ impl StationStorage for PostgresStorage {
                 reports: Vec::new(),
                 devices: Vec::new(),
                 media: BTreeMap::new(),
+                received: BTreeMap::new(),
             };
             let mut authors = BTreeSet::new();
             for report in reports {
@@ -1374,12 +1405,16 @@ impl StationStorage for PostgresStorage {
                 }
                 let changes = tx
                     .query(
-                        "SELECT body, signature FROM changes WHERE report_id = $1 ORDER BY id",
+                        "SELECT body, signature, received_at FROM changes WHERE report_id = $1 ORDER BY id",
                         &[&report],
                     )
                     .map_err(db)?
                     .into_iter()
-                    .map(|r| decode(r.get(0), r.get(1)))
+                    .map(|r| {
+                        let c = decode(r.get(0), r.get(1))?;
+                        out.received.insert(*c.hash(), receipt_time(r.get(2))?);
+                        Ok(c)
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 if changes.is_empty() {
                     return Err(StationError::NotFound);

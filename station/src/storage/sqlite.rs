@@ -186,7 +186,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl SqliteStorage {
     pub fn open(dir: &Path) -> Result<SqliteStorage> {
-        Self::open_with_clock(dir, SystemClock::shared())
+        Self::open_with_clock(dir, SystemClock::shared()?)
     }
 
     /// Opens the station's storage in `dir`, judging time by `clock`.
@@ -278,6 +278,23 @@ fn authorize_all(
     authorize_changes(changes, &people, units)
 }
 
+/// The authors of `changes` that are revoked now.
+fn revoked_authors(
+    tx: &Transaction,
+    changes: &[Change],
+) -> Result<std::collections::HashSet<Uuid>> {
+    let authors: BTreeSet<Uuid> = changes.iter().map(|c| c.device()).collect();
+    let mut st =
+        tx.prepare_cached("SELECT 1 FROM devices WHERE device_id = ?1 AND revoked_at IS NOT NULL")?;
+    let mut out = std::collections::HashSet::new();
+    for d in authors {
+        if st.exists([d.as_bytes().as_slice()])? {
+            out.insert(d);
+        }
+    }
+    Ok(out)
+}
+
 fn write_report(tx: &Transaction, report: Uuid) -> Result<(String, bool)> {
     let doc = load_doc(tx, report)?;
     let state = doc.materialise();
@@ -325,7 +342,10 @@ impl StationStorage for SqliteStorage {
             // 10 bytes = 20 hex characters, typed by hand at enrollment.
             let code = random_token(10)?;
             let now = i.clock.now_ms();
-            let expires = now + ttl_ms;
+            let expires = now
+                .checked_add(ttl_ms)
+                .filter(|_| ttl_ms > 0)
+                .ok_or_else(|| StationError::BadRequest("bad_ttl", "a code's lifetime must be positive and in range".into()))?;
             let person = serde_json::to_string(&person)
                 .map_err(|_| StationError::Internal("person".into()))?;
             lock(&i.writer).execute(
@@ -366,11 +386,7 @@ impl StationStorage for SqliteStorage {
             }
             let person: Person = serde_json::from_str(&person)
                 .map_err(|_| StationError::Internal("person".into()))?;
-            let record = DeviceRecord {
-                device_id,
-                public_key: key,
-                person,
-            };
+            let record = DeviceRecord::new(device_id, key, person);
             let credential = random_token(32)?;
             let json = serde_json::to_string(&record)
                 .map_err(|_| StationError::Internal("record".into()))?;
@@ -521,8 +537,14 @@ impl StationStorage for SqliteStorage {
 
     async fn revoke(&self, device: Uuid) -> Result<bool> {
         self.blocking(move |i| {
+            // One statement under the write lock, ordered with every push.
+            // The revocation time is after every receipt of the device's
+            // changes, even on a clock that stepped back or in the same
+            // millisecond, so "received before revocation" is exact.
             Ok(lock(&i.writer).execute(
-                "UPDATE devices SET revoked_at = ?1 WHERE device_id = ?2 AND revoked_at IS NULL",
+                "UPDATE devices SET revoked_at = max(?1, COALESCE(
+                    (SELECT MAX(received_at) + 1 FROM changes WHERE device_id = ?2), ?1))
+                 WHERE device_id = ?2 AND revoked_at IS NULL",
                 params![i.clock.now_ms(), device.as_bytes().as_slice()],
             )? > 0)
         })
@@ -542,8 +564,11 @@ impl StationStorage for SqliteStorage {
     async fn push(&self, changes: Vec<Change>) -> Result<PushOutcome> {
         self.blocking(move |i| {
             let mut w = lock(&i.writer);
-            let tx = w.transaction()?;
+            // Write-locked from the start: a revocation by another process
+            // (the `revoke` command) waits for this push or is seen by it.
+            let tx = w.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let verified = verify_batch(changes, &SqlLookup(&tx))?;
+            refuse_revoked(&verified.new, &revoked_authors(&tx, &verified.new)?)?;
             // A change may attach media only once the station holds it.
             for sha in media_refs(&verified.new) {
                 let complete: bool = tx
@@ -997,6 +1022,7 @@ impl StationStorage for SqliteStorage {
                 reports: Vec::new(),
                 devices: Vec::new(),
                 media: BTreeMap::new(),
+                received: BTreeMap::new(),
             };
             let mut authors = BTreeSet::new();
             for report in reports {
@@ -1004,13 +1030,14 @@ impl StationStorage for SqliteStorage {
                     require_visible(&tx, who, report)?;
                 }
                 let mut st = tx.prepare_cached(
-                    "SELECT body, signature FROM changes WHERE report_id = ?1 ORDER BY id",
+                    "SELECT body, signature, received_at FROM changes WHERE report_id = ?1 ORDER BY id",
                 )?;
                 let mut rows = st.query([report.as_bytes().as_slice()])?;
                 let mut changes = Vec::new();
                 while let Some(r) = rows.next()? {
                     let ch = decode_row(r.get(0)?, r.get(1)?)?;
                     authors.insert(ch.device());
+                    out.received.insert(*ch.hash(), receipt_time(r.get(2)?)?);
                     changes.push(ch);
                 }
                 if changes.is_empty() {

@@ -8,6 +8,7 @@
 //! data/README.txt                    how to read and verify the bag
 //! data/devices.json                  public keys and enrollment records
 //! data/reports/<id>/changes.jsonl    the full signed history, one change a line
+//! data/reports/<id>/receipts.jsonl   when the station received each change
 //! data/reports/<id>/report.json      the report replayed from that history
 //! data/reports/<id>/report.pdf       a readable rendering of the same
 //! data/media/<sha256>                every photo or file the history attaches
@@ -17,7 +18,8 @@
 //! (`body`, base64) and signature, plus a readable rendering of the same
 //! bytes. [`verify::verify_package`] checks the manifests, every signature
 //! and device chain, every media hash, that the readable parts say what the
-//! signed bytes say, and that replaying the history gives exactly
+//! signed bytes say, that no change reached the station at or after its
+//! device's revocation, and that replaying the history gives exactly
 //! `report.json` and `report.pdf`. The writer runs the same verifier on its
 //! own output before publishing it.
 
@@ -36,7 +38,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::crdt::{Action, Change, ReportDoc};
+use crate::crdt::{Action, Change, Hash, ReportDoc};
 use crate::error::{Error, Result};
 use crate::evidence::DeviceRecord;
 use crate::model::schema::MEDIA_COLLECTION;
@@ -70,6 +72,10 @@ pub struct PackageInput {
     pub devices: Vec<DeviceEnrollment>,
     /// Where to read each media file the changes attach, by SHA-256 hex.
     pub media: BTreeMap<String, PathBuf>,
+    /// When the exporting station received each change, by change hash:
+    /// the station's clock, which the device does not set. Every change
+    /// needs one (kept to the millisecond).
+    pub received: BTreeMap<Hash, DateTime<Utc>>,
 }
 
 /// Where a long export is.
@@ -115,6 +121,28 @@ pub fn report_dir(report: Uuid) -> String {
 }
 pub fn media_path(sha256: &str) -> String {
     format!("data/media/{sha256}")
+}
+pub fn receipts_path(report: Uuid) -> String {
+    format!("{}/receipts.jsonl", report_dir(report))
+}
+
+/// A time as the package writes it: RFC 3339, UTC, milliseconds.
+pub(crate) fn package_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// `t` cut to whole milliseconds (what the package can state exactly).
+pub(crate) fn to_ms(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
+
+/// One line of `receipts.jsonl`: the station's receipt time of a change.
+pub fn receipt_line(c: &Change, received_at: DateTime<Utc>) -> serde_json::Value {
+    json!({
+        "change": c.id().to_string(),
+        "hash": hex::encode(c.hash()),
+        "received_at": package_time(received_at),
+    })
 }
 
 /// Which media each change attaches: (sha256, signed size if any, change).
@@ -243,8 +271,10 @@ pub fn write_package(
     }
     // What the bag records is what the verifier re-renders the PDF from.
     input.station = clean_tag_value(&input.station);
-    input.exported_at = DateTime::from_timestamp_millis(input.exported_at.timestamp_millis())
-        .unwrap_or(input.exported_at);
+    input.exported_at = to_ms(input.exported_at);
+    for t in input.received.values_mut() {
+        *t = to_ms(*t);
+    }
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -334,10 +364,16 @@ fn build(
         sort_history(changes);
         change_count += changes.len();
         let mut lines = String::new();
+        let mut receipts = String::new();
         for c in changes.iter() {
             authors.insert(c.device());
             lines.push_str(&change_line(c).to_string());
             lines.push('\n');
+            let at = input.received.get(c.hash()).ok_or_else(|| {
+                Error::Package(format!("change {} has no station receipt time", c.id()))
+            })?;
+            receipts.push_str(&receipt_line(c, *at).to_string());
+            receipts.push('\n');
         }
         for (sha, size, _) in attached_media(changes) {
             media.entry(sha).or_insert((size, *id));
@@ -347,6 +383,12 @@ fn build(
             root,
             &format!("{dir}/changes.jsonl"),
             lines.as_bytes(),
+            &mut manifest,
+        )?;
+        write_file(
+            root,
+            &receipts_path(*id),
+            receipts.as_bytes(),
             &mut manifest,
         )?;
         let report = replay(*id, changes);
@@ -360,6 +402,7 @@ fn build(
             report: &report,
             changes,
             devices: &devices,
+            received: &input.received,
             station: &input.station,
             exported_at: input.exported_at,
         });
@@ -546,6 +589,10 @@ What the payload holds:
                                 the same device's previous change to the same
                                 report. The other fields render the same bytes
                                 readably.
+  reports/<id>/receipts.jsonl   when this station received each change of
+                                that history (`received_at`, the station's
+                                clock: a device cannot set it), one change
+                                per line, named by `change` and `hash`.
   reports/<id>/report.json      the report as replaying that history gives it,
                                 with every kept conflict.
   reports/<id>/report.pdf       a readable rendering of the report, its
@@ -558,6 +605,9 @@ What the payload holds:
 every signature against the device keys, every device's hash chain, that no
 change names an operation missing from the history, that every attached file
 has the signed hash and size, that the readable fields say what the signed
-bytes say, and that replaying the history gives exactly report.json and
+bytes say, that every change has a receipt time and none was received at or
+after its device's revocation (a revoked device's key, on a lost or stolen
+phone, proves nothing: the time a change claims is set by whoever holds
+it), and that replaying the history gives exactly report.json and
 report.pdf.
 ";

@@ -16,13 +16,15 @@ use pdf_writer::{Content, Date, Finish, Name, Pdf, Rect, Ref, Str, TextStr};
 use uuid::Uuid;
 
 use super::DeviceEnrollment;
-use crate::crdt::{Change, Hlc};
+use crate::crdt::{Change, Hash, Hlc};
 use crate::model::{Report, Value};
 
 pub struct PdfInput<'a> {
     pub report: &'a Report,
     pub changes: &'a [Change],
     pub devices: &'a BTreeMap<Uuid, DeviceEnrollment>,
+    /// The station's receipt time of each change, by hash.
+    pub received: &'a BTreeMap<Hash, DateTime<Utc>>,
     pub station: &'a str,
     pub exported_at: DateTime<Utc>,
 }
@@ -532,7 +534,12 @@ pub fn render(input: &PdfInput) -> Vec<u8> {
     l.heading(&format!("Devices in this history ({})", authors.len()));
     for d in &authors {
         l.sub(0, &format!("Device {d}"));
-        let n = input.changes.iter().filter(|c| c.device() == *d).count();
+        let mine: Vec<&Change> = input.changes.iter().filter(|c| c.device() == *d).collect();
+        let n = mine.len();
+        let receipts: Vec<DateTime<Utc>> = mine
+            .iter()
+            .filter_map(|c| input.received.get(c.hash()).copied())
+            .collect();
         match input.devices.get(d) {
             Some(e) => {
                 let p = &e.record.person;
@@ -545,18 +552,36 @@ pub fn render(input: &PdfInput) -> Vec<u8> {
                 }
                 if let Some(t) = e.revoked_at {
                     l.kv(2, "Revoked", &l.time(t));
+                    let late = receipts.iter().filter(|r| **r >= t).count();
+                    l.kv(
+                        2,
+                        "Received after revocation",
+                        &if late == 0 {
+                            "none".to_string()
+                        } else {
+                            format!("{late} change(s): NOT VALID (a revoked key proves nothing)")
+                        },
+                    );
                 }
                 l.kv(2, "Ed25519 public key", &hex::encode(e.record.public_key));
             }
             None => l.text(2, "Not in the package's device list."),
         }
         l.kv(2, "Changes to this report", &n.to_string());
+        if let (Some(first), Some(last)) = (receipts.iter().min(), receipts.iter().max()) {
+            let when = if first == last {
+                l.time(*first)
+            } else {
+                format!("{} to {}", l.time(*first), l.time(*last))
+            };
+            l.kv(2, "Received by the station", &when);
+        }
     }
 
     l.heading("How to check this document");
     l.text(
         0,
-        "This PDF is a rendering. The record is the signed history in changes.jsonl beside it. `fieldreport-station verify <package>` checks every signature, every device's hash chain and every media hash, replays the history, and re-renders this PDF to compare it byte for byte.",
+        "This PDF is a rendering. The record is the signed history in changes.jsonl beside it. `fieldreport-station verify <package>` checks every signature, every device's hash chain and every media hash, that no change reached the station at or after its device's revocation (receipts.jsonl holds the station's receipt times), replays the history, and re-renders this PDF to compare it byte for byte.",
     );
 
     finish(l, input)

@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
-    attached_media, change_line, decode_path, media_path, pdf, replay, report_dir, report_json,
-    DeviceEnrollment, DEVICES_FILE, README_FILE,
+    attached_media, change_line, decode_path, media_path, package_time, pdf, receipt_line,
+    receipts_path, replay, report_dir, report_json, DeviceEnrollment, DEVICES_FILE, README_FILE,
 };
 use crate::crdt::{Change, ChangeId, Hash, OpId};
 use crate::error::{Error, Result};
@@ -76,7 +76,7 @@ impl fmt::Display for Verdict {
             )?;
             writeln!(
                 f,
-                "Manifests, signatures, device hash chains, media hashes and the replay of the history into report.json and report.pdf all check."
+                "Manifests, signatures, device hash chains, media hashes, receipt times against revocations and the replay of the history into report.json and report.pdf all check."
             )
         } else {
             writeln!(f, "FAILED: {} problem(s) found:", self.failures.len())?;
@@ -271,10 +271,21 @@ pub fn verify_package(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<
         };
         verdict.reports.push(id);
         let dir_rel = report_dir(id);
-        for f in ["changes.jsonl", "report.json", "report.pdf"] {
+        for f in [
+            "changes.jsonl",
+            "receipts.jsonl",
+            "report.json",
+            "report.pdf",
+        ] {
             expected_files.insert(format!("{dir_rel}/{f}"));
         }
-        let changes = check_history(&mut ck, id, &keys);
+        let history = check_history(&mut ck, id, &keys);
+        let received = check_receipts(&mut ck, id, &history, &devices);
+        let changes: Vec<Change> = history
+            .into_iter()
+            .filter(|(_, _, authentic)| *authentic)
+            .map(|(_, c, _)| c)
+            .collect();
         verdict.changes += changes.len();
         for (sha, size, c) in attached_media(&changes) {
             attached.entry(sha).or_default().push((
@@ -310,6 +321,7 @@ pub fn verify_package(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<
                 report: &report,
                 changes: &changes,
                 devices: &devices,
+                received: &received,
                 station: &station,
                 exported_at,
             });
@@ -378,13 +390,14 @@ pub fn verify_package(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<
     Ok(verdict)
 }
 
-/// Decodes and checks one report's history; returns the changes that are
-/// authentic (known device, valid signature), for replay.
+/// Decodes and checks one report's history; returns each decoded change of
+/// the report once, with its line and whether it is authentic (known
+/// device, valid signature: those are replayed).
 fn check_history(
     ck: &mut Checker,
     report: Uuid,
     keys: &HashMap<Uuid, VerifyingKey>,
-) -> Vec<Change> {
+) -> Vec<(usize, Change, bool)> {
     let rel = format!("{}/changes.jsonl", report_dir(report));
     let text = match fs::read_to_string(ck.dir.join(&rel)) {
         Ok(t) => t,
@@ -535,10 +548,116 @@ fn check_history(
             );
         }
     }
-    good.into_iter()
-        .filter(|(_, _, authentic)| *authentic)
-        .map(|(_, c, _)| c)
-        .collect()
+    good
+}
+
+/// Reads a report's `receipts.jsonl` (the station's receipt time of each
+/// change) and checks it against the history: one receipt per change,
+/// none for a change not in it, and no change received at or after its
+/// device's revocation in `devices.json`. A change's own times (clock,
+/// wall clock) are set by whoever holds the key, so only the station's
+/// receipt says whether it came before the revocation. Returns the
+/// receipt times by change hash (the PDF shows them).
+fn check_receipts(
+    ck: &mut Checker,
+    report: Uuid,
+    history: &[(usize, Change, bool)],
+    devices: &BTreeMap<Uuid, DeviceEnrollment>,
+) -> BTreeMap<Hash, DateTime<Utc>> {
+    let rel = receipts_path(report);
+    let hist_rel = format!("{}/changes.jsonl", report_dir(report));
+    let mut received: BTreeMap<Hash, DateTime<Utc>> = BTreeMap::new();
+    let by_hash: HashMap<Hash, &Change> = history.iter().map(|(_, c, _)| (*c.hash(), c)).collect();
+    match fs::read_to_string(ck.dir.join(&rel)) {
+        Err(_) => ck.fail(
+            &rel,
+            "is missing or not UTF-8: the station's receipt times are not in the package",
+        ),
+        Ok(text) => {
+            let mut seen: HashMap<Hash, usize> = HashMap::new();
+            for (i, line) in text.lines().enumerate() {
+                let n = i + 1;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                    ck.fail_line(&rel, n, "is not JSON");
+                    continue;
+                };
+                let hash = v["hash"].as_str().and_then(|h| {
+                    let mut out = [0u8; 32];
+                    hex::decode_to_slice(h, &mut out).ok().map(|_| out)
+                });
+                let at = v["received_at"].as_str().and_then(|t| {
+                    DateTime::parse_from_rfc3339(t)
+                        .ok()
+                        .map(|t| t.with_timezone(&Utc))
+                });
+                let (Some(hash), Some(at)) = (hash, at) else {
+                    ck.fail_line(
+                        &rel,
+                        n,
+                        "has no valid `hash` (hex) or `received_at` (RFC 3339)",
+                    );
+                    continue;
+                };
+                let Some(c) = by_hash.get(&hash) else {
+                    ck.fail_line(
+                        &rel,
+                        n,
+                        format!(
+                            "names change {}, which is not in {hist_rel}",
+                            hex::encode(hash)
+                        ),
+                    );
+                    continue;
+                };
+                if receipt_line(c, at) != v {
+                    ck.fail_change(
+                        &rel,
+                        Some(n),
+                        c.id(),
+                        "the receipt's fields do not match the change it names".into(),
+                    );
+                }
+                if let Some(first) = seen.insert(hash, n) {
+                    ck.fail_change(
+                        &rel,
+                        Some(n),
+                        c.id(),
+                        format!("repeats the receipt of line {first}"),
+                    );
+                    continue;
+                }
+                received.insert(hash, at);
+            }
+        }
+    }
+    for (n, c, _) in history {
+        let Some(at) = received.get(c.hash()) else {
+            ck.fail_change(
+                &hist_rel,
+                Some(*n),
+                c.id(),
+                format!("has no station receipt time in {rel}"),
+            );
+            continue;
+        };
+        let revoked = devices.get(&c.device()).and_then(|d| d.revoked_at);
+        if let Some(revoked) = revoked.filter(|r| at >= r) {
+            ck.fail_change(
+                &hist_rel,
+                Some(*n),
+                c.id(),
+                format!(
+                    "was received by the station at {}, at or after its device was revoked at {} ({DEVICES_FILE}): a revoked device's change is not valid, whatever time it claims",
+                    package_time(*at),
+                    package_time(revoked)
+                ),
+            );
+        }
+    }
+    received
 }
 
 fn read_devices(ck: &mut Checker) -> BTreeMap<Uuid, DeviceEnrollment> {

@@ -13,7 +13,6 @@ import org.fieldreport.ffi.FieldValue
 import org.fieldreport.ffi.ReportEvent
 import org.fieldreport.ffi.SyncCancel
 import org.fieldreport.ffi.SyncPhase
-import org.fieldreport.ffi.debugTriggerPanic
 import org.fieldreport.ffi.generateStoreKey
 import org.junit.After
 import org.junit.Assert.assertArrayEquals
@@ -169,29 +168,6 @@ class FieldReportTest {
             assertThrows(FieldReportException.Wiped::class.java) { s.createReport() }
         }
         assertFalse(File(tmp, "a").exists())
-    }
-
-    @Test
-    fun panicInRustArrivesAsInternalException() {
-        assertThrows(FieldReportException.Internal::class.java) { debugTriggerPanic() }
-        // The library still works afterwards.
-        store("after-panic").use { assertNull(it.identity()) }
-    }
-
-    @Test
-    fun objectsDroppedFromPlainThreads() {
-        TestStation().use { station ->
-            val stores = (0 until 4).map { i ->
-                store("drop-$i").also { it.enroll(station.url, station.code("Officer D. Test", "1103$i")) }
-            }
-            stores.forEach { s -> s.createReport().also { s.set(it, "narrative", "x") }; s.sync() }
-            val cancels = (0 until 4).map { SyncCancel() }
-            val threads = stores.zip(cancels).map { (s, c) -> Thread { s.close(); c.close() } }
-            threads.forEach { it.start() }
-            threads.forEach { it.join() }
-            // And the store reopens with its data after being freed elsewhere.
-            store("drop-0").use { assertEquals(1, it.listReports(null, 0u, null).size) }
-        }
     }
 
     @Test
