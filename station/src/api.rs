@@ -58,7 +58,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(storage: Arc<dyn StationStorage>, station_id: String) -> Self {
+    /// The state of a station on `storage`; `station_key` seals the
+    /// dashboard's secrets (see [`crate::keys`]).
+    pub fn new(
+        storage: Arc<dyn StationStorage>,
+        station_id: String,
+        station_key: Arc<crate::keys::StationKey>,
+    ) -> Self {
         let (events, local_events) = match storage.shared_events() {
             Some(shared) => (shared, false),
             None => (broadcast::channel(1024).0, true),
@@ -70,7 +76,7 @@ impl AppState {
             local_events,
             station_id,
             shutdown: tokio_util::sync::CancellationToken::new(),
-            dashboard: Arc::default(),
+            dashboard: Arc::new(crate::dashboard::Dashboard::new(station_key)),
         }
     }
 }
@@ -101,11 +107,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reviews", get(reviews))
         .route("/public", get(public_page))
         .route("/public/counts.csv", get(public_csv))
-        .merge(crate::dashboard::routes())
+        .merge(crate::dashboard::routes(state.clone()))
         // Matched routes name themselves to the audit entry; the audit
         // layer wraps everything, unknown paths (the fallback) included.
         .route_layer(axum::middleware::from_fn(note_route))
         .fallback(|| async { StationError::NotFound })
+        .layer(axum::middleware::from_fn(
+            crate::dashboard::security_headers,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             audit_layer,
@@ -244,7 +253,9 @@ pub async fn audit_layer(
         Some(r) => (r, target),
         None => ("unrouted".to_string(), unrouted_target(&target)),
     };
-    if route == "/dashboard/login" && method == axum::http::Method::POST {
+    // Sign-ins are written by their handler; one refused before it (from
+    // another origin) is written here.
+    if route == "/dashboard/login" && method == axum::http::Method::POST && note.is_none() {
         return resp;
     }
     let status = resp.status().as_u16().to_string();
@@ -683,17 +694,29 @@ async fn events(
             "the event stream is for supervisors",
         ));
     }
-    Ok(unit_event_stream(&s, d.unit().to_string()))
+    Ok(unit_event_stream(
+        &s,
+        d.unit().to_string(),
+        Default::default(),
+    ))
 }
 
 /// One unit's report events as Server-Sent Events (supervisors' devices and
-/// the dashboard), ending when the station stops.
+/// the dashboard), ending when the station stops or `ended` is cancelled
+/// (a dashboard session ending).
 pub(crate) fn unit_event_stream(
     s: &AppState,
     unit: String,
+    ended: tokio_util::sync::CancellationToken,
 ) -> Sse<impl Stream<Item = std::result::Result<Event, Infallible>>> {
     let rx = s.events.subscribe();
-    let stop = s.shutdown.clone().cancelled_owned();
+    let shutdown = s.shutdown.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = ended.cancelled() => {}
+        }
+    };
     let stream =
         futures_util::StreamExt::take_until(BroadcastStream::new(rx), stop).filter_map(move |ev| {
             match ev {

@@ -24,8 +24,8 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API.
     Serve {
-        /// TOML file with `listen`, `data`, `database`, `tls_cert`, `tls_key`
-        /// and `plain_http`.
+        /// TOML file with `listen`, `data`, `database`, `tls_cert`, `tls_key`,
+        /// `plain_http` and `station_key`.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Address to listen on (default 127.0.0.1:8787).
@@ -158,7 +158,8 @@ struct StorageArgs {
     /// PostgreSQL URL; default: SQLite in the data directory.
     #[arg(long)]
     database: Option<String>,
-    /// TOML file with `data` and `database` (the `serve` keys are ignored).
+    /// TOML file with `data`, `database` and `station_key` (the `serve`
+    /// keys are ignored).
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -225,6 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 )
                 .await?;
             }
+            let key = std::sync::Arc::new(cfg.station_key()?);
             let transport = match cfg.tls()? {
                 Some((tls, generated)) => {
                     if generated {
@@ -244,7 +246,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
-            let station = crate::spawn(listener, storage, transport).await?;
+            let station = crate::spawn_with_key(listener, storage, transport, key).await?;
             tracing::info!(url = %station.url(), data = %cfg.data.display(), "station serving");
             // Plain lines on stdout for scripts (port 0 picks a free port):
             // the pin first, so a reader of "serving on" has both.
@@ -320,8 +322,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             };
             let cfg = storage.config(env)?;
             let storage = cfg.open_storage_async().await?;
+            let key = std::sync::Arc::new(cfg.station_key()?);
             let account = crate::dashboard::users::create_account(
                 storage.as_ref(),
+                &key,
                 &name,
                 &star,
                 &unit,
@@ -337,6 +341,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             )
             .await?;
             println!("dashboard account ready: sign in at /dashboard with star number {star}");
+            println!(
+                "signing device: {} (`revoke --device` it to end the account)",
+                account.device_id
+            );
             println!("second factor: add this to the supervisor's authenticator app (shown once):");
             println!("{}", crate::dashboard::users::totp_uri(&account));
             println!("secret: {}", account.totp_secret);

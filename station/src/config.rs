@@ -7,6 +7,11 @@
 //! generates once in `data/tls/`. `plain_http = true` serves plain HTTP,
 //! only for a station behind a TLS proxy on the same machine.
 //!
+//! `station_key` (env `FIELDREPORT_STATION_KEY`): the file holding the
+//! station key that seals the dashboard's secrets (it must exist); absent,
+//! `data/keys/station.key`, made on first use. Keep it off the database's
+//! backups, or the backups hold what it protects.
+//!
 //! `database` selects the engine: absent, the embedded SQLite file in
 //! `data`; `postgres://…`, PostgreSQL (media files stay under `data`, which
 //! every station process on that database must share).
@@ -26,6 +31,8 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub plain_http: bool,
+    /// The station key file; `None`: `data/keys/station.key`.
+    pub station_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -37,6 +44,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             plain_http: false,
+            station_key: None,
         }
     }
 }
@@ -50,6 +58,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     plain_http: Option<bool>,
+    station_key: Option<PathBuf>,
 }
 
 impl Config {
@@ -79,6 +88,10 @@ impl Config {
             c.tls_cert = f.tls_cert;
             c.tls_key = f.tls_key;
             c.plain_http = f.plain_http.unwrap_or(false);
+            c.station_key = f.station_key;
+        }
+        if let Some(v) = env("FIELDREPORT_STATION_KEY") {
+            c.station_key = Some(PathBuf::from(v));
         }
         if let Some(v) = env("FIELDREPORT_TLS_CERT") {
             c.tls_cert = Some(PathBuf::from(v));
@@ -143,6 +156,18 @@ impl Config {
                 crate::tls::StationTls::load_or_generate_dev(&self.data, &names)?
             }
         }))
+    }
+
+    /// The station key: the configured file (which must exist), or the
+    /// data directory's, made the first time.
+    pub fn station_key(&self) -> anyhow::Result<crate::keys::StationKey> {
+        Ok(match &self.station_key {
+            Some(path) => crate::keys::StationKey::load(path)?,
+            None => {
+                crate::files::open_data_dir(&self.data)?;
+                crate::keys::StationKey::load_or_create(&crate::keys::default_path(&self.data))?
+            }
+        })
     }
 
     /// Sets the database from the command line (it wins over the rest).
@@ -232,6 +257,34 @@ mod tests {
             .unwrap();
         assert!(cfg.tls().unwrap().unwrap().1);
         assert!(crate::tls::dev_paths(&dir.path().join("d")).0.exists());
+    }
+
+    #[test]
+    fn the_station_key_is_the_configured_file_or_the_data_directorys() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let cfg = Config::load(None, |_| None, None, Some(data.clone())).unwrap();
+        cfg.station_key().unwrap();
+        assert!(
+            crate::keys::default_path(&data).exists(),
+            "made on first use"
+        );
+        // A configured key file must exist: a typo makes no new key.
+        let named = dir.path().join("elsewhere.key");
+        let env = |k: &str| {
+            (k == "FIELDREPORT_STATION_KEY").then(|| named.to_string_lossy().into_owned())
+        };
+        let cfg = Config::load(None, env, None, Some(data.clone())).unwrap();
+        assert_eq!(cfg.station_key.as_deref(), Some(named.as_path()));
+        let err = cfg.station_key().unwrap_err();
+        assert!(format!("{err:#}").contains("elsewhere.key"), "{err:#}");
+        assert!(!named.exists());
+        std::fs::write(&named, [3u8; 32]).unwrap();
+        cfg.station_key().unwrap();
+        let f = dir.path().join("station.toml");
+        std::fs::write(&f, format!("station_key = {named:?}\n")).unwrap();
+        let cfg = Config::load(Some(&f), |_| None, None, None).unwrap();
+        assert_eq!(cfg.station_key.as_deref(), Some(named.as_path()));
     }
 
     #[test]

@@ -131,6 +131,7 @@ pub async fn run(keep_running: bool, data: Option<PathBuf>) -> anyhow::Result<()
     let password = hex::encode(pw);
     let account = crate::dashboard::users::create_account(
         storage_dyn.as_ref(),
+        station.state.dashboard.station_key(),
         &sgt.name,
         &sgt.star_number,
         &sgt.unit,

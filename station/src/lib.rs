@@ -4,6 +4,8 @@
 //! - [`api`]: the HTTP API (`/v1`), authentication, event stream;
 //! - [`clock`]: the station's one source of "now" (injected in tests);
 //! - [`config`]: configuration from a file and the environment;
+//! - [`keys`]: the station key, which seals the dashboard's secrets;
+//! - [`files`]: the data directory's files are the station user's only;
 //! - [`tls`]: the station's certificate and the TLS listener;
 //! - [`export`]: evidence packages for the State's Attorney;
 //! - [`demo`]: the guided demo a newcomer runs;
@@ -17,6 +19,8 @@ pub mod dashboard;
 pub mod demo;
 pub mod error;
 pub mod export;
+pub mod files;
+pub mod keys;
 pub mod oversight;
 pub mod storage;
 pub mod tls;
@@ -89,14 +93,35 @@ where
     })
 }
 
-/// Serves `storage` on `listener` until stopped.
+/// Serves `storage` on `listener` until stopped, with the station key of
+/// its data directory (`keys/station.key`, made on first use).
 pub async fn spawn(
     listener: tokio::net::TcpListener,
     storage: Arc<dyn StationStorage>,
     transport: Transport,
 ) -> std::io::Result<RunningStation> {
+    let path = keys::default_path(&storage.data_dir());
+    let key = tokio::task::spawn_blocking(move || keys::StationKey::load_or_create(&path))
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(std::io::Error::other)?;
+    spawn_with_key(listener, storage, transport, Arc::new(key)).await
+}
+
+/// Serves `storage` on `listener` until stopped; `key` seals the
+/// dashboard's secrets. Dashboard accounts an earlier build left in the
+/// data directory are imported first.
+pub async fn spawn_with_key(
+    listener: tokio::net::TcpListener,
+    storage: Arc<dyn StationStorage>,
+    transport: Transport,
+    key: Arc<keys::StationKey>,
+) -> std::io::Result<RunningStation> {
+    dashboard::users::prepare(storage.as_ref(), &key)
+        .await
+        .map_err(std::io::Error::other)?;
     let addr = listener.local_addr()?;
-    let state = AppState::new(storage.clone(), format!("station-{addr}"));
+    let state = AppState::new(storage.clone(), format!("station-{addr}"), key);
     let app = router(state.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let stopped = async move {

@@ -98,11 +98,12 @@ impl StationTls {
         }
         let (tls, cert_pem, key_pem) = StationTls::generate(extra_names)?;
         let dir = cert.parent().context("TLS directory")?;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::files::private_dir(dir)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
         // Key first, then the certificate, each written whole and renamed
         // into place: a crash leaves either nothing or a usable pair.
-        write_whole(&key, key_pem.as_bytes(), true)?;
-        write_whole(&cert, cert_pem.as_bytes(), false)?;
+        write_whole(&key, key_pem.as_bytes())?;
+        write_whole(&cert, cert_pem.as_bytes())?;
         Ok((tls, true))
     }
 
@@ -124,17 +125,18 @@ impl StationTls {
     }
 }
 
-/// Writes `bytes` whole to a temporary file, syncs it and renames it into
-/// place; `private` makes it readable by this user only.
-fn write_whole(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
+/// Writes `bytes` whole to a temporary file (readable by this user only,
+/// like every file in the data directory), syncs it and renames it into
+/// place.
+fn write_whole(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
     let tmp = path.with_extension("tmp");
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
-    if private {
+    {
         use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
+        opts.mode(crate::files::FILE_MODE);
     }
     let mut f = opts
         .open(&tmp)

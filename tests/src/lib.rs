@@ -69,6 +69,33 @@ pub struct TestStation {
     pub clock: Arc<dyn Clock>,
 }
 
+/// What [`TestStation::start_prepared`] hands its `prepare` step.
+pub struct Prepared<'a> {
+    pub data: &'a std::path::Path,
+    pub database: Option<&'a str>,
+    pub rt: &'a tokio::runtime::Runtime,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Prepared<'_> {
+    /// The station's storage, opened (and closed when dropped) before the
+    /// station itself opens it.
+    pub fn open_storage(&self) -> Arc<dyn StationStorage> {
+        open_storage(self.data, self.database, self.clock.clone())
+    }
+}
+
+fn open_storage(
+    data: &std::path::Path,
+    database: Option<&str>,
+    clock: Arc<dyn Clock>,
+) -> Arc<dyn StationStorage> {
+    match database {
+        Some(url) => Arc::new(PostgresStorage::open_with_clock(url, data, clock).unwrap()),
+        None => Arc::new(SqliteStorage::open_with_clock(data, clock).unwrap()),
+    }
+}
+
 /// A device store's wall clock reading a station clock.
 pub struct SharedClock(pub Arc<dyn Clock>);
 
@@ -91,6 +118,13 @@ impl TestStation {
 
     /// A station (and its devices) judging time by `clock`.
     pub fn start_with_clock(clock: Arc<dyn Clock>) -> TestStation {
+        TestStation::start_prepared(clock, |_| {})
+    }
+
+    /// A station whose data directory (and database) `prepare` fills
+    /// first, as an earlier build would have left them; the station then
+    /// opens them as `serve` would.
+    pub fn start_prepared(clock: Arc<dyn Clock>, prepare: impl FnOnce(&Prepared)) -> TestStation {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -98,20 +132,18 @@ impl TestStation {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("station");
-        let (storage, database): (Arc<dyn StationStorage>, _) = if on_postgres() {
+        let database = on_postgres().then(|| {
             let admin = std::env::var("FR_TEST_DATABASE_URL")
                 .expect("FR_TEST_ENGINE=postgres needs FR_TEST_DATABASE_URL");
-            let url = fresh_database(&admin);
-            (
-                Arc::new(PostgresStorage::open_with_clock(&url, &data, clock.clone()).unwrap()),
-                Some(url),
-            )
-        } else {
-            (
-                Arc::new(SqliteStorage::open_with_clock(&data, clock.clone()).unwrap()),
-                None,
-            )
-        };
+            fresh_database(&admin)
+        });
+        prepare(&Prepared {
+            data: &data,
+            database: database.as_deref(),
+            rt: &rt,
+            clock: clock.clone(),
+        });
+        let storage = open_storage(&data, database.as_deref(), clock.clone());
         // In the data directory's development pair, so that `serve`
         // processes on the same data (kill and cluster tests) present the
         // same key.
@@ -138,6 +170,17 @@ impl TestStation {
 
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// The station key that seals the dashboard's secrets.
+    pub fn station_key(&self) -> Arc<fieldreport_station::keys::StationKey> {
+        self.station
+            .as_ref()
+            .unwrap()
+            .state
+            .dashboard
+            .station_key()
+            .clone()
     }
 
     /// Store options whose wall clock is this station's.

@@ -80,6 +80,7 @@ fn every_read_every_refusal_and_every_step_is_audited() {
         .rt
         .block_on(create_account(
             st.storage.as_ref(),
+            &st.station_key(),
             "Sgt Auditname",
             "71009",
             "D9",
@@ -174,17 +175,7 @@ fn every_read_every_refusal_and_every_step_is_audited() {
             "no audit entry for GET {path}: {entries:#?}"
         );
     }
-    let account = st
-        .rt
-        .block_on(async {
-            fieldreport_station::dashboard::users::load(
-                &fieldreport_station::dashboard::users::dashboard_dir(st.storage.as_ref()),
-            )
-        })
-        .unwrap()
-        .remove(0)
-        .device_id
-        .to_string();
+    let account = account.device_id.to_string();
     for path in &dash_reads {
         assert!(
             has(&account, &format!("GET {}", route(path)), path, "200"),

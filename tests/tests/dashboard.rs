@@ -1,8 +1,11 @@
-//! The supervisor dashboard: sign-in and sessions over plain HTTP, and the
+//! The supervisor dashboard: sign-in and sessions over HTTP, its security
+//! headers and the refusal of cross-origin or tokenless POSTs, and the
 //! whole supervisor journey in headless Chromium driven by Playwright
 //! (tests/browser/dashboard.mjs): a report appears live after an officer's
 //! device syncs, is returned with a comment, resubmitted, approved and
-//! referred. Screenshots go to target/artifacts/.
+//! referred, under the Content-Security-Policy and with another origin
+//! unable to post the forms or frame the pages. Screenshots go to
+//! target/artifacts/.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -22,6 +25,7 @@ fn account(st: &TestStation, star: &str, unit: &str) -> String {
     st.rt
         .block_on(create_account(
             st.storage.as_ref(),
+            &st.station_key(),
             "Sgt. D. Ashboard",
             star,
             unit,
@@ -62,7 +66,26 @@ fn sign_in(st: &TestStation, star: &str, password: &str, code: &str) -> Option<S
 }
 
 fn ready_report(d: &Device) -> uuid::Uuid {
+    ready_report_with(d, false)
+}
+
+/// A submitted report, with a photo when `photo`.
+fn ready_report_with(d: &Device, photo: bool) -> uuid::Uuid {
     let r = d.store.create_report().unwrap();
+    if photo {
+        let file = d.dir().join("scene.jpg");
+        std::fs::write(&file, vec![0xd8u8; 30_000]).unwrap();
+        d.store
+            .attach_media(
+                r,
+                &file,
+                fieldreport_core::store::MediaMeta {
+                    mime_type: "image/jpeg".into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+    }
     d.store
         .set_field(r, "occurred.start", Value::Time(1_795_705_200_000))
         .unwrap();
@@ -138,11 +161,15 @@ fn sign_in_sessions_and_actions_over_http() {
     assert!(page.contains("Agents detained a man") && page.contains("Return to officer"));
 
     // An action out of turn is refused by the core and changes nothing.
+    // (Every form carries the session's CSRF token.)
+    let csrf = csrf_of(&page);
     let post = |path: &str, form: &[(&str, &str)]| {
+        let mut form = form.to_vec();
+        form.push(("csrf", &csrf));
         client(&st)
             .post(format!("{}{path}", st.url))
             .header("cookie", &cookie)
-            .form(form)
+            .form(&form)
             .send()
             .unwrap()
     };
@@ -258,7 +285,7 @@ fn supervisor_journey_in_headless_chromium() {
     };
 
     expect("READY");
-    let r = ready_report(&officer);
+    let r = ready_report_with(&officer, true);
     officer.sync();
     let seen = expect("SEEN");
     assert_eq!(seen, format!("SEEN {r}"));
@@ -292,4 +319,185 @@ fn supervisor_journey_in_headless_chromium() {
         std::fs::metadata(&shot).unwrap().len() > 10_000,
         "screenshot saved"
     );
+}
+
+/// The CSRF token a dashboard page carries in its forms ("" if none).
+fn csrf_of(html: &str) -> String {
+    html.split("name=csrf value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn audited(st: &TestStation, action: &str, outcome: &str) -> bool {
+    st.rt
+        .block_on(st.storage.audit_log(0, 100_000))
+        .unwrap()
+        .iter()
+        .any(|e| e.action == action && e.outcome == outcome)
+}
+
+/// Every dashboard response carries a Content-Security-Policy without
+/// inline script or style (and `frame-ancestors 'none'`), `nosniff`, and
+/// reports, photos and data are not kept in the browser's cache. A POST
+/// without the session's CSRF token, or from another origin, is refused
+/// with 403 and audited, and changes nothing.
+#[test]
+fn security_headers_and_cross_site_posts() {
+    let st = TestStation::start();
+    let secret = account(&st, "900", "D9");
+    let officer = st.device(&person("O", "101", Role::Officer, "D9"), None);
+    let r = ready_report(&officer);
+    let photo = officer.dir().join("p.jpg");
+    std::fs::write(&photo, vec![9u8; 20_000]).unwrap();
+    let sha = officer
+        .store
+        .attach_media(
+            r,
+            &photo,
+            fieldreport_core::store::MediaMeta {
+                mime_type: "image/jpeg".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .sha256;
+    officer.sync();
+    let cookie = sign_in(&st, "900", PASSWORD, &code(&st, &secret)).unwrap();
+    let get = |path: &str| {
+        client(&st)
+            .get(format!("{}{path}", st.url))
+            .header("cookie", &cookie)
+            .send()
+            .unwrap()
+    };
+    let header = |resp: &reqwest::blocking::Response, name: &str| -> String {
+        resp.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    let private = [
+        "/dashboard".to_string(),
+        format!("/dashboard/reports/{r}"),
+        format!("/dashboard/media/{sha}"),
+        format!("/dashboard/reports/{r}/export"),
+        "/dashboard/inbox".to_string(),
+        "/dashboard/reviews".to_string(),
+        "/dashboard/login".to_string(),
+    ];
+    for path in &private {
+        let resp = get(path);
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+        let csp = header(&resp, "content-security-policy");
+        for part in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "frame-ancestors 'none'",
+            "form-action 'self'",
+        ] {
+            assert!(csp.contains(part), "{path}: CSP `{csp}` lacks {part}");
+        }
+        assert!(!csp.contains("unsafe"), "{path}: {csp}");
+        assert_eq!(header(&resp, "x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header(&resp, "x-frame-options"), "DENY", "{path}");
+        assert_eq!(header(&resp, "cache-control"), "no-store", "{path}");
+        if header(&resp, "content-type").starts_with("text/html") {
+            let html = resp.text().unwrap();
+            assert!(
+                !html.contains("<script>") && !html.contains("<style>") && !html.contains("style="),
+                "{path}: inline script or style"
+            );
+        }
+    }
+    // The script and style are files of their own.
+    for (path, mime) in [
+        ("/dashboard/app.js", "text/javascript"),
+        ("/dashboard/app.css", "text/css"),
+    ] {
+        let resp = get(path);
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+        assert!(header(&resp, "content-type").starts_with(mime), "{path}");
+        assert_eq!(header(&resp, "x-content-type-options"), "nosniff");
+    }
+    let page = get(&format!("/dashboard/reports/{r}")).text().unwrap();
+    assert!(page.contains("<script src=\"/dashboard/app.js\""), "{page}");
+    let csrf = csrf_of(&page);
+    assert!(
+        csrf.len() >= 32,
+        "the report page's forms carry a CSRF token"
+    );
+
+    let post = |path: &str, form: &[(&str, &str)], headers: &[(&str, &str)]| {
+        let mut req = client(&st)
+            .post(format!("{}{path}", st.url))
+            .header("cookie", &cookie)
+            .form(form);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().unwrap().status().as_u16()
+    };
+    let approve = format!("/dashboard/reports/{r}/approve");
+    let action = "POST /dashboard/reports/{id}/{action}";
+    // No token, a wrong one, another origin, a cross-site fetch: refused.
+    assert_eq!(post(&approve, &[], &[]), 403);
+    assert!(audited(&st, action, "403 no CSRF token"));
+    assert_eq!(post(&approve, &[("csrf", "0123456789abcdef")], &[]), 403);
+    assert!(audited(&st, action, "403 wrong CSRF token"));
+    let own = st.url.clone();
+    for headers in [
+        vec![("origin", "https://evil.example")],
+        vec![("origin", "null")],
+        vec![("origin", "https://127.0.0.1:1")],
+        vec![("sec-fetch-site", "cross-site")],
+        vec![("sec-fetch-site", "same-site")],
+    ] {
+        assert_eq!(
+            post(&approve, &[("csrf", &csrf)], &headers),
+            403,
+            "{headers:?}"
+        );
+    }
+    assert!(audited(&st, action, "403 cross-origin request"));
+    assert_eq!(post("/dashboard/logout", &[], &[]), 403);
+    assert!(audited(&st, "POST /dashboard/logout", "403 no CSRF token"));
+    // A sign-in posted from another origin is refused before it is checked.
+    let resp = client(&st)
+        .post(format!("{}/dashboard/login", st.url))
+        .header("origin", "https://evil.example")
+        .form(&[("star", "900"), ("password", PASSWORD), ("code", "000000")])
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    assert!(audited(
+        &st,
+        "POST /dashboard/login",
+        "403 cross-origin request"
+    ));
+    officer.sync();
+    assert_eq!(
+        officer.store.report(r).unwrap().lifecycle,
+        LifecycleState::Submitted,
+        "nothing refused changed the report"
+    );
+    // The dashboard's own form, from its own origin, goes through; and
+    // the session outlived the refused sign-out.
+    assert_eq!(
+        post(
+            &approve,
+            &[("csrf", &csrf)],
+            &[("origin", &own), ("sec-fetch-site", "same-origin")]
+        ),
+        303
+    );
+    officer.sync();
+    assert_eq!(
+        officer.store.report(r).unwrap().lifecycle,
+        LifecycleState::Approved
+    );
+    assert_eq!(post("/dashboard/logout", &[("csrf", &csrf)], &[]), 303);
+    assert_eq!(get("/dashboard/inbox").status().as_u16(), 401);
 }

@@ -338,15 +338,22 @@ fn a_revoked_dashboard_account_cannot_act() {
         .rt
         .block_on(create_account(
             st.storage.as_ref(),
+            &st.station_key(),
             "Sgt Dash",
             "74009",
             "D9",
             "a long dashboard password",
         ))
         .unwrap();
+    // The account's device as the dashboard found it before the revocation.
     let who = st
         .rt
-        .block_on(st.storage.authenticate(&account.credential))
+        .block_on(st.storage.device(account.device_id))
+        .unwrap()
+        .unwrap();
+    let row = st
+        .rt
+        .block_on(st.storage.dashboard_account("74009"))
         .unwrap()
         .unwrap();
     assert!(st
@@ -354,12 +361,16 @@ fn a_revoked_dashboard_account_cannot_act() {
         .block_on(st.storage.revoke(account.device_id))
         .unwrap());
     let counts = st.counts();
-    let stores = Stores::default();
-    let outcome = st
-        .rt
-        .block_on(act(&st.storage, &stores, &who, &account, r, move |store| {
-            store.approve(r).map(drop)
-        }));
+    let stores = Arc::new(Stores::default());
+    let outcome = st.rt.block_on(act(
+        &st.storage,
+        &stores,
+        &st.station_key(),
+        &who,
+        &row,
+        r,
+        move |store| store.approve(r).map(drop),
+    ));
     match outcome {
         Err(StationError::DeviceRevoked { device, .. }) => assert_eq!(device, account.device_id),
         other => panic!("expected device_revoked, got {other:?}"),

@@ -1,7 +1,9 @@
 //! Station security, end to end on both engines: a revoked device and an
 //! expired credential are refused (and nothing the phone holds is lost),
 //! a wrong second factor, a replayed code, five failures (lockout) and an
-//! idle session are refused, and each refusal is in the audit log. A
+//! idle session are refused, and each refusal is in the audit log; a
+//! supervisor whose signing device is revoked or whose credential expired
+//! is refused at sign-in and on open dashboard sessions, which end. A
 //! station presenting a key other than the pinned one is refused by the
 //! phone before anything is sent, and the refused handshake is audited.
 
@@ -144,6 +146,7 @@ fn second_factor_lockout_and_idle_sessions() {
         .rt
         .block_on(create_account(
             st.storage.as_ref(),
+            &st.station_key(),
             "Sgt Twofactor",
             "73009",
             "D9",
@@ -228,6 +231,7 @@ fn second_factor_lockout_and_idle_sessions() {
         .rt
         .block_on(create_account(
             st.storage.as_ref(),
+            &st.station_key(),
             "Sgt Other",
             "73010",
             "D9",
@@ -325,4 +329,187 @@ fn a_station_key_other_than_the_pinned_one_is_refused_and_audited() {
         assert!(all.iter().any(|j| j.contains(&r.to_string())), "{r}");
     }
     assert!(all.iter().any(|j| j.contains("kept on the phone")));
+}
+
+/// The CSRF token a dashboard page carries in its forms ("" if none).
+fn csrf_of(html: &str) -> String {
+    html.split("name=csrf value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A supervisor whose signing device is revoked (`fieldreport-station
+/// revoke`), or whose credential has expired, is refused at sign-in and on
+/// every request and action of a session already open, which then ends;
+/// every refusal is in the audit log, as the API's are.
+#[test]
+fn a_revoked_or_expired_supervisor_cannot_act_in_the_dashboard() {
+    use fieldreport_station::clock::ManualClock;
+    let clock = ManualClock::at(1_800_000_000_000);
+    let st = TestStation::start_with_clock(clock.clone());
+    let officer = st.device(&person("Officer Revo", "74001", Role::Officer, "D9"), None);
+    let r = officer.store.create_report().unwrap();
+    for (p, v) in [
+        ("occurred.start", Value::Time(1_799_990_000_000)),
+        ("location.address", Value::Text("S Kedzie Ave".into())),
+        ("federal_agencies", Value::List(vec!["ice".into()])),
+    ] {
+        officer.store.set_field(r, p, v).unwrap();
+    }
+    officer.store.submit(r).unwrap();
+    officer.sync();
+    let make = |name: &str, star: &str| {
+        st.rt
+            .block_on(create_account(
+                st.storage.as_ref(),
+                &st.station_key(),
+                name,
+                star,
+                "D9",
+                PASSWORD,
+            ))
+            .unwrap()
+    };
+    let revoked = make("Sgt Revoked", "74009");
+    let expired = make("Sgt Expired", "74010");
+    let code = |secret: &str| totp(secret).unwrap().generate((st.now_ms() / 1000) as u64);
+    let get = |cookie: &str, path: &str| {
+        client(&st)
+            .get(format!("{}{path}", st.url))
+            .header("cookie", cookie)
+            .send()
+            .unwrap()
+    };
+    let open_session = |star: &str, secret: &str| {
+        // A code works once: each sign-in of an account is a step later.
+        clock.advance(30_000);
+        let (status, cookie) = sign_in(&st, star, PASSWORD, &code(secret));
+        assert_eq!(status, 303, "{star} signs in");
+        let cookie = cookie.unwrap();
+        let page = get(&cookie, &format!("/dashboard/reports/{r}"));
+        assert_eq!(page.status().as_u16(), 200);
+        let csrf = csrf_of(&page.text().unwrap());
+        (cookie, csrf)
+    };
+    let (a, a_csrf) = open_session("74009", &revoked.totp_secret);
+    let (b, _) = open_session("74009", &revoked.totp_secret);
+    let (c, _) = open_session("74010", &expired.totp_secret);
+
+    // Session b's live inbox listens to the unit's events.
+    let stream = get(&b, "/dashboard/events");
+    assert_eq!(stream.status().as_u16(), 200);
+    let (closed_tx, closed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stream = stream;
+        let _ = stream.read_to_end(&mut Vec::new());
+        let _ = closed_tx.send(());
+    });
+
+    // Revoked with the console command, while both sessions are open.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_station-cli"))
+        .arg("revoke")
+        .args(st.cli_args())
+        .args(["--device", &revoked.device_id.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dev = revoked.device_id.to_string();
+    // An action is refused and changes nothing.
+    let resp = client(&st)
+        .post(format!("{}/dashboard/reports/{r}/approve", st.url))
+        .header("cookie", &a)
+        .form(&[("csrf", a_csrf.as_str())])
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401, "a revoked supervisor's action");
+    assert!(has(
+        &st,
+        &dev,
+        "POST /dashboard/reports/{id}/{action}",
+        "401 device revoked"
+    ));
+    officer.sync();
+    assert_eq!(
+        officer.store.report(r).unwrap().lifecycle,
+        fieldreport_core::LifecycleState::Submitted
+    );
+    // That session has ended: the next page is the sign-in page.
+    let resp = get(&a, "/dashboard");
+    assert_eq!(resp.status().as_u16(), 303);
+    assert_eq!(resp.headers()["location"], "/dashboard/login");
+    // The other session: its data and its pages are refused, and its open
+    // event stream closes.
+    assert!(closed.try_recv().is_err(), "the stream is open until then");
+    assert_eq!(get(&b, "/dashboard/inbox").status().as_u16(), 401);
+    assert!(has(&st, &dev, "GET /dashboard/inbox", "401 device revoked"));
+    closed
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the ended session's event stream closes");
+    assert_eq!(get(&b, "/dashboard/inbox").status().as_u16(), 401);
+    assert_eq!(get(&b, "/dashboard").status().as_u16(), 303, "ended");
+    // Signing in again, with the right password and a fresh code.
+    clock.advance(30_000);
+    let (status, cookie) = sign_in(&st, "74009", PASSWORD, &code(&revoked.totp_secret));
+    assert_eq!((status, cookie), (401, None));
+    assert!(has(
+        &st,
+        &dev,
+        "POST /dashboard/login",
+        "401 device revoked"
+    ));
+
+    // The other account's credential runs out during its session.
+    let dev = expired.device_id.to_string();
+    assert_eq!(get(&c, "/dashboard/reviews").status().as_u16(), 200);
+    assert!(st
+        .rt
+        .block_on(
+            st.storage
+                .set_credential_expiry(expired.device_id, st.now_ms() + 1_000)
+        )
+        .unwrap());
+    clock.advance(2_000);
+    assert_eq!(get(&c, "/dashboard/reviews").status().as_u16(), 401);
+    assert!(has(
+        &st,
+        &dev,
+        "GET /dashboard/reviews",
+        "401 credential expired"
+    ));
+    assert_eq!(get(&c, "/dashboard").status().as_u16(), 303, "ended");
+    clock.advance(30_000);
+    let (status, _) = sign_in(&st, "74010", PASSWORD, &code(&expired.totp_secret));
+    assert_eq!(status, 401);
+    assert!(has(
+        &st,
+        &dev,
+        "POST /dashboard/login",
+        "401 credential expired"
+    ));
+    // Made again, the revoked account gets a new signing device, and its
+    // supervisor signs in with the new second factor.
+    let again = make("Sgt Revoked", "74009");
+    assert_ne!(again.device_id, revoked.device_id);
+    clock.advance(30_000);
+    let (status, _) = sign_in(&st, "74009", PASSWORD, &code(&again.totp_secret));
+    assert_eq!(status, 303);
+
+    // Extended by the admin, the expired account signs in again.
+    assert!(st
+        .rt
+        .block_on(
+            st.storage
+                .set_credential_expiry(expired.device_id, st.now_ms() + 86_400_000)
+        )
+        .unwrap());
+    clock.advance(30_000);
+    let (status, _) = sign_in(&st, "74010", PASSWORD, &code(&expired.totp_secret));
+    assert_eq!(status, 303);
 }

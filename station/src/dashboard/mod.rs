@@ -1,24 +1,37 @@
 //! The supervisor dashboard: plain server-rendered pages with a little
 //! JavaScript, served by the station under `/dashboard`.
 //!
-//! - sign-in with star number and password (`users`), a session cookie
-//!   (`HttpOnly`, `Secure`, `SameSite=Strict`) that ends after 30 minutes idle;
+//! - sign-in with star number, password and TOTP code (`users`), a session
+//!   cookie (`HttpOnly`, `Secure`, `SameSite=Strict`) that ends after 30
+//!   minutes idle, or at once when the account's signing device is revoked
+//!   or its credential expires;
 //! - the inbox of the unit's reports, updating live from the station's
 //!   event stream (`/dashboard/events`, Server-Sent Events);
 //! - a report page with its fields, kept conflicts, lifecycle history,
 //!   amendments and photos, and the return / approve / refer / close and
 //!   review actions, signed by the account's own device (`users::act`);
 //! - the 30-day review lists and the evidence package download.
+//!
+//! Every response carries a Content-Security-Policy allowing only the
+//! dashboard's own script and style files (`/dashboard/app.js`,
+//! `/dashboard/app.css`; nothing inline) and no framing, `nosniff`, and
+//! `Cache-Control: no-store` (reports and photos stay out of a shared
+//! station PC's cache). Every POST must come from the dashboard's own
+//! origin (`Origin`, `Sec-Fetch-Site`), and with a session, carry its
+//! CSRF token; refusals are 403 and audited.
 
 pub mod users;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Form, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::body::Body;
+use axum::extract::{Form, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::sse::{Event, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -27,22 +40,41 @@ use fieldreport_core::model::LifecycleState;
 use fieldreport_core::Report;
 use futures_util::Stream;
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::api::{parse_reports, AppState};
+use crate::api::{parse_reports, AppState, AuditActor};
 use crate::error::{Result, StationError};
+use crate::keys::StationKey;
 use crate::oversight::{self, ReviewStatus};
-use crate::storage::Enrolled;
-use users::Account;
+use crate::storage::{DashboardAccount, Enrolled};
 
 /// Sessions end after this long without a request.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const COOKIE: &str = "fr_session";
+/// The hidden form field carrying a session's CSRF token.
+const CSRF_FIELD: &str = "csrf";
+/// Largest form body a dashboard POST may have.
+const MAX_FORM_BYTES: usize = 64 * 1024;
+
+/// The dashboard's Content-Security-Policy: its own script, style, images
+/// and fetches only, nothing inline, forms only to itself, never framed.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; \
+     base-uri 'none'";
+
+const APP_JS: &str = include_str!("app.js");
+const APP_CSS: &str = include_str!("app.css");
 
 struct Session {
     star_number: String,
+    device_id: Uuid,
+    /// Every form of the session carries it; a POST without it is refused.
+    csrf: String,
     /// Station clock, ms.
     last_seen: i64,
+    /// Cancelled when the session ends: its open event streams close.
+    ended: CancellationToken,
 }
 
 pub struct Dashboard {
@@ -50,15 +82,17 @@ pub struct Dashboard {
     /// `IDLE_TIMEOUT`, or `FIELDREPORT_DASHBOARD_IDLE_SECONDS` when set
     /// (shorter for kiosks; the tests use it to see a session end).
     idle_timeout: Duration,
-    stores: users::Stores,
+    stores: Arc<users::Stores>,
     /// Failed sign-ins per star number (also unknown ones, so a locked-out
     /// answer does not reveal which exist), and the last TOTP step used
     /// per account, so a code works once.
     attempts: Mutex<HashMap<String, Attempts>>,
+    /// Opens the accounts' TOTP secrets and signing store keys.
+    key: Arc<StationKey>,
 }
 
-impl Default for Dashboard {
-    fn default() -> Self {
+impl Dashboard {
+    pub fn new(key: Arc<StationKey>) -> Self {
         let idle_timeout = std::env::var("FIELDREPORT_DASHBOARD_IDLE_SECONDS")
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
@@ -68,9 +102,15 @@ impl Default for Dashboard {
         Dashboard {
             sessions: Mutex::default(),
             idle_timeout,
-            stores: users::Stores::default(),
+            stores: Arc::default(),
             attempts: Mutex::default(),
+            key,
         }
+    }
+
+    /// The station key the dashboard seals and opens secrets with.
+    pub fn station_key(&self) -> &Arc<StationKey> {
+        &self.key
     }
 }
 
@@ -92,6 +132,17 @@ const MAX_TRACKED: usize = 10_000;
 impl Dashboard {
     fn idle_ms(&self) -> i64 {
         i64::try_from(self.idle_timeout.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends a session (its event streams close).
+    fn end_session(&self, token: &str) {
+        if let Some(s) = self.sessions().remove(token) {
+            s.ended.cancel();
+        }
     }
 
     fn attempts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Attempts>> {
@@ -144,9 +195,13 @@ impl Dashboard {
     }
 }
 
-pub fn routes() -> Router<AppState> {
+/// The dashboard's routes. `state` is for the guard every route goes
+/// through ([`guard`]: same-origin POSTs carrying the session's CSRF token).
+pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/dashboard", get(inbox_page))
+        .route("/dashboard/app.js", get(app_js))
+        .route("/dashboard/app.css", get(app_css))
         .route("/dashboard/login", get(login_page).post(login))
         .route("/dashboard/logout", post(logout))
         .route("/dashboard/inbox", get(inbox_fragment))
@@ -156,12 +211,196 @@ pub fn routes() -> Router<AppState> {
         .route("/dashboard/reports/{id}/export", get(export))
         .route("/dashboard/reports/{id}/{action}", post(act))
         .route("/dashboard/media/{sha}", get(media))
+        .route_layer(axum::middleware::from_fn_with_state(state, guard))
 }
 
-/// The signed-in supervisor of a request: account and storage identity.
+/// Adds the browser-facing security headers: `nosniff` on every response
+/// of the station, and on the dashboard's the Content-Security-Policy, no
+/// framing, same-origin referrers and, unless the handler chose
+/// otherwise (its static files), `Cache-Control: no-store`.
+pub async fn security_headers(req: Request, next: Next) -> Response {
+    let dashboard = req.uri().path().starts_with("/dashboard");
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if dashboard {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        );
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        // Not `no-referrer`: with it browsers send `Origin: null` on the
+        // dashboard's own POSTs, which the guard refuses.
+        h.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        );
+        if !h.contains_key(header::CACHE_CONTROL) {
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+    }
+    resp
+}
+
+/// Whether a request comes from the dashboard's own origin: a browser's
+/// `Sec-Fetch-Site` says `same-origin` (or `none`, the user's own
+/// navigation), and its `Origin` names this station (the host and port of
+/// the request). A client that sends neither (not a browser) passes; the
+/// CSRF token still applies to it.
+fn same_origin(h: &HeaderMap) -> bool {
+    if let Some(site) = h.get("sec-fetch-site") {
+        if !matches!(site.to_str(), Ok("same-origin" | "none")) {
+            return false;
+        }
+    }
+    let Some(origin) = h.get(header::ORIGIN) else {
+        return true;
+    };
+    let (Ok(origin), Some(host)) = (
+        origin.to_str(),
+        h.get(header::HOST).and_then(|v| v.to_str().ok()),
+    ) else {
+        return false;
+    };
+    origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .is_some_and(|authority| authority.eq_ignore_ascii_case(host))
+}
+
+fn forbidden() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        page(
+            "Refused",
+            None,
+            "<section><h1>Refused</h1><p class=error role=alert>This form did not come from \
+             this dashboard's own page, so nothing was done. \
+             <a href=\"/dashboard\">Back to the dashboard</a>.</p></section>",
+        ),
+    )
+        .into_response()
+}
+
+fn ct_eq(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// Every dashboard POST: refused (403, audited) when it comes from
+/// another origin, or when it belongs to a live session but lacks that
+/// session's CSRF token. The sign-in form has no session yet: its origin
+/// is checked. A POST without a live session goes on to its handler, which
+/// treats it as signed out.
+async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    if req.method() != Method::POST {
+        return next.run(req).await;
+    }
+    let actor = req
+        .extensions()
+        .get::<AuditActor>()
+        .cloned()
+        .unwrap_or_default();
+    if !same_origin(req.headers()) {
+        actor.note("cross-origin request");
+        tracing::warn!("dashboard POST from another origin refused");
+        return forbidden();
+    }
+    if req.uri().path() == "/dashboard/login" {
+        return next.run(req).await;
+    }
+    let Some(expected) = session_csrf(&s, req.headers()) else {
+        return next.run(req).await;
+    };
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_FORM_BYTES).await else {
+        return StationError::TooLarge(format!(
+            "a dashboard form is at most {MAX_FORM_BYTES} bytes"
+        ))
+        .into_response();
+    };
+    let given = form_urlencoded::parse(&bytes)
+        .find(|(k, _)| k == CSRF_FIELD)
+        .map(|(_, v)| v.into_owned());
+    match given {
+        None => {
+            actor.note("no CSRF token");
+            tracing::warn!("dashboard POST without its CSRF token refused");
+            return forbidden();
+        }
+        Some(t) if !ct_eq(&t, &expected) => {
+            actor.note("wrong CSRF token");
+            tracing::warn!("dashboard POST with a wrong CSRF token refused");
+            return forbidden();
+        }
+        Some(_) => {}
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// The CSRF token of the request's live session, if any (without touching
+/// its idle clock).
+fn session_csrf(s: &AppState, headers: &HeaderMap) -> Option<String> {
+    let token = cookie(headers)?;
+    let sessions = s.dashboard.sessions();
+    let session = sessions.get(&token)?;
+    (s.clock.now_ms().saturating_sub(session.last_seen) < s.dashboard.idle_ms())
+        .then(|| session.csrf.clone())
+}
+
+async fn app_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        APP_JS,
+    )
+        .into_response()
+}
+
+async fn app_css() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        APP_CSS,
+    )
+        .into_response()
+}
+
+/// The signed-in supervisor of a request: account, its live signing
+/// device, and the session's CSRF token.
 struct Supervisor {
-    account: Account,
+    account: DashboardAccount,
     who: Enrolled,
+    csrf: String,
+    /// Cancelled when the session ends.
+    ended: CancellationToken,
+}
+
+impl Supervisor {
+    fn name(&self) -> &str {
+        &self.who.record.person.name
+    }
+    fn unit(&self) -> &str {
+        self.who.unit()
+    }
+}
+
+/// Why a request has no supervisor.
+enum Refusal {
+    /// No session, or one that ended.
+    NoSession,
+    /// The session was live, but its account may no longer act: the
+    /// session ends now (the reason goes to the audit log).
+    Ended(&'static str),
+    Failed(StationError),
 }
 
 fn cookie(headers: &HeaderMap) -> Option<String> {
@@ -175,61 +414,153 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-async fn supervisor(s: &AppState, headers: &HeaderMap) -> Option<Supervisor> {
-    let token = cookie(headers)?;
-    let star = {
-        let mut sessions = s
-            .dashboard
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+/// Why a device may not act now, as the API words it.
+fn device_refusal(who: Option<&Enrolled>, now: i64) -> Option<&'static str> {
+    match who {
+        None => Some("unknown device"),
+        Some(d) if d.revoked => Some("device revoked"),
+        Some(d) if d.credential_expires_at.is_some_and(|t| t <= now) => Some("credential expired"),
+        Some(_) => None,
+    }
+}
+
+/// The request's supervisor: a live session whose account's signing
+/// device is still enrolled, not revoked and its credential not expired
+/// (checked on every request, so `revoke` and `credential` take effect at
+/// once on open sessions too).
+async fn supervisor(s: &AppState, headers: &HeaderMap) -> std::result::Result<Supervisor, Refusal> {
+    let token = cookie(headers).ok_or(Refusal::NoSession)?;
+    let (star, device, csrf, ended) = {
+        let mut sessions = s.dashboard.sessions();
         let now = s.clock.now_ms();
         let idle = s.dashboard.idle_ms();
-        sessions.retain(|_, v| now.saturating_sub(v.last_seen) < idle);
-        let session = sessions.get_mut(&token)?;
+        sessions.retain(|_, v| {
+            let live = now.saturating_sub(v.last_seen) < idle;
+            if !live {
+                v.ended.cancel();
+            }
+            live
+        });
+        let session = sessions.get_mut(&token).ok_or(Refusal::NoSession)?;
         session.last_seen = now;
-        session.star_number.clone()
+        (
+            session.star_number.clone(),
+            session.device_id,
+            session.csrf.clone(),
+            session.ended.clone(),
+        )
     };
-    let dir = users::dashboard_dir(s.storage.as_ref());
-    let account = users::load(&dir)
-        .ok()?
-        .into_iter()
-        .find(|a| a.star_number == star)?;
-    let who = s.storage.authenticate(&account.credential).await.ok()??;
-    Some(Supervisor { account, who })
+    let account = match s.storage.dashboard_account(&star).await {
+        Ok(Some(a)) if a.device_id == device => a,
+        Ok(_) => {
+            s.dashboard.end_session(&token);
+            return Err(Refusal::NoSession);
+        }
+        Err(e) => return Err(Refusal::Failed(e)),
+    };
+    let who = s.storage.device(device).await.map_err(Refusal::Failed)?;
+    if let Some(why) = device_refusal(who.as_ref(), s.clock.now_ms()) {
+        s.dashboard.end_session(&token);
+        tracing::warn!(%device, why, "dashboard session ended");
+        return Err(Refusal::Ended(why));
+    }
+    let who = who.ok_or(Refusal::NoSession)?;
+    Ok(Supervisor {
+        account,
+        who,
+        csrf,
+        ended,
+    })
+}
+
+/// The supervisor of a page (or form) request: without one, the sign-in
+/// page (a redirect to it, or a 401 page saying the account's access has
+/// ended).
+struct PageUser(Supervisor);
+/// The supervisor of a data request (inbox rows, events, photos,
+/// packages): without one, 401.
+struct DataUser(Supervisor);
+
+async fn request_supervisor(
+    parts: &Parts,
+    s: &AppState,
+    page_answer: bool,
+) -> std::result::Result<Supervisor, Response> {
+    match supervisor(s, &parts.headers).await {
+        Ok(sup) => Ok(sup),
+        Err(Refusal::Failed(e)) => Err(e.into_response()),
+        Err(Refusal::NoSession) if page_answer => {
+            Err(Redirect::to("/dashboard/login").into_response())
+        }
+        Err(Refusal::NoSession) => Err(StatusCode::UNAUTHORIZED.into_response()),
+        Err(Refusal::Ended(why)) => {
+            if let Some(actor) = parts.extensions.get::<AuditActor>() {
+                actor.note(why);
+            }
+            let body = if page_answer {
+                page("Sign in", None, &login_form(ACCESS_ENDED)).into_response()
+            } else {
+                ().into_response()
+            };
+            Err((
+                StatusCode::UNAUTHORIZED,
+                [(header::SET_COOKIE, clear_cookie())],
+                body,
+            )
+                .into_response())
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for PageUser {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        s: &AppState,
+    ) -> std::result::Result<Self, Response> {
+        request_supervisor(parts, s, true).await.map(PageUser)
+    }
+}
+
+impl FromRequestParts<AppState> for DataUser {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        s: &AppState,
+    ) -> std::result::Result<Self, Response> {
+        request_supervisor(parts, s, false).await.map(DataUser)
+    }
+}
+
+const ACCESS_ENDED: &str =
+    "This account's access has ended (its device was revoked or its credential expired). \
+     Ask the station's administrator.";
+
+fn clear_cookie() -> String {
+    format!("{COOKIE}=; HttpOnly; Secure; SameSite=Strict; Path=/dashboard; Max-Age=0")
 }
 
 /// The account device behind a request's session, for the audit log
-/// (without touching the session's idle clock).
-/// and whether that session has just ended for being idle (the request is
-/// then refused).
+/// (without touching the session's idle clock), and whether that session
+/// has just ended for being idle (the request is then refused).
 pub fn session_actor(s: &AppState, headers: &HeaderMap) -> Option<(String, bool)> {
     let token = cookie(headers)?;
-    let (star, idle) = {
-        let sessions = s
-            .dashboard
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let session = sessions.get(&token)?;
-        (
-            session.star_number.clone(),
-            s.clock.now_ms().saturating_sub(session.last_seen) >= s.dashboard.idle_ms(),
-        )
-    };
-    users::load(&users::dashboard_dir(s.storage.as_ref()))
-        .ok()?
-        .into_iter()
-        .find(|a| a.star_number == star)
-        .map(|a| (a.device_id.to_string(), idle))
+    let sessions = s.dashboard.sessions();
+    let session = sessions.get(&token)?;
+    Some((
+        session.device_id.to_string(),
+        s.clock.now_ms().saturating_sub(session.last_seen) >= s.dashboard.idle_ms(),
+    ))
 }
 
-async fn audit_sign_in(s: &AppState, account: Option<&Account>, outcome: &str) {
+async fn audit_sign_in(s: &AppState, device: Option<Uuid>, outcome: &str) {
     let entry = crate::storage::AuditEntry {
         id: 0,
         at_ms: s.clock.now_ms(),
-        actor: account
-            .map(|a| a.device_id.to_string())
+        actor: device
+            .map(|d| d.to_string())
             .unwrap_or_else(|| "unknown account".into()),
         action: "POST /dashboard/login".into(),
         target: "/dashboard/login".into(),
@@ -240,13 +571,6 @@ async fn audit_sign_in(s: &AppState, account: Option<&Account>, outcome: &str) {
     }
 }
 
-/// Pages answer a missing session with the sign-in page.
-async fn require(s: &AppState, headers: &HeaderMap) -> std::result::Result<Supervisor, Response> {
-    supervisor(s, headers)
-        .await
-        .ok_or_else(|| Redirect::to("/dashboard/login").into_response())
-}
-
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -255,39 +579,31 @@ fn esc(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-const STYLE: &str = "
-*{box-sizing:border-box}body{font-family:system-ui,-apple-system,sans-serif;margin:0;color:#1b1f24;background:#f6f7f9}
-header{background:#17324d;color:#fff;padding:.6rem 1rem;display:flex;flex-wrap:wrap;gap:.5rem 1.2rem;align-items:center}
-header a,header button{color:#fff;text-decoration:none;background:none;border:0;font:inherit;cursor:pointer;padding:0}
-header strong{margin-right:auto}main{max-width:70rem;margin:0 auto;padding:1rem}
-table{border-collapse:collapse;width:100%;background:#fff}td,th{border-bottom:1px solid #dde1e6;padding:.45rem .5rem;text-align:left;vertical-align:top}
-.badge{display:inline-block;padding:.1rem .45rem;border-radius:.6rem;font-size:.85em;background:#e4e8ee}
-.submitted{background:#fff1c2}.returned{background:#ffd9d2}.approved{background:#d7f2dc}.referred{background:#dbe7ff}.closed{background:#e4e8ee}
-.overdue{color:#a3140b;font-weight:600}.new{animation:flash 3s}@keyframes flash{from{background:#fff1c2}to{background:#fff}}
-section{background:#fff;border:1px solid #dde1e6;border-radius:.4rem;padding:.8rem 1rem;margin:1rem 0}
-dl{display:grid;grid-template-columns:minmax(8rem,14rem) 1fr;gap:.3rem 1rem;margin:0}dt{color:#56606b}dd{margin:0;word-break:break-word}
-form.action{display:flex;flex-wrap:wrap;gap:.5rem;align-items:end;margin:.5rem 0}
-label{display:flex;flex-direction:column;font-size:.9em;gap:.2rem}input,textarea,button{font:inherit;padding:.4rem .5rem}
-button{background:#17324d;color:#fff;border:0;border-radius:.3rem;cursor:pointer}.error{color:#a3140b}
-img.photo{max-width:14rem;max-height:14rem;border:1px solid #dde1e6;margin:.3rem}.scroll{overflow-x:auto}
-@media (max-width:40rem){dl{grid-template-columns:1fr}dt{font-weight:600}td,th{padding:.35rem .3rem}}
-";
+/// The hidden field carrying the session's CSRF token, for every form.
+fn csrf_input(sup: &Supervisor) -> String {
+    format!(
+        "<input type=hidden name={CSRF_FIELD} value=\"{}\">",
+        esc(&sup.csrf)
+    )
+}
 
 fn page(title: &str, signed_in: Option<&Supervisor>, body: &str) -> Html<String> {
     let nav = match signed_in {
         Some(sup) => format!(
             "<a href=\"/dashboard\">Inbox</a><a href=\"/dashboard/reviews\">Reviews</a>\
              <a href=\"/public\">Public record</a><span>{} · {}</span>\
-             <form method=post action=\"/dashboard/logout\"><button>Sign out</button></form>",
-            esc(&sup.account.name),
-            esc(&sup.account.unit)
+             <form method=post action=\"/dashboard/logout\">{}<button>Sign out</button></form>",
+            esc(sup.name()),
+            esc(sup.unit()),
+            csrf_input(sup)
         ),
         None => String::new(),
     };
     Html(format!(
         "<!doctype html><html lang=en><head><meta charset=utf-8>\
          <meta name=viewport content=\"width=device-width, initial-scale=1\">\
-         <title>{} · FieldReport</title><style>{STYLE}</style></head><body>\
+         <title>{} · FieldReport</title><link rel=stylesheet href=\"/dashboard/app.css\">\
+         <script src=\"/dashboard/app.js\" defer></script></head><body>\
          <header><strong>FieldReport supervisor</strong>{nav}</header><main>{body}</main></body></html>",
         esc(title)
     ))
@@ -322,16 +638,14 @@ struct LoginForm {
 
 async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Response> {
     let star = f.star.trim().to_string();
-    let dir = users::dashboard_dir(s.storage.as_ref());
-    let account = users::load(&dir)?
-        .into_iter()
-        .find(|a| a.star_number == star);
+    let account = s.storage.dashboard_account(&star).await?;
+    let device = account.as_ref().map(|a| a.device_id);
     let refused = |status: StatusCode, message: &str| {
         (status, page("Sign in", None, &login_form(message))).into_response()
     };
     // Locked: refused before any check, so guessing gets nowhere.
     if s.dashboard.locked(&star, s.clock.now_ms()) {
-        audit_sign_in(&s, account.as_ref(), "refused: locked out").await;
+        audit_sign_in(&s, device, "refused: locked out").await;
         tracing::warn!("dashboard sign-in refused: locked out");
         return Ok(refused(
             StatusCode::TOO_MANY_REQUESTS,
@@ -348,32 +662,38 @@ async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Re
     .await
     .unwrap_or(false);
     let code: String = f.code.chars().filter(|c| !c.is_whitespace()).collect();
-    let totp_step = account
+    let factor = account
         .as_ref()
-        .and_then(|a| users::totp(&a.totp_secret))
-        .and_then(|t| {
-            let now = u64::try_from(s.clock.now_ms() / 1000).ok()?;
+        .map(|a| users::second_factor(s.dashboard.station_key(), a));
+    let totp_step = match &factor {
+        Some(Ok(Some(t))) => u64::try_from(s.clock.now_ms() / 1000).ok().and_then(|now| {
             // The step the code belongs to (drift of one step allowed).
             [now, now.saturating_sub(30), now + 30]
                 .into_iter()
                 .find(|t2| t.generate(*t2) == code)
                 .map(|t2| t2 / 30)
-        });
-    let outcome = match (&account, password_ok, totp_step) {
-        (None, _, _) => Err("refused: unknown account"),
-        (Some(_), false, _) => Err("refused: wrong password"),
-        (Some(a), true, _) if a.totp_secret.is_empty() => Err("refused: no second factor set up"),
-        (Some(_), true, None) => Err("refused: wrong second factor"),
-        (Some(_), true, Some(step)) if !s.dashboard.use_totp_step(&star, step) => {
+        }),
+        _ => None,
+    };
+    let outcome = match (&account, password_ok, &factor, totp_step) {
+        (None, _, _, _) => Err("refused: unknown account"),
+        (Some(_), false, _, _) => Err("refused: wrong password"),
+        (Some(_), true, Some(Err(e)), _) => {
+            tracing::error!(error = %e, "a dashboard account's second factor does not open with this station key");
+            Err("refused: second factor does not open with the station key")
+        }
+        (Some(_), true, Some(Ok(None)), _) => Err("refused: no second factor set up"),
+        (Some(_), true, _, None) => Err("refused: wrong second factor"),
+        (Some(_), true, _, Some(step)) if !s.dashboard.use_totp_step(&star, step) => {
             Err("refused: second factor code already used")
         }
-        (Some(_), true, Some(_)) => Ok(()),
+        (Some(_), true, _, Some(_)) => Ok(()),
     };
     if let Err(why) = outcome {
         let locked_now = s.dashboard.fail(&star, s.clock.now_ms());
-        audit_sign_in(&s, account.as_ref(), why).await;
+        audit_sign_in(&s, device, why).await;
         if locked_now {
-            audit_sign_in(&s, account.as_ref(), "locked out for 10 minutes").await;
+            audit_sign_in(&s, device, "locked out for 10 minutes").await;
         }
         tracing::warn!("dashboard sign-in refused");
         return Ok(refused(
@@ -385,22 +705,27 @@ async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Re
         return Err(StationError::Internal("sign-in".into()));
     };
     s.dashboard.succeeded(&star);
-    let mut token = [0u8; 32];
-    getrandom::fill(&mut token).map_err(|_| StationError::Internal("no randomness".into()))?;
-    let token = hex::encode(token);
-    s.dashboard
-        .sessions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(
-            token.clone(),
-            Session {
-                star_number: account.star_number.clone(),
-                last_seen: s.clock.now_ms(),
-            },
-        );
+    // Both factors are right, but the account's device may not act.
+    let who = s.storage.device(account.device_id).await?;
+    if let Some(why) = device_refusal(who.as_ref(), s.clock.now_ms()) {
+        audit_sign_in(&s, device, &format!("401 {why}")).await;
+        tracing::warn!(device = %account.device_id, why, "dashboard sign-in refused");
+        return Ok(refused(StatusCode::UNAUTHORIZED, ACCESS_ENDED));
+    }
+    let token = crate::storage::common::random_token(32)?;
+    let csrf = crate::storage::common::random_token(32)?;
+    s.dashboard.sessions().insert(
+        token.clone(),
+        Session {
+            star_number: account.star_number.clone(),
+            device_id: account.device_id,
+            csrf,
+            last_seen: s.clock.now_ms(),
+            ended: CancellationToken::new(),
+        },
+    );
     tracing::info!("dashboard sign-in");
-    audit_sign_in(&s, Some(&account), "signed in").await;
+    audit_sign_in(&s, device, "signed in").await;
     Ok((
         [(
             header::SET_COOKIE,
@@ -426,17 +751,10 @@ fn dummy_hash() -> String {
 
 async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(t) = cookie(&headers) {
-        s.dashboard
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&t);
+        s.dashboard.end_session(&t);
     }
     (
-        [(
-            header::SET_COOKIE,
-            format!("{COOKIE}=; HttpOnly; Secure; SameSite=Strict; Path=/dashboard; Max-Age=0"),
-        )],
+        [(header::SET_COOKIE, clear_cookie())],
         Redirect::to("/dashboard/login"),
     )
         .into_response()
@@ -488,56 +806,28 @@ async fn inbox_rows(s: &AppState, sup: &Supervisor) -> Result<String> {
     Ok(rows)
 }
 
-async fn inbox_page(State(s): State<AppState>, headers: HeaderMap) -> Result<Response> {
-    let sup = match require(&s, &headers).await {
-        Ok(sup) => sup,
-        Err(r) => return Ok(r),
-    };
+async fn inbox_page(State(s): State<AppState>, PageUser(sup): PageUser) -> Result<Response> {
     let rows = inbox_rows(&s, &sup).await?;
     let body = format!(
         "<h1>Inbox</h1><p id=live aria-live=polite>Updates live as officers sync.</p>\
          <div class=scroll><table><thead><tr><th>Report</th><th>State</th><th>Officer</th>\
          <th>Updated</th><th>Conflicts</th><th>Review</th></tr></thead>\
-         <tbody id=inbox>{rows}</tbody></table></div>\
-         <script>
-         const inbox = document.getElementById('inbox');
-         const live = document.getElementById('live');
-         async function refresh(changed) {{
-           const r = await fetch('/dashboard/inbox', {{credentials: 'same-origin'}});
-           if (!r.ok) return;
-           inbox.innerHTML = await r.text();
-           if (changed) {{
-             const row = inbox.querySelector('[data-report=\"' + changed + '\"]');
-             if (row) row.classList.add('new');
-             live.textContent = 'Report ' + changed.slice(0, 8) + ' updated just now.';
-           }}
-         }}
-         const es = new EventSource('/dashboard/events');
-         es.addEventListener('report', e => refresh(JSON.parse(e.data).report_id));
-         es.addEventListener('lagged', () => refresh(null));
-         // Catch up on anything that changed between rendering and connecting.
-         es.addEventListener('open', () => refresh(null));
-         </script>"
+         <tbody id=inbox>{rows}</tbody></table></div>"
     );
     Ok(page("Inbox", Some(&sup), &body).into_response())
 }
 
-async fn inbox_fragment(State(s): State<AppState>, headers: HeaderMap) -> Result<Response> {
-    let Some(sup) = supervisor(&s, &headers).await else {
-        return Ok(StatusCode::UNAUTHORIZED.into_response());
-    };
+async fn inbox_fragment(State(s): State<AppState>, DataUser(sup): DataUser) -> Result<Response> {
     Ok(Html(inbox_rows(&s, &sup).await?).into_response())
 }
 
 async fn events(
     State(s): State<AppState>,
-    headers: HeaderMap,
-) -> std::result::Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>, StatusCode>
-{
-    let sup = supervisor(&s, &headers)
-        .await
-        .ok_or(StatusCode::UNAUTHORIZED)?;
-    Ok(crate::api::unit_event_stream(&s, sup.account.unit))
+    DataUser(sup): DataUser,
+) -> Sse<impl Stream<Item = std::result::Result<Event, Infallible>>> {
+    // The stream closes when the session ends (sign-out, idle, or a
+    // refused request once the account's access has ended).
+    crate::api::unit_event_stream(&s, sup.unit().to_string(), sup.ended.clone())
 }
 
 /// Renders a JSON value as nested definition lists (the report's fields,
@@ -569,20 +859,21 @@ fn render_value(v: &serde_json::Value) -> String {
     }
 }
 
-fn actions(r: &Report) -> String {
+fn actions(r: &Report, sup: &Supervisor) -> String {
     use LifecycleState::*;
     let id = r.id;
+    let csrf = csrf_input(sup);
     let mut out = String::new();
     match r.lifecycle {
         Submitted => out.push_str(&format!(
-            "<form method=post action=\"/dashboard/reports/{id}/return\" class=action>\
+            "<form method=post action=\"/dashboard/reports/{id}/return\" class=action>{csrf}\
              <label>Comment for the officer<textarea name=comment rows=2 required></textarea></label>\
              <button>Return to officer</button></form>\
-             <form method=post action=\"/dashboard/reports/{id}/approve\" class=action>\
+             <form method=post action=\"/dashboard/reports/{id}/approve\" class=action>{csrf}\
              <button>Approve</button></form>"
         )),
         Approved => out.push_str(&format!(
-            "<form method=post action=\"/dashboard/reports/{id}/refer\" class=action>\
+            "<form method=post action=\"/dashboard/reports/{id}/refer\" class=action>{csrf}\
              <label>Referral date<input type=date name=date required></label>\
              <label>State's Attorney reference<input name=reference required></label>\
              <label>Felony matters (one per line)<textarea name=felonies rows=2 required></textarea></label>\
@@ -592,12 +883,12 @@ fn actions(r: &Report) -> String {
     }
     if matches!(r.lifecycle, Approved | Referred) {
         out.push_str(&format!(
-            "<form method=post action=\"/dashboard/reports/{id}/close\" class=action><button>Close</button></form>"
+            "<form method=post action=\"/dashboard/reports/{id}/close\" class=action>{csrf}<button>Close</button></form>"
         ));
     }
     if r.lifecycle != Draft {
         out.push_str(&format!(
-            "<h3>Internal review</h3><form method=post action=\"/dashboard/reports/{id}/review\" class=action>\
+            "<h3>Internal review</h3><form method=post action=\"/dashboard/reports/{id}/review\" class=action>{csrf}\
              <label>Findings<textarea name=findings rows=2 required></textarea></label>\
              <label>CPD's own conduct<textarea name=cpd_conduct rows=2 required></textarea></label>\
              <label>Dispatch knew it involved immigration enforcement\
@@ -613,13 +904,9 @@ fn actions(r: &Report) -> String {
 
 async fn report_page(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    PageUser(sup): PageUser,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    let sup = match require(&s, &headers).await {
-        Ok(sup) => sup,
-        Err(r) => return Ok(r),
-    };
     render_report(&s, &sup, &id, "").await
 }
 
@@ -765,7 +1052,7 @@ async fn render_report(s: &AppState, sup: &Supervisor, id: &str, error: &str) ->
         } else {
             format!("<p class=error role=alert>{}</p>", esc(error))
         },
-        actions = actions(&r),
+        actions = actions(&r, sup),
         fields = render_value(&fields),
         photos = if photos.is_empty() { "<p>None.</p>".into() } else { photos },
         amend = if amendments.is_empty() {
@@ -807,14 +1094,10 @@ struct ActionForm {
 
 async fn act(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    PageUser(sup): PageUser,
     Path((id, action)): Path<(String, String)>,
     Form(f): Form<ActionForm>,
 ) -> Result<Response> {
-    let sup = match require(&s, &headers).await {
-        Ok(sup) => sup,
-        Err(r) => return Ok(r),
-    };
     let report = Uuid::parse_str(&id)
         .map_err(|_| StationError::BadRequest("bad_id", "report id must be a UUID".into()))?;
     type Action = Box<dyn FnOnce(&fieldreport_core::Store) -> fieldreport_core::Result<()> + Send>;
@@ -851,6 +1134,7 @@ async fn act(
     match users::act(
         &s.storage,
         &s.dashboard.stores,
+        &s.dashboard.key,
         &sup.who,
         &sup.account,
         report,
@@ -877,11 +1161,7 @@ async fn act(
     }
 }
 
-async fn reviews_page(State(s): State<AppState>, headers: HeaderMap) -> Result<Response> {
-    let sup = match require(&s, &headers).await {
-        Ok(sup) => sup,
-        Err(r) => return Ok(r),
-    };
+async fn reviews_page(State(s): State<AppState>, PageUser(sup): PageUser) -> Result<Response> {
     let reports = parse_reports(s.storage.visible_reports(&sup.who).await?)?;
     let items = oversight::reviews(&reports, s.clock.now());
     let mut body = String::from("<h1>Internal reviews (30 days)</h1>");
@@ -919,18 +1199,17 @@ async fn reviews_page(State(s): State<AppState>, headers: HeaderMap) -> Result<R
 
 async fn media(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    DataUser(sup): DataUser,
     Path(sha): Path<String>,
 ) -> Result<Response> {
-    let Some(sup) = supervisor(&s, &headers).await else {
-        return Ok(StatusCode::UNAUTHORIZED.into_response());
-    };
     let path = s.storage.media_path(&sup.who, &sha).await?;
     let bytes = tokio::fs::read(path).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream"),
-            (header::CACHE_CONTROL, "private, max-age=3600"),
+            // Not kept in the browser's cache: a station PC is shared,
+            // and a photo is evidence.
+            (header::CACHE_CONTROL, "no-store"),
         ],
         bytes,
     )
@@ -939,12 +1218,9 @@ async fn media(
 
 async fn export(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    DataUser(sup): DataUser,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    let Some(sup) = supervisor(&s, &headers).await else {
-        return Ok(StatusCode::UNAUTHORIZED.into_response());
-    };
     let report = Uuid::parse_str(&id)
         .map_err(|_| StationError::BadRequest("bad_id", "report id must be a UUID".into()))?;
     let path = crate::export::export_tar(&s.storage, &sup.who, report, &s.station_id).await?;
@@ -969,7 +1245,7 @@ mod tests {
 
     #[test]
     fn five_failures_lock_for_ten_minutes_then_count_afresh() {
-        let d = Dashboard::default();
+        let d = Dashboard::new(Arc::new(StationKey::from_bytes([1; 32])));
         let t0: i64 = 1_800_000_000_000;
         let lockout = LOCKOUT.as_millis() as i64;
         for i in 1..MAX_FAILURES {

@@ -1,41 +1,55 @@
 //! Dashboard accounts and the signing devices behind them.
 //!
-//! A supervisor's dashboard account is a name, star number, unit and an
-//! Argon2 password hash, kept in `<data>/dashboard/users.json` (written
-//! whole and renamed into place). Every account also owns a device of its
-//! own, enrolled like a phone, whose core store lives in
-//! `<data>/dashboard/<device-id>/`: a lifecycle action taken in the browser
-//! is made by that store (the same core rules and a signature like any
-//! other change) and pushed into the station's storage. So the dashboard
-//! never writes a report any other way than a phone does.
+//! A supervisor's dashboard account is kept in the station's storage
+//! (`dashboard_accounts`): star number, Argon2 password hash, the TOTP
+//! secret and the signing store's key, both sealed with the station key
+//! ([`crate::keys`], a file kept apart from the database). Name, unit and
+//! role are the account device's enrollment record.
+//!
+//! Every account owns a device of its own, enrolled like a phone, whose
+//! core store lives in `<data>/dashboard/<device-id>/`, encrypted with
+//! SQLCipher under the account's store key: a lifecycle action taken in
+//! the browser is made by that store (the same core rules and a signature
+//! like any other change) and pushed into the station's storage. So the
+//! dashboard never writes a report any other way than a phone does. That
+//! device's bearer credential is never kept: the dashboard looks the
+//! device up by id, and the credential made at enrollment is retired.
+//!
+//! Accounts of earlier builds (`<data>/dashboard/users.json`, with the
+//! credential and TOTP secret in the clear, and plain signing stores) are
+//! imported once by [`prepare`], which then removes the file.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use fieldreport_core::store::{Origin, Store};
+use fieldreport_core::store::{Origin, Store, StoreKey, StoreOptions, WallClock};
 use fieldreport_core::{DeviceIdentity, Person, Role};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use zeroize::Zeroizing;
 
+use crate::clock::Clock;
 use crate::error::{Result, StationError};
-use crate::storage::{Enrolled, PushOutcome, StationStorage};
+use crate::keys::StationKey;
+use crate::storage::{DashboardAccount, Enrolled, PushOutcome, StationStorage};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Account {
-    pub name: String,
+/// A new account, as `dashboard-user` shows it once: the TOTP secret is in
+/// the clear here and nowhere else.
+pub struct NewAccount {
     pub star_number: String,
-    pub unit: String,
-    pub password_hash: String,
-    /// The account's signing device (its store is `<dashboard>/<device_id>`).
+    /// The account's signing device (`revoke --device` ends the account).
     pub device_id: uuid::Uuid,
-    /// That device's bearer credential with the station storage.
-    pub credential: String,
-    /// The second factor: an RFC 6238 TOTP secret (base32), shown once to
-    /// the supervisor's authenticator app when the account is made. An
-    /// account without one cannot sign in until it is made again.
-    #[serde(default)]
+    /// The RFC 6238 secret (base32) for the supervisor's authenticator app.
     pub totp_secret: String,
+}
+
+impl std::fmt::Debug for NewAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewAccount")
+            .field("device_id", &self.device_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// TOTP as authenticator apps use it: HMAC-SHA-1, 6 digits, 30 s steps,
@@ -44,11 +58,15 @@ pub fn totp(secret_base32: &str) -> Option<totp_rs::TOTP> {
     let bytes = totp_rs::Secret::Encoded(secret_base32.to_string())
         .to_bytes()
         .ok()?;
-    totp_rs::TOTP::new(totp_rs::Algorithm::SHA1, 6, 1, 30, bytes).ok()
+    totp_from_bytes(&bytes)
+}
+
+fn totp_from_bytes(raw: &[u8]) -> Option<totp_rs::TOTP> {
+    totp_rs::TOTP::new(totp_rs::Algorithm::SHA1, 6, 1, 30, raw.to_vec()).ok()
 }
 
 /// The `otpauth://` address an authenticator app scans or imports.
-pub fn totp_uri(account: &Account) -> String {
+pub fn totp_uri(account: &NewAccount) -> String {
     format!(
         "otpauth://totp/FieldReport:{}?secret={}&issuer=FieldReport&algorithm=SHA1&digits=6&period=30",
         account
@@ -61,44 +79,71 @@ pub fn totp_uri(account: &Account) -> String {
     )
 }
 
-fn new_totp_secret() -> Result<String> {
-    let mut raw = [0u8; 20];
-    getrandom::fill(&mut raw).map_err(|_| StationError::Internal("no randomness".into()))?;
+fn base32(raw: &[u8]) -> Result<String> {
     match totp_rs::Secret::Raw(raw.to_vec()).to_encoded() {
         totp_rs::Secret::Encoded(s) => Ok(s),
         totp_rs::Secret::Raw(_) => Err(StationError::Internal("totp secret".into())),
     }
 }
 
-pub fn dashboard_dir(storage: &dyn StationStorage) -> PathBuf {
-    storage
-        .scratch_dir()
-        .parent()
-        .map(|p| p.join("dashboard"))
-        .unwrap_or_else(|| PathBuf::from("dashboard"))
+fn new_totp_secret() -> Result<Zeroizing<Vec<u8>>> {
+    let mut raw = Zeroizing::new(vec![0u8; 20]);
+    getrandom::fill(&mut raw).map_err(|_| StationError::Internal("no randomness".into()))?;
+    Ok(raw)
 }
 
-fn users_file(dir: &Path) -> PathBuf {
-    dir.join("users.json")
+/// What a sealed value is, and whose: the associated data it is sealed
+/// with, so it opens only in its own account's row.
+fn context(what: &str, star_number: &str, device: uuid::Uuid) -> Vec<u8> {
+    format!("fieldreport dashboard {what}\0{star_number}\0{device}").into_bytes()
 }
 
-pub fn load(dir: &Path) -> Result<Vec<Account>> {
-    match std::fs::read(users_file(dir)) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|_| StationError::Internal("dashboard users file does not parse".into())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e.into()),
+/// The account's second factor; `None` when it has none (an account from
+/// an earlier build made without one signs in only once made again).
+pub fn second_factor(key: &StationKey, a: &DashboardAccount) -> Result<Option<totp_rs::TOTP>> {
+    let raw = key.open(
+        &context("totp", &a.star_number, a.device_id),
+        &a.totp_sealed,
+    )?;
+    if raw.is_empty() {
+        return Ok(None);
     }
+    Ok(totp_from_bytes(&raw))
 }
 
-fn save(dir: &Path, accounts: &[Account]) -> Result<()> {
-    let tmp = dir.join("users.json.tmp");
-    let json = serde_json::to_vec_pretty(accounts)
-        .map_err(|_| StationError::Internal("dashboard users".into()))?;
-    std::fs::write(&tmp, json)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, users_file(dir))?;
-    Ok(())
+/// The SQLCipher key of the account's signing store.
+pub fn signing_store_key(key: &StationKey, a: &DashboardAccount) -> Result<StoreKey> {
+    let raw = key.open(
+        &context("store key", &a.star_number, a.device_id),
+        &a.store_key_sealed,
+    )?;
+    Ok(StoreKey::from_bytes(&raw)?)
+}
+
+fn seal_totp(
+    key: &StationKey,
+    star_number: &str,
+    device: uuid::Uuid,
+    raw: &[u8],
+) -> Result<Vec<u8>> {
+    key.seal(&context("totp", star_number, device), raw)
+}
+
+fn seal_store_key(
+    key: &StationKey,
+    star_number: &str,
+    device: uuid::Uuid,
+    store_key: &StoreKey,
+) -> Result<Vec<u8>> {
+    key.seal(
+        &context("store key", star_number, device),
+        &Zeroizing::new(store_key.to_vec()),
+    )
+}
+
+/// Where the signing stores live.
+pub fn dashboard_dir(storage: &dyn StationStorage) -> PathBuf {
+    storage.data_dir().join("dashboard")
 }
 
 pub fn hash_password(password: &str) -> Result<String> {
@@ -122,33 +167,70 @@ pub fn password_matches(hash: &str, password: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Creates (or, for the same star number, replaces the password of) a
-/// supervisor's dashboard account, enrolling its signing device.
+/// The station's clock, as a core store's wall clock (the signing stores
+/// stamp their changes by it).
+struct StationWallClock(Arc<dyn Clock>);
+
+impl WallClock for StationWallClock {
+    fn now_ms(&self) -> i64 {
+        self.0.now_ms()
+    }
+}
+
+fn store_options(storage: &dyn StationStorage, key: StoreKey) -> StoreOptions {
+    StoreOptions {
+        clock: Arc::new(StationWallClock(storage.clock())),
+        key: Some(key),
+        ..StoreOptions::default()
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| StationError::Internal("blocking task failed".into()))?
+}
+
+/// Creates a supervisor's dashboard account, enrolling its signing device;
+/// for a star number that has one, sets a new password and a new second
+/// factor (the device and its store stay, unless the device was revoked:
+/// then the account gets a new one).
 pub async fn create_account(
     storage: &dyn StationStorage,
+    key: &Arc<StationKey>,
     name: &str,
     star_number: &str,
     unit: &str,
     password: &str,
-) -> Result<Account> {
+) -> Result<NewAccount> {
     if password.chars().count() < 12 {
         return Err(StationError::BadRequest(
             "weak_password",
             "a dashboard password has at least 12 characters".into(),
         ));
     }
-    let dir = dashboard_dir(storage);
-    std::fs::create_dir_all(&dir)?;
-    let mut accounts = load(&dir)?;
-    let password_hash = hash_password(password)?;
-    let totp_secret = new_totp_secret()?;
-    if let Some(a) = accounts.iter_mut().find(|a| a.star_number == star_number) {
+    prepare(storage, key).await?;
+    let password = password.to_string();
+    let password_hash = blocking(move || hash_password(&password)).await?;
+    let raw = new_totp_secret()?;
+    let totp_secret = base32(&raw)?;
+    let existing = storage.dashboard_account(star_number).await?;
+    let revoked = match &existing {
+        Some(a) => storage.device(a.device_id).await?.is_none_or(|d| d.revoked),
+        None => false,
+    };
+    if let Some(mut a) = existing.clone().filter(|_| !revoked) {
         // Made again: new password and new second factor.
         a.password_hash = password_hash;
-        a.totp_secret = totp_secret;
-        let a = a.clone();
-        save(&dir, &accounts)?;
-        return Ok(a);
+        a.totp_sealed = seal_totp(key, star_number, a.device_id, &raw)?;
+        a.updated_at = storage.clock().now_ms();
+        let device_id = a.device_id;
+        storage.put_dashboard_account(a, true).await?;
+        return Ok(NewAccount {
+            star_number: star_number.into(),
+            device_id,
+            totp_secret,
+        });
     }
     let person = Person {
         name: name.into(),
@@ -160,29 +242,167 @@ pub async fn create_account(
         .create_enrollment(person.clone(), 10 * 60_000)
         .await?;
     let identity = DeviceIdentity::generate(person)?;
-    let (_, credential) = storage
-        .enroll(&code, identity.device_id(), identity.record.public_key)
-        .await?;
     let device_id = identity.device_id();
-    let store_dir = dir.join(device_id.to_string());
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        Store::open(&store_dir)?.install_identity(identity)?;
+    let (_, credential) = storage
+        .enroll(&code, device_id, identity.record.public_key)
+        .await?;
+    // Never used: the dashboard finds its device by id.
+    drop(Zeroizing::new(credential));
+    storage.retire_credential(device_id).await?;
+    let store_key = StoreKey::generate()?;
+    let account = DashboardAccount {
+        star_number: star_number.into(),
+        device_id,
+        password_hash,
+        totp_sealed: seal_totp(key, star_number, device_id, &raw)?,
+        store_key_sealed: seal_store_key(key, star_number, device_id, &store_key)?,
+        updated_at: storage.clock().now_ms(),
+    };
+    let store_dir = dashboard_dir(storage).join(device_id.to_string());
+    let options = store_options(storage, store_key);
+    blocking(move || {
+        crate::files::private_dir(store_dir.parent().unwrap_or(&store_dir))?;
+        Store::open_with(&store_dir, options)?.install_identity(identity)?;
         Ok(())
     })
-    .await
-    .map_err(|_| StationError::Internal("blocking task failed".into()))??;
-    let account = Account {
-        name: name.into(),
+    .await?;
+    // A revoked device's account is replaced; otherwise one made meanwhile
+    // (by another process) is not.
+    if !storage.put_dashboard_account(account, revoked).await? {
+        return Err(StationError::Conflict(
+            "account_exists",
+            "an account with this star number was made meanwhile".into(),
+        ));
+    }
+    Ok(NewAccount {
         star_number: star_number.into(),
-        unit: unit.into(),
-        password_hash,
         device_id,
-        credential,
         totp_secret,
+    })
+}
+
+/// An account as an earlier build kept it in `users.json`.
+#[derive(Deserialize)]
+struct LegacyAccount {
+    star_number: String,
+    password_hash: String,
+    device_id: uuid::Uuid,
+    #[serde(default)]
+    totp_secret: String,
+}
+
+fn is_plain_sqlite(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    match std::fs::File::open(path) {
+        Ok(mut f) => Ok(f.read_exact(&mut head).is_ok() && &head == b"SQLite format 3\0"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Readies the dashboard's accounts on a data directory: imports the
+/// `users.json` of an earlier build once (secrets sealed, the bearer
+/// credential it held retired, then the file removed) and encrypts any
+/// signing store still plain. Runs when the station starts and before an
+/// account is made; processes sharing a data directory take turns.
+pub async fn prepare(storage: &dyn StationStorage, key: &Arc<StationKey>) -> Result<()> {
+    let dir = dashboard_dir(storage);
+    crate::files::private_dir(&dir)?;
+    let lock_path = dir.join(".prepare.lock");
+    let lock = blocking(move || {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(lock_path)?;
+        f.lock()?;
+        Ok(f)
+    })
+    .await?;
+    let result = prepare_locked(storage, key, &dir).await;
+    drop(lock);
+    result
+}
+
+async fn prepare_locked(
+    storage: &dyn StationStorage,
+    key: &Arc<StationKey>,
+    dir: &Path,
+) -> Result<()> {
+    let users = dir.join("users.json");
+    let legacy: Vec<LegacyAccount> = match std::fs::read(&users) {
+        Ok(bytes) => {
+            let bytes = Zeroizing::new(bytes);
+            serde_json::from_slice(&bytes).map_err(|_| {
+                StationError::Unavailable(format!(
+                    "{} (an earlier build's dashboard accounts) does not parse; nothing was imported",
+                    users.display()
+                ))
+            })?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e.into()),
     };
-    accounts.push(account.clone());
-    save(&dir, &accounts)?;
-    Ok(account)
+    let imported = !legacy.is_empty() || users.exists();
+    for old in legacy {
+        if storage.device(old.device_id).await?.is_none() {
+            tracing::warn!(device = %old.device_id, "dashboard account of an unknown device not imported");
+            continue;
+        }
+        let raw = match old.totp_secret.as_str() {
+            "" => Zeroizing::new(Vec::new()),
+            s => Zeroizing::new(totp_rs::Secret::Encoded(s.to_string()).to_bytes().map_err(
+                |_| {
+                    StationError::Unavailable(format!(
+                        "device {}: its TOTP secret in users.json is not base32",
+                        old.device_id
+                    ))
+                },
+            )?),
+        };
+        let store_key = StoreKey::generate()?;
+        let account = DashboardAccount {
+            totp_sealed: seal_totp(key, &old.star_number, old.device_id, &raw)?,
+            store_key_sealed: seal_store_key(key, &old.star_number, old.device_id, &store_key)?,
+            star_number: old.star_number,
+            device_id: old.device_id,
+            password_hash: old.password_hash,
+            updated_at: storage.clock().now_ms(),
+        };
+        // An account made again since (or imported by another process)
+        // is kept as it is.
+        storage.put_dashboard_account(account, false).await?;
+        // The file held the credential in the clear: whoever read it must
+        // not be able to use it.
+        storage.retire_credential(old.device_id).await?;
+    }
+    // Any signing store still plain (imported just now, or an import cut
+    // short) is encrypted under its account's key.
+    for a in storage.dashboard_accounts().await? {
+        let store_dir = dir.join(a.device_id.to_string());
+        if is_plain_sqlite(&store_dir.join("fieldreport.db"))? {
+            let options = store_options(storage, signing_store_key(key, &a)?);
+            blocking(move || {
+                drop(Store::open_with(&store_dir, options)?);
+                Ok(())
+            })
+            .await?;
+            tracing::info!(device = %a.device_id, "dashboard signing store encrypted");
+        }
+    }
+    if imported {
+        for f in ["users.json", "users.json.tmp"] {
+            match std::fs::remove_file(dir.join(f)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        std::fs::File::open(dir)?.sync_all()?;
+        tracing::info!("dashboard accounts imported from users.json, which is removed");
+    }
+    Ok(())
 }
 
 /// The signing stores of signed-in accounts, opened once.
@@ -192,13 +412,20 @@ pub struct Stores {
 }
 
 impl Stores {
-    fn get(&self, dir: &Path, device: uuid::Uuid) -> Result<Arc<Store>> {
+    fn get(
+        &self,
+        storage: &dyn StationStorage,
+        key: &StationKey,
+        account: &DashboardAccount,
+    ) -> Result<Arc<Store>> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = open.get(&device) {
+        if let Some(s) = open.get(&account.device_id) {
             return Ok(s.clone());
         }
-        let s = Arc::new(Store::open(dir.join(device.to_string()))?);
-        open.insert(device, s.clone());
+        let dir = dashboard_dir(storage).join(account.device_id.to_string());
+        let options = store_options(storage, signing_store_key(key, account)?);
+        let s = Arc::new(Store::open_with(dir, options)?);
+        open.insert(account.device_id, s.clone());
         Ok(s)
     }
 }
@@ -206,18 +433,26 @@ impl Stores {
 /// Takes one action on a report as the account's device: brings its store
 /// up to date with the report, runs `action` there (the core's rules
 /// apply), and pushes the resulting signed change into the station.
+/// `who` is that device, found live (not revoked, credential not expired).
 pub async fn act(
     storage: &Arc<dyn StationStorage>,
-    stores: &Stores,
+    stores: &Arc<Stores>,
+    key: &Arc<StationKey>,
     who: &Enrolled,
-    account: &Account,
+    account: &DashboardAccount,
     report: uuid::Uuid,
     action: impl FnOnce(&Store) -> fieldreport_core::Result<()> + Send + 'static,
 ) -> Result<PushOutcome> {
     let changes = storage.report_changes(who, report).await?;
     let devices = storage.devices().await?;
-    let store = stores.get(&dashboard_dir(storage.as_ref()), account.device_id)?;
-    let outbox = tokio::task::spawn_blocking(move || -> Result<_> {
+    let (storage2, stores, key, account) = (
+        storage.clone(),
+        stores.clone(),
+        key.clone(),
+        account.clone(),
+    );
+    let (changes, store) = blocking(move || {
+        let store = stores.get(storage2.as_ref(), &key, &account)?;
         for d in &devices {
             store.add_known_device(d)?;
         }
@@ -225,14 +460,10 @@ pub async fn act(
         action(&store)?;
         Ok((store.outbox(1000)?, store))
     })
-    .await
-    .map_err(|_| StationError::Internal("blocking task failed".into()))??;
-    let (changes, store) = outbox;
+    .await?;
     let ids: Vec<_> = changes.iter().map(|c| c.id()).collect();
     let outcome = storage.push(changes).await?;
-    tokio::task::spawn_blocking(move || store.mark_acked(&ids))
-        .await
-        .map_err(|_| StationError::Internal("blocking task failed".into()))??;
+    blocking(move || Ok(store.mark_acked(&ids)?)).await?;
     Ok(outcome)
 }
 
@@ -243,10 +474,7 @@ mod tests {
     /// the last 6 digits are what a 6-digit code shows).
     #[test]
     fn totp_matches_rfc_6238_vectors() {
-        let secret = match totp_rs::Secret::Raw(b"12345678901234567890".to_vec()).to_encoded() {
-            totp_rs::Secret::Encoded(s) => s,
-            totp_rs::Secret::Raw(_) => unreachable!(),
-        };
+        let secret = super::base32(b"12345678901234567890").unwrap();
         let t = super::totp(&secret).unwrap();
         assert_eq!(t.generate(59), "287082");
         assert_eq!(t.generate(1_111_111_109), "081804");

@@ -61,6 +61,35 @@ pub struct AuditEntry {
     pub outcome: String,
 }
 
+/// A supervisor's dashboard account as the station keeps it: nothing in
+/// it opens anything without the station key (kept apart, see
+/// [`crate::keys`]) or the supervisor's password. Name, star number, role
+/// and unit are the account device's record.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DashboardAccount {
+    /// The sign-in name.
+    pub star_number: String,
+    /// The account's own signing device (enrolled like a phone).
+    pub device_id: Uuid,
+    /// Argon2id, PHC string.
+    pub password_hash: String,
+    /// The RFC 6238 secret (raw bytes), sealed with the station key.
+    pub totp_sealed: Vec<u8>,
+    /// The SQLCipher key of the device's signing store, sealed with the
+    /// station key.
+    pub store_key_sealed: Vec<u8>,
+    /// Station clock, ms.
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for DashboardAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DashboardAccount")
+            .field("device_id", &self.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct PushOutcome {
     pub applied: usize,
@@ -115,6 +144,21 @@ pub trait StationStorage: Send + Sync + 'static {
     ) -> Result<(DeviceRecord, String)>;
     /// The device a credential belongs to.
     async fn authenticate(&self, credential: &str) -> Result<Option<Enrolled>>;
+    /// An enrolled device by id (the dashboard's signing devices, which
+    /// hold no credential of their own).
+    async fn device(&self, device: Uuid) -> Result<Option<Enrolled>>;
+    /// Replaces a device's credential with one nobody holds (the
+    /// dashboard's signing devices never use theirs); false if no such
+    /// device.
+    async fn retire_credential(&self, device: Uuid) -> Result<bool>;
+    /// The dashboard account signing in with `star_number`.
+    async fn dashboard_account(&self, star_number: &str) -> Result<Option<DashboardAccount>>;
+    /// Every dashboard account.
+    async fn dashboard_accounts(&self) -> Result<Vec<DashboardAccount>>;
+    /// Adds an account, or replaces the one with its star number when
+    /// `replace`; false when one existed and was kept.
+    async fn put_dashboard_account(&self, account: DashboardAccount, replace: bool)
+        -> Result<bool>;
     /// Every enrolled device (the station's own uses: the console, the
     /// dashboard's signing stores, exports).
     async fn devices(&self) -> Result<Vec<DeviceRecord>>;
@@ -170,6 +214,9 @@ pub trait StationStorage: Send + Sync + 'static {
     async fn counts(&self) -> Result<Counts>;
     /// A directory on the station's disk for building exports.
     fn scratch_dir(&self) -> PathBuf;
+    /// The station's data directory (media, keys, the dashboard's signing
+    /// stores; on SQLite the database too).
+    fn data_dir(&self) -> PathBuf;
     /// Flags a device clock found off by `skew_ms` (device minus station)
     /// while it pushed changes of `reports` (the latest observation is kept).
     async fn record_clock_skew(&self, device: Uuid, reports: Vec<Uuid>, skew_ms: i64)

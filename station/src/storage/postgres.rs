@@ -40,8 +40,8 @@ use uuid::Uuid;
 
 use super::common::*;
 use super::{
-    AuditEntry, Counts, Enrolled, ExportMaterial, PullPage, PushOutcome, StationStorage,
-    CREDENTIAL_LIFETIME_MS,
+    AuditEntry, Counts, DashboardAccount, Enrolled, ExportMaterial, PullPage, PushOutcome,
+    StationStorage, CREDENTIAL_LIFETIME_MS,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, StationError};
@@ -151,6 +151,18 @@ const MIGRATIONS: &[&str] = &[
         enrolled_at + 15552000000,
         (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT + 2592000000);
 "#,
+    // 5: dashboard accounts, moved from `dashboard/users.json` (imported
+    // by the dashboard on start): secrets sealed with the station key.
+    r#"
+    CREATE TABLE dashboard_accounts (
+        star_number TEXT PRIMARY KEY,
+        device_id UUID NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        totp_sealed BYTEA NOT NULL,
+        store_key_sealed BYTEA NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+"#,
 ];
 
 /// Advisory lock keys (arbitrary, fixed).
@@ -170,6 +182,7 @@ struct Inner {
     media: MediaStore,
     partial_dir: PathBuf,
     scratch: PathBuf,
+    data: PathBuf,
     events: broadcast::Sender<(String, ReportEvent)>,
     /// Tells the listener thread to stop.
     closed: Arc<AtomicBool>,
@@ -236,7 +249,7 @@ impl PostgresStorage {
         data: &Path,
         clock: Arc<dyn Clock>,
     ) -> Result<PostgresStorage> {
-        std::fs::create_dir_all(data)?;
+        crate::files::open_data_dir(data)?;
         // Connection errors name the server, never data: safe to show.
         let connect = || {
             Client::connect(url, NoTls).map_err(|e| {
@@ -263,6 +276,7 @@ impl PostgresStorage {
                 media,
                 partial_dir,
                 scratch,
+                data: data.to_path_buf(),
                 events,
                 closed,
                 clock,
@@ -309,6 +323,20 @@ fn migrate(c: &mut Client) -> Result<()> {
     )
     .map_err(db)?;
     tx.commit().map_err(db)
+}
+
+const ACCOUNT_COLUMNS: &str =
+    "star_number, device_id, password_hash, totp_sealed, store_key_sealed, updated_at";
+
+fn account_row(r: &postgres::Row) -> DashboardAccount {
+    DashboardAccount {
+        star_number: r.get(0),
+        device_id: r.get(1),
+        password_hash: r.get(2),
+        totp_sealed: r.get(3),
+        store_key_sealed: r.get(4),
+        updated_at: r.get(5),
+    }
 }
 
 /// LISTENs on its own connection and feeds `events`; reconnects after a
@@ -659,6 +687,98 @@ impl StationStorage for PostgresStorage {
                 .map_err(db)?;
             row.map(|r| enrolled_from_row(r.get(0), r.get(1), r.get(2)))
                 .transpose()
+        })
+        .await
+    }
+
+    async fn device(&self, device: Uuid) -> Result<Option<Enrolled>> {
+        self.blocking(move |i| {
+            let row = i
+                .conn()
+                .query_opt(
+                    "SELECT record, revoked_at, credential_expires_at FROM devices WHERE device_id = $1",
+                    &[&device],
+                )
+                .map_err(db)?;
+            row.map(|r| enrolled_from_row(r.get(0), r.get(1), r.get(2)))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn retire_credential(&self, device: Uuid) -> Result<bool> {
+        self.blocking(move |i| {
+            let unknown = digest(&random_token(32)?);
+            Ok(i.conn()
+                .execute(
+                    "UPDATE devices SET credential_hash = $1 WHERE device_id = $2",
+                    &[&unknown, &device],
+                )
+                .map_err(db)?
+                > 0)
+        })
+        .await
+    }
+
+    async fn dashboard_account(&self, star_number: &str) -> Result<Option<DashboardAccount>> {
+        let star = star_number.to_string();
+        self.blocking(move |i| {
+            Ok(i.conn()
+                .query_opt(
+                    &format!(
+                        "SELECT {ACCOUNT_COLUMNS} FROM dashboard_accounts WHERE star_number = $1"
+                    ),
+                    &[&star],
+                )
+                .map_err(db)?
+                .map(|r| account_row(&r)))
+        })
+        .await
+    }
+
+    async fn dashboard_accounts(&self) -> Result<Vec<DashboardAccount>> {
+        self.blocking(move |i| {
+            Ok(i.conn()
+                .query(
+                    &format!(
+                        "SELECT {ACCOUNT_COLUMNS} FROM dashboard_accounts ORDER BY star_number"
+                    ),
+                    &[],
+                )
+                .map_err(db)?
+                .iter()
+                .map(account_row)
+                .collect())
+        })
+        .await
+    }
+
+    async fn put_dashboard_account(&self, a: DashboardAccount, replace: bool) -> Result<bool> {
+        self.blocking(move |i| {
+            let conflict = if replace {
+                "DO UPDATE SET device_id = excluded.device_id, password_hash = excluded.password_hash,
+                   totp_sealed = excluded.totp_sealed, store_key_sealed = excluded.store_key_sealed,
+                   updated_at = excluded.updated_at"
+            } else {
+                "DO NOTHING"
+            };
+            Ok(i.conn()
+                .execute(
+                    &format!(
+                        "INSERT INTO dashboard_accounts (star_number, device_id, password_hash, totp_sealed, store_key_sealed, updated_at)
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (star_number) {conflict}"
+                    ),
+                    &[
+                        &a.star_number,
+                        &a.device_id,
+                        &a.password_hash,
+                        &a.totp_sealed,
+                        &a.store_key_sealed,
+                        &a.updated_at,
+                    ],
+                )
+                .map_err(db)?
+                > 0)
         })
         .await
     }
@@ -1182,6 +1302,10 @@ impl StationStorage for PostgresStorage {
         self.inner.scratch.clone()
     }
 
+    fn data_dir(&self) -> PathBuf {
+        self.inner.data.clone()
+    }
+
     fn clock(&self) -> Arc<dyn Clock> {
         self.inner.clock.clone()
     }
@@ -1387,5 +1511,100 @@ mod tests {
             .unwrap()
             .get(0);
         assert_eq!(kept, 10);
+    }
+
+    /// A version 4 database (before dashboard accounts moved into storage)
+    /// upgrades, keeps its devices, and takes accounts.
+    #[test]
+    fn a_version_4_database_upgrades_and_takes_dashboard_accounts() {
+        let Some(server) = std::env::var("FR_TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            assert!(
+                std::env::var_os("FR_REQUIRE_POSTGRES").is_none(),
+                "FR_REQUIRE_POSTGRES is set but FR_TEST_DATABASE_URL is not"
+            );
+            eprintln!("SKIPPED: no PostgreSQL (set FR_TEST_DATABASE_URL)");
+            return;
+        };
+        let name = format!("fr_migrate_{}", Uuid::new_v4().simple());
+        let mut admin = Client::connect(&server, NoTls).unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
+        let device = Uuid::new_v4();
+        {
+            let mut c = Client::connect(&url, NoTls).unwrap();
+            for step in &MIGRATIONS[..4] {
+                c.batch_execute(step).unwrap();
+            }
+            c.batch_execute(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version VALUES (4);",
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO devices (device_id, public_key, record, person_key, role, unit, credential_hash, enrolled_at, credential_expires_at)
+                 VALUES ($1, '\\x00', '{}', 'star:1', 'supervisor', 'D9', '\\x01', 5, 6)",
+                &[&device],
+            )
+            .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let s = PostgresStorage::open(&url, dir.path()).unwrap();
+        {
+            let mut c = s.inner.conn();
+            let v: i32 = c
+                .query_one("SELECT version FROM schema_version", &[])
+                .unwrap()
+                .get(0);
+            assert_eq!(v as usize, MIGRATIONS.len());
+            let kept: i64 = c
+                .query_one("SELECT credential_expires_at FROM devices", &[])
+                .unwrap()
+                .get(0);
+            assert_eq!(kept, 6);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let a = DashboardAccount {
+            star_number: "1".into(),
+            device_id: device,
+            password_hash: "h".into(),
+            totp_sealed: vec![1, 2],
+            store_key_sealed: vec![3],
+            updated_at: 7,
+        };
+        assert!(rt
+            .block_on(s.put_dashboard_account(a.clone(), false))
+            .unwrap());
+        let b = DashboardAccount {
+            password_hash: "h2".into(),
+            ..a.clone()
+        };
+        assert!(!rt
+            .block_on(s.put_dashboard_account(b.clone(), false))
+            .unwrap());
+        assert_eq!(rt.block_on(s.dashboard_account("1")).unwrap(), Some(a));
+        assert!(rt
+            .block_on(s.put_dashboard_account(b.clone(), true))
+            .unwrap());
+        assert_eq!(rt.block_on(s.dashboard_accounts()).unwrap(), vec![b]);
+        assert_eq!(rt.block_on(s.dashboard_account("2")).unwrap(), None);
+        assert!(rt.block_on(s.retire_credential(device)).unwrap());
+        let h: Vec<u8> = s
+            .inner
+            .conn()
+            .query_one("SELECT credential_hash FROM devices", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            h.len(),
+            32,
+            "replaced by the hash of a credential nobody holds"
+        );
     }
 }

@@ -26,8 +26,8 @@ use uuid::Uuid;
 
 use super::common::*;
 use super::{
-    AuditEntry, Counts, Enrolled, ExportMaterial, PullPage, PushOutcome, StationStorage,
-    CREDENTIAL_LIFETIME_MS,
+    AuditEntry, Counts, DashboardAccount, Enrolled, ExportMaterial, PullPage, PushOutcome,
+    StationStorage, CREDENTIAL_LIFETIME_MS,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, StationError};
@@ -136,6 +136,18 @@ const MIGRATIONS: &[&str] = &[
         enrolled_at + 15552000000,
         CAST(strftime('%s', 'now') AS INTEGER) * 1000 + 2592000000);
 "#,
+    // 5: dashboard accounts, moved from `dashboard/users.json` (imported
+    // by the dashboard on start): secrets sealed with the station key.
+    r#"
+    CREATE TABLE dashboard_accounts (
+        star_number TEXT PRIMARY KEY,
+        device_id BLOB NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        totp_sealed BLOB NOT NULL,
+        store_key_sealed BLOB NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+"#,
 ];
 
 pub struct SqliteStorage {
@@ -150,6 +162,7 @@ struct Inner {
     media: MediaStore,
     scratch: PathBuf,
     partial_dir: PathBuf,
+    data: PathBuf,
     clock: Arc<dyn Clock>,
 }
 
@@ -178,7 +191,8 @@ impl SqliteStorage {
 
     /// Opens the station's storage in `dir`, judging time by `clock`.
     pub fn open_with_clock(dir: &Path, clock: Arc<dyn Clock>) -> Result<SqliteStorage> {
-        std::fs::create_dir_all(dir)?;
+        // Private before the database (and its WAL) is created or opened.
+        crate::files::open_data_dir(dir)?;
         let path = dir.join(DB_FILE);
         let mut writer = Connection::open(&path)?;
         writer.busy_timeout(Duration::from_secs(10))?;
@@ -219,6 +233,7 @@ impl SqliteStorage {
                 media: MediaStore::open(dir.join("media"))?,
                 scratch,
                 partial_dir,
+                data: dir.to_path_buf(),
                 clock,
             }),
         })
@@ -424,6 +439,89 @@ impl StationStorage for SqliteStorage {
                 .optional()?;
             row.map(|(rec, rev, exp)| enrolled_from_row(rec, rev, exp))
                 .transpose()
+        })
+        .await
+    }
+
+    async fn device(&self, device: Uuid) -> Result<Option<Enrolled>> {
+        self.blocking(move |i| {
+            let row: Option<(String, Option<i64>, Option<i64>)> = i
+                .reader()
+                .query_row(
+                    "SELECT record, revoked_at, credential_expires_at FROM devices WHERE device_id = ?1",
+                    [device.as_bytes().as_slice()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            row.map(|(rec, rev, exp)| enrolled_from_row(rec, rev, exp))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn retire_credential(&self, device: Uuid) -> Result<bool> {
+        self.blocking(move |i| {
+            let unknown = digest(&random_token(32)?);
+            Ok(lock(&i.writer).execute(
+                "UPDATE devices SET credential_hash = ?1 WHERE device_id = ?2",
+                params![unknown, device.as_bytes().as_slice()],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn dashboard_account(&self, star_number: &str) -> Result<Option<DashboardAccount>> {
+        let star = star_number.to_string();
+        self.blocking(move |i| {
+            i.reader()
+                .query_row(
+                    &format!(
+                        "SELECT {ACCOUNT_COLUMNS} FROM dashboard_accounts WHERE star_number = ?1"
+                    ),
+                    [star],
+                    account_row,
+                )
+                .optional()?
+                .transpose()
+        })
+        .await
+    }
+
+    async fn dashboard_accounts(&self) -> Result<Vec<DashboardAccount>> {
+        self.blocking(move |i| {
+            let c = i.reader();
+            let mut st = c.prepare(&format!(
+                "SELECT {ACCOUNT_COLUMNS} FROM dashboard_accounts ORDER BY star_number"
+            ))?;
+            let rows = st.query_map([], account_row)?;
+            rows.map(|r| r?).collect()
+        })
+        .await
+    }
+
+    async fn put_dashboard_account(&self, a: DashboardAccount, replace: bool) -> Result<bool> {
+        self.blocking(move |i| {
+            let conflict = if replace {
+                "DO UPDATE SET device_id = excluded.device_id, password_hash = excluded.password_hash,
+                   totp_sealed = excluded.totp_sealed, store_key_sealed = excluded.store_key_sealed,
+                   updated_at = excluded.updated_at"
+            } else {
+                "DO NOTHING"
+            };
+            Ok(lock(&i.writer).execute(
+                &format!(
+                    "INSERT INTO dashboard_accounts (star_number, device_id, password_hash, totp_sealed, store_key_sealed, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (star_number) {conflict}"
+                ),
+                params![
+                    a.star_number,
+                    a.device_id.as_bytes().as_slice(),
+                    a.password_hash,
+                    a.totp_sealed,
+                    a.store_key_sealed,
+                    a.updated_at
+                ],
+            )? > 0)
         })
         .await
     }
@@ -840,6 +938,10 @@ impl StationStorage for SqliteStorage {
         self.inner.scratch.clone()
     }
 
+    fn data_dir(&self) -> PathBuf {
+        self.inner.data.clone()
+    }
+
     fn clock(&self) -> Arc<dyn Clock> {
         self.inner.clock.clone()
     }
@@ -985,6 +1087,24 @@ impl StationStorage for SqliteStorage {
     }
 }
 
+const ACCOUNT_COLUMNS: &str =
+    "star_number, device_id, password_hash, totp_sealed, store_key_sealed, updated_at";
+
+fn account_row(r: &rusqlite::Row) -> rusqlite::Result<Result<DashboardAccount>> {
+    let device: Vec<u8> = r.get(1)?;
+    Ok(Ok(DashboardAccount {
+        star_number: r.get(0)?,
+        device_id: match fieldreport_core::store::log::uuid_of(device) {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(e.into())),
+        },
+        password_hash: r.get(2)?,
+        totp_sealed: r.get(3)?,
+        store_key_sealed: r.get(4)?,
+        updated_at: r.get(5)?,
+    }))
+}
+
 fn remove_stale(dir: &Path, age: Duration) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -1076,5 +1196,78 @@ mod tests {
             })
             .unwrap();
         assert_eq!(kept, 10);
+    }
+
+    /// A version 4 database (before dashboard accounts moved into storage)
+    /// upgrades, keeps its devices, and takes accounts.
+    #[test]
+    fn a_version_4_database_upgrades_and_takes_dashboard_accounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = Uuid::new_v4();
+        {
+            let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            for step in &MIGRATIONS[..4] {
+                c.execute_batch(step).unwrap();
+            }
+            c.pragma_update(None, "user_version", 4).unwrap();
+            c.execute(
+                "INSERT INTO devices (device_id, public_key, record, person_key, role, unit, credential_hash, enrolled_at, credential_expires_at)
+                 VALUES (?1, x'00', '{}', 'star:1', 'supervisor', 'D9', x'01', 5, 6)",
+                [device.as_bytes().as_slice()],
+            )
+            .unwrap();
+        }
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        {
+            let c = s.inner.reader();
+            let v: i64 = c
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(v, MIGRATIONS.len() as i64);
+            let kept: i64 = c
+                .query_row("SELECT credential_expires_at FROM devices", [], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            assert_eq!(kept, 6);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let a = DashboardAccount {
+            star_number: "1".into(),
+            device_id: device,
+            password_hash: "h".into(),
+            totp_sealed: vec![1, 2],
+            store_key_sealed: vec![3],
+            updated_at: 7,
+        };
+        assert!(rt
+            .block_on(s.put_dashboard_account(a.clone(), false))
+            .unwrap());
+        let b = DashboardAccount {
+            password_hash: "h2".into(),
+            ..a.clone()
+        };
+        assert!(!rt
+            .block_on(s.put_dashboard_account(b.clone(), false))
+            .unwrap());
+        assert_eq!(rt.block_on(s.dashboard_account("1")).unwrap(), Some(a));
+        assert!(rt
+            .block_on(s.put_dashboard_account(b.clone(), true))
+            .unwrap());
+        assert_eq!(rt.block_on(s.dashboard_accounts()).unwrap(), vec![b]);
+        assert_eq!(rt.block_on(s.dashboard_account("2")).unwrap(), None);
+        assert!(rt.block_on(s.retire_credential(device)).unwrap());
+        let h: Vec<u8> = s
+            .inner
+            .reader()
+            .query_row("SELECT credential_hash FROM devices", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            h.len(),
+            32,
+            "replaced by the hash of a credential nobody holds"
+        );
     }
 }
