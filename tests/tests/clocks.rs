@@ -223,10 +223,7 @@ fn a_clock_80_years_ahead_drags_no_one_and_cannot_outrank_later_steps() {
         .http()
         .post(format!("{}/v1/changes", st.url))
         .bearer_auth(f.credential())
-        .header(
-            DEVICE_TIME_HEADER,
-            now_ms().to_string(),
-        )
+        .header(DEVICE_TIME_HEADER, now_ms().to_string())
         .json(&PushRequest {
             changes: outbox.iter().map(WireChange::from_change).collect(),
         })

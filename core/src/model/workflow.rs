@@ -192,12 +192,14 @@ pub const REPORTING_OFFICER_FIELDS: [&str; 3] = [
 /// reporting officer, when it sets all three as text.
 fn named_officer(body: &ChangeBody) -> Option<(&str, &str, &str)> {
     let value = |field: &str| {
-        body.ops.iter().find_map(|op| match (&op.target, &op.action) {
-            (Target::Field(p), crate::crdt::Action::Set(Value::Text(v))) if p == field => {
-                Some(v.as_str())
-            }
-            _ => None,
-        })
+        body.ops
+            .iter()
+            .find_map(|op| match (&op.target, &op.action) {
+                (Target::Field(p), crate::crdt::Action::Set(Value::Text(v))) if p == field => {
+                    Some(v.as_str())
+                }
+                _ => None,
+            })
     };
     let [name, star, unit] = REPORTING_OFFICER_FIELDS.map(value);
     Some((name?, star?, unit?))
