@@ -57,19 +57,7 @@ pub fn device_record(conn: &Connection, device: Uuid) -> Result<Option<DeviceRec
 
 /// The person of a known device.
 pub fn device_person(conn: &Connection, device: Uuid) -> Result<Option<Person>> {
-    let json: Option<String> = conn
-        .query_row(
-            "SELECT record FROM devices WHERE device_id = ?1",
-            [device.as_bytes().as_slice()],
-            |r| r.get(0),
-        )
-        .optional()?;
-    json.map(|j| {
-        serde_json::from_str::<DeviceRecord>(&j)
-            .map(|d| d.person)
-            .map_err(|_| Error::Corrupt("device record".into()))
-    })
-    .transpose()
+    Ok(device_record(conn, device)?.map(|r| r.person))
 }
 
 pub fn decode_row(body: Vec<u8>, signature: Vec<u8>) -> Result<Change> {
