@@ -630,3 +630,105 @@ fn a_clock_80_years_ahead_cannot_outrank_what_came_after_it() {
         Some(creator.identity().unwrap().device_id)
     );
 }
+
+/// A phone whose clock was reset to 1970 (its battery ran flat) builds on
+/// an honest submission and the supervisor's approval, and another officer
+/// corrects the narrative after it. The honest changes are not flagged as
+/// clocks ahead nor dragged back to 1970; the reset phone's changes are
+/// flagged as clocks not set, replay keeps them after what they saw, and
+/// every replica shows the same report.
+#[test]
+fn a_clock_reset_to_1970_drags_nothing_back_and_blames_nobody() {
+    let now = chrono::Utc::now().timestamp_millis();
+    let (_d, s) = stores_with(&[
+        (person("creator", Role::Officer), 0),
+        (person("reset", Role::Officer), 1_000 - now),
+        (person("sergeant", Role::Supervisor), 0),
+    ]);
+    let (creator, reset, sup) = (&s[0], &s[1], &s[2]);
+    let r = creator.create_report().unwrap();
+    creator
+        .edit(
+            r,
+            &[
+                Edit::SetField {
+                    path: "occurred.start".into(),
+                    value: Value::Time(1_795_000_000_000),
+                },
+                Edit::SetField {
+                    path: "location.address".into(),
+                    value: Value::Text("W 26th St".into()),
+                },
+                Edit::SetField {
+                    path: "federal_agencies".into(),
+                    value: Value::List(vec!["ice".into()]),
+                },
+            ],
+        )
+        .unwrap();
+    let submitted = creator.submit(r).unwrap();
+    sync(creator, reset);
+    sync(creator, sup);
+    // The reset phone adds a witness after seeing the submission, far
+    // beyond the bound behind it: its clock does not follow the honest one.
+    let witness = reset
+        .add_entry(
+            r,
+            "witnesses",
+            vec![("name".into(), Value::Text("W. One".into()))],
+        )
+        .unwrap();
+    let reset_change = reset
+        .report_changes(r)
+        .unwrap()
+        .into_iter()
+        .find(|c| c.device() == reset.identity().unwrap().device_id)
+        .unwrap();
+    assert!(reset_change.body().hlc.wall_ms < 1_767_225_600_000);
+    let approved = sup.approve(r).unwrap();
+    for a in 0..3 {
+        for b in 0..3 {
+            if a != b {
+                sync(&s[a], &s[b]);
+            }
+        }
+    }
+    let json = creator.report_json(r).unwrap();
+    for st in &s {
+        assert_eq!(st.report_json(r).unwrap(), json, "all replicas agree");
+    }
+    let rep = creator.report(r).unwrap();
+    assert!(
+        rep.clock_ahead.is_empty(),
+        "honest changes blamed: {:?}",
+        rep.clock_ahead
+    );
+    let unset: Vec<ChangeId> = rep.clock_unset.iter().map(|f| f.change).collect();
+    assert_eq!(unset, vec![reset_change.id()]);
+    assert_eq!(rep.lifecycle, fieldreport_core::LifecycleState::Approved);
+    let steps: Vec<_> = rep
+        .lifecycle_history
+        .iter()
+        .map(|h| (h.change, h.applied))
+        .collect();
+    assert_eq!(steps, vec![(submitted, true), (approved, true)]);
+    // The witness, added after the submission, is an amendment.
+    assert!(rep.witnesses.iter().any(|w| w.id == witness));
+    assert!(
+        rep.amendments.iter().any(|m| m.change == reset_change.id()),
+        "{:?}",
+        rep.amendments
+    );
+    // The report's times are not dragged back to 1970.
+    let year = |t: chrono::DateTime<chrono::Utc>| chrono::Datelike::year(&t);
+    assert!(
+        year(rep.created_at.unwrap()) >= 2026,
+        "{:?}",
+        rep.created_at
+    );
+    assert!(
+        year(rep.updated_at.unwrap()) >= 2026,
+        "{:?}",
+        rep.updated_at
+    );
+}

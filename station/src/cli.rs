@@ -226,7 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 )
                 .await?;
             }
-            let key = std::sync::Arc::new(cfg.station_key()?);
+            let key = std::sync::Arc::new(cfg.station_key(storage.as_ref()).await?);
             let transport = match cfg.tls()? {
                 Some((tls, generated)) => {
                     if generated {
@@ -322,7 +322,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             };
             let cfg = storage.config(env)?;
             let storage = cfg.open_storage_async().await?;
-            let key = std::sync::Arc::new(cfg.station_key()?);
+            let key = std::sync::Arc::new(cfg.station_key(storage.as_ref()).await?);
             let account = crate::dashboard::users::create_account(
                 storage.as_ref(),
                 &key,

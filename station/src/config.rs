@@ -158,14 +158,20 @@ impl Config {
         }))
     }
 
-    /// The station key: the configured file (which must exist), or the
-    /// data directory's, made the first time.
-    pub fn station_key(&self) -> anyhow::Result<crate::keys::StationKey> {
+    /// The station key of `storage`: the configured file (which must
+    /// exist), or the data directory's, made the first time (never again
+    /// once the database holds something sealed with it; see
+    /// [`crate::keys::StationKey::open_for`]).
+    pub async fn station_key(
+        &self,
+        storage: &dyn crate::storage::StationStorage,
+    ) -> anyhow::Result<crate::keys::StationKey> {
         Ok(match &self.station_key {
-            Some(path) => crate::keys::StationKey::load(path)?,
+            Some(path) => crate::keys::StationKey::open_for(path, false, storage).await?,
             None => {
                 crate::files::open_data_dir(&self.data)?;
-                crate::keys::StationKey::load_or_create(&crate::keys::default_path(&self.data))?
+                let path = crate::keys::default_path(&self.data);
+                crate::keys::StationKey::open_for(&path, true, storage).await?
             }
         })
     }
@@ -259,12 +265,13 @@ mod tests {
         assert!(crate::tls::dev_paths(&dir.path().join("d")).0.exists());
     }
 
-    #[test]
-    fn the_station_key_is_the_configured_file_or_the_data_directorys() {
+    #[tokio::test]
+    async fn the_station_key_is_the_configured_file_or_the_data_directorys() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let cfg = Config::load(None, |_| None, None, Some(data.clone())).unwrap();
-        cfg.station_key().unwrap();
+        let storage = cfg.open_storage_async().await.unwrap();
+        cfg.station_key(storage.as_ref()).await.unwrap();
         assert!(
             crate::keys::default_path(&data).exists(),
             "made on first use"
@@ -276,15 +283,45 @@ mod tests {
         };
         let cfg = Config::load(None, env, None, Some(data.clone())).unwrap();
         assert_eq!(cfg.station_key.as_deref(), Some(named.as_path()));
-        let err = cfg.station_key().unwrap_err();
+        let err = cfg.station_key(storage.as_ref()).await.unwrap_err();
         assert!(format!("{err:#}").contains("elsewhere.key"), "{err:#}");
         assert!(!named.exists());
+        // Another key than the one the database met first is refused.
         std::fs::write(&named, [3u8; 32]).unwrap();
-        cfg.station_key().unwrap();
+        let err = cfg.station_key(storage.as_ref()).await.unwrap_err();
+        assert!(format!("{err:#}").contains("not the one"), "{err:#}");
+        std::fs::copy(crate::keys::default_path(&data), &named).unwrap();
+        cfg.station_key(storage.as_ref()).await.unwrap();
         let f = dir.path().join("station.toml");
         std::fs::write(&f, format!("station_key = {named:?}\n")).unwrap();
         let cfg = Config::load(Some(&f), |_| None, None, None).unwrap();
         assert_eq!(cfg.station_key.as_deref(), Some(named.as_path()));
+    }
+
+    /// A lost key file is not silently replaced once the database holds
+    /// something sealed with it: the station refuses to start, names the
+    /// file, and starts again once the file is restored.
+    #[tokio::test]
+    async fn a_lost_station_key_file_is_refused_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let cfg = Config::load(None, |_| None, None, Some(data.clone())).unwrap();
+        let storage = cfg.open_storage_async().await.unwrap();
+        let key = cfg.station_key(storage.as_ref()).await.unwrap();
+        let path = crate::keys::default_path(&data);
+        let saved = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let err = cfg.station_key(storage.as_ref()).await.unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("missing") && msg.contains("station.key"),
+            "{msg}"
+        );
+        assert!(!path.exists(), "no new key was made");
+        std::fs::write(&path, &saved).unwrap();
+        let again = cfg.station_key(storage.as_ref()).await.unwrap();
+        let sealed = key.seal(b"t", b"v").unwrap();
+        assert_eq!(again.open(b"t", &sealed).unwrap().as_slice(), b"v");
     }
 
     #[test]

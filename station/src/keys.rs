@@ -17,10 +17,51 @@ use aes_gcm::{Aes256Gcm, Key, Nonce};
 use zeroize::Zeroizing;
 
 use crate::error::{Result, StationError};
+use crate::storage::StationStorage;
 
 const MAGIC: &[u8; 4] = b"FRS1";
 const NONCE_LEN: usize = 12;
 const KEY_LEN: usize = 32;
+
+/// The station setting holding a value sealed with the station key, which
+/// ties a database to its key.
+const CHECK_SETTING: &str = "station_key_check";
+const CHECK_CONTEXT: &[u8] = b"fieldreport station key check";
+const CHECK_PLAIN: &[u8] = b"the key this database was sealed with";
+
+/// Ties `key` to `storage`: the first key a database meets is recorded
+/// (as a value sealed with it), and any other key is refused from then on
+/// with a clear error, instead of failing every sign-in later. A database
+/// from before the check is bound only if `earlier`, one of its sealed
+/// values (context, sealed bytes), opens with `key`.
+pub async fn bind(
+    key: &StationKey,
+    storage: &dyn StationStorage,
+    earlier: Option<(&[u8], &[u8])>,
+) -> Result<()> {
+    let wrong = || {
+        StationError::Unavailable(
+            "the station key is not the one this station's database was sealed with: \
+             restore the key file the database was made with"
+                .into(),
+        )
+    };
+    let check = match storage.setting(CHECK_SETTING).await? {
+        Some(check) => check,
+        None => {
+            if let Some((context, sealed)) = earlier {
+                key.open(context, sealed).map_err(|_| wrong())?;
+            }
+            storage
+                .put_setting_once(CHECK_SETTING, key.seal(CHECK_CONTEXT, CHECK_PLAIN)?)
+                .await?
+        }
+    };
+    match key.open(CHECK_CONTEXT, &check) {
+        Ok(plain) if plain.as_slice() == CHECK_PLAIN => Ok(()),
+        _ => Err(wrong()),
+    }
+}
 
 /// Where the station key lives in a data directory unless configured.
 pub fn default_path(data: &Path) -> PathBuf {
@@ -98,6 +139,41 @@ impl StationKey {
         })
     }
 
+    /// The station key for `storage`, from `path`. A missing file is made
+    /// only when `may_create` and the database holds nothing sealed yet
+    /// (no key check, no dashboard account): a station whose key file was
+    /// lost refuses to start instead of making a new key, which would lock
+    /// every supervisor out. The key is then bound to the database
+    /// ([`bind`]).
+    pub async fn open_for(
+        path: &Path,
+        may_create: bool,
+        storage: &dyn StationStorage,
+    ) -> Result<StationKey> {
+        let exists = match std::fs::symlink_metadata(path) {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e.into()),
+        };
+        let key = if exists || !may_create {
+            Self::load(path)?
+        } else {
+            if storage.setting(CHECK_SETTING).await?.is_some()
+                || !storage.dashboard_accounts().await?.is_empty()
+            {
+                return Err(StationError::Unavailable(format!(
+                    "the station key file {} is missing, but this station's database holds \
+                     values sealed with it (dashboard accounts): restore the file from backup; \
+                     a new key would lock every supervisor out",
+                    path.display()
+                )));
+            }
+            Self::load_or_create(path)?
+        };
+        bind(&key, storage, None).await?;
+        Ok(key)
+    }
+
     /// A key from bytes (tests).
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> StationKey {
         StationKey {
@@ -156,6 +232,34 @@ impl StationKey {
 
 #[cfg(test)]
 mod tests {
+
+    /// A database meets one station key: another is refused with a clear
+    /// error, also for a database from before the key check, whose sealed
+    /// values tell which key is right.
+    #[tokio::test]
+    async fn a_database_opens_with_its_own_station_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::storage::sqlite::SqliteStorage::open(dir.path()).unwrap();
+        let a = StationKey::from_bytes([1; 32]);
+        let b = StationKey::from_bytes([2; 32]);
+        let sealed = a.seal(b"ctx", b"totp").unwrap();
+        // Before the check: the earlier sealed value decides.
+        let err = bind(&b, &storage, Some((b"ctx", &sealed)))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not the one"), "{err}");
+        assert!(
+            storage.setting(CHECK_SETTING).await.unwrap().is_none(),
+            "nothing bound"
+        );
+        bind(&a, &storage, Some((b"ctx", &sealed))).await.unwrap();
+        assert!(storage.setting(CHECK_SETTING).await.unwrap().is_some());
+        // From then on, the check decides.
+        bind(&a, &storage, None).await.unwrap();
+        let err = bind(&b, &storage, None).await.unwrap_err();
+        assert!(err.to_string().contains("not the one"), "{err}");
+    }
+
     use super::*;
 
     #[test]

@@ -101,9 +101,8 @@ pub async fn spawn(
     transport: Transport,
 ) -> std::io::Result<RunningStation> {
     let path = keys::default_path(&storage.data_dir());
-    let key = tokio::task::spawn_blocking(move || keys::StationKey::load_or_create(&path))
+    let key = keys::StationKey::open_for(&path, true, storage.as_ref())
         .await
-        .map_err(std::io::Error::other)?
         .map_err(std::io::Error::other)?;
     spawn_with_key(listener, storage, transport, Arc::new(key)).await
 }

@@ -128,7 +128,9 @@ fn a_device_learns_names_only_of_authors_it_may_see() {
     }
     assert!(raw.contains("Rosterbob"), "a device's own record is whole");
 
-    // Without A's name, B can still check a claimed reporting officer.
+    // What B holds of A cannot be tested against a roster: with every
+    // candidate (A's own name among them), the digest matches none, and no
+    // record B holds carries another device's person secret.
     let a_on_b = b
         .store
         .known_devices()
@@ -136,8 +138,58 @@ fn a_device_learns_names_only_of_authors_it_may_see() {
         .into_iter()
         .find(|r| r.device_id == id(&a))
         .unwrap();
-    assert!(a_on_b.is_person("Rosterann Alpha", "81001", "D9"));
-    assert!(!a_on_b.is_person("Rosterann Alpha", "81002", "D9"));
+    assert!(a_on_b.person_digest.is_some());
+    let roster = [
+        ("Rosterann Alpha", "81001", "D9"),
+        ("Rosterbob Bravo", "81002", "D9"),
+        ("Rostercy Charlie", "82001", "D2"),
+        ("Rostersue Nine", "81009", "D9"),
+        ("Rostersam Two", "82009", "D2"),
+    ];
+    let guess = "00".repeat(32);
+    for (name, star, unit) in roster {
+        assert!(!a_on_b.is_person(name, star, unit, None), "{name} matched");
+        assert!(!a_on_b.is_person(name, star, unit, Some(&guess)));
+    }
+    for r in b.store.known_devices().unwrap() {
+        assert_eq!(
+            r.person_secret.is_some(),
+            r.device_id == id(&b),
+            "only B's own record carries a person secret"
+        );
+    }
+    assert!(!raw.contains(
+        a.store
+            .identity()
+            .unwrap()
+            .person_secret
+            .as_deref()
+            .unwrap()
+    ));
+    // A's creation opens the digest: B can check the officer it names,
+    // and only that one.
+    let creation = a
+        .store
+        .report_changes(ra)
+        .unwrap()
+        .into_iter()
+        .find(|ch| fieldreport_core::model::workflow::is_creation(ch.body()))
+        .unwrap();
+    let proof = creation
+        .body()
+        .ops
+        .iter()
+        .find_map(|op| match (&op.target, &op.action) {
+            (
+                fieldreport_core::crdt::Target::Field(p),
+                fieldreport_core::crdt::Action::Set(Value::Text(v)),
+            ) if p == "reporting_officer.proof" => Some(v.clone()),
+            _ => None,
+        })
+        .expect("the creation reveals its person secret");
+    assert!(a_on_b.is_person("Rosterann Alpha", "81001", "D9", Some(&proof)));
+    assert!(!a_on_b.is_person("Rosterann Alpha", "81002", "D9", Some(&proof)));
+    assert!(!a_on_b.is_person("Rosterbob Bravo", "81002", "D9", Some(&proof)));
 
     // At the scene, B takes A's report from A's phone: B verifies it with
     // the key it holds. Once B has written to the report and synced, A is

@@ -615,3 +615,81 @@ fn the_station_refuses_a_forged_reporting_officer() {
     assert_eq!(json["created_by_device"], a.id.device_id().to_string());
     assert_eq!(json["narrative"], "Seen from the corner.");
 }
+
+/// A report's id derives from its creation change (`report_id_for`), so
+/// the one-creation rule does not depend on arrival order: an officer who
+/// learns a partner's report id and pushes a creation of his own before
+/// the partner syncs is refused, the partner's whole outbox then goes
+/// through, and a phone that is handed the forged creation first refuses
+/// it and later takes the genuine one from the station.
+#[test]
+fn a_forged_creation_is_refused_in_whatever_order_it_arrives() {
+    use fieldreport_core::model::workflow::{is_derived_report_id, report_id_for};
+    let st = TestStation::start();
+    let a = st.device(&person("A. Alvarez", "101", Role::Officer, "D9"), None);
+    // C: the unit's supervisor, who sees the unit's reports.
+    let c = st.device(&person("C. Chen", "900", Role::Supervisor, "D9"), None);
+    let b = forger(&st, &person("B. Brown", "102", Role::Officer, "D9"));
+    c.sync(); // C knows B's key
+    let text = |s: &str| Value::Text(s.into());
+    let forged_creation = |r: Uuid| {
+        let p = &b.id.record.person;
+        b.change(
+            r,
+            None,
+            vec![
+                ("lifecycle.state", text("draft")),
+                ("reporting_officer.name", text(&p.name)),
+                ("reporting_officer.star_number", text(&p.star_number)),
+                ("reporting_officer.unit", text(&p.unit)),
+            ],
+        )
+    };
+
+    // A creates offline; B learns the id (a partner's phone shows it).
+    let r = ready(&a);
+    assert!(is_derived_report_id(r), "{r}");
+    let first = forged_creation(r);
+    // The forged creation reaches the station first: refused.
+    assert_eq!(b.push(&st, &first), (403, "not_permitted".into()));
+    // A's whole outbox goes through.
+    a.sync();
+    assert_eq!(a.store.outbox_len().unwrap(), 0, "A's outbox is not stuck");
+    // After A's sync, a second forgery is refused all the same.
+    let second = forged_creation(r);
+    assert_eq!(b.push(&st, &second), (403, "not_permitted".into()));
+
+    // A phone handed the forged creation first refuses it ...
+    let e = c
+        .store
+        .apply_changes(vec![first.clone()], Origin::Peer)
+        .unwrap_err();
+    assert!(matches!(e, Error::NotPermitted { .. }), "{e:?}");
+    // ... and takes the genuine one from the station.
+    c.sync();
+    let seen = c.store.report(r).unwrap();
+    assert_eq!(seen.reporting_officer.name.as_deref(), Some("A. Alvarez"));
+    assert_eq!(seen.reporting_officer.star_number.as_deref(), Some("101"));
+
+    // Only A's own creation derives r: A's first change to it.
+    let genuine = a.store.report_changes(r).unwrap();
+    let creation = genuine
+        .iter()
+        .find(|ch| fieldreport_core::model::workflow::is_creation(ch.body()))
+        .unwrap();
+    assert_eq!(report_id_for(creation.id()), r);
+    assert_ne!(report_id_for(first.id()), r);
+    let json: serde_json::Value = st
+        .http()
+        .get(format!("{}/v1/reports/{r}", st.url))
+        .bearer_auth(c.credential())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(json["reporting_officer"]["name"], "A. Alvarez", "{json}");
+    assert_eq!(
+        json["created_by_device"],
+        a.store.identity().unwrap().device_id.to_string()
+    );
+}

@@ -17,7 +17,8 @@
 //! Order: the lifecycle replay and amendments follow the report's causal
 //! order (see [`Causal`]), so a change whose clock ran far ahead neither
 //! outranks what was made after it nor drags the report's times; it is
-//! flagged (`State::clock_ahead`).
+//! flagged (`State::clock_ahead`). A clock from before FieldReport existed
+//! (an unset phone clock) drags nothing back either (`State::clock_unset`).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -25,10 +26,10 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::change::{Action, Change, ChangeId, Hash, OpId, Operation, Target};
-use super::hlc::Hlc;
+use super::hlc::{Hlc, CLOCK_FLOOR_MS};
 use crate::model::schema::{ADDENDA_COLLECTION, LIFECYCLE_FIELD};
 use crate::model::value::Value;
-use crate::model::workflow::{self, Amendment, ClockAhead, Lifecycle};
+use crate::model::workflow::{self, Amendment, ClockAhead, ClockUnset, Lifecycle};
 use crate::model::LifecycleState;
 
 /// A live value of a register, with who wrote it and when.
@@ -110,6 +111,8 @@ pub struct State {
     pub creations: Vec<ChangeId>,
     /// Changes whose clock is later than a causally later change's, by id.
     pub clock_ahead: Vec<ClockAhead>,
+    /// Changes whose clock is before [`CLOCK_FLOOR_MS`], by id.
+    pub clock_unset: Vec<ClockUnset>,
 }
 
 impl State {
@@ -262,6 +265,10 @@ struct OpRef<'a> {
 /// A change's effective clock is the lowest HLC among itself and every
 /// change causally after it: its own HLC unless some later change carries
 /// an earlier clock, in which case the change is flagged (clock ahead).
+/// Clocks before [`CLOCK_FLOOR_MS`] (a device whose clock was unset or
+/// reset) are left out of that: such a change lowers nobody's clock, flags
+/// nobody, takes the latest effective clock of what it names, and is
+/// itself flagged (clock unset).
 pub(crate) struct Causal {
     /// Change indexes in replay order.
     pub order: Vec<usize>,
@@ -273,6 +280,8 @@ pub(crate) struct Causal {
     /// For a flagged change, the causally later change with the lowest
     /// (HLC, change id).
     pub followed_by: Vec<Option<usize>>,
+    /// Changes whose clock is before [`CLOCK_FLOOR_MS`].
+    pub unset: Vec<bool>,
 }
 
 impl Causal {
@@ -358,26 +367,49 @@ impl Causal {
         for (i, s) in succ.iter_mut().enumerate() {
             s.retain(|&d| rank[d] > rank[i]);
         }
-        // Lowest (HLC, id) over each change and its descendants, latest first.
-        let mut low: Vec<(Hlc, ChangeId, usize)> = vec![(Hlc::default(), changes[0].id(), 0); n];
+        // A clock before the floor was never right (an unset or reset
+        // device clock): it says nothing of when its change was made, so it
+        // lowers no other change's clock and flags none.
+        let set = |i: usize| changes[i].body().hlc.wall_ms >= CLOCK_FLOOR_MS;
+        // Lowest (HLC, id) over each change and its descendants whose
+        // clocks are set, latest first.
+        let mut low: Vec<Option<(Hlc, ChangeId, usize)>> = vec![None; n];
         for &i in order.iter().rev() {
             let (h, id) = key(i);
-            let mut m = (h, id, i);
+            let mut m = set(i).then_some((h, id, i));
             for &d in &succ[i] {
-                m = m.min(low[d]);
+                m = match (m, low[d]) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
             }
             low[i] = m;
         }
-        let eff = (0..n).map(|i| low[i].0).collect();
+        // A change with an unset clock takes the latest effective clock of
+        // what its author had seen (its own when it saw nothing).
+        let mut eff: Vec<Hlc> = vec![Hlc::default(); n];
+        let mut preds_eff: Vec<Option<Hlc>> = vec![None; n];
+        for &i in &order {
+            eff[i] = if set(i) {
+                low[i].map_or(key(i).0, |l| l.0)
+            } else {
+                preds_eff[i].map_or(key(i).0, |p| p.max(key(i).0))
+            };
+            for &d in &succ[i] {
+                preds_eff[d] = Some(preds_eff[d].map_or(eff[i], |p| p.max(eff[i])));
+            }
+        }
         let followed_by = (0..n)
-            .map(|i| (low[i].0 < key(i).0).then_some(low[i].2))
+            .map(|i| low[i].filter(|l| set(i) && l.0 < key(i).0).map(|l| l.2))
             .collect();
+        let unset = (0..n).map(|i| !set(i)).collect();
         Causal {
             order,
             rank,
             succ,
             eff,
             followed_by,
+            unset,
         }
     }
 
@@ -418,6 +450,13 @@ where
         }
         if workflow::is_creation(b) {
             state.creations.push(b.id());
+        }
+        if causal.unset[ci] {
+            state.clock_unset.push(ClockUnset {
+                change: b.id(),
+                clock_ms: b.hlc.wall_ms,
+                wall_clock_ms: b.wall_clock_ms,
+            });
         }
         if let Some(f) = causal.followed_by[ci] {
             let later = changes[f].body();
@@ -540,11 +579,18 @@ where
     // Drafts (most edits) skip this second pass.
     let index = |id: ChangeId| changes.binary_search_by_key(&id, |c| c.id()).ok();
     if let Some(submitted) = state.lifecycle.submitted.and_then(index) {
-        // After a step: causally after it, or with a later effective clock.
+        // After a step: causally after it, or with a later effective clock;
+        // a change whose clock was never set, unless it is known to be
+        // before the step (the step's author had seen it): its clock cannot
+        // say, so it is listed rather than hidden.
         let eff = &causal.eff;
+        let unset = &causal.unset;
         let after = |step: usize| {
             let desc = causal.descendants(step);
-            move |i: usize| desc[i] || eff[i] > eff[step]
+            let before: Vec<bool> = (0..changes.len())
+                .map(|i| causal.unset[i] && causal.descendants(i)[step])
+                .collect();
+            move |i: usize| desc[i] || (unset[i] && !before[i] && i != step) || eff[i] > eff[step]
         };
         let after_submission = after(submitted);
         let after_lock = state.lifecycle.locked.and_then(index).map(&after);

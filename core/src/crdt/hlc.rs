@@ -15,6 +15,13 @@ use serde::{Deserialize, Serialize};
 /// are honoured in full; anything further is not followed.
 pub const MAX_CLOCK_AHEAD_MS: u64 = 7 * 24 * 3600 * 1000;
 
+/// 2026-01-01T00:00:00Z, before any FieldReport change was made: a clock
+/// earlier than this is a device clock that was never set or was reset
+/// (a phone whose battery ran flat reads 1970 or its build date). Such a
+/// clock is behind, never the clock of a change it was made after: replay
+/// does not let it lower or flag others (`crdt::doc::Causal`).
+pub const CLOCK_FLOOR_MS: u64 = 1_767_225_600_000;
+
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]

@@ -8,5 +8,5 @@ pub mod keys;
 pub mod package;
 pub mod verify;
 
-pub use keys::{DeviceIdentity, DeviceRecord, Person};
+pub use keys::{new_person_secret, DeviceIdentity, DeviceRecord, Person};
 pub use verify::{verify_batch, ChainLookup, VerifiedBatch};

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::enums::*;
 use super::value::Value;
-use super::workflow::{Amendment, ClockAhead, LifecycleStep};
+use super::workflow::{Amendment, ClockAhead, ClockUnset, LifecycleStep};
 use crate::crdt::{EntryState, Register, State};
 
 pub type Time = DateTime<Utc>;
@@ -273,6 +273,10 @@ pub struct Report {
     /// built on them (`docs/data-model.md`, "Clocks"). Absent when none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clock_ahead: Vec<ClockAhead>,
+    /// Changes whose clock reads before 2026 (`crdt::hlc::CLOCK_FLOOR_MS`):
+    /// their device's clock was unset or reset. Absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clock_unset: Vec<ClockUnset>,
     /// The supervisor's comment with the latest return.
     #[serde(default)]
     pub return_comment: Option<String>,
@@ -487,6 +491,7 @@ impl Report {
             lifecycle_history: s.lifecycle.steps.clone(),
             amendments: s.amendments.clone(),
             clock_ahead: s.clock_ahead.clone(),
+            clock_unset: s.clock_unset.clone(),
             return_comment: f.text(super::schema::RETURN_COMMENT_FIELD),
             review: Review {
                 due: f

@@ -138,6 +138,8 @@ pub const REPORT_FIELDS: &[FieldSpec] = &[
     system("reporting_officer.name", SHORT),
     system("reporting_officer.star_number", SHORT),
     system("reporting_officer.unit", SHORT),
+    // The creating device's person secret (`DeviceRecord::person_secret`).
+    system("reporting_officer.proof", SHORT),
     user("cpd_units", Kind::TextList),
     user("federal_agencies", Kind::EnumList(FederalAgency::ALL)),
     user("federal_agency_other", SHORT),

@@ -108,6 +108,18 @@ pub struct ClockAhead {
     pub followed_clock_ms: u64,
 }
 
+/// A change whose clock reads before `crdt::hlc::CLOCK_FLOOR_MS`: its
+/// device's clock was unset or reset. Its clock is kept as signed; replay
+/// gives it the latest effective clock of what its author had seen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClockUnset {
+    pub change: ChangeId,
+    /// Its hybrid logical clock, as signed.
+    pub clock_ms: u64,
+    /// Its device's wall clock as read, as signed.
+    pub wall_clock_ms: i64,
+}
+
 /// The result of the replay.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lifecycle {
@@ -188,20 +200,27 @@ pub const REPORTING_OFFICER_FIELDS: [&str; 3] = [
     "reporting_officer.unit",
 ];
 
+/// The person secret a creation reveals, which opens the digest of its
+/// author's person on phones that hold the author's record without names
+/// (`DeviceRecord::is_person`). Set by the creation only, if at all.
+pub const REPORTING_OFFICER_PROOF: &str = "reporting_officer.proof";
+
+/// The text a change sets `field` to, if it does.
+fn text_set<'a>(body: &'a ChangeBody, field: &str) -> Option<&'a str> {
+    body.ops
+        .iter()
+        .find_map(|op| match (&op.target, &op.action) {
+            (Target::Field(p), crate::crdt::Action::Set(Value::Text(v))) if p == field => {
+                Some(v.as_str())
+            }
+            _ => None,
+        })
+}
+
 /// The (name, star number, unit) a creation change names as its
 /// reporting officer, when it sets all three as text.
 fn named_officer(body: &ChangeBody) -> Option<(&str, &str, &str)> {
-    let value = |field: &str| {
-        body.ops
-            .iter()
-            .find_map(|op| match (&op.target, &op.action) {
-                (Target::Field(p), crate::crdt::Action::Set(Value::Text(v))) if p == field => {
-                    Some(v.as_str())
-                }
-                _ => None,
-            })
-    };
-    let [name, star, unit] = REPORTING_OFFICER_FIELDS.map(value);
+    let [name, star, unit] = REPORTING_OFFICER_FIELDS.map(|f| text_set(body, f));
     Some((name?, star?, unit?))
 }
 
@@ -241,7 +260,8 @@ pub fn unit_of_change(body: &ChangeBody) -> Option<&str> {
 ///
 /// `author` is the author device's directory record: the reporting
 /// officer a creation names must be its person, checked from the names or,
-/// when the phone holds the record without them, from their digest
+/// when the phone holds the record without them, from their digest, which
+/// the creation's `reporting_officer.proof` opens
 /// ([`DeviceRecord::is_person`]).
 pub fn authorize(body: &ChangeBody, author_record: &DeviceRecord, report_unit: &str) -> Result<()> {
     let author = &author_record.person;
@@ -257,6 +277,14 @@ pub fn authorize(body: &ChangeBody, author_record: &DeviceRecord, report_unit: &
         if supervisor || body.prev.is_some() {
             return Err(denied(body, "only the creating officer starts a draft"));
         }
+        // A derived report id belongs to one change: its creation. Nobody
+        // else can create it, whatever order replicas receive things in.
+        if is_derived_report_id(body.report) && body.report != report_id_for(body.id()) {
+            return Err(denied(
+                body,
+                "the report id is not derived from this creation",
+            ));
+        }
         let names_all = REPORTING_OFFICER_FIELDS.iter().all(|f| {
             body.ops
                 .iter()
@@ -268,8 +296,9 @@ pub fn authorize(body: &ChangeBody, author_record: &DeviceRecord, report_unit: &
                 "the creation names the reporting officer (name, star number, unit)",
             ));
         }
+        let proof = text_set(body, REPORTING_OFFICER_PROOF);
         let is_author = named_officer(body)
-            .is_some_and(|(name, star, unit)| author_record.is_person(name, star, unit));
+            .is_some_and(|(name, star, unit)| author_record.is_person(name, star, unit, proof));
         if !is_author {
             return Err(denied(
                 body,
@@ -313,7 +342,9 @@ pub fn authorize(body: &ChangeBody, author_record: &DeviceRecord, report_unit: &
                     .iter()
                     .filter(|o| matches!(&o.target, Target::Field(p) if p == path))
                     .count();
-                if !REPORTING_OFFICER_FIELDS.contains(&path.as_str()) || count != 1 {
+                let known = REPORTING_OFFICER_FIELDS.contains(&path.as_str())
+                    || path == REPORTING_OFFICER_PROOF;
+                if !known || count != 1 {
                     return Err(denied(
                         body,
                         "the reporting officer differs from the author's directory record",
@@ -343,13 +374,41 @@ pub fn authorize(body: &ChangeBody, author_record: &DeviceRecord, report_unit: &
     Ok(())
 }
 
-/// A report has one creation change. `creations` are the creation changes
+/// The id of the report that the creation change `creation` makes: a
+/// version-8 UUID from the SHA-256 of the change's id (device, seq). A
+/// device's seq numbers are never reused, so each derived id has exactly
+/// one possible creation, which [`authorize`] checks statically: a second
+/// officer cannot re-create a report to name himself its reporting
+/// officer, in whatever order replicas receive the two.
+pub fn report_id_for(creation: ChangeId) -> uuid::Uuid {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"fieldreport report id v1\0");
+    h.update(creation.device.as_bytes());
+    h.update(creation.seq.to_be_bytes());
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Uuid::new_v8(bytes)
+}
+
+/// Whether `report` is an id [`report_id_for`] makes (version 8). Reports
+/// created before derived ids have random (version 4) ids.
+pub fn is_derived_report_id(report: uuid::Uuid) -> bool {
+    report.get_version_num() == 8
+}
+
+/// Legacy reports only (a random id, made before derived ids): such a
+/// report has one creation change. `creations` are the creation changes
 /// the receiving replica holds for the report once the batch is in (see
-/// `State::creations`); a received creation beside another one is refused,
-/// so a second officer cannot re-create someone else's report to name
-/// himself its reporting officer. Checked wherever [`authorize`] is on
-/// receipt (phones and the station).
+/// `State::creations`); a received creation beside another one is refused.
+/// This depends on arrival order (docs/workflow.md); derived ids need no
+/// such rule, their creation is fixed by [`authorize`]. Checked wherever
+/// [`authorize`] is on receipt (phones and the station).
 pub fn authorize_one_creation(body: &ChangeBody, creations: &[ChangeId]) -> Result<()> {
+    if is_derived_report_id(body.report) {
+        return Ok(());
+    }
     if is_creation(body) && creations.iter().any(|c| *c != body.id()) {
         return Err(denied(
             body,
@@ -357,4 +416,90 @@ pub fn authorize_one_creation(body: &ChangeBody, creations: &[ChangeId]) -> Resu
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crdt::{Action, Operation};
+    use crate::evidence::Person;
+    use proptest::prelude::*;
+
+    fn officer(star: &str) -> DeviceRecord {
+        let person = Person {
+            name: format!("Officer {star}"),
+            star_number: star.into(),
+            unit: "D9".into(),
+            role: Role::Officer,
+        };
+        DeviceRecord::new(
+            uuid::Uuid::from_u128(star.parse().unwrap()),
+            [7; 32],
+            person,
+        )
+    }
+
+    fn creation_by(author: &DeviceRecord, seq: u64, report: uuid::Uuid) -> ChangeBody {
+        let p = &author.person;
+        let set = |path: &str, v: &str| Operation {
+            target: Target::Field(path.into()),
+            action: Action::Set(Value::Text(v.into())),
+            pred: vec![],
+        };
+        ChangeBody {
+            format: 1,
+            report,
+            device: author.device_id,
+            seq,
+            hlc: Hlc::default(),
+            wall_clock_ms: 0,
+            prev: None,
+            ops: vec![
+                set(LIFECYCLE_FIELD, "draft"),
+                set("reporting_officer.name", &p.name),
+                set("reporting_officer.star_number", &p.star_number),
+                set("reporting_officer.unit", &p.unit),
+            ],
+        }
+    }
+
+    proptest! {
+        /// Exactly one change can create a derived report id: the one it
+        /// derives from. Another officer's creation of it, or the same
+        /// officer's with another seq, is refused, statically.
+        #[test]
+        fn only_its_own_creation_creates_a_derived_report(
+            seq in 1u64..u64::MAX, other_seq in 1u64..u64::MAX,
+        ) {
+            let a = officer("101");
+            let b = officer("102");
+            let r = report_id_for(ChangeId { device: a.device_id, seq });
+            prop_assert!(is_derived_report_id(r));
+            prop_assert!(authorize(&creation_by(&a, seq, r), &a, "D9").is_ok());
+            prop_assert!(authorize(&creation_by(&b, other_seq, r), &b, "D9").is_err());
+            if other_seq != seq {
+                prop_assert!(authorize(&creation_by(&a, other_seq, r), &a, "D9").is_err());
+                prop_assert_ne!(r, report_id_for(ChangeId { device: a.device_id, seq: other_seq }));
+            }
+            prop_assert_ne!(r, report_id_for(ChangeId { device: b.device_id, seq }));
+            // The arrival-order rule stays out of derived reports' way.
+            let forged = ChangeId { device: b.device_id, seq: other_seq };
+            prop_assert!(authorize_one_creation(&creation_by(&a, seq, r), &[forged]).is_ok());
+        }
+    }
+
+    /// A report with a random (pre-derivation) id keeps the legacy rule: a
+    /// second creation beside the one held is refused.
+    #[test]
+    fn a_legacy_report_keeps_the_one_creation_rule() {
+        let a = officer("101");
+        let b = officer("102");
+        let r = uuid::Uuid::from_u128(0x1234_5678_9abc_4def_8123_4567_89ab_cdef);
+        assert!(!is_derived_report_id(r));
+        let genuine = creation_by(&a, 3, r);
+        let forged = creation_by(&b, 9, r);
+        assert!(authorize(&forged, &b, "D9").is_ok(), "statically fine");
+        assert!(authorize_one_creation(&forged, &[genuine.id()]).is_err());
+        assert!(authorize_one_creation(&genuine, &[genuine.id()]).is_ok());
+    }
 }

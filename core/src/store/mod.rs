@@ -566,7 +566,31 @@ impl Store {
                 record.device_id
             )));
         }
-        let w = self.writer()?;
+        let mut w = self.writer()?;
+        // This device's own record, as the station holds it (with the
+        // person secret its creations reveal): the same key, or nothing.
+        let own = w
+            .identity
+            .as_ref()
+            .filter(|i| i.device_id() == record.device_id)
+            .cloned();
+        if let Some(own) = own {
+            if own.record.public_key != record.public_key {
+                return Err(Error::Corrupt(format!(
+                    "the directory's key for this device {} is not its own",
+                    record.device_id
+                )));
+            }
+            if record.person.name.is_empty() {
+                return Ok(()); // not this device's whole record: keep its own
+            }
+            upsert_device(&w.conn, record)?;
+            w.identity = Some(Arc::new(DeviceIdentity {
+                record: record.clone(),
+                signing_key: own.signing_key.clone(),
+            }));
+            return Ok(());
+        }
         upsert_device(&w.conn, record)
     }
 
@@ -587,29 +611,30 @@ impl Store {
     /// device's enrollment.
     pub fn create_report(&self) -> Result<Uuid> {
         drop(self.writer()?); // a wiped store says so, not "no identity"
-        let person = self.identity().ok_or(Error::NoIdentity)?.person;
-        let id = Uuid::new_v4();
+        let record = self.identity().ok_or(Error::NoIdentity)?;
+        let person = &record.person;
         let set = |path: &str, v: &str| Edit::SetField {
             path: path.into(),
             value: Value::Text(v.into()),
         };
-        self.commit_edits(
-            id,
-            &[
-                set(LIFECYCLE_FIELD, LifecycleState::Draft.as_str()),
-                set("reporting_officer.name", &person.name),
-                set("reporting_officer.star_number", &person.star_number),
-                set("reporting_officer.unit", &person.unit),
-            ],
-            Writer::System,
-            true,
-        )?;
-        Ok(id)
+        let mut edits = vec![
+            set(LIFECYCLE_FIELD, LifecycleState::Draft.as_str()),
+            set("reporting_officer.name", &person.name),
+            set("reporting_officer.star_number", &person.star_number),
+            set("reporting_officer.unit", &person.unit),
+        ];
+        // Opens this device's person digest on phones without its name.
+        if let Some(secret) = &record.person_secret {
+            edits.push(set(workflow::REPORTING_OFFICER_PROOF, secret));
+        }
+        // The report's id derives from its creation change's id.
+        let created = self.commit_with(None, &edits, Writer::System, |_| Ok(()))?;
+        Ok(workflow::report_id_for(created))
     }
 
     /// Applies one user action (one or more edits) as one signed change.
     pub fn edit(&self, report: Uuid, edits: &[Edit]) -> Result<ChangeId> {
-        self.commit_edits(report, edits, Writer::User, false)
+        self.commit_edits(report, edits, Writer::User)
     }
 
     pub fn set_field(&self, report: Uuid, path: &str, value: Value) -> Result<ChangeId> {
@@ -721,7 +746,6 @@ impl Store {
                 value: Value::Text(LifecycleState::Submitted.as_str().into()),
             }],
             Writer::System,
-            false,
         )
     }
 
@@ -746,7 +770,7 @@ impl Store {
             path: LIFECYCLE_FIELD.into(),
             value: Value::Text(to.as_str().into()),
         });
-        self.commit_edits(report, &edits, Writer::System, false)
+        self.commit_edits(report, &edits, Writer::System)
     }
 
     fn require_supervisor(&self, action: &'static str) -> Result<()> {
@@ -870,7 +894,6 @@ impl Store {
                 },
             ],
             Writer::System,
-            false,
         )
     }
 
@@ -912,14 +935,13 @@ impl Store {
         let sha = stored.sha256.clone();
         let mime = meta.mime_type.clone();
         self.commit_with(
-            report,
+            Some(report),
             &[Edit::AddEntry {
                 collection: schema::MEDIA_COLLECTION.into(),
                 entry,
                 fields,
             }],
             Writer::System,
-            false,
             move |tx| {
                 tx.execute(
                     "INSERT OR IGNORE INTO media (sha256, size, mime_type, stored_at) VALUES (?1, ?2, ?3, ?4)",
@@ -935,28 +957,31 @@ impl Store {
         })
     }
 
-    fn commit_edits(
-        &self,
-        report: Uuid,
-        edits: &[Edit],
-        writer: Writer,
-        create: bool,
-    ) -> Result<ChangeId> {
-        self.commit_with(report, edits, writer, create, |_| Ok(()))
+    fn commit_edits(&self, report: Uuid, edits: &[Edit], writer: Writer) -> Result<ChangeId> {
+        self.commit_with(Some(report), edits, writer, |_| Ok(()))
     }
 
+    /// Signs and stores one change of `edits` to `report`, or, with `None`,
+    /// the creation of a new report whose id derives from the change's id
+    /// (`workflow::report_id_for`).
     fn commit_with(
         &self,
-        report: Uuid,
+        report: Option<Uuid>,
         edits: &[Edit],
         writer: Writer,
-        create: bool,
         extra: impl FnOnce(&rusqlite::Transaction) -> Result<()>,
     ) -> Result<ChangeId> {
         let mut guard = self.writer()?;
         let w = &mut *guard;
         let identity = w.identity.clone().ok_or(Error::NoIdentity)?;
         let device = identity.device_id();
+        let create = report.is_none();
+        let report = report.unwrap_or_else(|| {
+            workflow::report_id_for(ChangeId {
+                device,
+                seq: w.next_seq,
+            })
+        });
         let tx = w.conn.transaction()?;
         let (mut doc, state) = w.docs.get_or_load(&tx, report)?;
         if doc.is_empty() != create {

@@ -924,6 +924,7 @@ async fn render_report(s: &AppState, sup: &Supervisor, id: &str, error: &str) ->
             "lifecycle_history",
             "amendments",
             "clock_ahead",
+            "clock_unset",
             "media",
             "id",
             "lifecycle",
@@ -998,6 +999,16 @@ async fn render_report(s: &AppState, sup: &Supervisor, id: &str, error: &str) ->
     // (the report's own flag), and devices the station found skewed.
     let receipts = s.storage.receipts(&sup.who, id).await?;
     let mut clocks = String::new();
+    for f in &r.clock_unset {
+        clocks.push_str(&format!(
+            "<tr><td>{}:{}</td><td>clock {} was never set (before 2026); ordered after what its author had seen</td></tr>",
+            &f.change.device.to_string()[..8],
+            f.change.seq,
+            esc(&short_time(chrono::DateTime::from_timestamp_millis(
+                f.clock_ms.min(i64::MAX as u64) as i64
+            ))),
+        ));
+    }
     for f in &r.clock_ahead {
         clocks.push_str(&format!(
             "<tr><td>{}:{}</td><td>clock {} is later than that of {}:{} made after it ({})</td></tr>",

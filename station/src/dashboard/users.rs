@@ -330,6 +330,18 @@ async fn prepare_locked(
     key: &Arc<StationKey>,
     dir: &Path,
 ) -> Result<()> {
+    // The database is this key's: a database from before the key check
+    // is bound only if its first account's second factor opens.
+    let first = storage.dashboard_accounts().await?.into_iter().next();
+    let earlier = first
+        .as_ref()
+        .map(|a| (context("totp", &a.star_number, a.device_id), &a.totp_sealed));
+    crate::keys::bind(
+        key,
+        storage,
+        earlier.as_ref().map(|(c, s)| (c.as_slice(), s.as_slice())),
+    )
+    .await?;
     let users = dir.join("users.json");
     let legacy: Vec<LegacyAccount> = match std::fs::read(&users) {
         Ok(bytes) => {

@@ -159,6 +159,11 @@ pub trait StationStorage: Send + Sync + 'static {
     /// `replace`; false when one existed and was kept.
     async fn put_dashboard_account(&self, account: DashboardAccount, replace: bool)
         -> Result<bool>;
+    /// A station setting (`station_settings`), if set.
+    async fn setting(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Sets a setting unless it is set already; returns the value that is
+    /// set, this one or the one found (several processes race to it).
+    async fn put_setting_once(&self, name: &str, value: Vec<u8>) -> Result<Vec<u8>>;
     /// Every enrolled device (the station's own uses: the console, the
     /// dashboard's signing stores, exports).
     async fn devices(&self) -> Result<Vec<DeviceRecord>>;

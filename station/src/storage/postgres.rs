@@ -163,6 +163,14 @@ const MIGRATIONS: &[&str] = &[
         updated_at BIGINT NOT NULL
     );
 "#,
+    // 6: station settings written once, such as the check value that ties
+    // the database to its station key.
+    r#"
+    CREATE TABLE station_settings (
+        name TEXT PRIMARY KEY,
+        value BYTEA NOT NULL
+    );
+"#,
 ];
 
 /// Advisory lock keys (arbitrary, fixed).
@@ -315,6 +323,22 @@ fn migrate(c: &mut Client) -> Result<()> {
     }
     for step in &MIGRATIONS[found as usize..] {
         tx.batch_execute(step).map_err(db)?;
+    }
+    let rows = tx
+        .query(
+            "SELECT device_id, record FROM devices WHERE record NOT LIKE '%\"person_secret\"%'",
+            &[],
+        )
+        .map_err(db)?;
+    for r in rows {
+        let device: Uuid = r.get(0);
+        if let Some(json) = with_person_secret(&r.get::<_, String>(1))? {
+            tx.execute(
+                "UPDATE devices SET record = $1 WHERE device_id = $2",
+                &[&json, &device],
+            )
+            .map_err(db)?;
+        }
     }
     tx.execute("DELETE FROM schema_version", &[]).map_err(db)?;
     tx.execute(
@@ -636,7 +660,11 @@ impl StationStorage for PostgresStorage {
             }
             let person: Person = serde_json::from_str(&person)
                 .map_err(|_| StationError::Internal("person".into()))?;
-            let record = DeviceRecord::new(device_id, key, person);
+            let mut record = DeviceRecord::new(device_id, key, person);
+            // Only the device gets it; its creations reveal it (docs/sync.md).
+            record.person_secret = Some(
+                fieldreport_core::evidence::new_person_secret().map_err(StationError::Core)?,
+            );
             let credential = random_token(32)?;
             let json = serde_json::to_string(&record)
                 .map_err(|_| StationError::Internal("record".into()))?;
@@ -783,6 +811,36 @@ impl StationStorage for PostgresStorage {
         .await
     }
 
+    async fn setting(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let name = name.to_string();
+        self.blocking(move |i| {
+            Ok(i.conn()
+                .query_opt(
+                    "SELECT value FROM station_settings WHERE name = $1",
+                    &[&name],
+                )
+                .map_err(db)?
+                .map(|r| r.get(0)))
+        })
+        .await
+    }
+
+    async fn put_setting_once(&self, name: &str, value: Vec<u8>) -> Result<Vec<u8>> {
+        let name = name.to_string();
+        self.blocking(move |i| {
+            let mut c = i.conn();
+            c.execute(
+                "INSERT INTO station_settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                &[&name, &value],
+            )
+            .map_err(db)?;
+            Ok(c.query_one("SELECT value FROM station_settings WHERE name = $1", &[&name])
+                .map_err(db)?
+                .get(0))
+        })
+        .await
+    }
+
     async fn devices(&self) -> Result<Vec<DeviceRecord>> {
         self.blocking(|i| {
             i.conn()
@@ -794,6 +852,7 @@ impl StationStorage for PostgresStorage {
                 .into_iter()
                 .map(|r| {
                     serde_json::from_str(&r.get::<_, String>(0))
+                        .map(DeviceRecord::without_secret)
                         .map_err(|_| StationError::Internal("device record".into()))
                 })
                 .collect()
@@ -1091,7 +1150,7 @@ impl StationStorage for PostgresStorage {
             c.query(&sql, &[&p, &s, &u, &who.record.device_id])
                 .map_err(db)?
                 .into_iter()
-                .map(|r| directory_entry(&r.get::<_, String>(0), r.get(1)))
+                .map(|r| directory_entry(&r.get::<_, String>(0), r.get(1), who.record.device_id))
                 .collect()
         })
         .await

@@ -148,6 +148,14 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     );
 "#,
+    // 6: station settings written once, such as the check value that ties
+    // the database to its station key.
+    r#"
+    CREATE TABLE station_settings (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+"#,
 ];
 
 pub struct SqliteStorage {
@@ -210,6 +218,22 @@ impl SqliteStorage {
             let tx = writer.transaction()?;
             tx.execute_batch(step)?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        {
+            let tx = writer.transaction()?;
+            let rows: Vec<(Vec<u8>, String)> = tx
+                .prepare("SELECT device_id, record FROM devices WHERE record NOT LIKE '%\"person_secret\"%'")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (device, record) in rows {
+                if let Some(json) = with_person_secret(&record)? {
+                    tx.execute(
+                        "UPDATE devices SET record = ?1 WHERE device_id = ?2",
+                        params![json, device],
+                    )?;
+                }
+            }
             tx.commit()?;
         }
         let mut readers = Vec::new();
@@ -391,7 +415,11 @@ impl StationStorage for SqliteStorage {
             }
             let person: Person = serde_json::from_str(&person)
                 .map_err(|_| StationError::Internal("person".into()))?;
-            let record = DeviceRecord::new(device_id, key, person);
+            let mut record = DeviceRecord::new(device_id, key, person);
+            // Only the device gets it; its creations reveal it (docs/sync.md).
+            record.person_secret = Some(
+                fieldreport_core::evidence::new_person_secret().map_err(StationError::Core)?,
+            );
             let credential = random_token(32)?;
             let json = serde_json::to_string(&record)
                 .map_err(|_| StationError::Internal("record".into()))?;
@@ -526,6 +554,37 @@ impl StationStorage for SqliteStorage {
         .await
     }
 
+    async fn setting(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let name = name.to_string();
+        self.blocking(move |i| {
+            Ok(i.reader()
+                .query_row(
+                    "SELECT value FROM station_settings WHERE name = ?1",
+                    [name],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn put_setting_once(&self, name: &str, value: Vec<u8>) -> Result<Vec<u8>> {
+        let name = name.to_string();
+        self.blocking(move |i| {
+            let w = lock(&i.writer);
+            w.execute(
+                "INSERT INTO station_settings (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                params![name, value],
+            )?;
+            Ok(w.query_row(
+                "SELECT value FROM station_settings WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
     async fn devices(&self) -> Result<Vec<DeviceRecord>> {
         self.blocking(|i| {
             let c = i.reader();
@@ -533,6 +592,7 @@ impl StationStorage for SqliteStorage {
             let rows = st.query_map([], |r| r.get::<_, String>(0))?;
             rows.map(|r| {
                 serde_json::from_str(&r?)
+                    .map(DeviceRecord::without_secret)
                     .map_err(|_| StationError::Internal("device record".into()))
             })
             .collect()
@@ -761,7 +821,7 @@ impl StationStorage for SqliteStorage {
             )?;
             rows.map(|row| {
                 let (record, named) = row?;
-                directory_entry(&record, named)
+                directory_entry(&record, named, who.record.device_id)
             })
             .collect()
         })
@@ -1200,6 +1260,56 @@ mod tests {
 
     /// A version 4 database (before dashboard accounts moved into storage)
     /// upgrades, keeps its devices, and takes accounts.
+    /// A device enrolled before person secrets gets one when the station
+    /// opens, so the directory can publish its keyed digest.
+    #[test]
+    fn a_device_enrolled_before_person_secrets_gets_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = Uuid::new_v4();
+        let record = DeviceRecord::new(
+            device,
+            [9; 32],
+            Person {
+                name: "A. Alvarez".into(),
+                star_number: "101".into(),
+                role: Role::Officer,
+                unit: "D9".into(),
+            },
+        );
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(!json.contains("person_secret"));
+        {
+            let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            for step in MIGRATIONS {
+                c.execute_batch(step).unwrap();
+            }
+            c.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
+                .unwrap();
+            c.execute(
+                "INSERT INTO devices (device_id, public_key, record, person_key, role, unit, credential_hash, enrolled_at)
+                 VALUES (?1, x'00', ?2, 'star:101', 'officer', 'D9', x'01', 5)",
+                params![device.as_bytes().as_slice(), json],
+            )
+            .unwrap();
+        }
+        let secret = |s: &SqliteStorage| {
+            let json: String = s
+                .inner
+                .reader()
+                .query_row("SELECT record FROM devices", [], |r| r.get(0))
+                .unwrap();
+            serde_json::from_str::<DeviceRecord>(&json)
+                .unwrap()
+                .person_secret
+        };
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        let first = secret(&s).expect("a secret was made");
+        assert_eq!(first.len(), 64);
+        drop(s);
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        assert_eq!(secret(&s), Some(first), "made once, then kept");
+    }
+
     #[test]
     fn a_version_4_database_upgrades_and_takes_dashboard_accounts() {
         let dir = tempfile::tempdir().unwrap();

@@ -509,6 +509,27 @@ pub fn render(input: &PdfInput) -> Vec<u8> {
         }
     }
 
+    // Clocks that were never set (only when any).
+    if !r.clock_unset.is_empty() {
+        l.heading(&format!("Clocks not set ({})", r.clock_unset.len()));
+        l.text(
+            0,
+            "These changes carry a clock from before 2026: their device's clock was unset or reset. They are ordered after what their author had seen, not by their clock.",
+        );
+        for f in &r.clock_unset {
+            l.text(
+                2,
+                &format!(
+                    "- change {} (device {}): clock {}, device clock {}",
+                    f.change,
+                    person(&f.change.device),
+                    l.time_ms(f.clock_ms.min(i64::MAX as u64) as i64),
+                    l.time_ms(f.wall_clock_ms),
+                ),
+            );
+        }
+    }
+
     // Field history summary.
     struct Hist {
         ops: usize,
