@@ -513,3 +513,31 @@ fn a_revoked_or_expired_supervisor_cannot_act_in_the_dashboard() {
     let (status, _) = sign_in(&st, "74010", PASSWORD, &code(&expired.totp_secret));
     assert_eq!(status, 303);
 }
+
+/// A dashboard account does not expire with the phones' 180-day
+/// credentials (nobody holds its device's credential): a year on, the
+/// supervisor still signs in.
+#[test]
+fn a_dashboard_account_still_signs_in_a_year_on() {
+    use fieldreport_station::clock::ManualClock;
+    let clock = ManualClock::at(1_800_000_000_000);
+    let st = TestStation::start_with_clock(clock.clone());
+    let account = st
+        .rt
+        .block_on(create_account(
+            st.storage.as_ref(),
+            &st.station_key(),
+            "Sgt Longserve",
+            "75009",
+            "D9",
+            PASSWORD,
+        ))
+        .unwrap();
+    clock.advance(365 * 86_400_000);
+    let code = totp(&account.totp_secret)
+        .unwrap()
+        .generate((st.now_ms() / 1000) as u64);
+    let (status, cookie) = sign_in(&st, "75009", PASSWORD, &code);
+    assert_eq!(status, 303, "signed in a year on");
+    assert!(cookie.is_some());
+}

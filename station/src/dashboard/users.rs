@@ -249,6 +249,14 @@ pub async fn create_account(
     // Never used: the dashboard finds its device by id.
     drop(Zeroizing::new(credential));
     storage.retire_credential(device_id).await?;
+    // Nobody holds that credential, so the phones' 180 days mean nothing
+    // here: the account's access ends when an administrator ends it
+    // (`revoke`, or `credential --expires-in-days`).
+    let century = storage
+        .clock()
+        .now_ms()
+        .saturating_add(100 * 365 * 86_400_000);
+    storage.set_credential_expiry(device_id, century).await?;
     let store_key = StoreKey::generate()?;
     let account = DashboardAccount {
         star_number: star_number.into(),
