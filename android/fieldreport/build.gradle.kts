@@ -56,7 +56,7 @@ val generateBindings by tasks.registering(Exec::class) {
     commandLine(
         "bash", "-c",
         "cargo build -p fieldreport-ffi --lib && " +
-            "cargo run -p fieldreport-ffi --features bindgen --bin uniffi-bindgen -- generate --no-format " +
+            "cargo run -p fieldreport-ffi --example uniffi-bindgen -- generate --no-format " +
             "--library target/debug/libfieldreport_ffi.so -l kotlin -o '${bindingsOut.get().asFile.path}'",
     )
 }

@@ -436,3 +436,42 @@ fn no_identity_and_reopen_keep_sequence() {
     assert_eq!(c2.seq, c1.seq + 1);
     s.verify_integrity().unwrap();
 }
+
+/// The person secret the station gives a device (in its own directory
+/// entry) survives the store's restart, so a report created offline after
+/// it still carries the proof that opens the device's digest on peers.
+#[test]
+fn the_person_secret_survives_a_restart_and_goes_into_creations() {
+    use fieldreport_core::crdt::{Action, Target};
+    let dir = tempdir();
+    let secret = fieldreport_core::evidence::new_person_secret().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        let mut own = s
+            .create_identity(person("Officer A", Role::Officer))
+            .unwrap();
+        assert!(own.person_secret.is_none());
+        own.person_secret = Some(secret.clone());
+        s.add_known_device(&own).unwrap();
+        assert_eq!(s.identity().unwrap().person_secret, Some(secret.clone()));
+        // A nameless entry for itself does not replace its own record.
+        let bare = own.clone().without_name();
+        s.add_known_device(&bare).unwrap();
+        assert_eq!(s.identity().unwrap().person.name, "Officer A");
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.identity().unwrap().person_secret, Some(secret.clone()));
+    let r = s.create_report().unwrap();
+    let creation = s.report_changes(r).unwrap().remove(0);
+    let proof = creation
+        .body()
+        .ops
+        .iter()
+        .find_map(|op| match (&op.target, &op.action) {
+            (Target::Field(p), Action::Set(Value::Text(v))) if p == "reporting_officer.proof" => {
+                Some(v.clone())
+            }
+            _ => None,
+        });
+    assert_eq!(proof, Some(secret));
+}

@@ -95,6 +95,18 @@ enum Command {
         #[arg(long)]
         device: uuid::Uuid,
     },
+    /// For a station whose key file is lost with no copy: deletes every
+    /// dashboard account (their second factors and signing stores were
+    /// sealed with the lost key) and revokes their signing devices, so the
+    /// station starts again with a new key. Accounts are then made again
+    /// with `dashboard-user`. Phones, reports and the log are untouched.
+    ForgetStationKey {
+        #[command(flatten)]
+        storage: StorageArgs,
+        /// Required: this cannot be undone.
+        #[arg(long)]
+        confirm: bool,
+    },
     /// Set when a device's credential expires: extend an expired one (a
     /// phone that was off for months), or end one now with 0.
     Credential {
@@ -365,6 +377,30 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 anyhow::bail!("no unrevoked device {device}");
             }
             println!("device {device} revoked");
+        }
+        Command::ForgetStationKey { storage, confirm } => {
+            if !confirm {
+                anyhow::bail!(
+                    "forget-station-key deletes every dashboard account; run it again with --confirm"
+                );
+            }
+            let cfg = storage.config(env)?;
+            let storage = cfg.open_storage_async().await?;
+            let devices = storage.forget_sealed().await?;
+            for d in &devices {
+                storage.revoke(*d).await?;
+            }
+            admin_audit(
+                storage.as_ref(),
+                "forget station key",
+                format!("{} dashboard accounts deleted", devices.len()),
+                "ok",
+            )
+            .await?;
+            println!(
+                "{} dashboard accounts deleted and their devices revoked; the station makes a new key when it starts (if the key file is gone) and accounts are made again with dashboard-user",
+                devices.len()
+            );
         }
         Command::Credential {
             storage,

@@ -298,6 +298,42 @@ mod tests {
         assert_eq!(cfg.station_key.as_deref(), Some(named.as_path()));
     }
 
+    /// A database from before the key check is bound only to the key its
+    /// accounts were sealed with: upgrading with a wrong key file is refused
+    /// (and binds nothing), and the right file then opens it.
+    #[tokio::test]
+    async fn an_upgraded_database_is_bound_only_to_its_accounts_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let cfg = Config::load(None, |_| None, None, Some(data.clone())).unwrap();
+        let storage = cfg.open_storage_async().await.unwrap();
+        let key = std::sync::Arc::new(cfg.station_key(storage.as_ref()).await.unwrap());
+        crate::dashboard::users::create_account(
+            storage.as_ref(),
+            &key,
+            "Sgt Upgrade",
+            "76009",
+            "D9",
+            "a long dashboard password",
+        )
+        .await
+        .unwrap();
+        drop(storage);
+        // As a database from before the check: no check value.
+        rusqlite::Connection::open(data.join(crate::storage::sqlite::DB_FILE))
+            .unwrap()
+            .execute("DELETE FROM station_settings", [])
+            .unwrap();
+        let path = crate::keys::default_path(&data);
+        let right = std::fs::read(&path).unwrap();
+        std::fs::write(&path, [9u8; 32]).unwrap();
+        let storage = cfg.open_storage_async().await.unwrap();
+        let err = cfg.station_key(storage.as_ref()).await.unwrap_err();
+        assert!(format!("{err:#}").contains("not the one"), "{err:#}");
+        std::fs::write(&path, &right).unwrap();
+        cfg.station_key(storage.as_ref()).await.unwrap();
+    }
+
     /// A lost key file is not silently replaced once the database holds
     /// something sealed with it: the station refuses to start, names the
     /// file, and starts again once the file is restored.
@@ -322,6 +358,29 @@ mod tests {
         let again = cfg.station_key(storage.as_ref()).await.unwrap();
         let sealed = key.seal(b"t", b"v").unwrap();
         assert_eq!(again.open(b"t", &sealed).unwrap().as_slice(), b"v");
+
+        // With no copy of the file: `forget-station-key` deletes what the
+        // lost key sealed, and the station starts with a new key.
+        let account = crate::dashboard::users::create_account(
+            storage.as_ref(),
+            &std::sync::Arc::new(again),
+            "Sgt Lost",
+            "77009",
+            "D9",
+            "a long dashboard password",
+        )
+        .await
+        .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(cfg.station_key(storage.as_ref()).await.is_err());
+        assert_eq!(
+            storage.forget_sealed().await.unwrap(),
+            vec![account.device_id]
+        );
+        assert!(storage.dashboard_accounts().await.unwrap().is_empty());
+        let fresh = cfg.station_key(storage.as_ref()).await.unwrap();
+        assert!(fresh.open(b"t", &sealed).is_err(), "a new key");
+        assert!(path.exists());
     }
 
     #[test]

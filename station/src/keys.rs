@@ -63,6 +63,12 @@ pub async fn bind(
     }
 }
 
+/// The associated data a dashboard account's sealed value is bound to:
+/// what it is and whose, so a value copied into another row does not open.
+pub fn sealed_context(what: &str, star_number: &str, device: uuid::Uuid) -> Vec<u8> {
+    format!("fieldreport dashboard {what}\0{star_number}\0{device}").into_bytes()
+}
+
 /// Where the station key lives in a data directory unless configured.
 pub fn default_path(data: &Path) -> PathBuf {
     data.join("keys").join("station.key")
@@ -170,7 +176,19 @@ impl StationKey {
             }
             Self::load_or_create(path)?
         };
-        bind(&key, storage, None).await?;
+        let first = storage.dashboard_accounts().await?.into_iter().next();
+        let earlier = first.as_ref().map(|a| {
+            (
+                sealed_context("totp", &a.star_number, a.device_id),
+                &a.totp_sealed,
+            )
+        });
+        bind(
+            &key,
+            storage,
+            earlier.as_ref().map(|(c, s)| (c.as_slice(), s.as_slice())),
+        )
+        .await?;
         Ok(key)
     }
 

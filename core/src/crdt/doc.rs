@@ -293,6 +293,10 @@ impl Causal {
         let mut succ: Vec<Vec<usize>> = vec![Vec::new(); n];
         let mut indeg = vec![0usize; n];
         let mut preds = Vec::new();
+        // What replay sorts ready changes by: the HLC, or for a clock that
+        // was never set (before the floor), the latest clock among what its
+        // author had seen, so it does not go first among concurrent steps.
+        let mut sort_clock: Vec<Hlc> = changes.iter().map(|c| c.body().hlc).collect();
         for (d, c) in changes.iter().enumerate() {
             let b = c.body();
             preds.clear();
@@ -318,11 +322,17 @@ impl Causal {
                 succ[i].push(d);
             }
             indeg[d] = preds.len();
+            if b.hlc.wall_ms < CLOCK_FLOOR_MS {
+                for &i in &preds {
+                    sort_clock[d] = sort_clock[d].max(changes[i].body().hlc);
+                }
+            }
         }
+        let order_key = |i: usize| (sort_clock[i], changes[i].id());
         let mut ready: BinaryHeap<Reverse<(Hlc, ChangeId, usize)>> = (0..n)
             .filter(|&i| indeg[i] == 0)
             .map(|i| {
-                let (h, id) = key(i);
+                let (h, id) = order_key(i);
                 Reverse((h, id, i))
             })
             .collect();
@@ -354,7 +364,7 @@ impl Causal {
                 if !placed[s] {
                     indeg[s] -= 1;
                     if indeg[s] == 0 {
-                        let (h, id) = key(s);
+                        let (h, id) = order_key(s);
                         ready.push(Reverse((h, id, s)));
                     }
                 }
@@ -414,6 +424,25 @@ impl Causal {
     }
 
     /// The changes causally after `from` (not itself).
+    /// The changes `to` comes causally after (its author had seen them).
+    fn ancestors(&self, to: usize) -> Vec<bool> {
+        let mut preds: Vec<Vec<usize>> = vec![Vec::new(); self.rank.len()];
+        for (i, s) in self.succ.iter().enumerate() {
+            for &d in s {
+                preds[d].push(i);
+            }
+        }
+        let mut seen = vec![false; self.rank.len()];
+        let mut stack = preds[to].clone();
+        while let Some(i) = stack.pop() {
+            if !seen[i] {
+                seen[i] = true;
+                stack.extend(preds[i].iter().copied().filter(|&p| !seen[p]));
+            }
+        }
+        seen
+    }
+
     fn descendants(&self, from: usize) -> Vec<bool> {
         let mut seen = vec![false; self.rank.len()];
         let mut stack = self.succ[from].clone();
@@ -587,9 +616,7 @@ where
         let unset = &causal.unset;
         let after = |step: usize| {
             let desc = causal.descendants(step);
-            let before: Vec<bool> = (0..changes.len())
-                .map(|i| causal.unset[i] && causal.descendants(i)[step])
-                .collect();
+            let before = causal.ancestors(step);
             move |i: usize| desc[i] || (unset[i] && !before[i] && i != step) || eff[i] > eff[step]
         };
         let after_submission = after(submitted);

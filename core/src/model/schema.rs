@@ -140,6 +140,8 @@ pub const REPORT_FIELDS: &[FieldSpec] = &[
     system("reporting_officer.unit", SHORT),
     // The creating device's person secret (`DeviceRecord::person_secret`).
     system("reporting_officer.proof", SHORT),
+    // The creation's random nonce, hashed into the report id.
+    system("creation.nonce", SHORT),
     user("cpd_units", Kind::TextList),
     user("federal_agencies", Kind::EnumList(FederalAgency::ALL)),
     user("federal_agency_other", SHORT),

@@ -279,11 +279,14 @@ pub fn authorize(body: &ChangeBody, author_record: &DeviceRecord, report_unit: &
         }
         // A derived report id belongs to one change: its creation. Nobody
         // else can create it, whatever order replicas receive things in.
-        if is_derived_report_id(body.report) && body.report != report_id_for(body.id()) {
-            return Err(denied(
-                body,
-                "the report id is not derived from this creation",
-            ));
+        if is_derived_report_id(body.report) {
+            let derived = text_set(body, CREATION_NONCE).map(|n| report_id_for(body.id(), n));
+            if derived != Some(body.report) {
+                return Err(denied(
+                    body,
+                    "the report id is not derived from this creation",
+                ));
+            }
         }
         let names_all = REPORTING_OFFICER_FIELDS.iter().all(|f| {
             body.ops
@@ -351,6 +354,19 @@ pub fn authorize(body: &ChangeBody, author_record: &DeviceRecord, report_unit: &
                     ));
                 }
             }
+            Target::Field(path) if path == CREATION_NONCE => {
+                let count = body
+                    .ops
+                    .iter()
+                    .filter(|o| matches!(&o.target, Target::Field(p) if p == path))
+                    .count();
+                if !creation || count != 1 {
+                    return Err(denied(
+                        body,
+                        "the creation nonce is set by the creation only",
+                    ));
+                }
+            }
             t if !is_content(t) => {
                 if !supervisor {
                     return Err(denied(
@@ -374,18 +390,24 @@ pub fn authorize(body: &ChangeBody, author_record: &DeviceRecord, report_unit: &
     Ok(())
 }
 
+/// The random nonce a creation sets ([`CREATION_NONCE`]), hashed into the
+/// report's id so nobody can compute a device's future report ids (to
+/// write to them before they exist) or tell a report's creator from its id.
+pub const CREATION_NONCE: &str = "creation.nonce";
+
 /// The id of the report that the creation change `creation` makes: a
-/// version-8 UUID from the SHA-256 of the change's id (device, seq). A
-/// device's seq numbers are never reused, so each derived id has exactly
-/// one possible creation, which [`authorize`] checks statically: a second
-/// officer cannot re-create a report to name himself its reporting
-/// officer, in whatever order replicas receive the two.
-pub fn report_id_for(creation: ChangeId) -> uuid::Uuid {
+/// version-8 UUID from the SHA-256 of the change's id (device, seq) and
+/// its nonce. A device's seq numbers are never reused, so each derived id
+/// has exactly one possible creation, which [`authorize`] checks
+/// statically: a second officer cannot re-create a report to name himself
+/// its reporting officer, in whatever order replicas receive the two.
+pub fn report_id_for(creation: ChangeId, nonce: &str) -> uuid::Uuid {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    h.update(b"fieldreport report id v1\0");
+    h.update(b"fieldreport report id v2\0");
     h.update(creation.device.as_bytes());
     h.update(creation.seq.to_be_bytes());
+    h.update(nonce.as_bytes());
     let digest = h.finalize();
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
@@ -439,6 +461,8 @@ mod tests {
         )
     }
 
+    const NONCE: &str = "0123456789abcdef0123456789abcdef";
+
     fn creation_by(author: &DeviceRecord, seq: u64, report: uuid::Uuid) -> ChangeBody {
         let p = &author.person;
         let set = |path: &str, v: &str| Operation {
@@ -459,6 +483,7 @@ mod tests {
                 set("reporting_officer.name", &p.name),
                 set("reporting_officer.star_number", &p.star_number),
                 set("reporting_officer.unit", &p.unit),
+                set(CREATION_NONCE, NONCE),
             ],
         }
     }
@@ -473,15 +498,20 @@ mod tests {
         ) {
             let a = officer("101");
             let b = officer("102");
-            let r = report_id_for(ChangeId { device: a.device_id, seq });
+            let r = report_id_for(ChangeId { device: a.device_id, seq }, NONCE);
             prop_assert!(is_derived_report_id(r));
             prop_assert!(authorize(&creation_by(&a, seq, r), &a, "D9").is_ok());
             prop_assert!(authorize(&creation_by(&b, other_seq, r), &b, "D9").is_err());
             if other_seq != seq {
                 prop_assert!(authorize(&creation_by(&a, other_seq, r), &a, "D9").is_err());
-                prop_assert_ne!(r, report_id_for(ChangeId { device: a.device_id, seq: other_seq }));
+                prop_assert_ne!(r, report_id_for(ChangeId { device: a.device_id, seq: other_seq }, NONCE));
             }
-            prop_assert_ne!(r, report_id_for(ChangeId { device: b.device_id, seq }));
+            prop_assert_ne!(r, report_id_for(ChangeId { device: b.device_id, seq }, NONCE));
+            // Another nonce, another id: nobody computes a device's next ids.
+            prop_assert_ne!(r, report_id_for(ChangeId { device: a.device_id, seq }, "another"));
+            let mut no_nonce = creation_by(&a, seq, r);
+            no_nonce.ops.pop();
+            prop_assert!(authorize(&no_nonce, &a, "D9").is_err());
             // The arrival-order rule stays out of derived reports' way.
             let forged = ChangeId { device: b.device_id, seq: other_seq };
             prop_assert!(authorize_one_creation(&creation_by(&a, seq, r), &[forged]).is_ok());

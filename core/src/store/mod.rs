@@ -627,9 +627,18 @@ impl Store {
         if let Some(secret) = &record.person_secret {
             edits.push(set(workflow::REPORTING_OFFICER_PROOF, secret));
         }
-        // The report's id derives from its creation change's id.
-        let created = self.commit_with(None, &edits, Writer::System, |_| Ok(()))?;
-        Ok(workflow::report_id_for(created))
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).map_err(|_| Error::Io(std::io::ErrorKind::Other))?;
+        let nonce = hex::encode(nonce);
+        edits.push(set(workflow::CREATION_NONCE, &nonce));
+        // The report's id derives from its creation change's id and nonce.
+        let created = self.commit_with(
+            ReportRef::New { nonce: &nonce },
+            &edits,
+            Writer::System,
+            |_| Ok(()),
+        )?;
+        Ok(workflow::report_id_for(created, &nonce))
     }
 
     /// Applies one user action (one or more edits) as one signed change.
@@ -935,7 +944,7 @@ impl Store {
         let sha = stored.sha256.clone();
         let mime = meta.mime_type.clone();
         self.commit_with(
-            Some(report),
+            ReportRef::Existing(report),
             &[Edit::AddEntry {
                 collection: schema::MEDIA_COLLECTION.into(),
                 entry,
@@ -958,15 +967,15 @@ impl Store {
     }
 
     fn commit_edits(&self, report: Uuid, edits: &[Edit], writer: Writer) -> Result<ChangeId> {
-        self.commit_with(Some(report), edits, writer, |_| Ok(()))
+        self.commit_with(ReportRef::Existing(report), edits, writer, |_| Ok(()))
     }
 
-    /// Signs and stores one change of `edits` to `report`, or, with `None`,
-    /// the creation of a new report whose id derives from the change's id
+    /// Signs and stores one change of `edits` to `report`, or the creation
+    /// of a new report whose id derives from the change's id and nonce
     /// (`workflow::report_id_for`).
     fn commit_with(
         &self,
-        report: Option<Uuid>,
+        report: ReportRef<'_>,
         edits: &[Edit],
         writer: Writer,
         extra: impl FnOnce(&rusqlite::Transaction) -> Result<()>,
@@ -975,13 +984,19 @@ impl Store {
         let w = &mut *guard;
         let identity = w.identity.clone().ok_or(Error::NoIdentity)?;
         let device = identity.device_id();
-        let create = report.is_none();
-        let report = report.unwrap_or_else(|| {
-            workflow::report_id_for(ChangeId {
-                device,
-                seq: w.next_seq,
-            })
-        });
+        let (report, create) = match report {
+            ReportRef::Existing(r) => (r, false),
+            ReportRef::New { nonce } => (
+                workflow::report_id_for(
+                    ChangeId {
+                        device,
+                        seq: w.next_seq,
+                    },
+                    nonce,
+                ),
+                true,
+            ),
+        };
         let tx = w.conn.transaction()?;
         let (mut doc, state) = w.docs.get_or_load(&tx, report)?;
         if doc.is_empty() != create {
@@ -1591,7 +1606,10 @@ fn load_identity(conn: &Connection, now_ms: i64) -> Result<(Option<DeviceIdentit
         .map_err(|_| Error::Corrupt("device key".into()))?;
     let record: DeviceRecord =
         serde_json::from_str(&record).map_err(|_| Error::Corrupt("device record".into()))?;
-    let identity = DeviceIdentity::from_secret(uuid_of(id)?, secret, record.person);
+    let mut identity = DeviceIdentity::from_secret(uuid_of(id)?, secret, record.person);
+    // The person secret the station gave this device (its creations reveal
+    // it), kept across restarts.
+    identity.record.person_secret = record.person_secret;
     let hlc = own_hlc.observe(
         Hlc {
             wall_ms: wall as u64,
@@ -1623,4 +1641,12 @@ fn write_report_row(conn: &Connection, report: Uuid, state: &State) -> Result<()
         r.to_canonical_json()
     ])?;
     Ok(())
+}
+
+/// Which report a change goes to: one that exists, or a new one (its
+/// creation) whose id derives from the change and this nonce.
+#[derive(Clone, Copy)]
+enum ReportRef<'a> {
+    Existing(Uuid),
+    New { nonce: &'a str },
 }

@@ -262,11 +262,9 @@ impl SyncClient {
                 code: "enrollment_mismatch".into(),
             });
         }
-        store.install_identity(DeviceIdentity::from_secret(
-            device_id,
-            secret,
-            enrolled.device.person,
-        ))?;
+        let mut identity = DeviceIdentity::from_secret(device_id, secret, enrolled.device.person);
+        identity.record.person_secret = enrolled.device.person_secret;
+        store.install_identity(identity)?;
         store.set_sync_value(KEY_URL, base)?;
         let pin = verifier.pin();
         if let Some(pin) = pin {

@@ -92,11 +92,9 @@ fn new_totp_secret() -> Result<Zeroizing<Vec<u8>>> {
     Ok(raw)
 }
 
-/// What a sealed value is, and whose: the associated data it is sealed
-/// with, so it opens only in its own account's row.
-fn context(what: &str, star_number: &str, device: uuid::Uuid) -> Vec<u8> {
-    format!("fieldreport dashboard {what}\0{star_number}\0{device}").into_bytes()
-}
+// What a sealed value is, and whose (the associated data it is sealed
+// with), so it opens only in its own account's row.
+use crate::keys::sealed_context as context;
 
 /// The account's second factor; `None` when it has none (an account from
 /// an earlier build made without one signs in only once made again).
@@ -249,14 +247,9 @@ pub async fn create_account(
     // Never used: the dashboard finds its device by id.
     drop(Zeroizing::new(credential));
     storage.retire_credential(device_id).await?;
-    // Nobody holds that credential, so the phones' 180 days mean nothing
-    // here: the account's access ends when an administrator ends it
-    // (`revoke`, or `credential --expires-in-days`).
-    let century = storage
-        .clock()
-        .now_ms()
-        .saturating_add(100 * 365 * 86_400_000);
-    storage.set_credential_expiry(device_id, century).await?;
+    storage
+        .set_credential_expiry(device_id, dashboard_device_expiry(storage))
+        .await?;
     let store_key = StoreKey::generate()?;
     let account = DashboardAccount {
         star_number: star_number.into(),
@@ -309,11 +302,24 @@ fn is_plain_sqlite(path: &Path) -> Result<bool> {
     }
 }
 
+/// When a dashboard account's signing device expires: in a century.
+/// Nobody holds its credential, so the phones' 180 days mean nothing here;
+/// the account's access ends when an administrator ends it (`revoke`, or
+/// `credential --expires-in-days`).
+fn dashboard_device_expiry(storage: &dyn StationStorage) -> i64 {
+    storage
+        .clock()
+        .now_ms()
+        .saturating_add(100 * 365 * 86_400_000)
+}
+
 /// Readies the dashboard's accounts on a data directory: imports the
 /// `users.json` of an earlier build once (secrets sealed, the bearer
 /// credential it held retired, then the file removed) and encrypts any
-/// signing store still plain. Runs when the station starts and before an
-/// account is made; processes sharing a data directory take turns.
+/// signing store still plain; binds the database to `key`, and once gives
+/// accounts of an earlier build the dashboard expiry. Runs when the station
+/// starts and before an account is made; processes sharing a data
+/// directory take turns.
 pub async fn prepare(storage: &dyn StationStorage, key: &Arc<StationKey>) -> Result<()> {
     let dir = dashboard_dir(storage);
     crate::files::private_dir(&dir)?;
@@ -396,6 +402,17 @@ async fn prepare_locked(
         // The file held the credential in the clear: whoever read it must
         // not be able to use it.
         storage.retire_credential(old.device_id).await?;
+    }
+    // Accounts made by an earlier build (or imported just now) got the
+    // phones' 180 days: once, they get what `create_account` gives.
+    const EXPIRY_SETTING: &str = "dashboard_devices_do_not_expire";
+    if imported || storage.setting(EXPIRY_SETTING).await?.is_none() {
+        for a in storage.dashboard_accounts().await? {
+            storage
+                .set_credential_expiry(a.device_id, dashboard_device_expiry(storage))
+                .await?;
+        }
+        storage.put_setting_once(EXPIRY_SETTING, vec![1]).await?;
     }
     // Any signing store still plain (imported just now, or an import cut
     // short) is encrypted under its account's key.

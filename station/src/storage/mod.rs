@@ -159,6 +159,10 @@ pub trait StationStorage: Send + Sync + 'static {
     /// `replace`; false when one existed and was kept.
     async fn put_dashboard_account(&self, account: DashboardAccount, replace: bool)
         -> Result<bool>;
+    /// Deletes every dashboard account and the station key check, in one
+    /// transaction; returns the accounts' signing devices. For a station
+    /// whose key file is lost (`forget-station-key`).
+    async fn forget_sealed(&self) -> Result<Vec<Uuid>>;
     /// A station setting (`station_settings`), if set.
     async fn setting(&self, name: &str) -> Result<Option<Vec<u8>>>;
     /// Sets a setting unless it is set already; returns the value that is

@@ -811,6 +811,32 @@ impl StationStorage for PostgresStorage {
         .await
     }
 
+    async fn forget_sealed(&self) -> Result<Vec<Uuid>> {
+        self.blocking(move |i| {
+            let mut c = i.conn();
+            let mut tx = c.transaction().map_err(db)?;
+            let devices = tx
+                .query(
+                    "SELECT device_id FROM dashboard_accounts ORDER BY star_number",
+                    &[],
+                )
+                .map_err(db)?
+                .iter()
+                .map(|r| r.get::<_, Uuid>(0))
+                .collect();
+            tx.execute("DELETE FROM dashboard_accounts", &[])
+                .map_err(db)?;
+            tx.execute(
+                "DELETE FROM station_settings WHERE name = 'station_key_check'",
+                &[],
+            )
+            .map_err(db)?;
+            tx.commit().map_err(db)?;
+            Ok(devices)
+        })
+        .await
+    }
+
     async fn setting(&self, name: &str) -> Result<Option<Vec<u8>>> {
         let name = name.to_string();
         self.blocking(move |i| {

@@ -32,7 +32,7 @@ use super::{
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, StationError};
 
-const DB_FILE: &str = "station.db";
+pub const DB_FILE: &str = "station.db";
 
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -550,6 +550,26 @@ impl StationStorage for SqliteStorage {
                     a.updated_at
                 ],
             )? > 0)
+        })
+        .await
+    }
+
+    async fn forget_sealed(&self) -> Result<Vec<Uuid>> {
+        self.blocking(move |i| {
+            let mut w = lock(&i.writer);
+            let tx = w.transaction()?;
+            let devices = tx
+                .prepare("SELECT device_id FROM dashboard_accounts ORDER BY star_number")?
+                .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+                .map(|d| Ok(fieldreport_core::store::log::uuid_of(d?)?))
+                .collect::<Result<Vec<_>>>()?;
+            tx.execute("DELETE FROM dashboard_accounts", [])?;
+            tx.execute(
+                "DELETE FROM station_settings WHERE name = 'station_key_check'",
+                [],
+            )?;
+            tx.commit()?;
+            Ok(devices)
         })
         .await
     }
@@ -1258,8 +1278,6 @@ mod tests {
         assert_eq!(kept, 10);
     }
 
-    /// A version 4 database (before dashboard accounts moved into storage)
-    /// upgrades, keeps its devices, and takes accounts.
     /// A device enrolled before person secrets gets one when the station
     /// opens, so the directory can publish its keyed digest.
     #[test]
@@ -1310,6 +1328,8 @@ mod tests {
         assert_eq!(secret(&s), Some(first), "made once, then kept");
     }
 
+    /// A version 4 database (before dashboard accounts moved into storage)
+    /// upgrades, keeps its devices, and takes accounts.
     #[test]
     fn a_version_4_database_upgrades_and_takes_dashboard_accounts() {
         let dir = tempfile::tempdir().unwrap();

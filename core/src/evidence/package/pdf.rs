@@ -514,7 +514,7 @@ pub fn render(input: &PdfInput) -> Vec<u8> {
         l.heading(&format!("Clocks not set ({})", r.clock_unset.len()));
         l.text(
             0,
-            "These changes carry a clock from before 2026: their device's clock was unset or reset. They are ordered after what their author had seen, not by their clock.",
+            "These changes carry a clock from before 2026: their device's clock was unset or reset. Replay places each after what its author had seen, and among changes made concurrently as if made just then, not by its clock.",
         );
         for f in &r.clock_unset {
             l.text(

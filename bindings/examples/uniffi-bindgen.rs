@@ -1,4 +1,4 @@
-//! `cargo run -p fieldreport-ffi --features bindgen --bin uniffi-bindgen -- generate …`:
+//! `cargo run -p fieldreport-ffi --example uniffi-bindgen -- generate …`:
 //! the bindings generator at exactly the library's uniffi version.
 
 fn main() {
