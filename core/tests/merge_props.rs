@@ -129,6 +129,19 @@ fn record(seen: &mut Seen, heads: Heads, result: fieldreport_core::Result<Change
     }
 }
 
+/// The fields a submission needs.
+fn required_for_submission() -> Vec<Edit> {
+    let set = |path: &str, value: Value| Edit::SetField {
+        path: path.into(),
+        value,
+    };
+    vec![
+        set("occurred.start", Value::Time(1_795_000_000_000)),
+        set("location.address", Value::Text("W 26th St".into())),
+        set("federal_agencies", Value::List(vec!["ice".into()])),
+    ]
+}
+
 fn author(s: &Store, seen: &mut Seen, report: Uuid, edits: &[Edit]) {
     let heads = s.heads().unwrap();
     record(seen, heads, s.edit(report, edits));
@@ -154,25 +167,7 @@ fn run(n: usize, far: Option<usize>, steps: Vec<Step>) {
     let (_dirs, stores) = stores_with(&people);
     let report = stores[0].create_report().unwrap();
     // What a submission needs.
-    stores[0]
-        .edit(
-            report,
-            &[
-                Edit::SetField {
-                    path: "occurred.start".into(),
-                    value: Value::Time(1_795_000_000_000),
-                },
-                Edit::SetField {
-                    path: "location.address".into(),
-                    value: Value::Text("W 26th St".into()),
-                },
-                Edit::SetField {
-                    path: "federal_agencies".into(),
-                    value: Value::List(vec!["ice".into()]),
-                },
-            ],
-        )
-        .unwrap();
+    stores[0].edit(report, &required_for_submission()).unwrap();
     for s in &stores[1..] {
         sync(&stores[0], s);
     }
@@ -536,24 +531,7 @@ fn a_clock_80_years_ahead_cannot_outrank_what_came_after_it() {
     let (creator, far, sup) = (&s[0], &s[1], &s[2]);
     let r = creator.create_report().unwrap();
     sync(creator, far);
-    far.edit(
-        r,
-        &[
-            Edit::SetField {
-                path: "occurred.start".into(),
-                value: Value::Time(1_795_000_000_000),
-            },
-            Edit::SetField {
-                path: "location.address".into(),
-                value: Value::Text("W 26th St".into()),
-            },
-            Edit::SetField {
-                path: "federal_agencies".into(),
-                value: Value::List(vec!["ice".into()]),
-            },
-        ],
-    )
-    .unwrap();
+    far.edit(r, &required_for_submission()).unwrap();
     let far_narrative = far
         .set_field(r, "narrative", Value::Text("Agents arrived.".into()))
         .unwrap();
@@ -647,25 +625,7 @@ fn a_clock_reset_to_1970_drags_nothing_back_and_blames_nobody() {
     ]);
     let (creator, reset, sup) = (&s[0], &s[1], &s[2]);
     let r = creator.create_report().unwrap();
-    creator
-        .edit(
-            r,
-            &[
-                Edit::SetField {
-                    path: "occurred.start".into(),
-                    value: Value::Time(1_795_000_000_000),
-                },
-                Edit::SetField {
-                    path: "location.address".into(),
-                    value: Value::Text("W 26th St".into()),
-                },
-                Edit::SetField {
-                    path: "federal_agencies".into(),
-                    value: Value::List(vec!["ice".into()]),
-                },
-            ],
-        )
-        .unwrap();
+    creator.edit(r, &required_for_submission()).unwrap();
     let submitted = creator.submit(r).unwrap();
     sync(creator, reset);
     sync(creator, sup);
