@@ -129,6 +129,21 @@ fn record(seen: &mut Seen, heads: Heads, result: fieldreport_core::Result<Change
     }
 }
 
+/// Every replica syncs with every other; all then show report `r` alike.
+fn exchange_all_and_agree(s: &[Store], r: Uuid) {
+    for a in s {
+        for b in s {
+            if !std::ptr::eq(a, b) {
+                sync(a, b);
+            }
+        }
+    }
+    let json = s[0].report_json(r).unwrap();
+    for st in s {
+        assert_eq!(st.report_json(r).unwrap(), json, "all replicas agree");
+    }
+}
+
 /// The fields a submission needs.
 fn required_for_submission() -> Vec<Edit> {
     let set = |path: &str, value: Value| Edit::SetField {
@@ -548,17 +563,7 @@ fn a_clock_80_years_ahead_cannot_outrank_what_came_after_it() {
         .unwrap();
     sync(creator, sup);
     let approved = sup.approve(r).unwrap();
-    for a in 0..3 {
-        for b in 0..3 {
-            if a != b {
-                sync(&s[a], &s[b]);
-            }
-        }
-    }
-    let json = creator.report_json(r).unwrap();
-    for st in &s {
-        assert_eq!(st.report_json(r).unwrap(), json, "all replicas agree");
-    }
+    exchange_all_and_agree(&s, r);
     let rep = creator.report(r).unwrap();
     assert_eq!(rep.lifecycle, fieldreport_core::LifecycleState::Approved);
     let steps: Vec<_> = rep
@@ -646,17 +651,7 @@ fn a_clock_reset_to_1970_drags_nothing_back_and_blames_nobody() {
         .unwrap();
     assert!(reset_change.body().hlc.wall_ms < 1_767_225_600_000);
     let approved = sup.approve(r).unwrap();
-    for a in 0..3 {
-        for b in 0..3 {
-            if a != b {
-                sync(&s[a], &s[b]);
-            }
-        }
-    }
-    let json = creator.report_json(r).unwrap();
-    for st in &s {
-        assert_eq!(st.report_json(r).unwrap(), json, "all replicas agree");
-    }
+    exchange_all_and_agree(&s, r);
     let rep = creator.report(r).unwrap();
     assert!(
         rep.clock_ahead.is_empty(),
