@@ -144,6 +144,14 @@ fn exchange_all_and_agree(s: &[Store], r: Uuid) {
     }
 }
 
+/// Each lifecycle step of a report, in replay order, with whether it applied.
+fn applied_steps(rep: &fieldreport_core::Report) -> Vec<(ChangeId, bool)> {
+    rep.lifecycle_history
+        .iter()
+        .map(|h| (h.change, h.applied))
+        .collect()
+}
+
 /// The fields a submission needs.
 fn required_for_submission() -> Vec<Edit> {
     let set = |path: &str, value: Value| Edit::SetField {
@@ -566,12 +574,10 @@ fn a_clock_80_years_ahead_cannot_outrank_what_came_after_it() {
     exchange_all_and_agree(&s, r);
     let rep = creator.report(r).unwrap();
     assert_eq!(rep.lifecycle, fieldreport_core::LifecycleState::Approved);
-    let steps: Vec<_> = rep
-        .lifecycle_history
-        .iter()
-        .map(|h| (h.change, h.applied))
-        .collect();
-    assert_eq!(steps, vec![(submitted, true), (approved, true)]);
+    assert_eq!(
+        applied_steps(&rep),
+        vec![(submitted, true), (approved, true)]
+    );
     assert_eq!(
         rep.narrative.as_deref(),
         Some("Agents arrived at 14:05."),
@@ -661,12 +667,10 @@ fn a_clock_reset_to_1970_drags_nothing_back_and_blames_nobody() {
     let unset: Vec<ChangeId> = rep.clock_unset.iter().map(|f| f.change).collect();
     assert_eq!(unset, vec![reset_change.id()]);
     assert_eq!(rep.lifecycle, fieldreport_core::LifecycleState::Approved);
-    let steps: Vec<_> = rep
-        .lifecycle_history
-        .iter()
-        .map(|h| (h.change, h.applied))
-        .collect();
-    assert_eq!(steps, vec![(submitted, true), (approved, true)]);
+    assert_eq!(
+        applied_steps(&rep),
+        vec![(submitted, true), (approved, true)]
+    );
     // The witness, added after the submission, is an amendment.
     assert!(rep.witnesses.iter().any(|w| w.id == witness));
     assert!(
