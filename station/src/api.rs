@@ -3,14 +3,12 @@
 //! body; refused pushes are kept for audit.
 
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -18,14 +16,13 @@ use fieldreport_core::sync::wire::*;
 use fieldreport_core::{Change, Role};
 use futures_util::stream::Stream;
 use serde::Deserialize;
-use tokio::sync::broadcast;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::StreamExt;
 use uuid::Uuid;
 
-use crate::clock::Clock;
+use crate::audit::AuditActor;
 use crate::error::{Result, StationError};
-use crate::storage::{AuditEntry, Enrolled, StationStorage};
+use crate::events::unit_event_stream;
+use crate::state::AppState;
+use crate::storage::{parse_reports, AuditEntry, Enrolled};
 
 /// Changes per push request.
 pub const MAX_PUSH_CHANGES: usize = 1000;
@@ -39,47 +36,6 @@ pub const MAX_PULL_LIMIT: u32 = 1000;
 pub const CLOCK_SKEW_TOLERANCE_MS: i64 = 2 * 60 * 1000;
 
 pub const OPENAPI: &str = include_str!("../openapi.json");
-
-#[derive(Clone)]
-pub struct AppState {
-    pub storage: Arc<dyn StationStorage>,
-    /// (unit, event) for every report a push changed.
-    pub events: broadcast::Sender<(String, ReportEvent)>,
-    pub station_id: String,
-    /// Whether this process sends its pushes' events itself (false when
-    /// the storage engine fans them out to every process).
-    pub local_events: bool,
-    /// Ends open event streams when the station stops.
-    pub shutdown: tokio_util::sync::CancellationToken,
-    /// Dashboard sessions and signing stores.
-    pub dashboard: Arc<crate::dashboard::Dashboard>,
-    /// The storage's clock: the one "now" of this station.
-    pub clock: Arc<dyn Clock>,
-}
-
-impl AppState {
-    /// The state of a station on `storage`; `station_key` seals the
-    /// dashboard's secrets (see [`crate::keys`]).
-    pub fn new(
-        storage: Arc<dyn StationStorage>,
-        station_id: String,
-        station_key: Arc<crate::keys::StationKey>,
-    ) -> Self {
-        let (events, local_events) = match storage.shared_events() {
-            Some(shared) => (shared, false),
-            None => (broadcast::channel(1024).0, true),
-        };
-        AppState {
-            clock: storage.clock(),
-            storage,
-            events,
-            local_events,
-            station_id,
-            shutdown: tokio_util::sync::CancellationToken::new(),
-            dashboard: Arc::new(crate::dashboard::Dashboard::new(station_key)),
-        }
-    }
-}
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -110,14 +66,14 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::dashboard::routes(state.clone()))
         // Matched routes name themselves to the audit entry; the audit
         // layer wraps everything, unknown paths (the fallback) included.
-        .route_layer(axum::middleware::from_fn(note_route))
+        .route_layer(axum::middleware::from_fn(crate::audit::note_route))
         .fallback(|| async { StationError::NotFound })
         .layer(axum::middleware::from_fn(
             crate::dashboard::security_headers,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            audit_layer,
+            crate::audit::audit_layer,
         ))
         .with_state(state)
 }
@@ -177,119 +133,6 @@ fn lifecycle_steps(changes: &[Change]) -> Vec<(Uuid, String)> {
         }
     }
     out
-}
-
-/// Who made a request, for the audit log: filled in by whatever
-/// authenticates it (the `Device` extractor, the dashboard session, the
-/// enrollment), read by [`audit_layer`] once the response is made.
-#[derive(Clone, Default)]
-pub struct AuditActor(Arc<std::sync::Mutex<AuditNote>>);
-
-#[derive(Clone, Default)]
-struct AuditNote {
-    who: Option<String>,
-    why: Option<&'static str>,
-    /// The matched route (`None`: no route matched the path).
-    route: Option<String>,
-}
-
-impl AuditActor {
-    fn with<T>(&self, f: impl FnOnce(&mut AuditNote) -> T) -> T {
-        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-    pub fn set(&self, who: String) {
-        self.with(|n| n.who = Some(who));
-    }
-    /// Why a request was refused (no personal data: a fixed phrase).
-    pub fn note(&self, why: &'static str) {
-        self.with(|n| n.why = Some(why));
-    }
-    fn get(&self) -> AuditNote {
-        self.with(|n| n.clone())
-    }
-}
-
-/// Tells the audit layer which route matched (it runs before routing).
-async fn note_route(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    if let (Some(actor), Some(path)) = (
-        req.extensions().get::<AuditActor>(),
-        req.extensions().get::<axum::extract::MatchedPath>(),
-    ) {
-        let route = path.as_str().to_string();
-        actor.with(|n| n.route = Some(route));
-    }
-    next.run(req).await
-}
-
-/// Appends one audit entry per request: time, who (a device id, or
-/// `anonymous`), the route, the path (ids and hashes only) and the status.
-/// Sign-ins are recorded by their handler, which knows the account.
-pub async fn audit_layer(
-    State(s): State<AppState>,
-    mut req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let actor = AuditActor::default();
-    req.extensions_mut().insert(actor.clone());
-    let method = req.method().clone();
-    let target = req.uri().path().chars().take(200).collect::<String>();
-    if target.starts_with("/dashboard") {
-        if let Some((who, idle)) = crate::dashboard::session_actor(&s, req.headers()) {
-            actor.set(who);
-            if idle {
-                actor.note("session ended: idle");
-            }
-        }
-    }
-    let resp = next.run(req).await;
-    let AuditNote {
-        who,
-        why: note,
-        route,
-    } = actor.get();
-    // A path no route serves is whatever the client typed (it could be a
-    // name): only its first segment's safe characters and a hash are kept.
-    let (route, target) = match route {
-        Some(r) => (r, target),
-        None => ("unrouted".to_string(), unrouted_target(&target)),
-    };
-    // Sign-ins are written by their handler; one refused before it (from
-    // another origin) is written here.
-    if route == "/dashboard/login" && method == axum::http::Method::POST && note.is_none() {
-        return resp;
-    }
-    let status = resp.status().as_u16().to_string();
-    let entry = AuditEntry {
-        id: 0,
-        at_ms: s.clock.now_ms(),
-        actor: who.unwrap_or_else(|| "anonymous".into()),
-        action: format!("{method} {route}"),
-        target,
-        outcome: match note {
-            Some(n) => format!("{status} {n}"),
-            None => status,
-        },
-    };
-    if let Err(e) = s.storage.audit(entry).await {
-        tracing::error!(error = %e, "audit log write failed");
-    }
-    resp
-}
-
-/// `/first-segment… sha256:0123456789abcdef` for a path no route serves.
-fn unrouted_target(path: &str) -> String {
-    use sha2::Digest;
-    let first: String = path
-        .trim_start_matches('/')
-        .split('/')
-        .next()
-        .unwrap_or("")
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
-        .take(24)
-        .collect();
-    let hash = hex::encode(sha2::Sha256::digest(path.as_bytes()));
-    format!("/{first}… sha256:{}", &hash[..16])
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -550,17 +393,6 @@ async fn receipts(
     Ok(Json(s.storage.receipts(&d, report_id(&id)?).await?))
 }
 
-/// Materialised report rows (JSON) as reports.
-pub(crate) fn parse_reports(jsons: Vec<String>) -> Result<Vec<fieldreport_core::Report>> {
-    jsons
-        .iter()
-        .map(|j| {
-            serde_json::from_str(j)
-                .map_err(|_| StationError::Internal("stored report does not parse".into()))
-        })
-        .collect()
-}
-
 /// The unit's 30-day internal reviews: due, overdue, done (supervisors).
 async fn reviews(
     State(s): State<AppState>,
@@ -699,34 +531,4 @@ async fn events(
         d.unit().to_string(),
         Default::default(),
     ))
-}
-
-/// One unit's report events as Server-Sent Events (supervisors' devices and
-/// the dashboard), ending when the station stops or `ended` is cancelled
-/// (a dashboard session ending).
-pub(crate) fn unit_event_stream(
-    s: &AppState,
-    unit: String,
-    ended: tokio_util::sync::CancellationToken,
-) -> Sse<impl Stream<Item = std::result::Result<Event, Infallible>>> {
-    let rx = s.events.subscribe();
-    let shutdown = s.shutdown.clone();
-    let stop = async move {
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = ended.cancelled() => {}
-        }
-    };
-    let stream =
-        futures_util::StreamExt::take_until(BroadcastStream::new(rx), stop).filter_map(move |ev| {
-            match ev {
-                Ok((u, ev)) if u == unit => serde_json::to_string(&ev)
-                    .ok()
-                    .map(|data| Ok(Event::default().event("report").data(data))),
-                // A lagging listener lost events: tell it to pull.
-                Err(_) => Some(Ok(Event::default().event("lagged").data("{}"))),
-                _ => None,
-            }
-        });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

@@ -335,7 +335,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let cfg = storage.config(env)?;
             let storage = cfg.open_storage_async().await?;
             let key = std::sync::Arc::new(cfg.station_key(storage.as_ref()).await?);
-            let account = crate::dashboard::users::create_account(
+            let account = crate::accounts::create_account(
                 storage.as_ref(),
                 &key,
                 &name,
@@ -358,7 +358,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 account.device_id
             );
             println!("second factor: add this to the supervisor's authenticator app (shown once):");
-            println!("{}", crate::dashboard::users::totp_uri(&account));
+            println!("{}", crate::accounts::totp_uri(&account));
             println!("secret: {}", account.totp_secret);
         }
         Command::Revoke { storage, device } => {

@@ -308,7 +308,7 @@ mod tests {
         let cfg = Config::load(None, |_| None, None, Some(data.clone())).unwrap();
         let storage = cfg.open_storage_async().await.unwrap();
         let key = std::sync::Arc::new(cfg.station_key(storage.as_ref()).await.unwrap());
-        crate::dashboard::users::create_account(
+        crate::accounts::create_account(
             storage.as_ref(),
             &key,
             "Sgt Upgrade",
@@ -361,7 +361,7 @@ mod tests {
 
         // With no copy of the file: `forget-station-key` deletes what the
         // lost key sealed, and the station starts with a new key.
-        let account = crate::dashboard::users::create_account(
+        let account = crate::accounts::create_account(
             storage.as_ref(),
             &std::sync::Arc::new(again),
             "Sgt Lost",

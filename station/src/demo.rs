@@ -129,9 +129,9 @@ pub async fn run(keep_running: bool, data: Option<PathBuf>) -> anyhow::Result<()
     let mut pw = [0u8; 9];
     getrandom::fill(&mut pw).map_err(|_| anyhow::anyhow!("no randomness"))?;
     let password = hex::encode(pw);
-    let account = crate::dashboard::users::create_account(
+    let account = crate::accounts::create_account(
         storage_dyn.as_ref(),
-        station.state.dashboard.station_key(),
+        &station.state.station_key,
         &sgt.name,
         &sgt.star_number,
         &sgt.unit,
@@ -143,7 +143,7 @@ pub async fn run(keep_running: bool, data: Option<PathBuf>) -> anyhow::Result<()
         "11. {} can sign in to the supervisor dashboard at {url}/dashboard (star {}, password {password}, and a code from an authenticator app set up with {}): live inbox, the report with its kept conflict, return / approve / refer, 30-day reviews. The public record of counts is at {url}/public.",
         sgt.name,
         sgt.star_number,
-        crate::dashboard::users::totp_uri(&account)
+        crate::accounts::totp_uri(&account)
     );
     println!(
         "    (the certificate is the demo's own, self-signed: a browser asks before trusting it; its key pin is {pin})"

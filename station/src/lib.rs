@@ -1,7 +1,14 @@
 //! FieldReport station: the sync server devices enroll and sync with.
 //!
 //! - [`storage`]: the station store behind one trait (SQLite engine here);
-//! - [`api`]: the HTTP API (`/v1`), authentication, event stream;
+//! - [`state`]: what the API and the dashboard share ([`AppState`]);
+//! - [`api`]: the HTTP API (`/v1`), device authentication;
+//! - [`dashboard`]: the supervisors' web pages (`/dashboard`);
+//! - [`accounts`]: dashboard accounts and their signing devices;
+//! - [`sessions`]: dashboard sessions and sign-in lockouts;
+//! - [`audit`]: the audit entry every request gets;
+//! - [`events`]: the live event stream to supervisors;
+//! - [`oversight`]: 30-day reviews and the public counts;
 //! - [`clock`]: the station's one source of "now" (injected in tests);
 //! - [`config`]: configuration from a file and the environment;
 //! - [`keys`]: the station key, which seals the dashboard's secrets;
@@ -11,24 +18,30 @@
 //! - [`demo`]: the guided demo a newcomer runs;
 //! - [`cli`]: the `fieldreport-station` command line.
 
+pub mod accounts;
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dashboard;
 pub mod demo;
 pub mod error;
+pub mod events;
 pub mod export;
 pub mod files;
 pub mod keys;
 pub mod oversight;
+pub mod sessions;
+pub mod state;
 pub mod storage;
 pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use api::{router, AppState};
+pub use api::router;
+pub use state::AppState;
 pub use storage::sqlite::SqliteStorage;
 pub use storage::StationStorage;
 
@@ -116,7 +129,7 @@ pub async fn spawn_with_key(
     transport: Transport,
     key: Arc<keys::StationKey>,
 ) -> std::io::Result<RunningStation> {
-    dashboard::users::prepare(storage.as_ref(), &key)
+    accounts::prepare(storage.as_ref(), &key)
         .await
         .map_err(std::io::Error::other)?;
     let addr = listener.local_addr()?;

@@ -174,13 +174,7 @@ impl TestStation {
 
     /// The station key that seals the dashboard's secrets.
     pub fn station_key(&self) -> Arc<fieldreport_station::keys::StationKey> {
-        self.station
-            .as_ref()
-            .unwrap()
-            .state
-            .dashboard
-            .station_key()
-            .clone()
+        self.station.as_ref().unwrap().state.station_key.clone()
     }
 
     /// Store options whose wall clock is this station's.

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use fieldreport_core::store::{MediaMeta, Store};
 use fieldreport_core::{DeviceIdentity, LifecycleState, Role, Value};
 use fieldreport_e2e::*;
+use fieldreport_station::accounts;
 use fieldreport_station::clock::SystemClock;
-use fieldreport_station::dashboard::users;
 use reqwest::redirect::Policy;
 
 const LEGACY_PASSWORD: &str = "an older build's password";
@@ -242,7 +242,7 @@ fn legacy_layout(p: &Prepared) -> Legacy {
         "name": person.name,
         "star_number": person.star_number,
         "unit": person.unit,
-        "password_hash": users::hash_password(LEGACY_PASSWORD).unwrap(),
+        "password_hash": accounts::hash_password(LEGACY_PASSWORD).unwrap(),
         "device_id": device_id,
         "credential": credential,
         "totp_secret": totp_secret,
@@ -321,7 +321,7 @@ fn no_secret_in_the_clear_and_no_file_readable_by_others() {
     // A new dashboard account.
     let fresh = st
         .rt
-        .block_on(users::create_account(
+        .block_on(accounts::create_account(
             st.storage.as_ref(),
             &st.station_key(),
             "Sgt F. Resh",
@@ -335,7 +335,7 @@ fn no_secret_in_the_clear_and_no_file_readable_by_others() {
     // password and authenticator it had.
     let http = st.http_builder().redirect(Policy::none()).build().unwrap();
     let sign_in = |star: &str, password: &str, secret: &str| -> String {
-        let code = users::totp(secret)
+        let code = accounts::totp(secret)
             .unwrap()
             .generate((st.now_ms() / 1000) as u64);
         let resp = http
@@ -429,7 +429,7 @@ fn no_secret_in_the_clear_and_no_file_readable_by_others() {
         .block_on(st.storage.dashboard_account("75010"))
         .unwrap()
         .unwrap();
-    let store_key = users::signing_store_key(&st.station_key(), &row).unwrap();
+    let store_key = accounts::signing_store_key(&st.station_key(), &row).unwrap();
     let fresh_secret = store_secret(&fresh_db, Some(&store_key));
     assert_eq!(fresh_secret.len(), 32);
 

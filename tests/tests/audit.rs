@@ -6,7 +6,7 @@
 use fieldreport_core::store::MediaMeta;
 use fieldreport_core::{Role, Value};
 use fieldreport_e2e::*;
-use fieldreport_station::dashboard::users::create_account;
+use fieldreport_station::accounts::create_account;
 use fieldreport_station::storage::AuditEntry;
 use reqwest::redirect::Policy;
 
@@ -87,7 +87,7 @@ fn every_read_every_refusal_and_every_step_is_audited() {
             "a long dashboard password",
         ))
         .unwrap();
-    let code = fieldreport_station::dashboard::users::totp(&account.totp_secret)
+    let code = fieldreport_station::accounts::totp(&account.totp_secret)
         .unwrap()
         .generate((st.now_ms() / 1000) as u64);
     let resp = http

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use fieldreport_core::model::LifecycleState;
 use fieldreport_core::{Role, Value};
 use fieldreport_e2e::*;
-use fieldreport_station::dashboard::users::create_account;
+use fieldreport_station::accounts::create_account;
 use reqwest::blocking::Client;
 use reqwest::redirect::Policy;
 
@@ -37,7 +37,7 @@ fn account(st: &TestStation, star: &str, unit: &str) -> String {
 
 /// The code an authenticator app holding `secret` shows at the station's now.
 fn code(st: &TestStation, secret: &str) -> String {
-    fieldreport_station::dashboard::users::totp(secret)
+    fieldreport_station::accounts::totp(secret)
         .unwrap()
         .generate((st.now_ms() / 1000) as u64)
 }

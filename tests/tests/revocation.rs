@@ -16,9 +16,9 @@ use fieldreport_core::evidence::package::verify_package;
 use fieldreport_core::sync::wire::{EnrollRequest, EnrollResponse, PushRequest, WireChange};
 use fieldreport_core::{DeviceIdentity, Person, Role, Value};
 use fieldreport_e2e::*;
+use fieldreport_station::accounts::{act, create_account, Stores};
 use fieldreport_station::api::REVOKED_NOTE;
 use fieldreport_station::clock::{Clock, ManualClock};
-use fieldreport_station::dashboard::users::{act, create_account, Stores};
 use fieldreport_station::error::StationError;
 use uuid::Uuid;
 

@@ -13,7 +13,7 @@ use fieldreport_core::store::Store;
 use fieldreport_core::sync::SyncClient;
 use fieldreport_core::{Error, Role, Value};
 use fieldreport_e2e::*;
-use fieldreport_station::dashboard::users::{create_account, totp};
+use fieldreport_station::accounts::{create_account, totp};
 use fieldreport_station::storage::AuditEntry;
 use fieldreport_station::tls::StationTls;
 use reqwest::blocking::Client;

@@ -1,7 +1,7 @@
 //! The supervisor dashboard: plain server-rendered pages with a little
 //! JavaScript, served by the station under `/dashboard`.
 //!
-//! - sign-in with star number, password and TOTP code (`users`), a session
+//! - sign-in with star number, password and TOTP code (`crate::accounts`), a session
 //!   cookie (`HttpOnly`, `Secure`, `SameSite=Strict`) that ends after 30
 //!   minutes idle, or at once when the account's signing device is revoked
 //!   or its credential expires;
@@ -9,7 +9,7 @@
 //!   event stream (`/dashboard/events`, Server-Sent Events);
 //! - a report page with its fields, kept conflicts, lifecycle history,
 //!   amendments and photos, and the return / approve / refer / close and
-//!   review actions, signed by the account's own device (`users::act`);
+//!   review actions, signed by the account's own device (`accounts::act`);
 //! - the 30-day review lists and the evidence package download.
 //!
 //! Every response carries a Content-Security-Policy allowing only the
@@ -20,12 +20,7 @@
 //! origin (`Origin`, `Sec-Fetch-Site`), and with a session, carry its
 //! CSRF token; refusals are 403 and audited.
 
-pub mod users;
-
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Form, FromRequestParts, Path, Request, State};
@@ -43,15 +38,14 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::api::{parse_reports, AppState, AuditActor};
+use crate::audit::AuditActor;
 use crate::error::{Result, StationError};
-use crate::keys::StationKey;
 use crate::oversight::{self, ReviewStatus};
+use crate::sessions::{cookie, Session, COOKIE};
+use crate::state::AppState;
+use crate::storage::parse_reports;
 use crate::storage::{DashboardAccount, Enrolled};
 
-/// Sessions end after this long without a request.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-const COOKIE: &str = "fr_session";
 /// The hidden form field carrying a session's CSRF token.
 const CSRF_FIELD: &str = "csrf";
 /// Largest form body a dashboard POST may have.
@@ -65,135 +59,6 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 
 const APP_JS: &str = include_str!("app.js");
 const APP_CSS: &str = include_str!("app.css");
-
-struct Session {
-    star_number: String,
-    device_id: Uuid,
-    /// Every form of the session carries it; a POST without it is refused.
-    csrf: String,
-    /// Station clock, ms.
-    last_seen: i64,
-    /// Cancelled when the session ends: its open event streams close.
-    ended: CancellationToken,
-}
-
-pub struct Dashboard {
-    sessions: Mutex<HashMap<String, Session>>,
-    /// `IDLE_TIMEOUT`, or `FIELDREPORT_DASHBOARD_IDLE_SECONDS` when set
-    /// (shorter for kiosks; the tests use it to see a session end).
-    idle_timeout: Duration,
-    stores: Arc<users::Stores>,
-    /// Failed sign-ins per star number (also unknown ones, so a locked-out
-    /// answer does not reveal which exist), and the last TOTP step used
-    /// per account, so a code works once.
-    attempts: Mutex<HashMap<String, Attempts>>,
-    /// Opens the accounts' TOTP secrets and signing store keys.
-    key: Arc<StationKey>,
-}
-
-impl Dashboard {
-    pub fn new(key: Arc<StationKey>) -> Self {
-        let idle_timeout = std::env::var("FIELDREPORT_DASHBOARD_IDLE_SECONDS")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|s| *s > 0)
-            .map(Duration::from_secs)
-            .unwrap_or(IDLE_TIMEOUT);
-        Dashboard {
-            sessions: Mutex::default(),
-            idle_timeout,
-            stores: Arc::default(),
-            attempts: Mutex::default(),
-            key,
-        }
-    }
-
-    /// The station key the dashboard seals and opens secrets with.
-    pub fn station_key(&self) -> &Arc<StationKey> {
-        &self.key
-    }
-}
-
-#[derive(Default)]
-struct Attempts {
-    failures: u32,
-    /// Station clock, ms.
-    locked_until: Option<i64>,
-    last_totp_step: u64,
-}
-
-/// Failed sign-ins in a row that lock an account (CJIS 5.5.3).
-pub const MAX_FAILURES: u32 = 5;
-/// How long a locked account stays locked.
-pub const LOCKOUT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
-/// Star numbers tracked at most; beyond it, the oldest unlocked go.
-const MAX_TRACKED: usize = 10_000;
-
-impl Dashboard {
-    fn idle_ms(&self) -> i64 {
-        i64::try_from(self.idle_timeout.as_millis()).unwrap_or(i64::MAX)
-    }
-
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Ends a session (its event streams close).
-    fn end_session(&self, token: &str) {
-        if let Some(s) = self.sessions().remove(token) {
-            s.ended.cancel();
-        }
-    }
-
-    fn attempts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Attempts>> {
-        self.attempts.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn locked(&self, star: &str, now: i64) -> bool {
-        self.attempts()
-            .get(star)
-            .and_then(|a| a.locked_until)
-            .is_some_and(|t| now < t)
-    }
-
-    /// Counts a failure; true when it locks the account.
-    fn fail(&self, star: &str, now: i64) -> bool {
-        let mut all = self.attempts();
-        if all.len() >= MAX_TRACKED && !all.contains_key(star) {
-            all.retain(|_, a| a.locked_until.is_some_and(|t| t > now));
-        }
-        let a = all.entry(star.to_string()).or_default();
-        if a.locked_until.is_some_and(|t| now >= t) {
-            // A lock that ran out starts a fresh count.
-            a.failures = 0;
-            a.locked_until = None;
-        }
-        a.failures += 1;
-        if a.failures >= MAX_FAILURES {
-            a.locked_until = Some(now.saturating_add(LOCKOUT.as_millis() as i64));
-            return true;
-        }
-        false
-    }
-
-    fn succeeded(&self, star: &str) {
-        if let Some(a) = self.attempts().get_mut(star) {
-            a.failures = 0;
-            a.locked_until = None;
-        }
-    }
-
-    /// Marks a TOTP step used; false if it (or a later one) already was.
-    fn use_totp_step(&self, star: &str, step: u64) -> bool {
-        let mut all = self.attempts();
-        let a = all.entry(star.to_string()).or_default();
-        if step <= a.last_totp_step {
-            return false;
-        }
-        a.last_totp_step = step;
-        true
-    }
-}
 
 /// The dashboard's routes. `state` is for the guard every route goes
 /// through ([`guard`]: same-origin POSTs carrying the session's CSRF token).
@@ -312,7 +177,7 @@ async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response 
     if req.uri().path() == "/dashboard/login" {
         return next.run(req).await;
     }
-    let Some(expected) = session_csrf(&s, req.headers()) else {
+    let Some(expected) = s.sessions.csrf(req.headers(), s.clock.now_ms()) else {
         return next.run(req).await;
     };
     let (parts, body) = req.into_parts();
@@ -340,16 +205,6 @@ async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response 
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
-}
-
-/// The CSRF token of the request's live session, if any (without touching
-/// its idle clock).
-fn session_csrf(s: &AppState, headers: &HeaderMap) -> Option<String> {
-    let token = cookie(headers)?;
-    let sessions = s.dashboard.sessions();
-    let session = sessions.get(&token)?;
-    (s.clock.now_ms().saturating_sub(session.last_seen) < s.dashboard.idle_ms())
-        .then(|| session.csrf.clone())
 }
 
 async fn app_js() -> Response {
@@ -403,17 +258,6 @@ enum Refusal {
     Failed(StationError),
 }
 
-fn cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())
-}
-
 /// Why a device may not act now, as the API words it.
 fn device_refusal(who: Option<&Enrolled>, now: i64) -> Option<&'static str> {
     match who {
@@ -431,9 +275,9 @@ fn device_refusal(who: Option<&Enrolled>, now: i64) -> Option<&'static str> {
 async fn supervisor(s: &AppState, headers: &HeaderMap) -> std::result::Result<Supervisor, Refusal> {
     let token = cookie(headers).ok_or(Refusal::NoSession)?;
     let (star, device, csrf, ended) = {
-        let mut sessions = s.dashboard.sessions();
+        let mut sessions = s.sessions.sessions();
         let now = s.clock.now_ms();
-        let idle = s.dashboard.idle_ms();
+        let idle = s.sessions.idle_ms();
         sessions.retain(|_, v| {
             let live = now.saturating_sub(v.last_seen) < idle;
             if !live {
@@ -453,14 +297,14 @@ async fn supervisor(s: &AppState, headers: &HeaderMap) -> std::result::Result<Su
     let account = match s.storage.dashboard_account(&star).await {
         Ok(Some(a)) if a.device_id == device => a,
         Ok(_) => {
-            s.dashboard.end_session(&token);
+            s.sessions.end_session(&token);
             return Err(Refusal::NoSession);
         }
         Err(e) => return Err(Refusal::Failed(e)),
     };
     let who = s.storage.device(device).await.map_err(Refusal::Failed)?;
     if let Some(why) = device_refusal(who.as_ref(), s.clock.now_ms()) {
-        s.dashboard.end_session(&token);
+        s.sessions.end_session(&token);
         tracing::warn!(%device, why, "dashboard session ended");
         return Err(Refusal::Ended(why));
     }
@@ -540,19 +384,6 @@ const ACCESS_ENDED: &str =
 
 fn clear_cookie() -> String {
     format!("{COOKIE}=; HttpOnly; Secure; SameSite=Strict; Path=/dashboard; Max-Age=0")
-}
-
-/// The account device behind a request's session, for the audit log
-/// (without touching the session's idle clock), and whether that session
-/// has just ended for being idle (the request is then refused).
-pub fn session_actor(s: &AppState, headers: &HeaderMap) -> Option<(String, bool)> {
-    let token = cookie(headers)?;
-    let sessions = s.dashboard.sessions();
-    let session = sessions.get(&token)?;
-    Some((
-        session.device_id.to_string(),
-        s.clock.now_ms().saturating_sub(session.last_seen) >= s.dashboard.idle_ms(),
-    ))
 }
 
 async fn audit_sign_in(s: &AppState, device: Option<Uuid>, outcome: &str) {
@@ -644,7 +475,7 @@ async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Re
         (status, page("Sign in", None, &login_form(message))).into_response()
     };
     // Locked: refused before any check, so guessing gets nowhere.
-    if s.dashboard.locked(&star, s.clock.now_ms()) {
+    if s.sessions.locked(&star, s.clock.now_ms()) {
         audit_sign_in(&s, device, "refused: locked out").await;
         tracing::warn!("dashboard sign-in refused: locked out");
         return Ok(refused(
@@ -657,14 +488,14 @@ async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Re
     let hash = account.as_ref().map(|a| a.password_hash.clone());
     let password = f.password;
     let password_ok = tokio::task::spawn_blocking(move || {
-        users::password_matches(&hash.unwrap_or_else(dummy_hash), &password)
+        crate::accounts::password_matches(&hash.unwrap_or_else(dummy_hash), &password)
     })
     .await
     .unwrap_or(false);
     let code: String = f.code.chars().filter(|c| !c.is_whitespace()).collect();
     let factor = account
         .as_ref()
-        .map(|a| users::second_factor(s.dashboard.station_key(), a));
+        .map(|a| crate::accounts::second_factor(&s.station_key, a));
     let totp_step = match &factor {
         Some(Ok(Some(t))) => u64::try_from(s.clock.now_ms() / 1000).ok().and_then(|now| {
             // The step the code belongs to (drift of one step allowed).
@@ -684,13 +515,13 @@ async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Re
         }
         (Some(_), true, Some(Ok(None)), _) => Err("refused: no second factor set up"),
         (Some(_), true, _, None) => Err("refused: wrong second factor"),
-        (Some(_), true, _, Some(step)) if !s.dashboard.use_totp_step(&star, step) => {
+        (Some(_), true, _, Some(step)) if !s.sessions.use_totp_step(&star, step) => {
             Err("refused: second factor code already used")
         }
         (Some(_), true, _, Some(_)) => Ok(()),
     };
     if let Err(why) = outcome {
-        let locked_now = s.dashboard.fail(&star, s.clock.now_ms());
+        let locked_now = s.sessions.fail(&star, s.clock.now_ms());
         audit_sign_in(&s, device, why).await;
         if locked_now {
             audit_sign_in(&s, device, "locked out for 10 minutes").await;
@@ -704,7 +535,7 @@ async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Re
     let Some(account) = account else {
         return Err(StationError::Internal("sign-in".into()));
     };
-    s.dashboard.succeeded(&star);
+    s.sessions.succeeded(&star);
     // Both factors are right, but the account's device may not act.
     let who = s.storage.device(account.device_id).await?;
     if let Some(why) = device_refusal(who.as_ref(), s.clock.now_ms()) {
@@ -714,7 +545,7 @@ async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Re
     }
     let token = crate::storage::common::random_token(32)?;
     let csrf = crate::storage::common::random_token(32)?;
-    s.dashboard.sessions().insert(
+    s.sessions.sessions().insert(
         token.clone(),
         Session {
             star_number: account.star_number.clone(),
@@ -744,14 +575,14 @@ fn dummy_hash() -> String {
         .get_or_init(|| {
             let mut pw = [0u8; 16];
             let _ = getrandom::fill(&mut pw);
-            users::hash_password(&hex::encode(pw)).unwrap_or_default()
+            crate::accounts::hash_password(&hex::encode(pw)).unwrap_or_default()
         })
         .clone()
 }
 
 async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(t) = cookie(&headers) {
-        s.dashboard.end_session(&t);
+        s.sessions.end_session(&t);
     }
     (
         [(header::SET_COOKIE, clear_cookie())],
@@ -827,7 +658,7 @@ async fn events(
 ) -> Sse<impl Stream<Item = std::result::Result<Event, Infallible>>> {
     // The stream closes when the session ends (sign-out, idle, or a
     // refused request once the account's access has ended).
-    crate::api::unit_event_stream(&s, sup.unit().to_string(), sup.ended.clone())
+    crate::events::unit_event_stream(&s, sup.unit().to_string(), sup.ended.clone())
 }
 
 /// Renders a JSON value as nested definition lists (the report's fields,
@@ -1142,10 +973,10 @@ async fn act(
         }
         _ => return Err(StationError::NotFound),
     };
-    match users::act(
+    match crate::accounts::act(
         &s.storage,
-        &s.dashboard.stores,
-        &s.dashboard.key,
+        &s.signing_stores,
+        &s.station_key,
         &sup.who,
         &sup.account,
         report,
@@ -1248,41 +1079,4 @@ async fn export(
         bytes,
     )
         .into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn five_failures_lock_for_ten_minutes_then_count_afresh() {
-        let d = Dashboard::new(Arc::new(StationKey::from_bytes([1; 32])));
-        let t0: i64 = 1_800_000_000_000;
-        let lockout = LOCKOUT.as_millis() as i64;
-        for i in 1..MAX_FAILURES {
-            assert!(!d.fail("1234", t0), "failure {i} locked");
-            assert!(!d.locked("1234", t0));
-        }
-        assert!(d.fail("1234", t0), "the fifth failure locks");
-        assert!(d.locked("1234", t0));
-        assert!(d.locked("1234", t0 + lockout - 1000));
-        assert!(!d.locked("other", t0), "other accounts are not locked");
-        assert!(
-            !d.locked("1234", t0 + lockout),
-            "the lock ends after 10 minutes"
-        );
-        // After the lock: a fresh count, not an instant relock.
-        assert!(!d.fail("1234", t0 + lockout));
-        assert!(!d.locked("1234", t0 + lockout));
-        // A success resets the count.
-        d.succeeded("1234");
-        for _ in 1..MAX_FAILURES {
-            assert!(!d.fail("1234", t0 + lockout));
-        }
-        // A code's step works once, and not an older one after it.
-        assert!(d.use_totp_step("1234", 100));
-        assert!(!d.use_totp_step("1234", 100));
-        assert!(!d.use_totp_step("1234", 99));
-        assert!(d.use_totp_step("1234", 101));
-    }
 }

@@ -127,6 +127,18 @@ pub struct Counts {
     pub media_bytes: u64,
 }
 
+/// Materialised report rows (JSON) as reports.
+pub fn parse_reports(jsons: Vec<String>) -> crate::error::Result<Vec<fieldreport_core::Report>> {
+    jsons
+        .iter()
+        .map(|j| {
+            serde_json::from_str(j).map_err(|_| {
+                crate::error::StationError::Internal("stored report does not parse".into())
+            })
+        })
+        .collect()
+}
+
 #[async_trait]
 pub trait StationStorage: Send + Sync + 'static {
     /// The clock this station judges time by (the API and dashboard use
