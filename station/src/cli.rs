@@ -460,8 +460,16 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 );
             }
         }
+        #[cfg(feature = "demo")]
         Command::Demo { keep_running, data } => {
             crate::demo::run(keep_running, data).await?;
+        }
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } => {
+            anyhow::bail!(
+                "this build of the station has no demo (it was built without the `demo` \
+                 feature); run `cargo run --release -p fieldreport-station -- demo`"
+            );
         }
         Command::Export {
             storage,

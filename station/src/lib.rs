@@ -25,6 +25,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dashboard;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod error;
 pub mod events;

@@ -57,7 +57,10 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
 fn no_module_imports_one_that_imports_it() {
     let graph = graph();
     assert!(graph.contains_key("api") && graph.contains_key("dashboard"));
-    assert!(graph["api"].contains("state"), "the reader missed an import");
+    assert!(
+        graph["api"].contains("state"),
+        "the reader missed an import"
+    );
     // Depth-first search for a cycle, reporting its path.
     fn visit(
         node: &str,

@@ -20,11 +20,10 @@ use uuid::Uuid;
 
 use super::tls::{check_station_url, PinVerifier, StationPin};
 use super::wire::*;
-use crate::crdt::{Action, Change, Target};
+use crate::crdt::Change;
 use crate::error::{Error, Result};
 use crate::evidence::DeviceIdentity;
-use crate::model::schema::MEDIA_COLLECTION;
-use crate::model::Value;
+use crate::model::media_refs;
 use crate::store::{Origin, Store};
 
 const KEY_URL: &str = "station_url";
@@ -622,25 +621,4 @@ fn read_full(file: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
         }
     }
     Ok(n)
-}
-
-/// Media hashes that changes attach.
-pub fn media_refs(changes: &[Change]) -> Vec<String> {
-    let mut out = Vec::new();
-    for c in changes {
-        for op in &c.body().ops {
-            if let (
-                Target::EntryField {
-                    collection, field, ..
-                },
-                Action::Set(Value::Text(h)),
-            ) = (&op.target, &op.action)
-            {
-                if collection == MEDIA_COLLECTION && field == "sha256" {
-                    out.push(h.clone());
-                }
-            }
-        }
-    }
-    out
 }

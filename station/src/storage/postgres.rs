@@ -28,8 +28,8 @@ use ed25519_dalek::VerifyingKey;
 use fieldreport_core::crdt::{Change, ChangeId, Hash, ReportDoc};
 use fieldreport_core::evidence::package::DeviceEnrollment;
 use fieldreport_core::evidence::{verify_batch, ChainLookup, DeviceRecord, Person};
+use fieldreport_core::model::media_refs;
 use fieldreport_core::store::MediaStore;
-use fieldreport_core::sync::client::media_refs;
 use fieldreport_core::sync::wire::{
     ClockSkew, MediaStatus, Receipt, ReceiptsResponse, ReportEvent,
 };

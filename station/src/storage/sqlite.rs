@@ -14,9 +14,9 @@ use async_trait::async_trait;
 use fieldreport_core::crdt::Change;
 use fieldreport_core::evidence::package::DeviceEnrollment;
 use fieldreport_core::evidence::{verify_batch, DeviceRecord, Person};
+use fieldreport_core::model::media_refs;
 use fieldreport_core::store::log::{decode_row, device_record, insert_change, load_doc, SqlLookup};
 use fieldreport_core::store::MediaStore;
-use fieldreport_core::sync::client::media_refs;
 use fieldreport_core::sync::wire::{
     ClockSkew, MediaStatus, Receipt, ReceiptsResponse, ReportEvent,
 };
