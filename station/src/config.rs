@@ -14,7 +14,11 @@
 //!
 //! `database` selects the engine: absent, the embedded SQLite file in
 //! `data`; `postgres://…`, PostgreSQL (media files stay under `data`, which
-//! every station process on that database must share).
+//! every station process on that database must share). `database_ca`
+//! (env `FIELDREPORT_DATABASE_CA`): a PEM file of the CA certificates the
+//! database's TLS certificate must chain to; with it the station speaks TLS
+//! to PostgreSQL (add `sslmode=require` to the URL to refuse a database
+//! that offers none).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,6 +37,8 @@ pub struct Config {
     pub plain_http: bool,
     /// The station key file; `None`: `data/keys/station.key`.
     pub station_key: Option<PathBuf>,
+    /// CA certificates (PEM) for TLS to PostgreSQL; `None`: no TLS.
+    pub database_ca: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -45,6 +51,7 @@ impl Default for Config {
             tls_key: None,
             plain_http: false,
             station_key: None,
+            database_ca: None,
         }
     }
 }
@@ -59,6 +66,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     plain_http: Option<bool>,
     station_key: Option<PathBuf>,
+    database_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -89,6 +97,10 @@ impl Config {
             c.tls_key = f.tls_key;
             c.plain_http = f.plain_http.unwrap_or(false);
             c.station_key = f.station_key;
+            c.database_ca = f.database_ca;
+        }
+        if let Some(v) = env("FIELDREPORT_DATABASE_CA") {
+            c.database_ca = Some(PathBuf::from(v));
         }
         if let Some(v) = env("FIELDREPORT_STATION_KEY") {
             c.station_key = Some(PathBuf::from(v));
@@ -194,8 +206,13 @@ impl Config {
     ) -> anyhow::Result<std::sync::Arc<dyn crate::storage::StationStorage>> {
         Ok(match &self.database {
             Some(url) => std::sync::Arc::new(
-                crate::storage::postgres::PostgresStorage::open(url, &self.data)
-                    .map_err(|e| anyhow::anyhow!("cannot open the PostgreSQL database: {e}"))?,
+                crate::storage::postgres::PostgresStorage::open_with(
+                    url,
+                    &self.data,
+                    crate::clock::SystemClock::shared()?,
+                    self.database_ca.as_deref(),
+                )
+                .map_err(|e| anyhow::anyhow!("cannot open the PostgreSQL database: {e}"))?,
             ),
             None => std::sync::Arc::new(crate::SqliteStorage::open(&self.data)?),
         })

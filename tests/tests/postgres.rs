@@ -335,3 +335,160 @@ fn concurrent_pushes_and_pulls_never_skip_a_change() {
         }
     }
 }
+
+/// A PostgreSQL cluster of this test's own (the shared one must not
+/// restart under the other tests), stopped when dropped.
+struct OwnCluster {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl OwnCluster {
+    const SCRIPT: &'static str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg-cluster.sh");
+
+    fn start() -> (OwnCluster, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // Not under a private temporary directory: the server runs as the
+        // `postgres` user when the tests run as root.
+        let dir = std::env::temp_dir().join(format!("fr-pg-restart-{}", Uuid::new_v4().simple()));
+        let c = OwnCluster { dir, port };
+        let url = c.run("start");
+        (c, url.trim().to_string())
+    }
+
+    fn run(&self, what: &str) -> String {
+        let out = Command::new("bash")
+            .arg(Self::SCRIPT)
+            .arg(what)
+            .arg(&self.dir)
+            .arg(self.port.to_string())
+            .arg("fsync=off")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg-cluster.sh {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(Self::SCRIPT)
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The database restarts while officers push: requests in the gap are
+/// answered 503 (which devices retry), the same station process serves
+/// again once the database is back, and every change pushed is stored.
+#[test]
+fn a_database_restart_mid_load_loses_nothing_and_needs_no_station_restart() {
+    if postgres_url().is_none() {
+        return;
+    }
+    let (cluster, url) = OwnCluster::start();
+    let data = tempfile::tempdir().unwrap();
+    let admin = PostgresStorage::open(&url, data.path()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut station = StationProc::start(&url, data.path());
+    let pid = station.child.id();
+    let officers: Vec<Arc<Phone>> = (0..3)
+        .map(|i| {
+            let p = person(
+                &format!("O{i}"),
+                &format!("{}", 300 + i),
+                Role::Officer,
+                "D9",
+            );
+            let (code, _) = rt.block_on(admin.create_enrollment(p, 600_000)).unwrap();
+            Arc::new(Phone::enroll(&station.url, &code))
+        })
+        .collect();
+
+    let restarted = Arc::new(AtomicBool::new(false));
+    let pushers: Vec<_> = officers
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let (o, url, restarted) = (o.clone(), station.url.clone(), restarted.clone());
+            std::thread::spawn(move || {
+                let r = o.store.create_report().unwrap();
+                let mut failed_syncs = 0;
+                let mut e = 0;
+                // Edits before, during and after the restart; a sync that
+                // gives up (the database away longer than its retries) is
+                // simply tried again, as the app does.
+                while e < 8 || !restarted.load(Ordering::Relaxed) {
+                    o.store
+                        .set_field(r, "narrative", Value::Text(format!("edit {e} by {i}")))
+                        .unwrap();
+                    let synced = SyncClient::new(&url, &o.credential, pin_of(&o.store))
+                        .unwrap()
+                        .sync(&o.store, &NoProgress, &Default::default());
+                    if synced.is_err() {
+                        failed_syncs += 1;
+                    }
+                    e += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                for _ in 0..20 {
+                    let synced = SyncClient::new(&url, &o.credential, pin_of(&o.store))
+                        .unwrap()
+                        .sync(&o.store, &NoProgress, &Default::default());
+                    if synced.is_ok() && o.store.outbox_len().unwrap() == 0 {
+                        return failed_syncs;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                panic!("officer {i} could not sync after the restart");
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.run("stop");
+    // While the database is away: a request is answered 503, retryable.
+    let http = reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let away = http
+        .get(format!("{}/v1/devices", station.url))
+        .bearer_auth(&officers[0].credential)
+        .send()
+        .unwrap();
+    assert_eq!(away.status().as_u16(), 503, "{}", away.text().unwrap());
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster.run("start");
+    restarted.store(true, Ordering::Relaxed);
+    let failed: usize = pushers.into_iter().map(|t| t.join().unwrap()).sum();
+
+    assert!(
+        station.child.try_wait().unwrap().is_none() && station.child.id() == pid,
+        "the same station process served throughout"
+    );
+    let back = http
+        .get(format!("{}/v1/devices", station.url))
+        .bearer_auth(&officers[0].credential)
+        .send()
+        .unwrap();
+    assert_eq!(back.status().as_u16(), 200);
+    let stored = rt.block_on(admin.counts()).unwrap().changes;
+    let pushed: u64 = officers
+        .iter()
+        .map(|o| o.store.change_count().unwrap())
+        .sum();
+    assert_eq!(stored, pushed, "every change pushed is stored, once");
+    eprintln!("{failed} syncs gave up during the restart and were tried again");
+}

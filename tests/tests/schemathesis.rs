@@ -45,7 +45,10 @@ fn generated_requests_never_get_a_server_error() {
             &format!("Authorization: Bearer {}", sup.credential()),
         ])
         .args(["--checks", "not_a_server_error"])
-        .args(["--max-examples", "25", "--workers", "2", "--max-time", "45"])
+        // One worker: on CPython 3.11, hypothesis parsing lambdas in two
+        // threads at once trips "AST constructor recursion depth mismatch"
+        // (a runtime error in the tool, not a finding about the station).
+        .args(["--max-examples", "25", "--workers", "1", "--max-time", "45"])
         // The event stream never ends by design.
         .args(["--exclude-path", "/v1/events"])
         // Verified against the station's own (self-signed) certificate.

@@ -1,6 +1,7 @@
-//! Station storage behind one trait. `sqlite` is the embedded engine (one
-//! file, zero set-up); `postgres` lets several station processes share one
-//! database.
+//! Station storage behind one trait, [`StationStorage`], implemented once
+//! by [`service::Service`] (the rules) over an [`engine::Engine`] (SQL
+//! only). `sqlite` is the embedded engine (one file, zero set-up);
+//! `postgres` lets several station processes share one database.
 //!
 //! The station log is one ordered sequence of changes; a pull returns the
 //! visible changes after a cursor. Implementations must guarantee that a
@@ -8,7 +9,9 @@
 //! SQLite engine has a single writer, so commit order is log order).
 
 pub mod common;
+pub mod engine;
 pub mod postgres;
+pub mod service;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -259,4 +262,43 @@ pub trait StationStorage: Send + Sync + 'static {
         who: Option<&Enrolled>,
         reports: &[Uuid],
     ) -> Result<ExportMaterial>;
+}
+
+/// Checks both engines' upgrade tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::{DashboardAccount, StationStorage};
+
+    /// Accounts added, kept, replaced and listed; a credential retired.
+    pub fn accounts_round_trip(
+        rt: &tokio::runtime::Runtime,
+        s: &dyn StationStorage,
+        device: uuid::Uuid,
+    ) {
+        let a = DashboardAccount {
+            star_number: "1".into(),
+            device_id: device,
+            password_hash: "h".into(),
+            totp_sealed: vec![1, 2],
+            store_key_sealed: vec![3],
+            updated_at: 7,
+        };
+        assert!(rt
+            .block_on(s.put_dashboard_account(a.clone(), false))
+            .unwrap());
+        let b = DashboardAccount {
+            password_hash: "h2".into(),
+            ..a.clone()
+        };
+        assert!(!rt
+            .block_on(s.put_dashboard_account(b.clone(), false))
+            .unwrap());
+        assert_eq!(rt.block_on(s.dashboard_account("1")).unwrap(), Some(a));
+        assert!(rt
+            .block_on(s.put_dashboard_account(b.clone(), true))
+            .unwrap());
+        assert_eq!(rt.block_on(s.dashboard_accounts()).unwrap(), vec![b]);
+        assert_eq!(rt.block_on(s.dashboard_account("2")).unwrap(), None);
+        assert!(rt.block_on(s.retire_credential(device)).unwrap());
+    }
 }

@@ -1,48 +1,44 @@
 //! The PostgreSQL engine: several station processes share one database
-//! (and one media directory, on shared storage).
+//! (and one media directory, on shared storage). SQL only: the rules are
+//! in [`super::service`].
 //!
+//! - **Connections** come from an async pool (`deadpool-postgres`): a
+//!   connection the server dropped (a restart) is replaced on next use, so
+//!   requests fail with 503 (devices retry) while the database is away and
+//!   succeed once it is back, without restarting the station. TLS to the
+//!   database when the station has a CA for it (`database_ca`); the URL's
+//!   `sslmode=require` then insists on it.
 //! - **Log order.** Every push takes one transaction-level advisory lock
 //!   before it numbers its changes and holds it until commit, so log ids
 //!   are assigned in commit order: a pull that has seen id N can never miss
 //!   a change with a lower id committed later. Pulls read in one
 //!   REPEATABLE READ snapshot, so a page and the log head agree.
-//! - **Verification** is the core's (`verify_batch`), fed from a few bulk
-//!   queries per batch made under that lock.
 //! - **Events** fan out through `NOTIFY fieldreport_events` sent inside the
 //!   push transaction (delivered on commit); every process LISTENs on its
-//!   own connection and feeds its local event stream.
+//!   own connection (reconnecting after a loss) and feeds its local event
+//!   stream.
 //! - **Media** uploads of one file are serialised across processes by an
 //!   advisory lock on its hash.
-//!
-//! Blocking `postgres` clients run on tokio's blocking pool, as the SQLite
-//! engine's connections do.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ed25519_dalek::VerifyingKey;
-use fieldreport_core::crdt::{Change, ChangeId, Hash, ReportDoc};
-use fieldreport_core::evidence::package::DeviceEnrollment;
-use fieldreport_core::evidence::{verify_batch, ChainLookup, DeviceRecord, Person};
-use fieldreport_core::model::media_refs;
-use fieldreport_core::store::MediaStore;
-use fieldreport_core::sync::wire::{
-    ClockSkew, MediaStatus, Receipt, ReceiptsResponse, ReportEvent,
-};
-use fieldreport_core::{Report, Role};
-use postgres::{Client, IsolationLevel, NoTls, Transaction};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use fieldreport_core::crdt::{Change, ChangeId};
+use fieldreport_core::sync::wire::{ClockSkew, ReportEvent};
 use tokio::sync::broadcast;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{AsyncMessage, NoTls, Row, Socket};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::common::*;
-use super::{
-    AuditEntry, Counts, DashboardAccount, Enrolled, ExportMaterial, PullPage, PushOutcome,
-    StationStorage, CREDENTIAL_LIFETIME_MS,
-};
+use super::common::with_person_secret;
+use super::engine::*;
+use super::service::Service;
+use super::{AuditEntry, Counts, DashboardAccount};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, StationError};
 
@@ -177,78 +173,20 @@ const MIGRATIONS: &[&str] = &[
 const LOCK_MIGRATE: i64 = 0x4652_0001;
 const LOCK_LOG: i64 = 0x4652_0002;
 const CHANNEL: &str = "fieldreport_events";
+/// Connections per station process.
 const CONNECTIONS: usize = 8;
+/// How long a request waits for a connection (or to make one) before it is
+/// answered 503.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-const ZERO_HASH: [u8; 32] = [0; 32];
+/// The station's storage on PostgreSQL.
+pub type PostgresStorage = Service<PostgresEngine>;
 
-pub struct PostgresStorage {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    pool: Vec<Mutex<Client>>,
-    media: MediaStore,
-    partial_dir: PathBuf,
-    scratch: PathBuf,
-    data: PathBuf,
-    events: broadcast::Sender<(String, ReportEvent)>,
-    /// Tells the listener thread to stop.
-    closed: Arc<AtomicBool>,
-    clock: Arc<dyn Clock>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.closed.store(true, Ordering::Relaxed);
-        // Closing a blocking client blocks on its own runtime, which must
-        // not happen on an async worker: close them on a thread of their own.
-        let pool = std::mem::take(&mut self.pool);
-        std::thread::spawn(move || drop(pool));
-    }
-}
-
-impl Inner {
-    /// A free connection, or the first one when all are busy.
-    fn conn(&self) -> std::sync::MutexGuard<'_, Client> {
-        for c in &self.pool {
-            if let Ok(g) = c.try_lock() {
-                return g;
-            }
-        }
-        self.pool[0].lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-fn db(e: postgres::Error) -> StationError {
-    // The server's message may quote values; keep only the SQLSTATE.
-    let code = e
-        .code()
-        .map(|c| c.code().to_string())
-        .unwrap_or_else(|| "connection".into());
-    StationError::Internal(format!("postgres error {code}"))
-}
-
-fn is_unique_violation(e: &postgres::Error) -> bool {
-    e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
-}
-
-fn hash32(v: Vec<u8>) -> Result<Hash> {
-    v.try_into()
-        .map_err(|_| StationError::Internal("hash column".into()))
-}
-
-fn decode(body: Vec<u8>, sig: Vec<u8>) -> Result<Change> {
-    let sig: [u8; 64] = sig
-        .try_into()
-        .map_err(|_| StationError::Internal("signature column".into()))?;
-    Ok(Change::from_parts(body, sig)?)
-}
-
-impl PostgresStorage {
+impl Service<PostgresEngine> {
     /// Connects to `url` (creating the schema if needed) with media files
     /// under `data` (shared by every process on the database).
     pub fn open(url: &str, data: &Path) -> Result<PostgresStorage> {
-        Self::open_with_clock(url, data, SystemClock::shared()?)
+        Self::open_with(url, data, SystemClock::shared()?, None)
     }
 
     /// Like [`PostgresStorage::open`], judging time by `clock`.
@@ -257,61 +195,248 @@ impl PostgresStorage {
         data: &Path,
         clock: Arc<dyn Clock>,
     ) -> Result<PostgresStorage> {
-        crate::files::open_data_dir(data)?;
-        // Connection errors name the server, never data: safe to show.
-        let connect = || {
-            Client::connect(url, NoTls).map_err(|e| {
-                StationError::Unavailable(format!("cannot connect to PostgreSQL: {e}"))
-            })
-        };
-        let mut first = connect()?;
-        migrate(&mut first)?;
-        let mut pool = vec![Mutex::new(first)];
-        for _ in 1..CONNECTIONS {
-            pool.push(Mutex::new(connect()?));
-        }
-        let media = MediaStore::open(data.join("media"))?;
-        let partial_dir = data.join("media").join("partial");
-        std::fs::create_dir_all(&partial_dir)?;
-        let scratch = data.join("exports-tmp");
-        std::fs::create_dir_all(&scratch)?;
-        let (events, _) = broadcast::channel(1024);
-        let closed = Arc::new(AtomicBool::new(false));
-        spawn_listener(url.to_string(), events.clone(), closed.clone());
-        Ok(PostgresStorage {
-            inner: Arc::new(Inner {
-                pool,
-                media,
-                partial_dir,
-                scratch,
-                data: data.to_path_buf(),
-                events,
-                closed,
-                clock,
-            }),
-        })
+        Self::open_with(url, data, clock, None)
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|_| StationError::Internal("blocking task failed".into()))?
+    /// Like [`PostgresStorage::open`], judging time by `clock`, with TLS to
+    /// the database checked against the CA certificates in `ca` (PEM).
+    pub fn open_with(
+        url: &str,
+        data: &Path,
+        clock: Arc<dyn Clock>,
+        ca: Option<&Path>,
+    ) -> Result<PostgresStorage> {
+        crate::files::open_data_dir(data)?;
+        Service::new(PostgresEngine::open(url, ca)?, data, clock)
     }
 }
 
-fn migrate(c: &mut Client) -> Result<()> {
-    let mut tx = c.transaction().map_err(db)?;
+/// How the station reaches the database.
+#[derive(Clone)]
+enum DbTls {
+    Plain,
+    Rustls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+impl DbTls {
+    fn new(config: &tokio_postgres::Config, ca: Option<&Path>) -> Result<DbTls> {
+        let Some(ca) = ca else {
+            if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+                return Err(StationError::Unavailable(
+                    "the database URL requires TLS (sslmode=require): give the database's CA \
+                     certificate (database_ca)"
+                        .into(),
+                ));
+            }
+            return Ok(DbTls::Plain);
+        };
+        use rustls::pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| {
+            StationError::Unavailable(format!("cannot read database_ca {}: {e}", ca.display()))
+        })?;
+        for cert in certs {
+            let cert = cert.map_err(|e| {
+                StationError::Unavailable(format!("database_ca {}: {e}", ca.display()))
+            })?;
+            roots.add(cert).map_err(|e| {
+                StationError::Unavailable(format!("database_ca {}: {e}", ca.display()))
+            })?;
+        }
+        if roots.is_empty() {
+            return Err(StationError::Unavailable(format!(
+                "database_ca {} holds no certificate",
+                ca.display()
+            )));
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|_| StationError::Internal("TLS configuration".into()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(DbTls::Rustls(
+            tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+        ))
+    }
+
+    fn manager(&self, config: tokio_postgres::Config) -> Manager {
+        let mc = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        match self {
+            DbTls::Plain => Manager::from_config(config, NoTls, mc),
+            DbTls::Rustls(t) => Manager::from_config(config, t.clone(), mc),
+        }
+    }
+}
+
+/// A connection outside the pool (migrations, the event listener), its
+/// connection task sending what the server says unasked to `messages`.
+async fn connect(
+    config: &tokio_postgres::Config,
+    tls: &DbTls,
+    messages: Option<tokio::sync::mpsc::UnboundedSender<AsyncMessage>>,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
+    async fn drive<T>(
+        config: &tokio_postgres::Config,
+        tls: T,
+        messages: Option<tokio::sync::mpsc::UnboundedSender<AsyncMessage>>,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)>
+    where
+        T: MakeTlsConnect<Socket>,
+        T::Stream: Send + 'static,
+        T::TlsConnect: Send,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        // Connection errors name the server, never data: safe to show.
+        let (client, mut conn) = config
+            .connect(tls)
+            .await
+            .map_err(|e| StationError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+        let task = tokio::spawn(async move {
+            while let Some(m) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                match m {
+                    Ok(m) => {
+                        if let Some(tx) = &messages {
+                            let _ = tx.send(m);
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        Ok((client, task))
+    }
+    match tls {
+        DbTls::Plain => drive(config, NoTls, messages).await,
+        DbTls::Rustls(t) => drive(config, t.clone(), messages).await,
+    }
+}
+
+/// Runs `f` to completion on a runtime of its own (opening is blocking,
+/// and may happen inside or outside a runtime).
+fn run_apart<T: Send>(f: impl std::future::Future<Output = Result<T>> + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(f)
+        })
+        .join()
+        .map_err(|_| StationError::Internal("database set-up thread failed".into()))?
+    })
+}
+
+fn db(e: tokio_postgres::Error) -> StationError {
+    // The server's message may quote values; keep only the SQLSTATE.
+    match e.code().map(|c| c.code()) {
+        // Connection exceptions and operator intervention (a shutdown or
+        // restart): the database is away; the request may be retried.
+        Some(code) if code.starts_with("08") || code.starts_with("57P") => {
+            StationError::Unavailable("the database is unavailable; retry".into())
+        }
+        Some(code) => StationError::Internal(format!("postgres error {code}")),
+        None => StationError::Unavailable("the database connection was lost; retry".into()),
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StationError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => db(e),
+        _ => StationError::Unavailable("no database connection; retry".into()),
+    }
+}
+
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+}
+
+pub struct PostgresEngine {
+    pool: Pool,
+    events: broadcast::Sender<(String, ReportEvent)>,
+    /// Stops the event listener.
+    closed: CancellationToken,
+}
+
+impl Drop for PostgresEngine {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
+}
+
+impl PostgresEngine {
+    /// Connects (migrating the schema first) and starts the event listener.
+    pub fn open(url: &str, ca: Option<&Path>) -> Result<PostgresEngine> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|_| StationError::Unavailable("the database URL does not parse".into()))?;
+        let tls = DbTls::new(&config, ca)?;
+        run_apart(migrate(&config, &tls))?;
+        let pool = Pool::builder(tls.manager(config.clone()))
+            .max_size(CONNECTIONS)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|_| StationError::Internal("database pool".into()))?;
+        let (events, _) = broadcast::channel(1024);
+        let closed = CancellationToken::new();
+        spawn_listener(config, tls, events.clone(), closed.clone());
+        Ok(PostgresEngine {
+            pool,
+            events,
+            closed,
+        })
+    }
+
+    async fn conn(&self) -> Result<Object> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>> {
+        let c = self.conn().await?;
+        let st = c.prepare_cached(sql).await.map_err(db)?;
+        c.query(&st, params).await.map_err(db)
+    }
+
+    async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<Row>> {
+        Ok(self.query(sql, params).await?.into_iter().next())
+    }
+
+    async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64> {
+        let c = self.conn().await?;
+        let st = c.prepare_cached(sql).await.map_err(db)?;
+        c.execute(&st, params).await.map_err(db)
+    }
+}
+
+async fn migrate(config: &tokio_postgres::Config, tls: &DbTls) -> Result<()> {
+    let (mut c, _task) = connect(config, tls, None).await?;
+    let tx = c.transaction().await.map_err(db)?;
     // Two processes starting together: one migrates, the other waits.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_MIGRATE])
+        .await
         .map_err(db)?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        .await
         .map_err(db)?;
     let found: i32 = tx
         .query_opt("SELECT version FROM schema_version", &[])
+        .await
         .map_err(db)?
         .map(|r| r.get(0))
         .unwrap_or(0);
@@ -322,13 +447,14 @@ fn migrate(c: &mut Client) -> Result<()> {
         }));
     }
     for step in &MIGRATIONS[found as usize..] {
-        tx.batch_execute(step).map_err(db)?;
+        tx.batch_execute(step).await.map_err(db)?;
     }
     let rows = tx
         .query(
             "SELECT device_id, record FROM devices WHERE record NOT LIKE '%\"person_secret\"%'",
             &[],
         )
+        .await
         .map_err(db)?;
     for r in rows {
         let device: Uuid = r.get(0);
@@ -337,22 +463,94 @@ fn migrate(c: &mut Client) -> Result<()> {
                 "UPDATE devices SET record = $1 WHERE device_id = $2",
                 &[&json, &device],
             )
+            .await
             .map_err(db)?;
         }
     }
-    tx.execute("DELETE FROM schema_version", &[]).map_err(db)?;
+    tx.execute("DELETE FROM schema_version", &[])
+        .await
+        .map_err(db)?;
     tx.execute(
         "INSERT INTO schema_version (version) VALUES ($1)",
         &[&(MIGRATIONS.len() as i32)],
     )
+    .await
     .map_err(db)?;
-    tx.commit().map_err(db)
+    tx.commit().await.map_err(db)
+}
+
+/// LISTENs on a connection of its own, on a thread of its own, and feeds
+/// `events`; reconnects after a lost connection (a device that missed
+/// events catches up by pulling).
+fn spawn_listener(
+    config: tokio_postgres::Config,
+    tls: DbTls,
+    events: broadcast::Sender<(String, ReportEvent)>,
+    closed: CancellationToken,
+) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            tracing::error!("postgres event listener: no runtime");
+            return;
+        };
+        rt.block_on(async move {
+            while !closed.is_cancelled() {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                match connect(&config, &tls, Some(tx)).await {
+                    Ok((client, task)) => {
+                        if client
+                            .batch_execute(&format!("LISTEN {CHANNEL}"))
+                            .await
+                            .is_ok()
+                        {
+                            loop {
+                                tokio::select! {
+                                    _ = closed.cancelled() => return,
+                                    m = rx.recv() => match m {
+                                        Some(AsyncMessage::Notification(n)) => {
+                                            if let Ok(ev) = serde_json::from_str::<(String, ReportEvent)>(n.payload()) {
+                                                let _ = events.send(ev);
+                                            }
+                                        }
+                                        Some(_) => {}
+                                        None => break,
+                                    },
+                                }
+                            }
+                        }
+                        task.abort();
+                        tracing::warn!("postgres event listener disconnected; reconnecting");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "postgres event listener cannot connect"),
+                }
+                tokio::select! {
+                    _ = closed.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+    });
+}
+
+/// SQL for the reports a device may see, its parameters numbered from
+/// `first` (person key, is supervisor, unit).
+fn visible(first: usize) -> String {
+    format!(
+        "(SELECT report_id FROM report_access WHERE person_key = ${p}
+          UNION SELECT report_id FROM reports WHERE ${s} AND unit = ${u})",
+        p = first,
+        s = first + 1,
+        u = first + 2
+    )
 }
 
 const ACCOUNT_COLUMNS: &str =
     "star_number, device_id, password_hash, totp_sealed, store_key_sealed, updated_at";
 
-fn account_row(r: &postgres::Row) -> DashboardAccount {
+fn account_row(r: &Row) -> DashboardAccount {
     DashboardAccount {
         star_number: r.get(0),
         device_id: r.get(1),
@@ -363,1036 +561,364 @@ fn account_row(r: &postgres::Row) -> DashboardAccount {
     }
 }
 
-/// LISTENs on its own connection and feeds `events`; reconnects after a
-/// lost connection (a device that missed events catches up by pulling).
-fn spawn_listener(
-    url: String,
-    events: broadcast::Sender<(String, ReportEvent)>,
-    closed: Arc<AtomicBool>,
-) {
-    std::thread::spawn(move || {
-        while !closed.load(Ordering::Relaxed) {
-            match Client::connect(&url, NoTls) {
-                Ok(mut c) => {
-                    if c.batch_execute(&format!("LISTEN {CHANNEL}")).is_ok() {
-                        use postgres::fallible_iterator::FallibleIterator;
-                        loop {
-                            // A fresh 200 ms wait each time, to notice a
-                            // closed storage.
-                            let next = c
-                                .notifications()
-                                .timeout_iter(Duration::from_millis(200))
-                                .next();
-                            match next {
-                                Ok(Some(note)) => {
-                                    if let Ok(ev) = serde_json::from_str::<(String, ReportEvent)>(
-                                        note.payload(),
-                                    ) {
-                                        let _ = events.send(ev);
-                                    }
-                                }
-                                Ok(None) if !closed.load(Ordering::Relaxed) => {}
-                                Ok(None) => return,
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    tracing::warn!("postgres event listener disconnected; reconnecting");
-                }
-                Err(e) => tracing::warn!(error = %db(e), "postgres event listener cannot connect"),
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    });
-}
+const DEVICE_COLUMNS: &str = "record, enrolled_at, revoked_at, credential_expires_at";
 
-/// What `verify_batch` needs, fetched in bulk for one batch.
-struct BatchLookup {
-    stored: HashMap<ChangeId, (Hash, [u8; 64])>,
-    by_hash: HashMap<Hash, (Uuid, Uuid, u64)>,
-    children: BTreeSet<(Uuid, Uuid, Hash)>,
-    keys: HashMap<Uuid, VerifyingKey>,
-}
-
-impl ChainLookup for BatchLookup {
-    fn stored(&self, id: ChangeId) -> fieldreport_core::Result<Option<(Hash, [u8; 64])>> {
-        Ok(self.stored.get(&id).copied())
-    }
-    fn stored_by_hash(&self, hash: &Hash) -> fieldreport_core::Result<Option<(Uuid, Uuid, u64)>> {
-        Ok(self.by_hash.get(hash).copied())
-    }
-    fn has_stored_child(
-        &self,
-        device: Uuid,
-        report: Uuid,
-        prev: Option<&Hash>,
-    ) -> fieldreport_core::Result<bool> {
-        Ok(self
-            .children
-            .contains(&(report, device, *prev.unwrap_or(&ZERO_HASH))))
-    }
-    fn device_key(&self, device: Uuid) -> fieldreport_core::Result<Option<VerifyingKey>> {
-        Ok(self.keys.get(&device).copied())
+fn device_row(r: &Row) -> DeviceRow {
+    DeviceRow {
+        record: r.get(0),
+        enrolled_at: r.get(1),
+        revoked_at: r.get(2),
+        credential_expires_at: r.get(3),
     }
 }
 
-fn batch_lookup(tx: &mut Transaction, changes: &[Change]) -> Result<BatchLookup> {
-    let devices: Vec<Uuid> = changes.iter().map(|c| c.device()).collect();
-    let seqs: Vec<i64> = changes.iter().map(|c| c.body().seq as i64).collect();
-    let reports: Vec<Uuid> = changes.iter().map(|c| c.report()).collect();
-    let prevs: Vec<Vec<u8>> = changes
-        .iter()
-        .map(|c| c.body().prev.unwrap_or(ZERO_HASH).to_vec())
-        .collect();
-    let mut out = BatchLookup {
-        stored: HashMap::new(),
-        by_hash: HashMap::new(),
-        children: BTreeSet::new(),
-        keys: HashMap::new(),
-    };
-    for r in tx
-        .query(
-            "SELECT c.device_id, c.seq, c.hash, c.signature FROM changes c
-             JOIN UNNEST($1::uuid[], $2::bigint[]) AS k(d, s) ON c.device_id = k.d AND c.seq = k.s",
-            &[&devices, &seqs],
-        )
-        .map_err(db)?
-    {
-        let sig: Vec<u8> = r.get(3);
-        let sig: [u8; 64] = sig
-            .try_into()
-            .map_err(|_| StationError::Internal("signature column".into()))?;
-        out.stored.insert(
-            ChangeId {
-                device: r.get(0),
-                seq: r.get::<_, i64>(1) as u64,
-            },
-            (hash32(r.get(2))?, sig),
-        );
-    }
-    for r in tx
-        .query(
-            "SELECT hash, device_id, report_id, seq FROM changes WHERE hash = ANY($1)",
-            &[&prevs],
-        )
-        .map_err(db)?
-    {
-        out.by_hash.insert(
-            hash32(r.get(0))?,
-            (r.get(1), r.get(2), r.get::<_, i64>(3) as u64),
-        );
-    }
-    for r in tx
-        .query(
-            "SELECT c.report_id, c.device_id, c.prev FROM changes c
-             JOIN UNNEST($1::uuid[], $2::uuid[], $3::bytea[]) AS k(r, d, p)
-               ON c.report_id = k.r AND c.device_id = k.d AND c.prev = k.p",
-            &[&reports, &devices, &prevs],
-        )
-        .map_err(db)?
-    {
-        out.children.insert((r.get(0), r.get(1), hash32(r.get(2))?));
-    }
-    for r in tx
-        .query(
-            "SELECT device_id, public_key FROM devices WHERE device_id = ANY($1)",
-            &[&devices],
-        )
-        .map_err(db)?
-    {
-        let k: Vec<u8> = r.get(1);
-        let k: [u8; 32] = k
-            .try_into()
-            .map_err(|_| StationError::Internal("public key column".into()))?;
-        if let Ok(vk) = VerifyingKey::from_bytes(&k) {
-            out.keys.insert(r.get(0), vk);
-        }
-    }
-    Ok(out)
-}
-
-/// Re-materialises `report` from all its changes; returns (unit, is new).
-fn write_report(tx: &mut Transaction, report: Uuid) -> Result<(ReportFacts, bool)> {
-    let mut doc = ReportDoc::new();
-    for r in tx
-        .query(
-            "SELECT body, signature FROM changes WHERE report_id = $1",
-            &[&report],
-        )
-        .map_err(db)?
-    {
-        doc.insert(Arc::new(decode(r.get(0), r.get(1))?));
-    }
-    let state = doc.materialise();
-    let r = Report::from_state(report, &state);
-    let creator = r
-        .created_by_device
-        .ok_or_else(|| StationError::Internal("report without changes".into()))?;
-    let unit: String = tx
-        .query_opt("SELECT unit FROM devices WHERE device_id = $1", &[&creator])
-        .map_err(db)?
-        .map(|row| row.get(0))
-        .unwrap_or_default();
-    let existed = tx
-        .query_opt("SELECT 1 FROM reports WHERE report_id = $1", &[&report])
-        .map_err(db)?
-        .is_some();
-    tx.execute(
-        "INSERT INTO reports (report_id, unit, created_by, lifecycle, updated_ms, json)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (report_id) DO UPDATE SET unit = excluded.unit, created_by = excluded.created_by,
-           lifecycle = excluded.lifecycle, updated_ms = excluded.updated_ms, json = excluded.json",
-        &[
-            &report,
-            &unit,
-            &creator,
-            &r.lifecycle.as_str(),
-            &state.updated.map(|h| h.wall_ms as i64).unwrap_or(0),
-            &r.to_canonical_json(),
-        ],
-    )
-    .map_err(db)?;
-    Ok((
-        ReportFacts {
-            unit,
-            creations: state.creations,
-        },
-        !existed,
-    ))
-}
-
-/// SQL for the reports a device may see ($p person key, $s is supervisor, $u unit).
-fn visible(p: usize, s: usize, u: usize) -> String {
-    format!(
-        "(SELECT report_id FROM report_access WHERE person_key = ${p}
-          UNION SELECT report_id FROM reports WHERE ${s} AND unit = ${u})"
-    )
-}
-
-fn visible_params(who: &Enrolled) -> (String, bool, String) {
-    (
-        person_key(&who.record.person),
-        who.role() == Role::Supervisor,
-        who.unit().to_string(),
-    )
-}
-
-/// `NotFound` unless `who` may see `report` (a report one may not see is
-/// indistinguishable from one that does not exist).
-fn require_visible(
-    c: &mut impl postgres::GenericClient,
-    who: &Enrolled,
-    report: Uuid,
-) -> Result<()> {
-    let (p, s, u) = visible_params(who);
-    let sql = format!("SELECT 1 WHERE $1 IN {}", visible(2, 3, 4));
-    match c.query_opt(&sql, &[&report, &p, &s, &u]).map_err(db)? {
-        Some(_) => Ok(()),
-        None => Err(StationError::NotFound),
+fn media_row(r: &Row) -> MediaRow {
+    MediaRow {
+        total: r.get::<_, i64>(0) as u64,
+        received: r.get::<_, i64>(1) as u64,
+        complete: r.get(2),
     }
 }
 
-fn status_of(c: &mut impl postgres::GenericClient, sha: &str) -> Result<MediaStatus> {
-    let row = c
-        .query_opt(
-            "SELECT received, complete FROM media WHERE sha256 = $1",
-            &[&sha],
-        )
-        .map_err(db)?;
-    let (received, complete) = row
-        .map(|r| (r.get::<_, i64>(0), r.get::<_, bool>(1)))
-        .unwrap_or((0, false));
-    Ok(MediaStatus {
-        sha256: sha.to_string(),
-        received: received as u64,
-        complete,
+fn stored_change(r: &Row) -> Result<StoredChange> {
+    Ok(StoredChange {
+        change: decode_change(r.get(0), r.get(1))?,
+        received_at: r.get(2),
     })
 }
 
 #[async_trait]
-impl StationStorage for PostgresStorage {
-    async fn create_enrollment(&self, person: Person, ttl_ms: i64) -> Result<(String, i64)> {
-        self.blocking(move |i| {
-            let code = random_token(10)?;
-            let now = i.clock.now_ms();
-            let expires = now
-                .checked_add(ttl_ms)
-                .ok_or_else(|| StationError::BadRequest("bad_ttl", "a code's lifetime is out of range".into()))?;
-            let person = serde_json::to_string(&person)
-                .map_err(|_| StationError::Internal("person".into()))?;
-            i.conn()
-                .execute(
-                    "INSERT INTO enrollment_codes (code_hash, person, created_at, expires_at) VALUES ($1, $2, $3, $4)",
-                    &[&digest(&code), &person, &now, &expires],
-                )
-                .map_err(db)?;
-            Ok((code, expires))
-        })
-        .await
+impl Engine for PostgresEngine {
+    async fn begin(&self) -> Result<Box<dyn WriteTx>> {
+        // Owned by the transaction before `BEGIN` is sent: cancelled at any
+        // point, the connection is closed, never pooled mid-transaction.
+        let tx = PgTx {
+            conn: Some(self.conn().await?),
+        };
+        tx.c()?.batch_execute("BEGIN").await.map_err(db)?;
+        Ok(Box::new(tx))
     }
 
-    async fn enroll(
+    async fn insert_code(
         &self,
-        code: &str,
-        device_id: Uuid,
-        public_key: [u8; 32],
-    ) -> Result<(DeviceRecord, String)> {
-        let code = code.trim().to_ascii_lowercase();
-        self.blocking(move |i| {
-            let key = ed25519_key(&public_key)?;
-            let mut c = i.conn();
-            let mut tx = c.transaction().map_err(db)?;
-            let row = tx
-                .query_opt(
-                    "SELECT person, expires_at, used_at FROM enrollment_codes WHERE code_hash = $1 FOR UPDATE",
-                    &[&digest(&code)],
-                )
-                .map_err(db)?;
-            let Some(row) = row else {
-                return Err(StationError::Unprocessable("invalid_code", "unknown enrollment code".into()));
-            };
-            let (person, expires, used): (String, i64, Option<i64>) = (row.get(0), row.get(1), row.get(2));
-            if used.is_some() {
-                return Err(StationError::Unprocessable("code_used", "enrollment code already used".into()));
-            }
-            if expires <= i.clock.now_ms() {
-                return Err(StationError::Unprocessable("code_expired", "enrollment code expired".into()));
-            }
-            let person: Person = serde_json::from_str(&person)
-                .map_err(|_| StationError::Internal("person".into()))?;
-            let mut record = DeviceRecord::new(device_id, key, person);
-            // Only the device gets it; its creations reveal it (docs/sync.md).
-            record.person_secret = Some(
-                fieldreport_core::evidence::new_person_secret().map_err(StationError::Core)?,
-            );
-            let credential = random_token(32)?;
-            let json = serde_json::to_string(&record)
-                .map_err(|_| StationError::Internal("record".into()))?;
-            let inserted = tx
-                .execute(
-                    "INSERT INTO devices (device_id, public_key, record, person_key, role, unit, credential_hash, enrolled_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-                    &[
-                        &device_id,
-                        &public_key.as_slice(),
-                        &json,
-                        &person_key(&record.person),
-                        &record.person.role.as_str(),
-                        &record.person.unit,
-                        &digest(&credential),
-                        &i.clock.now_ms(),
-                    ],
-                )
-                .map_err(db)?;
-            if inserted == 0 {
-                return Err(StationError::Conflict("device_exists", "device id already enrolled".into()));
-            }
-            tx.execute(
+        code_hash: Vec<u8>,
+        person: String,
+        created_at: i64,
+        expires_at: i64,
+    ) -> Result<()> {
+        self.execute(
+            "INSERT INTO enrollment_codes (code_hash, person, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+            &[&code_hash, &person, &created_at, &expires_at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn device_by_credential(&self, credential_hash: Vec<u8>) -> Result<Option<DeviceRow>> {
+        Ok(self
+            .query_opt(
+                &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE credential_hash = $1"),
+                &[&credential_hash],
+            )
+            .await?
+            .as_ref()
+            .map(device_row))
+    }
+
+    async fn device(&self, device: Uuid) -> Result<Option<DeviceRow>> {
+        Ok(self
+            .query_opt(
+                &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = $1"),
+                &[&device],
+            )
+            .await?
+            .as_ref()
+            .map(device_row))
+    }
+
+    async fn set_credential_hash(&self, device: Uuid, credential_hash: Vec<u8>) -> Result<bool> {
+        Ok(self
+            .execute(
+                "UPDATE devices SET credential_hash = $1 WHERE device_id = $2",
+                &[&credential_hash, &device],
+            )
+            .await?
+            > 0)
+    }
+
+    async fn set_credential_expiry(&self, device: Uuid, expires_at: i64) -> Result<bool> {
+        Ok(self
+            .execute(
                 "UPDATE devices SET credential_expires_at = $1 WHERE device_id = $2",
-                &[&(i.clock.now_ms() + CREDENTIAL_LIFETIME_MS), &device_id],
+                &[&expires_at, &device],
             )
+            .await?
+            > 0)
+    }
+
+    async fn revoke(&self, device: Uuid, now: i64) -> Result<bool> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        // Under the log lock, ordered with every push: a push either
+        // committed before (its changes stay valid) or sees the
+        // revocation. The time recorded is after every receipt of the
+        // device's changes, even when this process's clock is behind the
+        // one that received them.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_LOG])
+            .await
             .map_err(db)?;
-            tx.execute(
-                "UPDATE enrollment_codes SET used_at = $1, used_by = $2 WHERE code_hash = $3",
-                &[&i.clock.now_ms(), &device_id, &digest(&code)],
+        let n = tx
+            .execute(
+                "UPDATE devices SET revoked_at = GREATEST($1,
+                    (SELECT MAX(received_at) + 1 FROM changes WHERE device_id = $2))
+                 WHERE device_id = $2 AND revoked_at IS NULL",
+                &[&now, &device],
             )
+            .await
             .map_err(db)?;
-            tx.commit().map_err(db)?;
-            Ok((record, credential))
-        })
-        .await
+        tx.commit().await.map_err(db)?;
+        Ok(n > 0)
     }
 
-    async fn authenticate(&self, credential: &str) -> Result<Option<Enrolled>> {
-        let h = digest(credential);
-        self.blocking(move |i| {
-            let row = i
-                .conn()
-                .query_opt(
-                    "SELECT record, revoked_at, credential_expires_at FROM devices WHERE credential_hash = $1",
-                    &[&h],
-                )
-                .map_err(db)?;
-            row.map(|r| enrolled_from_row(r.get(0), r.get(1), r.get(2)))
-                .transpose()
-        })
-        .await
+    async fn device_records(&self) -> Result<Vec<String>> {
+        Ok(self
+            .query(
+                "SELECT record FROM devices ORDER BY enrolled_at, device_id",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 
-    async fn device(&self, device: Uuid) -> Result<Option<Enrolled>> {
-        self.blocking(move |i| {
-            let row = i
-                .conn()
-                .query_opt(
-                    "SELECT record, revoked_at, credential_expires_at FROM devices WHERE device_id = $1",
-                    &[&device],
-                )
-                .map_err(db)?;
-            row.map(|r| enrolled_from_row(r.get(0), r.get(1), r.get(2)))
-                .transpose()
-        })
-        .await
-    }
-
-    async fn retire_credential(&self, device: Uuid) -> Result<bool> {
-        self.blocking(move |i| {
-            let unknown = digest(&random_token(32)?);
-            Ok(i.conn()
-                .execute(
-                    "UPDATE devices SET credential_hash = $1 WHERE device_id = $2",
-                    &[&unknown, &device],
-                )
-                .map_err(db)?
-                > 0)
-        })
-        .await
+    async fn directory_rows(&self, who: &Visibility, me: Uuid) -> Result<Vec<(String, bool)>> {
+        let sql = format!(
+            "SELECT record, device_id = $4 OR device_id IN
+               (SELECT device_id FROM changes WHERE report_id IN {})
+             FROM devices ORDER BY enrolled_at, device_id",
+            visible(1)
+        );
+        Ok(self
+            .query(&sql, &[&who.person_key, &who.supervisor, &who.unit, &me])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
     }
 
     async fn dashboard_account(&self, star_number: &str) -> Result<Option<DashboardAccount>> {
-        let star = star_number.to_string();
-        self.blocking(move |i| {
-            Ok(i.conn()
-                .query_opt(
-                    &format!(
-                        "SELECT {ACCOUNT_COLUMNS} FROM dashboard_accounts WHERE star_number = $1"
-                    ),
-                    &[&star],
-                )
-                .map_err(db)?
-                .map(|r| account_row(&r)))
-        })
-        .await
+        Ok(self
+            .query_opt(
+                &format!("SELECT {ACCOUNT_COLUMNS} FROM dashboard_accounts WHERE star_number = $1"),
+                &[&star_number],
+            )
+            .await?
+            .as_ref()
+            .map(account_row))
     }
 
     async fn dashboard_accounts(&self) -> Result<Vec<DashboardAccount>> {
-        self.blocking(move |i| {
-            Ok(i.conn()
-                .query(
-                    &format!(
-                        "SELECT {ACCOUNT_COLUMNS} FROM dashboard_accounts ORDER BY star_number"
-                    ),
-                    &[],
-                )
-                .map_err(db)?
-                .iter()
-                .map(account_row)
-                .collect())
-        })
-        .await
+        Ok(self
+            .query(
+                &format!("SELECT {ACCOUNT_COLUMNS} FROM dashboard_accounts ORDER BY star_number"),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(account_row)
+            .collect())
     }
 
     async fn put_dashboard_account(&self, a: DashboardAccount, replace: bool) -> Result<bool> {
-        self.blocking(move |i| {
-            let conflict = if replace {
-                "DO UPDATE SET device_id = excluded.device_id, password_hash = excluded.password_hash,
-                   totp_sealed = excluded.totp_sealed, store_key_sealed = excluded.store_key_sealed,
-                   updated_at = excluded.updated_at"
-            } else {
-                "DO NOTHING"
-            };
-            Ok(i.conn()
-                .execute(
-                    &format!(
-                        "INSERT INTO dashboard_accounts (star_number, device_id, password_hash, totp_sealed, store_key_sealed, updated_at)
-                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (star_number) {conflict}"
-                    ),
-                    &[
-                        &a.star_number,
-                        &a.device_id,
-                        &a.password_hash,
-                        &a.totp_sealed,
-                        &a.store_key_sealed,
-                        &a.updated_at,
-                    ],
-                )
-                .map_err(db)?
-                > 0)
-        })
-        .await
+        let conflict = if replace {
+            "DO UPDATE SET device_id = excluded.device_id, password_hash = excluded.password_hash,
+               totp_sealed = excluded.totp_sealed, store_key_sealed = excluded.store_key_sealed,
+               updated_at = excluded.updated_at"
+        } else {
+            "DO NOTHING"
+        };
+        Ok(self
+            .execute(
+                &format!(
+                    "INSERT INTO dashboard_accounts (star_number, device_id, password_hash, totp_sealed, store_key_sealed, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (star_number) {conflict}"
+                ),
+                &[
+                    &a.star_number,
+                    &a.device_id,
+                    &a.password_hash,
+                    &a.totp_sealed,
+                    &a.store_key_sealed,
+                    &a.updated_at,
+                ],
+            )
+            .await?
+            > 0)
     }
 
     async fn forget_sealed(&self) -> Result<Vec<Uuid>> {
-        self.blocking(move |i| {
-            let mut c = i.conn();
-            let mut tx = c.transaction().map_err(db)?;
-            let devices = tx
-                .query(
-                    "SELECT device_id FROM dashboard_accounts ORDER BY star_number",
-                    &[],
-                )
-                .map_err(db)?
-                .iter()
-                .map(|r| r.get::<_, Uuid>(0))
-                .collect();
-            tx.execute("DELETE FROM dashboard_accounts", &[])
-                .map_err(db)?;
-            tx.execute(
-                "DELETE FROM station_settings WHERE name = 'station_key_check'",
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let devices = tx
+            .query(
+                "SELECT device_id FROM dashboard_accounts ORDER BY star_number",
                 &[],
             )
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        tx.execute("DELETE FROM dashboard_accounts", &[])
+            .await
             .map_err(db)?;
-            tx.commit().map_err(db)?;
-            Ok(devices)
-        })
+        tx.execute(
+            "DELETE FROM station_settings WHERE name = 'station_key_check'",
+            &[],
+        )
         .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(devices)
     }
 
     async fn setting(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let name = name.to_string();
-        self.blocking(move |i| {
-            Ok(i.conn()
-                .query_opt(
-                    "SELECT value FROM station_settings WHERE name = $1",
-                    &[&name],
-                )
-                .map_err(db)?
-                .map(|r| r.get(0)))
-        })
-        .await
+        Ok(self
+            .query_opt(
+                "SELECT value FROM station_settings WHERE name = $1",
+                &[&name],
+            )
+            .await?
+            .map(|r| r.get(0)))
     }
 
     async fn put_setting_once(&self, name: &str, value: Vec<u8>) -> Result<Vec<u8>> {
-        let name = name.to_string();
-        self.blocking(move |i| {
-            let mut c = i.conn();
-            c.execute(
-                "INSERT INTO station_settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-                &[&name, &value],
-            )
+        self.execute(
+            "INSERT INTO station_settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            &[&name, &value],
+        )
+        .await?;
+        self.query_opt(
+            "SELECT value FROM station_settings WHERE name = $1",
+            &[&name],
+        )
+        .await?
+        .map(|r| r.get(0))
+        .ok_or_else(|| StationError::Internal("setting vanished".into()))
+    }
+
+    async fn pull_rows(
+        &self,
+        who: &Visibility,
+        after: i64,
+        limit: u32,
+    ) -> Result<(Vec<(i64, Change)>, i64)> {
+        let mut c = self.conn().await?;
+        let tx = c
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
             .map_err(db)?;
-            Ok(c.query_one("SELECT value FROM station_settings WHERE name = $1", &[&name])
-                .map_err(db)?
-                .get(0))
-        })
-        .await
-    }
-
-    async fn devices(&self) -> Result<Vec<DeviceRecord>> {
-        self.blocking(|i| {
-            i.conn()
-                .query(
-                    "SELECT record FROM devices ORDER BY enrolled_at, device_id",
-                    &[],
-                )
-                .map_err(db)?
-                .into_iter()
-                .map(|r| {
-                    serde_json::from_str(&r.get::<_, String>(0))
-                        .map(DeviceRecord::without_secret)
-                        .map_err(|_| StationError::Internal("device record".into()))
-                })
-                .collect()
-        })
-        .await
-    }
-
-    async fn revoke(&self, device: Uuid) -> Result<bool> {
-        self.blocking(move |i| {
-            let mut c = i.conn();
-            let mut tx = c.transaction().map_err(db)?;
-            // Under the log lock, ordered with every push: a push either
-            // committed before (its changes stay valid) or sees the
-            // revocation. The time recorded is after every receipt of the
-            // device's changes, even when this process's clock is behind
-            // the one that received them.
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_LOG])
-                .map_err(db)?;
-            let n = tx
-                .execute(
-                    "UPDATE devices SET revoked_at = GREATEST($1,
-                        (SELECT MAX(received_at) + 1 FROM changes WHERE device_id = $2))
-                     WHERE device_id = $2 AND revoked_at IS NULL",
-                    &[&i.clock.now_ms(), &device],
-                )
-                .map_err(db)?;
-            tx.commit().map_err(db)?;
-            Ok(n > 0)
-        })
-        .await
-    }
-
-    async fn set_credential_expiry(&self, device: Uuid, expires_at_ms: i64) -> Result<bool> {
-        self.blocking(move |i| {
-            Ok(i.conn()
-                .execute(
-                    "UPDATE devices SET credential_expires_at = $1 WHERE device_id = $2",
-                    &[&expires_at_ms, &device],
-                )
-                .map_err(db)?
-                > 0)
-        })
-        .await
-    }
-
-    async fn push(&self, changes: Vec<Change>) -> Result<PushOutcome> {
-        self.blocking(move |i| {
-            let mut c = i.conn();
-            let mut tx = c.transaction().map_err(db)?;
-            // Log order is commit order: one pusher numbers changes at a time.
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_LOG])
-                .map_err(db)?;
-            let lookup = batch_lookup(&mut tx, &changes)?;
-            let verified = verify_batch(changes, &lookup)?;
-            // Read under the lock: a revocation (which takes it too) is
-            // ordered before or after this push.
-            let authors: Vec<Uuid> = verified
-                .new
-                .iter()
-                .map(|c| c.device())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            let revoked: std::collections::HashSet<Uuid> = tx
-                .query(
-                    "SELECT device_id FROM devices WHERE device_id = ANY($1) AND revoked_at IS NOT NULL",
-                    &[&authors],
-                )
-                .map_err(db)?
-                .into_iter()
-                .map(|r| r.get(0))
-                .collect();
-            refuse_revoked(&verified.new, &revoked)?;
-            let shas = media_refs(&verified.new);
-            if !shas.is_empty() {
-                let complete: BTreeSet<String> = tx
-                    .query(
-                        "SELECT sha256 FROM media WHERE sha256 = ANY($1) AND complete",
-                        &[&shas],
-                    )
-                    .map_err(db)?
-                    .into_iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                if let Some(sha) = shas.iter().find(|s| !complete.contains(*s)) {
-                    return Err(StationError::Conflict(
-                        "media_missing",
-                        format!("media {sha} must be uploaded before the change that attaches it"),
-                    ));
-                }
-            }
-            if verified.new.is_empty() {
-                tx.commit().map_err(db)?;
-                return Ok(PushOutcome {
-                    applied: 0,
-                    duplicates: verified.duplicates,
-                    events: Vec::new(),
-                });
-            }
-            let head: i64 = tx
-                .query_one("SELECT COALESCE(MAX(id), 0) FROM changes", &[])
-                .map_err(db)?
-                .get(0);
-            let now = i.clock.now_ms();
-            let n = verified.new.len();
-            let ids: Vec<i64> = (1..=n as i64).map(|k| head + k).collect();
-            let hashes: Vec<Vec<u8>> = verified.new.iter().map(|c| c.hash().to_vec()).collect();
-            let devices: Vec<Uuid> = verified.new.iter().map(|c| c.device()).collect();
-            let seqs: Vec<i64> = verified.new.iter().map(|c| c.body().seq as i64).collect();
-            let reports: Vec<Uuid> = verified.new.iter().map(|c| c.report()).collect();
-            let prevs: Vec<Vec<u8>> = verified
-                .new
-                .iter()
-                .map(|c| c.body().prev.unwrap_or(ZERO_HASH).to_vec())
-                .collect();
-            let bodies: Vec<&[u8]> = verified.new.iter().map(|c| c.bytes()).collect();
-            let sigs: Vec<&[u8]> = verified.new.iter().map(|c| c.signature().as_slice()).collect();
-            let walls: Vec<i64> = verified
-                .new
-                .iter()
-                .map(|c| c.body().hlc.wall_ms as i64)
-                .collect();
-            tx.execute(
-                "INSERT INTO changes (id, hash, device_id, seq, report_id, prev, body, signature, hlc_wall, received_at)
-                 SELECT k.*, $10 FROM UNNEST($1::bigint[], $2::bytea[], $3::uuid[], $4::bigint[], $5::uuid[],
-                                             $6::bytea[], $7::bytea[], $8::bytea[], $9::bigint[]) AS k",
-                &[&ids, &hashes, &devices, &seqs, &reports, &prevs, &bodies, &sigs, &walls, &now],
+        let sql = format!(
+            "SELECT id, body, signature FROM changes
+             WHERE id > $1 AND report_id IN {}
+             ORDER BY id LIMIT $2",
+            visible(3)
+        );
+        let rows = tx
+            .query(
+                &sql,
+                &[
+                    &after,
+                    &(limit as i64),
+                    &who.person_key,
+                    &who.supervisor,
+                    &who.unit,
+                ],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StationError::Conflict("retry", "a concurrent push stored the same change; retry".into())
-                } else {
-                    db(e)
-                }
-            })?;
-            // Authors see their reports; media are tied to reports.
-            tx.execute(
-                "INSERT INTO report_access (person_key, report_id)
-                 SELECT DISTINCT d.person_key, k.r FROM UNNEST($1::uuid[], $2::uuid[]) AS k(d, r)
-                 JOIN devices d ON d.device_id = k.d
-                 ON CONFLICT DO NOTHING",
-                &[&devices, &reports],
-            )
+            .await
             .map_err(db)?;
-            let mut media_sha = Vec::new();
-            let mut media_report = Vec::new();
-            for c in &verified.new {
-                for sha in media_refs(std::slice::from_ref(c)) {
-                    media_sha.push(sha);
-                    media_report.push(c.report());
-                }
-            }
-            if !media_sha.is_empty() {
-                tx.execute(
-                    "INSERT INTO media_refs (sha256, report_id)
-                     SELECT DISTINCT * FROM UNNEST($1::text[], $2::uuid[]) ON CONFLICT DO NOTHING",
-                    &[&media_sha, &media_report],
-                )
-                .map_err(db)?;
-            }
-            let log_id = head + n as i64;
-            let touched: BTreeSet<Uuid> = reports.iter().copied().collect();
-            let mut events = Vec::new();
-            let mut units = HashMap::new();
-            for report in touched {
-                let (facts, new) = write_report(&mut tx, report)?;
-                let unit = facts.unit.clone();
-                units.insert(report, facts);
-                let ev = (
-                    unit,
-                    ReportEvent {
-                        report_id: report,
-                        log_id,
-                        kind: if new { "new" } else { "changed" }.into(),
-                    },
-                );
-                let payload = serde_json::to_string(&ev)
-                    .map_err(|_| StationError::Internal("event".into()))?;
-                // Delivered to every process's listener when this commits.
-                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
-                    .map_err(db)?;
-                events.push(ev);
-            }
-            let mut people = HashMap::new();
-            for r in tx
-                .query(
-                    "SELECT device_id, record FROM devices WHERE device_id = ANY($1)",
-                    &[&devices],
-                )
-                .map_err(db)?
-            {
-                let record: DeviceRecord = serde_json::from_str(r.get::<_, &str>(1))
-                    .map_err(|_| StationError::Internal("device record".into()))?;
-                people.insert(r.get::<_, Uuid>(0), record);
-            }
-            authorize_changes(&verified.new, &people, &units)?;
-            tx.commit().map_err(db)?;
-            Ok(PushOutcome {
-                applied: n,
-                duplicates: verified.duplicates,
-                events,
-            })
-        })
-        .await
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.push((r.get(0), decode_change(r.get(1), r.get(2))?));
+        }
+        let head: i64 = tx
+            .query_one("SELECT COALESCE(MAX(id), 0) FROM changes", &[])
+            .await
+            .map_err(db)?
+            .get(0);
+        tx.commit().await.map_err(db)?;
+        Ok((out, head))
     }
 
-    async fn pull(&self, who: &Enrolled, after: i64, limit: u32) -> Result<PullPage> {
-        let who = who.clone();
-        self.blocking(move |i| {
-            let mut c = i.conn();
-            let mut tx = c
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .map_err(db)?;
-            let (p, s, u) = visible_params(&who);
-            let sql = format!(
-                "SELECT id, body, signature FROM changes
-                 WHERE id > $1 AND report_id IN {}
-                 ORDER BY id LIMIT $2",
-                visible(3, 4, 5)
-            );
-            let rows = tx
-                .query(&sql, &[&after, &(limit as i64 + 1), &p, &s, &u])
-                .map_err(db)?;
-            let more = rows.len() > limit as usize;
-            let mut changes = Vec::with_capacity(rows.len().min(limit as usize));
-            let mut last = after;
-            for r in rows.into_iter().take(limit as usize) {
-                last = r.get(0);
-                changes.push(decode(r.get(1), r.get(2))?);
-            }
-            let next = if more {
-                last
-            } else {
-                // Nothing more is visible in this snapshot: skip past
-                // invisible changes too (every lower id is committed).
-                tx.query_one("SELECT COALESCE(MAX(id), 0) FROM changes", &[])
-                    .map_err(db)?
-                    .get::<_, i64>(0)
-                    .max(after)
-            };
-            tx.commit().map_err(db)?;
-            Ok(PullPage {
-                changes,
-                next,
-                more,
-            })
-        })
-        .await
+    async fn is_visible(&self, who: &Visibility, report: Uuid) -> Result<bool> {
+        let sql = format!("SELECT 1 WHERE $1 IN {}", visible(2));
+        Ok(self
+            .query_opt(
+                &sql,
+                &[&report, &who.person_key, &who.supervisor, &who.unit],
+            )
+            .await?
+            .is_some())
     }
 
-    async fn report_changes(&self, who: &Enrolled, report: Uuid) -> Result<Vec<Change>> {
-        let who = who.clone();
-        self.blocking(move |i| {
-            let mut c = i.conn();
-            require_visible(&mut *c, &who, report)?;
-            c.query(
-                "SELECT body, signature FROM changes WHERE report_id = $1 ORDER BY id",
+    async fn report_changes(&self, report: Uuid) -> Result<Vec<StoredChange>> {
+        self.query(
+            "SELECT body, signature, received_at FROM changes WHERE report_id = $1 ORDER BY id",
+            &[&report],
+        )
+        .await?
+        .iter()
+        .map(stored_change)
+        .collect()
+    }
+
+    async fn report_json(&self, report: Uuid) -> Result<Option<String>> {
+        Ok(self
+            .query_opt("SELECT json FROM reports WHERE report_id = $1", &[&report])
+            .await?
+            .map(|r| r.get(0)))
+    }
+
+    async fn visible_report_jsons(&self, who: &Visibility) -> Result<Vec<String>> {
+        let sql = format!(
+            "SELECT json FROM reports WHERE report_id IN {} ORDER BY updated_ms DESC",
+            visible(1)
+        );
+        Ok(self
+            .query(&sql, &[&who.person_key, &who.supervisor, &who.unit])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    async fn all_report_jsons(&self) -> Result<Vec<String>> {
+        Ok(self
+            .query("SELECT json FROM reports ORDER BY report_id", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    async fn clock_skew(&self, report: Uuid) -> Result<Vec<ClockSkew>> {
+        Ok(self
+            .query(
+                "SELECT device_id, skew_ms, observed_at FROM clock_skew WHERE report_id = $1 ORDER BY device_id",
                 &[&report],
             )
-            .map_err(db)?
-            .into_iter()
-            .map(|r| decode(r.get(0), r.get(1)))
-            .collect()
-        })
-        .await
-    }
-
-    async fn report_json(&self, who: &Enrolled, report: Uuid) -> Result<String> {
-        let who = who.clone();
-        self.blocking(move |i| {
-            let mut c = i.conn();
-            require_visible(&mut *c, &who, report)?;
-            c.query_opt("SELECT json FROM reports WHERE report_id = $1", &[&report])
-                .map_err(db)?
-                .map(|r| r.get(0))
-                .ok_or(StationError::NotFound)
-        })
-        .await
-    }
-
-    async fn directory(&self, who: &Enrolled) -> Result<Vec<DeviceRecord>> {
-        let who = who.clone();
-        self.blocking(move |i| {
-            let mut c = i.conn();
-            let (p, s, u) = visible_params(&who);
-            let sql = format!(
-                "SELECT record, device_id = $4 OR device_id IN
-                   (SELECT device_id FROM changes WHERE report_id IN {})
-                 FROM devices ORDER BY enrolled_at, device_id",
-                visible(1, 2, 3)
-            );
-            c.query(&sql, &[&p, &s, &u, &who.record.device_id])
-                .map_err(db)?
-                .into_iter()
-                .map(|r| directory_entry(&r.get::<_, String>(0), r.get(1), who.record.device_id))
-                .collect()
-        })
-        .await
-    }
-
-    async fn visible_reports(&self, who: &Enrolled) -> Result<Vec<String>> {
-        let who = who.clone();
-        self.blocking(move |i| {
-            let mut c = i.conn();
-            let (p, s, u) = visible_params(&who);
-            let sql = format!(
-                "SELECT json FROM reports WHERE report_id IN {} ORDER BY updated_ms DESC",
-                visible(1, 2, 3)
-            );
-            Ok(c.query(&sql, &[&p, &s, &u])
-                .map_err(db)?
-                .into_iter()
-                .map(|r| r.get(0))
-                .collect())
-        })
-        .await
-    }
-
-    async fn all_reports(&self) -> Result<Vec<String>> {
-        self.blocking(move |i| {
-            Ok(i.conn()
-                .query("SELECT json FROM reports ORDER BY report_id", &[])
-                .map_err(db)?
-                .into_iter()
-                .map(|r| r.get(0))
-                .collect())
-        })
-        .await
-    }
-
-    async fn audit(&self, e: AuditEntry) -> Result<()> {
-        self.blocking(move |i| {
-            i.conn()
-                .execute(
-                    "INSERT INTO audit_log (at_ms, actor, action, target, outcome) VALUES ($1, $2, $3, $4, $5)",
-                    &[&e.at_ms, &e.actor, &e.action, &e.target, &e.outcome],
-                )
-                .map_err(db)?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn audit_log(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>> {
-        self.blocking(move |i| {
-            Ok(i.conn()
-                .query(
-                    "SELECT id, at_ms, actor, action, target, outcome FROM audit_log
-                     WHERE id > $1 ORDER BY id LIMIT $2",
-                    &[&after, &(limit as i64)],
-                )
-                .map_err(db)?
-                .into_iter()
-                .map(|r| AuditEntry {
-                    id: r.get(0),
-                    at_ms: r.get(1),
-                    actor: r.get(2),
-                    action: r.get(3),
-                    target: r.get(4),
-                    outcome: r.get(5),
-                })
-                .collect())
-        })
-        .await
-    }
-
-    async fn media_status(&self, sha256: &str) -> Result<MediaStatus> {
-        if !valid_sha(sha256) {
-            return Err(bad_hash());
-        }
-        let sha = sha256.to_string();
-        self.blocking(move |i| status_of(&mut *i.conn(), &sha))
-            .await
-    }
-
-    async fn media_append(
-        &self,
-        sha256: &str,
-        offset: u64,
-        total: u64,
-        bytes: &[u8],
-    ) -> Result<MediaStatus> {
-        check_chunk(sha256, offset, total, bytes.len())?;
-        let sha = sha256.to_string();
-        let bytes = bytes.to_vec();
-        self.blocking(move |i| {
-            let mut c = i.conn();
-            let mut tx = c.transaction().map_err(db)?;
-            // Uploads of one file, from any process, one at a time.
-            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&sha])
-                .map_err(db)?;
-            let status = status_of(&mut tx, &sha)?;
-            if status.complete {
-                return Ok(status);
-            }
-            if offset != status.received {
-                return Err(StationError::Conflict(
-                    "offset_mismatch",
-                    format!("the station holds {} bytes; send from there", status.received),
-                ));
-            }
-            let partial = i.partial_dir.join(&sha);
-            let received = write_chunk(&partial, offset, &bytes)?;
-            if received < total {
-                tx.execute(
-                    "INSERT INTO media (sha256, total, received) VALUES ($1, $2, $3)
-                     ON CONFLICT (sha256) DO UPDATE SET total = excluded.total, received = excluded.received",
-                    &[&sha, &(total as i64), &(received as i64)],
-                )
-                .map_err(db)?;
-                tx.commit().map_err(db)?;
-                return Ok(MediaStatus { sha256: sha, received, complete: false });
-            }
-            if i.media.adopt(&partial, &sha)?.is_none() {
-                tx.execute("DELETE FROM media WHERE sha256 = $1", &[&sha])
-                    .map_err(db)?;
-                tx.commit().map_err(db)?;
-                return Err(StationError::Unprocessable(
-                    "hash_mismatch",
-                    "the uploaded bytes do not match the hash; upload again from 0".into(),
-                ));
-            }
-            tx.execute(
-                "INSERT INTO media (sha256, total, received, complete) VALUES ($1, $2, $2, TRUE)
-                 ON CONFLICT (sha256) DO UPDATE SET total = excluded.total, received = excluded.received, complete = TRUE",
-                &[&sha, &(total as i64)],
-            )
-            .map_err(db)?;
-            tx.commit().map_err(db)?;
-            Ok(MediaStatus { sha256: sha, received: total, complete: true })
-        })
-        .await
-    }
-
-    async fn media_path(&self, who: &Enrolled, sha256: &str) -> Result<PathBuf> {
-        if !valid_sha(sha256) {
-            return Err(bad_hash());
-        }
-        let who = who.clone();
-        let sha = sha256.to_string();
-        self.blocking(move |i| {
-            let (p, s, u) = visible_params(&who);
-            let sql = format!(
-                "SELECT 1 FROM media m JOIN media_refs r ON r.sha256 = m.sha256
-                 WHERE m.sha256 = $1 AND m.complete AND r.report_id IN {} LIMIT 1",
-                visible(2, 3, 4)
-            );
-            let ok = i
-                .conn()
-                .query_opt(&sql, &[&sha, &p, &s, &u])
-                .map_err(db)?
-                .is_some();
-            if !ok {
-                return Err(StationError::NotFound);
-            }
-            Ok(i.media.path_of(&sha))
-        })
-        .await
-    }
-
-    async fn record_rejection(
-        &self,
-        device: Option<Uuid>,
-        reason: &str,
-        bytes: &[u8],
-    ) -> Result<()> {
-        let reason = reason.to_string();
-        let bytes = bytes.to_vec();
-        self.blocking(move |i| {
-            i.conn()
-                .execute(
-                    "INSERT INTO rejected (received_at, device_id, reason, bytes) VALUES ($1, $2, $3, $4)",
-                    &[&i.clock.now_ms(), &device, &reason, &bytes],
-                )
-                .map_err(db)?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn counts(&self) -> Result<Counts> {
-        self.blocking(|i| {
-            let r = i
-                .conn()
-                .query_one(
-                    "SELECT (SELECT COUNT(*) FROM changes), (SELECT COUNT(*) FROM reports),
-                            (SELECT COUNT(*) FROM media WHERE complete),
-                            (SELECT COALESCE(SUM(received), 0)::BIGINT FROM media)",
-                    &[],
-                )
-                .map_err(db)?;
-            Ok(Counts {
-                changes: r.get::<_, i64>(0) as u64,
-                reports: r.get::<_, i64>(1) as u64,
-                media_complete: r.get::<_, i64>(2) as u64,
-                media_bytes: r.get::<_, i64>(3) as u64,
+            .await?
+            .iter()
+            .map(|r| ClockSkew {
+                device: r.get(0),
+                skew_ms: r.get(1),
+                observed_at_ms: r.get(2),
             })
-        })
-        .await
-    }
-
-    fn scratch_dir(&self) -> PathBuf {
-        self.inner.scratch.clone()
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.inner.data.clone()
-    }
-
-    fn clock(&self) -> Arc<dyn Clock> {
-        self.inner.clock.clone()
+            .collect())
     }
 
     async fn record_clock_skew(
@@ -1400,157 +926,540 @@ impl StationStorage for PostgresStorage {
         device: Uuid,
         reports: Vec<Uuid>,
         skew_ms: i64,
+        now: i64,
     ) -> Result<()> {
-        self.blocking(move |i| {
-            i.conn()
-                .execute(
-                    "INSERT INTO clock_skew (report_id, device_id, skew_ms, observed_at)
-                     SELECT r, $2, $3, $4 FROM UNNEST($1::uuid[]) AS r
-                     ON CONFLICT (report_id, device_id) DO UPDATE SET skew_ms = excluded.skew_ms, observed_at = excluded.observed_at",
-                    &[&reports, &device, &skew_ms, &i.clock.now_ms()],
-                )
-                .map_err(db)?;
-            Ok(())
-        })
-        .await
+        self.execute(
+            "INSERT INTO clock_skew (report_id, device_id, skew_ms, observed_at)
+             SELECT r, $2, $3, $4 FROM UNNEST($1::uuid[]) AS r
+             ON CONFLICT (report_id, device_id) DO UPDATE SET skew_ms = excluded.skew_ms, observed_at = excluded.observed_at",
+            &[&reports, &device, &skew_ms, &now],
+        )
+        .await?;
+        Ok(())
     }
 
-    async fn receipts(&self, who: &Enrolled, report: Uuid) -> Result<ReceiptsResponse> {
-        let who = who.clone();
-        self.blocking(move |i| {
-            let mut c = i.conn();
-            require_visible(&mut *c, &who, report)?;
-            let changes = c
+    async fn export_rows(&self, reports: &[Uuid]) -> Result<ExportRows> {
+        let mut c = self.conn().await?;
+        // One snapshot for the whole package.
+        let tx = c
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(db)?;
+        let mut out = ExportRows::default();
+        for &report in reports {
+            let changes = tx
                 .query(
                     "SELECT body, signature, received_at FROM changes WHERE report_id = $1 ORDER BY id",
                     &[&report],
                 )
+                .await
                 .map_err(db)?
-                .into_iter()
-                .map(|r| {
-                    let ch = decode(r.get(0), r.get(1))?;
-                    Ok(Receipt {
-                        device: ch.device(),
-                        seq: ch.body().seq,
-                        received_at_ms: r.get(2),
-                        device_clock_ms: ch.body().wall_clock_ms,
-                    })
-                })
+                .iter()
+                .map(stored_change)
                 .collect::<Result<Vec<_>>>()?;
-            let clock_skew = c
-                .query(
-                    "SELECT device_id, skew_ms, observed_at FROM clock_skew WHERE report_id = $1 ORDER BY device_id",
-                    &[&report],
-                )
-                .map_err(db)?
-                .into_iter()
-                .map(|r| ClockSkew {
-                    device: r.get(0),
-                    skew_ms: r.get(1),
-                    observed_at_ms: r.get(2),
-                })
-                .collect();
-            Ok(ReceiptsResponse {
-                report_id: report,
-                changes,
-                clock_skew,
+            out.reports.push((report, changes));
+        }
+        let reports = reports.to_vec();
+        for r in tx
+            .query(
+                "SELECT m.total, m.received, m.complete, m.sha256 FROM media m
+                 JOIN media_refs r ON r.sha256 = m.sha256 WHERE r.report_id = ANY($1)",
+                &[&reports],
+            )
+            .await
+            .map_err(db)?
+        {
+            out.media.insert(r.get(3), media_row(&r));
+        }
+        for r in tx
+            .query(
+                &format!(
+                    "SELECT {DEVICE_COLUMNS}, device_id FROM devices WHERE device_id IN
+                       (SELECT device_id FROM changes WHERE report_id = ANY($1))"
+                ),
+                &[&reports],
+            )
+            .await
+            .map_err(db)?
+        {
+            out.devices.insert(r.get(4), device_row(&r));
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(out)
+    }
+
+    async fn media_row(&self, sha256: &str) -> Result<Option<MediaRow>> {
+        Ok(self
+            .query_opt(
+                "SELECT total, received, complete FROM media WHERE sha256 = $1",
+                &[&sha256],
+            )
+            .await?
+            .as_ref()
+            .map(media_row))
+    }
+
+    async fn media_visible(&self, who: &Visibility, sha256: &str) -> Result<bool> {
+        let sql = format!(
+            "SELECT 1 FROM media m JOIN media_refs r ON r.sha256 = m.sha256
+             WHERE m.sha256 = $1 AND m.complete AND r.report_id IN {} LIMIT 1",
+            visible(2)
+        );
+        Ok(self
+            .query_opt(
+                &sql,
+                &[&sha256, &who.person_key, &who.supervisor, &who.unit],
+            )
+            .await?
+            .is_some())
+    }
+
+    async fn append_audit(&self, e: AuditEntry) -> Result<()> {
+        self.execute(
+            "INSERT INTO audit_log (at_ms, actor, action, target, outcome) VALUES ($1, $2, $3, $4, $5)",
+            &[&e.at_ms, &e.actor, &e.action, &e.target, &e.outcome],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_log(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>> {
+        Ok(self
+            .query(
+                "SELECT id, at_ms, actor, action, target, outcome FROM audit_log
+                 WHERE id > $1 ORDER BY id LIMIT $2",
+                &[&after, &(limit as i64)],
+            )
+            .await?
+            .iter()
+            .map(|r| AuditEntry {
+                id: r.get(0),
+                at_ms: r.get(1),
+                actor: r.get(2),
+                action: r.get(3),
+                target: r.get(4),
+                outcome: r.get(5),
             })
+            .collect())
+    }
+
+    async fn record_rejection(
+        &self,
+        at: i64,
+        device: Option<Uuid>,
+        reason: String,
+        bytes: Vec<u8>,
+    ) -> Result<()> {
+        self.execute(
+            "INSERT INTO rejected (received_at, device_id, reason, bytes) VALUES ($1, $2, $3, $4)",
+            &[&at, &device, &reason, &bytes],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        let r = self
+            .query_opt(
+                "SELECT (SELECT COUNT(*) FROM changes), (SELECT COUNT(*) FROM reports),
+                        (SELECT COUNT(*) FROM media WHERE complete),
+                        (SELECT COALESCE(SUM(received), 0)::BIGINT FROM media)",
+                &[],
+            )
+            .await?
+            .ok_or_else(|| StationError::Internal("counts".into()))?;
+        Ok(Counts {
+            changes: r.get::<_, i64>(0) as u64,
+            reports: r.get::<_, i64>(1) as u64,
+            media_complete: r.get::<_, i64>(2) as u64,
+            media_bytes: r.get::<_, i64>(3) as u64,
         })
-        .await
     }
 
     fn shared_events(&self) -> Option<broadcast::Sender<(String, ReportEvent)>> {
-        Some(self.inner.events.clone())
+        Some(self.events.clone())
+    }
+}
+
+/// A pooled connection inside `BEGIN`. Dropped before
+/// [`WriteTx::commit`], its connection is closed rather than returned to
+/// the pool, and the server rolls the transaction back.
+struct PgTx {
+    conn: Option<Object>,
+}
+
+impl Drop for PgTx {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            drop(Object::take(c));
+        }
+    }
+}
+
+impl PgTx {
+    fn c(&self) -> Result<&Object> {
+        self.conn
+            .as_ref()
+            .ok_or_else(|| StationError::Internal("transaction already ended".into()))
     }
 
-    async fn export_material(
+    async fn query(
         &self,
-        who: Option<&Enrolled>,
-        reports: &[Uuid],
-    ) -> Result<ExportMaterial> {
-        let who = who.cloned();
-        let reports: Vec<Uuid> = reports
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>> {
+        let c = self.c()?;
+        let st = c.prepare_cached(sql).await.map_err(db)?;
+        c.query(&st, params).await.map_err(db)
+    }
+
+    async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64> {
+        let c = self.c()?;
+        let st = c.prepare_cached(sql).await.map_err(db)?;
+        c.execute(&st, params).await.map_err(db)
+    }
+}
+
+#[async_trait]
+impl WriteTx for PgTx {
+    async fn lock_log(&mut self) -> Result<()> {
+        self.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_LOG])
+            .await?;
+        Ok(())
+    }
+
+    async fn lock_media(&mut self, sha256: &str) -> Result<()> {
+        self.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&sha256])
+            .await?;
+        Ok(())
+    }
+
+    async fn chain_facts(&mut self, changes: &[Change]) -> Result<ChainFacts> {
+        let devices: Vec<Uuid> = changes.iter().map(|c| c.device()).collect();
+        let seqs: Vec<i64> = changes.iter().map(|c| c.body().seq as i64).collect();
+        let reports: Vec<Uuid> = changes.iter().map(|c| c.report()).collect();
+        let prevs: Vec<Vec<u8>> = changes
             .iter()
-            .copied()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
+            .map(|c| c.body().prev.unwrap_or(ZERO_HASH).to_vec())
             .collect();
-        self.blocking(move |i| {
-            let mut c = i.conn();
-            let mut tx = c
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .map_err(db)?;
-            let mut out = ExportMaterial {
-                reports: Vec::new(),
-                devices: Vec::new(),
-                media: BTreeMap::new(),
-                received: BTreeMap::new(),
-            };
-            let mut authors = BTreeSet::new();
-            for report in reports {
-                if let Some(who) = &who {
-                    require_visible(&mut tx, who, report)?;
-                }
-                let changes = tx
-                    .query(
-                        "SELECT body, signature, received_at FROM changes WHERE report_id = $1 ORDER BY id",
-                        &[&report],
-                    )
-                    .map_err(db)?
-                    .into_iter()
-                    .map(|r| {
-                        let c = decode(r.get(0), r.get(1))?;
-                        out.received.insert(*c.hash(), receipt_time(r.get(2))?);
-                        Ok(c)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                if changes.is_empty() {
-                    return Err(StationError::NotFound);
-                }
-                authors.extend(changes.iter().map(|c| c.device()));
-                for sha in media_refs(&changes) {
-                    if !status_of(&mut tx, &sha)?.complete {
-                        return Err(StationError::Conflict(
-                            "media_incomplete",
-                            format!("media {sha} of report {report} has not finished uploading"),
-                        ));
-                    }
-                    out.media.insert(sha.clone(), i.media.path_of(&sha));
-                }
-                out.reports.push((report, changes));
+        let mut out = ChainFacts::default();
+        for r in self
+            .query(
+                "SELECT c.device_id, c.seq, c.hash, c.signature FROM changes c
+                 JOIN UNNEST($1::uuid[], $2::bigint[]) AS k(d, s) ON c.device_id = k.d AND c.seq = k.s",
+                &[&devices, &seqs],
+            )
+            .await?
+        {
+            let sig: [u8; 64] = r
+                .get::<_, Vec<u8>>(3)
+                .try_into()
+                .map_err(|_| StationError::Internal("signature column".into()))?;
+            out.stored.insert(
+                ChangeId {
+                    device: r.get(0),
+                    seq: r.get::<_, i64>(1) as u64,
+                },
+                (hash_column(r.get(2))?, sig),
+            );
+        }
+        for r in self
+            .query(
+                "SELECT hash, device_id, report_id, seq FROM changes WHERE hash = ANY($1)",
+                &[&prevs],
+            )
+            .await?
+        {
+            out.by_hash.insert(
+                hash_column(r.get(0))?,
+                (r.get(1), r.get(2), r.get::<_, i64>(3) as u64),
+            );
+        }
+        for r in self
+            .query(
+                "SELECT c.report_id, c.device_id, c.prev FROM changes c
+                 JOIN UNNEST($1::uuid[], $2::uuid[], $3::bytea[]) AS k(r, d, p)
+                   ON c.report_id = k.r AND c.device_id = k.d AND c.prev = k.p",
+                &[&reports, &devices, &prevs],
+            )
+            .await?
+        {
+            out.children
+                .insert((r.get(0), r.get(1), hash_column(r.get(2))?));
+        }
+        for r in self
+            .query(
+                "SELECT device_id, public_key FROM devices WHERE device_id = ANY($1)",
+                &[&devices],
+            )
+            .await?
+        {
+            if let Some(k) = key_column(r.get(1))? {
+                out.keys.insert(r.get(0), k);
             }
-            for d in authors {
-                let r = tx
-                    .query_one(
-                        "SELECT record, enrolled_at, revoked_at FROM devices WHERE device_id = $1",
-                        &[&d],
-                    )
-                    .map_err(db)?;
-                out.devices.push(DeviceEnrollment {
-                    record: enrolled_from_row(r.get(0), None, None)?.record,
-                    enrolled_at: ms_time(Some(r.get(1))),
-                    revoked_at: ms_time(r.get(2)),
-                });
-            }
-            tx.commit().map_err(db)?;
-            Ok(out)
-        })
+        }
+        Ok(out)
+    }
+
+    async fn revoked_among(&mut self, devices: &[Uuid]) -> Result<HashSet<Uuid>> {
+        Ok(self
+            .query(
+                "SELECT device_id FROM devices WHERE device_id = ANY($1) AND revoked_at IS NOT NULL",
+                &[&devices],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    async fn complete_among(&mut self, sha256s: &[String]) -> Result<HashSet<String>> {
+        Ok(self
+            .query(
+                "SELECT sha256 FROM media WHERE sha256 = ANY($1) AND complete",
+                &[&sha256s],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    async fn append_changes(&mut self, changes: &[Change], received_at: i64) -> Result<i64> {
+        let head: i64 = self
+            .query("SELECT COALESCE(MAX(id), 0) FROM changes", &[])
+            .await?
+            .first()
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        let n = changes.len() as i64;
+        let ids: Vec<i64> = (1..=n).map(|k| head + k).collect();
+        let hashes: Vec<Vec<u8>> = changes.iter().map(|c| c.hash().to_vec()).collect();
+        let devices: Vec<Uuid> = changes.iter().map(|c| c.device()).collect();
+        let seqs: Vec<i64> = changes.iter().map(|c| c.body().seq as i64).collect();
+        let reports: Vec<Uuid> = changes.iter().map(|c| c.report()).collect();
+        let prevs: Vec<Vec<u8>> = changes
+            .iter()
+            .map(|c| c.body().prev.unwrap_or(ZERO_HASH).to_vec())
+            .collect();
+        let bodies: Vec<&[u8]> = changes.iter().map(|c| c.bytes()).collect();
+        let sigs: Vec<&[u8]> = changes.iter().map(|c| c.signature().as_slice()).collect();
+        let walls: Vec<i64> = changes
+            .iter()
+            .map(|c| c.body().hlc.wall_ms as i64)
+            .collect();
+        let c = self.c()?;
+        c.execute(
+            "INSERT INTO changes (id, hash, device_id, seq, report_id, prev, body, signature, hlc_wall, received_at)
+             SELECT k.*, $10 FROM UNNEST($1::bigint[], $2::bytea[], $3::uuid[], $4::bigint[], $5::uuid[],
+                                         $6::bytea[], $7::bytea[], $8::bytea[], $9::bigint[]) AS k",
+            &[&ids, &hashes, &devices, &seqs, &reports, &prevs, &bodies, &sigs, &walls, &received_at],
+        )
         .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StationError::Conflict("retry", "a concurrent push stored the same change; retry".into())
+            } else {
+                db(e)
+            }
+        })?;
+        Ok(head + n)
+    }
+
+    async fn grant_author_access(&mut self, pairs: &[(Uuid, Uuid)]) -> Result<()> {
+        let devices: Vec<Uuid> = pairs.iter().map(|p| p.0).collect();
+        let reports: Vec<Uuid> = pairs.iter().map(|p| p.1).collect();
+        self.execute(
+            "INSERT INTO report_access (person_key, report_id)
+             SELECT DISTINCT d.person_key, k.r FROM UNNEST($1::uuid[], $2::uuid[]) AS k(d, r)
+             JOIN devices d ON d.device_id = k.d
+             ON CONFLICT DO NOTHING",
+            &[&devices, &reports],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn add_media_refs(&mut self, pairs: &[(String, Uuid)]) -> Result<()> {
+        let shas: Vec<&str> = pairs.iter().map(|p| p.0.as_str()).collect();
+        let reports: Vec<Uuid> = pairs.iter().map(|p| p.1).collect();
+        self.execute(
+            "INSERT INTO media_refs (sha256, report_id)
+             SELECT DISTINCT * FROM UNNEST($1::text[], $2::uuid[]) ON CONFLICT DO NOTHING",
+            &[&shas, &reports],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn report_changes(&mut self, report: Uuid) -> Result<Vec<Change>> {
+        self.query(
+            "SELECT body, signature FROM changes WHERE report_id = $1",
+            &[&report],
+        )
+        .await?
+        .iter()
+        .map(|r| decode_change(r.get(0), r.get(1)))
+        .collect()
+    }
+
+    async fn device_unit(&mut self, device: Uuid) -> Result<Option<String>> {
+        Ok(self
+            .query("SELECT unit FROM devices WHERE device_id = $1", &[&device])
+            .await?
+            .first()
+            .map(|r| r.get(0)))
+    }
+
+    async fn device_records_of(&mut self, devices: &[Uuid]) -> Result<HashMap<Uuid, String>> {
+        Ok(self
+            .query(
+                "SELECT device_id, record FROM devices WHERE device_id = ANY($1)",
+                &[&devices],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    async fn put_report(&mut self, row: ReportRow) -> Result<bool> {
+        let existed = !self
+            .query(
+                "SELECT 1 FROM reports WHERE report_id = $1",
+                &[&row.report_id],
+            )
+            .await?
+            .is_empty();
+        self.execute(
+            "INSERT INTO reports (report_id, unit, created_by, lifecycle, updated_ms, json)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (report_id) DO UPDATE SET unit = excluded.unit, created_by = excluded.created_by,
+               lifecycle = excluded.lifecycle, updated_ms = excluded.updated_ms, json = excluded.json",
+            &[
+                &row.report_id,
+                &row.unit,
+                &row.created_by,
+                &row.lifecycle,
+                &row.updated_ms,
+                &row.json,
+            ],
+        )
+        .await?;
+        Ok(!existed)
+    }
+
+    async fn publish(&mut self, event: &(String, ReportEvent)) -> Result<()> {
+        let payload =
+            serde_json::to_string(event).map_err(|_| StationError::Internal("event".into()))?;
+        // Delivered to every process's listener when this commits.
+        self.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+            .await?;
+        Ok(())
+    }
+
+    async fn code(&mut self, code_hash: &[u8]) -> Result<Option<CodeRow>> {
+        Ok(self
+            .query(
+                "SELECT person, expires_at, used_at FROM enrollment_codes WHERE code_hash = $1 FOR UPDATE",
+                &[&code_hash],
+            )
+            .await?
+            .first()
+            .map(|r| CodeRow {
+                person: r.get(0),
+                expires_at: r.get(1),
+                used_at: r.get(2),
+            }))
+    }
+
+    async fn insert_device(&mut self, d: NewDevice) -> Result<bool> {
+        Ok(self
+            .execute(
+                "INSERT INTO devices (device_id, public_key, record, person_key, role, unit,
+                   credential_hash, enrolled_at, credential_expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+                &[
+                    &d.device_id,
+                    &d.public_key.as_slice(),
+                    &d.record,
+                    &d.person_key,
+                    &d.role,
+                    &d.unit,
+                    &d.credential_hash,
+                    &d.enrolled_at,
+                    &d.credential_expires_at,
+                ],
+            )
+            .await?
+            > 0)
+    }
+
+    async fn mark_code_used(&mut self, code_hash: &[u8], at: i64, device: Uuid) -> Result<()> {
+        self.execute(
+            "UPDATE enrollment_codes SET used_at = $1, used_by = $2 WHERE code_hash = $3",
+            &[&at, &device, &code_hash],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn media_row(&mut self, sha256: &str) -> Result<Option<MediaRow>> {
+        Ok(self
+            .query(
+                "SELECT total, received, complete FROM media WHERE sha256 = $1",
+                &[&sha256],
+            )
+            .await?
+            .first()
+            .map(media_row))
+    }
+
+    async fn put_media(&mut self, sha256: &str, row: MediaRow) -> Result<()> {
+        self.execute(
+            "INSERT INTO media (sha256, total, received, complete) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (sha256) DO UPDATE SET total = excluded.total,
+               received = excluded.received, complete = excluded.complete",
+            &[
+                &sha256,
+                &(row.total as i64),
+                &(row.received as i64),
+                &row.complete,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_media(&mut self, sha256: &str) -> Result<()> {
+        self.execute("DELETE FROM media WHERE sha256 = $1", &[&sha256])
+            .await?;
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        self.c()?.batch_execute("COMMIT").await.map_err(db)?;
+        // Committed: the connection goes back to the pool.
+        drop(self.conn.take());
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use postgres::Client;
 
-    /// A database made by the first schema upgrades in place and keeps its
-    /// rows. Needs `FR_TEST_DATABASE_URL` (skips without, unless
-    /// `FR_REQUIRE_POSTGRES` is set).
-    #[test]
-    fn a_version_1_database_upgrades_and_keeps_its_rows() {
+    /// A new database on `FR_TEST_DATABASE_URL`'s server; `None` (the test
+    /// skips) without one, unless `FR_REQUIRE_POSTGRES` is set.
+    fn scratch_database() -> Option<String> {
         let Some(server) = std::env::var("FR_TEST_DATABASE_URL")
             .ok()
             .filter(|u| !u.is_empty())
@@ -1560,14 +1469,24 @@ mod tests {
                 "FR_REQUIRE_POSTGRES is set but FR_TEST_DATABASE_URL is not"
             );
             eprintln!("SKIPPED: no PostgreSQL (set FR_TEST_DATABASE_URL)");
-            return;
+            return None;
         };
         let name = format!("fr_migrate_{}", Uuid::new_v4().simple());
         let mut admin = Client::connect(&server, NoTls).unwrap();
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .unwrap();
-        let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
+        Some(format!("{}/{name}", server.rsplit_once('/').unwrap().0))
+    }
+
+    /// A database made by the first schema upgrades in place and keeps its
+    /// rows. Needs `FR_TEST_DATABASE_URL` (skips without, unless
+    /// `FR_REQUIRE_POSTGRES` is set).
+    #[test]
+    fn a_version_1_database_upgrades_and_keeps_its_rows() {
+        let Some(url) = scratch_database() else {
+            return;
+        };
         {
             let mut c = Client::connect(&url, NoTls).unwrap();
             c.batch_execute(MIGRATIONS[0]).unwrap();
@@ -1579,8 +1498,8 @@ mod tests {
             .unwrap();
         }
         let dir = tempfile::tempdir().unwrap();
-        let s = PostgresStorage::open(&url, dir.path()).unwrap();
-        let mut c = s.inner.conn();
+        let _s = PostgresStorage::open(&url, dir.path()).unwrap();
+        let mut c = Client::connect(&url, NoTls).unwrap();
         let v: i32 = c
             .query_one("SELECT version FROM schema_version", &[])
             .unwrap()
@@ -1602,23 +1521,9 @@ mod tests {
     /// upgrades, keeps its devices, and takes accounts.
     #[test]
     fn a_version_4_database_upgrades_and_takes_dashboard_accounts() {
-        let Some(server) = std::env::var("FR_TEST_DATABASE_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-        else {
-            assert!(
-                std::env::var_os("FR_REQUIRE_POSTGRES").is_none(),
-                "FR_REQUIRE_POSTGRES is set but FR_TEST_DATABASE_URL is not"
-            );
-            eprintln!("SKIPPED: no PostgreSQL (set FR_TEST_DATABASE_URL)");
+        let Some(url) = scratch_database() else {
             return;
         };
-        let name = format!("fr_migrate_{}", Uuid::new_v4().simple());
-        let mut admin = Client::connect(&server, NoTls).unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
         let device = Uuid::new_v4();
         {
             let mut c = Client::connect(&url, NoTls).unwrap();
@@ -1640,7 +1545,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = PostgresStorage::open(&url, dir.path()).unwrap();
         {
-            let mut c = s.inner.conn();
+            let mut c = Client::connect(&url, NoTls).unwrap();
             let v: i32 = c
                 .query_one("SELECT version FROM schema_version", &[])
                 .unwrap()
@@ -1653,36 +1558,12 @@ mod tests {
             assert_eq!(kept, 6);
         }
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .unwrap();
-        let a = DashboardAccount {
-            star_number: "1".into(),
-            device_id: device,
-            password_hash: "h".into(),
-            totp_sealed: vec![1, 2],
-            store_key_sealed: vec![3],
-            updated_at: 7,
-        };
-        assert!(rt
-            .block_on(s.put_dashboard_account(a.clone(), false))
-            .unwrap());
-        let b = DashboardAccount {
-            password_hash: "h2".into(),
-            ..a.clone()
-        };
-        assert!(!rt
-            .block_on(s.put_dashboard_account(b.clone(), false))
-            .unwrap());
-        assert_eq!(rt.block_on(s.dashboard_account("1")).unwrap(), Some(a));
-        assert!(rt
-            .block_on(s.put_dashboard_account(b.clone(), true))
-            .unwrap());
-        assert_eq!(rt.block_on(s.dashboard_accounts()).unwrap(), vec![b]);
-        assert_eq!(rt.block_on(s.dashboard_account("2")).unwrap(), None);
-        assert!(rt.block_on(s.retire_credential(device)).unwrap());
-        let h: Vec<u8> = s
-            .inner
-            .conn()
+        super::super::test_support::accounts_round_trip(&rt, &s, device);
+        let h: Vec<u8> = Client::connect(&url, NoTls)
+            .unwrap()
             .query_one("SELECT credential_hash FROM devices", &[])
             .unwrap()
             .get(0);
