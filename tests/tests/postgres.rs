@@ -341,12 +341,18 @@ fn concurrent_pushes_and_pulls_never_skip_a_change() {
 struct OwnCluster {
     dir: std::path::PathBuf,
     port: u16,
+    settings: Vec<String>,
 }
 
 impl OwnCluster {
     const SCRIPT: &'static str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg-cluster.sh");
 
     fn start() -> (OwnCluster, String) {
+        Self::start_with(&["fsync=off".to_string()])
+    }
+
+    /// Starts it with these settings (`name=value`).
+    fn start_with(settings: &[String]) -> (OwnCluster, String) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -355,7 +361,11 @@ impl OwnCluster {
         // Not under a private temporary directory: the server runs as the
         // `postgres` user when the tests run as root.
         let dir = std::env::temp_dir().join(format!("fr-pg-restart-{}", Uuid::new_v4().simple()));
-        let c = OwnCluster { dir, port };
+        let c = OwnCluster {
+            dir,
+            port,
+            settings: settings.to_vec(),
+        };
         let url = c.run("start");
         (c, url.trim().to_string())
     }
@@ -366,7 +376,7 @@ impl OwnCluster {
             .arg(what)
             .arg(&self.dir)
             .arg(self.port.to_string())
-            .arg("fsync=off")
+            .args(&self.settings)
             .output()
             .unwrap();
         assert!(
@@ -491,4 +501,120 @@ fn a_database_restart_mid_load_loses_nothing_and_needs_no_station_restart() {
         .sum();
     assert_eq!(stored, pushed, "every change pushed is stored, once");
     eprintln!("{failed} syncs gave up during the restart and were tried again");
+}
+
+/// Runs a command, failing the test with its stderr if it fails.
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with
+/// `openssl` in `dir`: (ca.pem, server.pem, server.key).
+fn make_certificates(
+    dir: &Path,
+    ca_name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let p = |f: &str| dir.join(f);
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(Command::new("openssl")
+        .args(["req", "-x509"])
+        .args(ec)
+        .arg("-keyout")
+        .arg(p("ca.key"))
+        .arg("-out")
+        .arg(p("ca.pem"))
+        .args(["-subj", &format!("/CN={ca_name}"), "-days", "2"]));
+    run(Command::new("openssl")
+        .arg("req")
+        .args(ec)
+        .arg("-keyout")
+        .arg(p("server.key"))
+        .arg("-out")
+        .arg(p("server.csr"))
+        .args(["-subj", "/CN=127.0.0.1"]));
+    std::fs::write(p("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+        .arg("-in")
+        .arg(p("server.csr"))
+        .arg("-CA")
+        .arg(p("ca.pem"))
+        .arg("-CAkey")
+        .arg(p("ca.key"))
+        .arg("-out")
+        .arg(p("server.pem"))
+        .arg("-extfile")
+        .arg(p("ext.cnf")));
+    (p("ca.pem"), p("server.pem"), p("server.key"))
+}
+
+/// With the database's CA (`database_ca`) the station's connections are
+/// TLS, checked against that CA; `sslmode=require` without a CA, or with
+/// a CA that did not sign the server's certificate, is refused.
+#[test]
+fn the_station_speaks_tls_to_postgres_when_given_its_ca() {
+    if postgres_url().is_none() {
+        return;
+    }
+    // Readable by the `postgres` user, which runs the server.
+    let certs = std::env::temp_dir().join(format!("fr-pg-tls-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&certs).unwrap();
+    let (ca, server_cert, server_key) = make_certificates(&certs, "fr-test-ca");
+    let other = certs.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let (other_ca, _, _) = make_certificates(&other, "someone-else");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&certs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&server_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").unwrap().uid() == 0 {
+        run(Command::new("chown").arg("postgres").arg(&server_key));
+    }
+    let (cluster, url) = OwnCluster::start_with(&[
+        "ssl=on".into(),
+        format!("ssl_cert_file={}", server_cert.display()),
+        format!("ssl_key_file={}", server_key.display()),
+    ]);
+    let data = tempfile::tempdir().unwrap();
+    let clock = fieldreport_station::clock::SystemClock::shared().unwrap();
+    let tls_url = format!("{url}?sslmode=require&application_name=fr-tls-test");
+
+    let refused = PostgresStorage::open_with(&tls_url, data.path(), clock.clone(), None);
+    assert!(refused.is_err(), "sslmode=require without a CA is refused");
+    let untrusted =
+        PostgresStorage::open_with(&tls_url, data.path(), clock.clone(), Some(&other_ca));
+    assert!(
+        untrusted.is_err(),
+        "a CA that did not sign the server's certificate is refused"
+    );
+
+    let storage = PostgresStorage::open_with(&tls_url, data.path(), clock, Some(&ca)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let counts = rt.block_on(storage.counts()).unwrap();
+    assert_eq!(counts.changes, 0);
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let row = admin
+        .query_one(
+            "SELECT COUNT(*), COALESCE(bool_and(s.ssl), false) FROM pg_stat_ssl s
+             JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'fr-tls-test'",
+            &[],
+        )
+        .unwrap();
+    let (connections, all_tls): (i64, bool) = (row.get(0), row.get(1));
+    assert!(connections >= 1, "the station is connected");
+    assert!(all_tls, "every station connection is TLS");
+    drop(storage);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&certs);
 }
