@@ -63,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reviews", get(reviews))
         .route("/public", get(public_page))
         .route("/public/counts.csv", get(public_csv))
+        .route("/public/public.css", get(public_css))
         .merge(crate::dashboard::routes(state.clone()))
         // Matched routes name themselves to the audit entry; the audit
         // layer wraps everything, unknown paths (the fallback) included.
@@ -412,8 +413,19 @@ async fn public_counts(s: &AppState) -> Result<crate::oversight::Counts> {
 
 /// The public record: counts only, small ones suppressed. No sign-in.
 async fn public_page(State(s): State<AppState>) -> Result<Response> {
-    let html = crate::oversight::counts_html(&public_counts(&s).await?);
+    let html = crate::oversight::counts_html(&public_counts(&s).await?)?;
     Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
+}
+
+async fn public_css() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        crate::oversight::PUBLIC_CSS,
+    )
+        .into_response()
 }
 
 async fn public_csv(State(s): State<AppState>) -> Result<Response> {

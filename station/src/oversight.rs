@@ -198,56 +198,53 @@ pub fn counts_csv(c: &Counts) -> String {
     out
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// One month of the public page: districts as columns, a row a measure.
+struct PublicMonth {
+    name: String,
+    districts: Vec<String>,
+    rows: Vec<PublicRow>,
 }
 
-/// The public page: one table per month, districts as columns.
-pub fn counts_html(c: &Counts) -> String {
+struct PublicRow {
+    measure: String,
+    cells: Vec<String>,
+}
+
+/// The public page (`templates/public.html`; askama escapes every value).
+#[derive(askama::Template)]
+#[template(path = "public.html")]
+struct PublicPage {
+    months: Vec<PublicMonth>,
+}
+
+/// The public page's stylesheet, served as a file (no inline style).
+pub const PUBLIC_CSS: &str = include_str!("../templates/public.css");
+
+/// The public page: one table per month, newest first, districts as
+/// columns.
+pub fn counts_html(c: &Counts) -> crate::error::Result<String> {
     let mut months: BTreeMap<&str, Vec<(&str, &Row)>> = BTreeMap::new();
     for ((month, district), row) in c {
         months.entry(month).or_default().push((district, row));
     }
-    let mut body = String::new();
-    if months.is_empty() {
-        body.push_str("<p>No reports yet.</p>");
-    }
-    for (month, districts) in months.iter().rev() {
-        body.push_str(&format!(
-            "<h2>{}</h2><div class=scroll><table><thead><tr><th>measure</th>",
-            esc(month)
-        ));
-        for (d, _) in districts {
-            body.push_str(&format!("<th>District {}</th>", esc(d)));
-        }
-        body.push_str("</tr></thead><tbody>");
-        for m in MEASURES {
-            body.push_str(&format!("<tr><th scope=row>{}</th>", m.replace('_', " ")));
-            for (_, row) in districts {
-                body.push_str(&format!(
-                    "<td>{}</td>",
-                    published(row.get(m).copied().unwrap_or(0))
-                ));
-            }
-            body.push_str("</tr>");
-        }
-        body.push_str("</tbody></table></div>");
-    }
-    format!(
-        "<!doctype html><html lang=en><head><meta charset=utf-8>\
-         <meta name=viewport content=\"width=device-width, initial-scale=1\">\
-         <title>Federal immigration enforcement: police reports, public record</title>\
-         <style>body{{font-family:system-ui,sans-serif;margin:1rem auto;max-width:60rem;padding:0 1rem}}\
-         table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}}\
-         th[scope=row]{{text-align:left;font-weight:normal}}.scroll{{overflow-x:auto}}</style></head><body>\
-         <h1>Police reports and responses involving federal immigration enforcement</h1>\
-         <p>Counts by month (Chicago time) and police district of reports made by officers, \
-         including responses to allegations of illegal force, use of force by type, injuries \
-         by severity, EMS summoned, referrals to the State's Attorney and internal reviews \
-         done within 30 days. Counts from 1 to 4 are shown as <em>suppressed</em>. \
-         <a href=\"/public/counts.csv\">Download as CSV</a>.</p>{body}</body></html>"
-    )
+    let months = months
+        .iter()
+        .rev()
+        .map(|(month, districts)| PublicMonth {
+            name: month.to_string(),
+            districts: districts.iter().map(|(d, _)| d.to_string()).collect(),
+            rows: MEASURES
+                .iter()
+                .map(|m| PublicRow {
+                    measure: m.replace('_', " "),
+                    cells: districts
+                        .iter()
+                        .map(|(_, row)| published(row.get(m).copied().unwrap_or(0)))
+                        .collect(),
+                })
+                .collect(),
+        })
+        .collect();
+    askama::Template::render(&PublicPage { months })
+        .map_err(|_| crate::error::StationError::Internal("public page".into()))
 }
