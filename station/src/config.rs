@@ -17,8 +17,7 @@
 //! every station process on that database must share). `database_ca`
 //! (env `FIELDREPORT_DATABASE_CA`): a PEM file of the CA certificates the
 //! database's TLS certificate must chain to; with it the station speaks TLS
-//! to PostgreSQL (add `sslmode=require` to the URL to refuse a database
-//! that offers none).
+//! to PostgreSQL and refuses a database (or a path) that offers none.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

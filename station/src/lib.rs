@@ -1,6 +1,7 @@
 //! FieldReport station: the sync server devices enroll and sync with.
 //!
-//! - [`storage`]: the station store behind one trait (SQLite engine here);
+//! - [`storage`]: the station store: one trait, its rules once
+//!   (`storage::service`) over two SQL engines (SQLite, PostgreSQL);
 //! - [`state`]: what the API and the dashboard share ([`AppState`]);
 //! - [`api`]: the HTTP API (`/v1`), device authentication;
 //! - [`dashboard`]: the supervisors' web pages (`/dashboard`);

@@ -19,7 +19,10 @@ pub const COOKIE: &str = "fr_session";
 pub const MAX_FAILURES: u32 = 5;
 /// How long a locked account stays locked.
 pub const LOCKOUT: Duration = Duration::from_secs(10 * 60);
-/// Star numbers tracked at most; beyond it, the oldest unlocked go.
+/// Star numbers whose failures are tracked at most; beyond it, a quarter
+/// of the unlocked ones go, fewest failures first, then oldest: a flood of
+/// made-up star numbers (one failure each) does not wipe the count of an
+/// account someone is guessing at.
 const MAX_TRACKED: usize = 10_000;
 
 /// One signed-in browser.
@@ -39,7 +42,8 @@ struct Attempts {
     failures: u32,
     /// Station clock, ms.
     locked_until: Option<i64>,
-    last_totp_step: u64,
+    /// Station clock, ms.
+    last_failure: i64,
 }
 
 pub struct Sessions {
@@ -51,6 +55,10 @@ pub struct Sessions {
     /// answer does not reveal which exist), and the last TOTP step used
     /// per account, so a code works once.
     attempts: Mutex<HashMap<String, Attempts>>,
+    /// The last TOTP step used, per account (only accounts that exist and
+    /// whose password matched reach it, so it stays small; never evicted,
+    /// or a flood of made-up star numbers would reopen used codes).
+    totp_steps: Mutex<HashMap<String, u64>>,
 }
 
 impl Default for Sessions {
@@ -71,6 +79,7 @@ impl Sessions {
             sessions: Mutex::default(),
             idle_timeout,
             attempts: Mutex::default(),
+            totp_steps: Mutex::default(),
         }
     }
 
@@ -105,9 +114,18 @@ impl Sessions {
     pub fn fail(&self, star: &str, now: i64) -> bool {
         let mut all = self.attempts();
         if all.len() >= MAX_TRACKED && !all.contains_key(star) {
-            all.retain(|_, a| a.locked_until.is_some_and(|t| t > now));
+            let mut unlocked: Vec<(u32, i64, String)> = all
+                .iter()
+                .filter(|(_, a)| a.locked_until.is_none_or(|t| t <= now))
+                .map(|(k, a)| (a.failures, a.last_failure, k.clone()))
+                .collect();
+            unlocked.sort();
+            for (_, _, k) in unlocked.into_iter().take(MAX_TRACKED / 4) {
+                all.remove(&k);
+            }
         }
         let a = all.entry(star.to_string()).or_default();
+        a.last_failure = now;
         if a.locked_until.is_some_and(|t| now >= t) {
             // A lock that ran out starts a fresh count.
             a.failures = 0;
@@ -130,12 +148,12 @@ impl Sessions {
 
     /// Marks a TOTP step used; false if it (or a later one) already was.
     pub fn use_totp_step(&self, star: &str, step: u64) -> bool {
-        let mut all = self.attempts();
-        let a = all.entry(star.to_string()).or_default();
-        if step <= a.last_totp_step {
+        let mut all = self.totp_steps.lock().unwrap_or_else(|e| e.into_inner());
+        let last = all.entry(star.to_string()).or_default();
+        if step <= *last {
             return false;
         }
-        a.last_totp_step = step;
+        *last = step;
         true
     }
 
@@ -208,5 +226,27 @@ mod tests {
         assert!(!d.use_totp_step("1234", 100));
         assert!(!d.use_totp_step("1234", 99));
         assert!(d.use_totp_step("1234", 101));
+    }
+
+    #[test]
+    fn a_flood_of_made_up_star_numbers_resets_no_lock_count_or_used_code() {
+        let d = Sessions::new();
+        let t0: i64 = 1_800_000_000_000;
+        for _ in 1..MAX_FAILURES {
+            assert!(!d.fail("1234", t0));
+        }
+        assert!(d.use_totp_step("1234", 100));
+        // Enough unknown star numbers, each failing once and later, to
+        // fill the table several times over.
+        for i in 0..(MAX_TRACKED * 3) {
+            d.fail(&format!("x{i}"), t0 + 1 + i as i64);
+        }
+        assert!(!d.use_totp_step("1234", 100), "a used code stays used");
+        let kept = d.attempts().len();
+        assert!(kept <= MAX_TRACKED, "the table stays bounded: {kept}");
+        assert!(
+            d.fail("1234", t0 + 10 * MAX_TRACKED as i64),
+            "the guessed-at account's four failures were kept: the fifth locks"
+        );
     }
 }

@@ -1,4 +1,7 @@
-//! Helpers both engines share: tokens, hashes, validation, row decoding.
+//! The storage rules' building blocks, free of I/O: tokens and hashes,
+//! request checks, row decoding, directory entries, revocation and
+//! authorization of a push. Used by [`super::service`] (and by the
+//! engines' migrations: `with_person_secret`).
 
 use fieldreport_core::evidence::{DeviceRecord, Person};
 use fieldreport_core::Role;

@@ -2,7 +2,12 @@
 //! in, rows out, and a write transaction. What the station decides (who
 //! may see what, enrollment rules, materialising reports, media uploads,
 //! what an evidence package holds) is in [`super::service`], written once
-//! over this trait; `sqlite` and `postgres` implement it.
+//! over this trait; `sqlite` and `postgres` implement it. Two rules are
+//! SQL and so stand in both engines, side by side with the conformance
+//! suite (`tests/tests/conformance.rs`) checking they agree: which reports
+//! a device may see (`report_access` by person, or its unit's when a
+//! supervisor), and which directory entries carry names (the device itself
+//! and the authors of what it may see).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -156,13 +161,27 @@ pub fn key_column(v: Vec<u8>) -> Result<Option<VerifyingKey>> {
     Ok(VerifyingKey::from_bytes(&k).ok())
 }
 
-/// Reads and single-statement writes. Reads see committed data; those that
-/// return several related results read them in one snapshot.
+/// What a write transaction is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxKind {
+    /// Pushes and enrollments: all of it or nothing, ordered with every
+    /// other write.
+    Log,
+    /// A media chunk: ordered with other uploads of the same file while
+    /// the chunk is written and (last chunk) the file hashed. On SQLite its
+    /// statements commit one by one, so the database's write lock is not
+    /// held through the file work (another process's `revoke` would wait
+    /// on it).
+    Media,
+}
+
+/// Reads and single-statement writes. Reads see committed data; a pull
+/// page with its log head, and an export's rows, are read in one snapshot.
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
     /// A write transaction. Dropped without [`WriteTx::commit`], it rolls
     /// back.
-    async fn begin(&self) -> Result<Box<dyn WriteTx>>;
+    async fn begin(&self, kind: TxKind) -> Result<Box<dyn WriteTx>>;
 
     async fn insert_code(
         &self,

@@ -6,8 +6,8 @@
 //!   connection the server dropped (a restart) is replaced on next use, so
 //!   requests fail with 503 (devices retry) while the database is away and
 //!   succeed once it is back, without restarting the station. TLS to the
-//!   database when the station has a CA for it (`database_ca`); the URL's
-//!   `sslmode=require` then insists on it.
+//!   database when the station has a CA for it (`database_ca`), and then
+//!   always: a server that offers no TLS is refused.
 //! - **Log order.** Every push takes one transaction-level advisory lock
 //!   before it numbers its changes and holds it until commit, so log ids
 //!   are assigned in commit order: a pull that has seen id N can never miss
@@ -172,6 +172,8 @@ const MIGRATIONS: &[&str] = &[
 /// Advisory lock keys (arbitrary, fixed).
 const LOCK_MIGRATE: i64 = 0x4652_0001;
 const LOCK_LOG: i64 = 0x4652_0002;
+/// First key of the two-key media locks (the second is the hash's).
+const LOCK_MEDIA_CLASS: i32 = 0x4652;
 const CHANNEL: &str = "fieldreport_events";
 /// Connections per station process.
 const CONNECTIONS: usize = 8;
@@ -332,13 +334,29 @@ fn run_apart<T: Send>(f: impl std::future::Future<Output = Result<T>> + Send) ->
 fn db(e: tokio_postgres::Error) -> StationError {
     // The server's message may quote values; keep only the SQLSTATE.
     match e.code().map(|c| c.code()) {
-        // Connection exceptions and operator intervention (a shutdown or
-        // restart): the database is away; the request may be retried.
-        Some(code) if code.starts_with("08") || code.starts_with("57P") => {
+        // Connection exceptions, operator intervention (a shutdown or
+        // restart), serialization failures and deadlocks, too many
+        // connections, a cancelled statement: the request may be retried.
+        Some(code)
+            if code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("40")
+                || code == "53300"
+                || code == "57014" =>
+        {
+            tracing::warn!(sqlstate = code, "postgres: transient error");
             StationError::Unavailable("the database is unavailable; retry".into())
         }
-        Some(code) => StationError::Internal(format!("postgres error {code}")),
-        None => StationError::Unavailable("the database connection was lost; retry".into()),
+        Some(code) => {
+            tracing::error!(sqlstate = code, "postgres error");
+            StationError::Internal(format!("postgres error {code}"))
+        }
+        // No SQLSTATE: the connection (refused, lost, or its TLS refused).
+        // Connection errors name the server, never data.
+        None => {
+            tracing::warn!(error = %e, "postgres: no connection");
+            StationError::Unavailable("the database connection failed; retry".into())
+        }
     }
 }
 
@@ -369,9 +387,22 @@ impl Drop for PostgresEngine {
 impl PostgresEngine {
     /// Connects (migrating the schema first) and starts the event listener.
     pub fn open(url: &str, ca: Option<&Path>) -> Result<PostgresEngine> {
-        let config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|_| StationError::Unavailable("the database URL does not parse".into()))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if ca.is_some() {
+            // With a CA, TLS or nothing: `prefer` would let whoever sits on
+            // the path answer "no TLS" and read the traffic.
+            if config.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+                return Err(StationError::Unavailable(
+                    "database_ca is given but the database URL says sslmode=disable".into(),
+                ));
+            }
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
         let tls = DbTls::new(&config, ca)?;
         run_apart(migrate(&config, &tls))?;
         let pool = Pool::builder(tls.manager(config.clone()))
@@ -589,7 +620,7 @@ fn stored_change(r: &Row) -> Result<StoredChange> {
 
 #[async_trait]
 impl Engine for PostgresEngine {
-    async fn begin(&self) -> Result<Box<dyn WriteTx>> {
+    async fn begin(&self, _kind: TxKind) -> Result<Box<dyn WriteTx>> {
         // Owned by the transaction before `BEGIN` is sent: cancelled at any
         // point, the connection is closed, never pooled mid-transaction.
         let tx = PgTx {
@@ -1085,16 +1116,27 @@ impl Engine for PostgresEngine {
 }
 
 /// A pooled connection inside `BEGIN`. Dropped before
-/// [`WriteTx::commit`], its connection is closed rather than returned to
-/// the pool, and the server rolls the transaction back.
+/// [`WriteTx::commit`] (a refused push, an error), it is rolled back and
+/// only then returned to the pool; when that cannot be done, the
+/// connection is closed (the server then rolls back).
 struct PgTx {
     conn: Option<Object>,
 }
 
 impl Drop for PgTx {
     fn drop(&mut self) {
-        if let Some(c) = self.conn.take() {
-            drop(Object::take(c));
+        let Some(c) = self.conn.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if c.batch_execute("ROLLBACK").await.is_err() {
+                        drop(Object::take(c));
+                    }
+                });
+            }
+            Err(_) => drop(Object::take(c)),
         }
     }
 }
@@ -1136,8 +1178,12 @@ impl WriteTx for PgTx {
     }
 
     async fn lock_media(&mut self, sha256: &str) -> Result<()> {
-        self.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&sha256])
-            .await?;
+        // The two-key form: its own key space, apart from LOCK_LOG's.
+        self.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &[&LOCK_MEDIA_CLASS, &sha256],
+        )
+        .await?;
         Ok(())
     }
 

@@ -21,7 +21,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::common::*;
-use super::engine::{Engine, MediaRow, NewDevice, ReportRow, Visibility, WriteTx};
+use super::engine::{Engine, MediaRow, NewDevice, ReportRow, TxKind, Visibility, WriteTx};
 use super::{
     AuditEntry, Counts, DashboardAccount, Enrolled, ExportMaterial, PullPage, PushOutcome,
     StationStorage, CREDENTIAL_LIFETIME_MS,
@@ -32,12 +32,36 @@ use crate::error::{Result, StationError};
 /// The station's storage: an engine's rows, the media files beside them,
 /// and the rules.
 pub struct Service<E> {
-    engine: E,
+    engine: Arc<E>,
     media: MediaStore,
     partial_dir: PathBuf,
     scratch: PathBuf,
     data: PathBuf,
     clock: Arc<dyn Clock>,
+}
+
+impl<E> Clone for Service<E> {
+    fn clone(&self) -> Self {
+        Service {
+            engine: self.engine.clone(),
+            media: self.media.clone(),
+            partial_dir: self.partial_dir.clone(),
+            scratch: self.scratch.clone(),
+            data: self.data.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+}
+
+/// Runs a write to completion on a task of its own: a request cancelled
+/// mid-way (the device hung up) neither cuts a transaction off between two
+/// statements nor leaves a media file half adopted.
+async fn to_completion<T: Send + 'static>(
+    f: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(f)
+        .await
+        .map_err(|_| StationError::Internal("storage task failed".into()))?
 }
 
 impl<E: Engine> Service<E> {
@@ -53,7 +77,7 @@ impl<E: Engine> Service<E> {
         std::fs::create_dir_all(&scratch)?;
         remove_stale(&scratch, Duration::from_secs(24 * 3600));
         Ok(Service {
-            engine,
+            engine: Arc::new(engine),
             media,
             partial_dir,
             scratch,
@@ -63,6 +87,7 @@ impl<E: Engine> Service<E> {
     }
 
     /// The engine underneath (tests reach its rows through it).
+    #[doc(hidden)]
     pub fn engine(&self) -> &E {
         &self.engine
     }
@@ -90,70 +115,53 @@ pub fn visibility(who: &Enrolled) -> Visibility {
 /// Re-materialises `report` from all its changes inside `tx`; returns its
 /// facts (unit, creations) and whether it is new.
 async fn write_report(tx: &mut dyn WriteTx, report: Uuid) -> Result<(ReportFacts, bool)> {
-    let mut doc = ReportDoc::new();
-    for c in tx.report_changes(report).await? {
-        doc.insert(Arc::new(c));
-    }
-    let state = doc.materialise();
-    let r = Report::from_state(report, &state);
-    let creator = r
-        .created_by_device
-        .ok_or_else(|| StationError::Internal("report without changes".into()))?;
-    let unit = tx.device_unit(creator).await?.unwrap_or_default();
-    let new = tx
-        .put_report(ReportRow {
-            report_id: report,
-            unit: unit.clone(),
-            created_by: creator,
-            lifecycle: r.lifecycle.as_str().to_string(),
-            updated_ms: state.updated.map(|h| h.wall_ms as i64).unwrap_or(0),
-            json: r.to_canonical_json(),
-        })
-        .await?;
-    Ok((
-        ReportFacts {
-            unit,
-            creations: state.creations,
-        },
-        new,
-    ))
+    let changes = tx.report_changes(report).await?;
+    // The merge is CPU work: off the async workers.
+    let (mut row, creations) = blocking(move || {
+        let mut doc = ReportDoc::new();
+        for c in changes {
+            doc.insert(Arc::new(c));
+        }
+        let state = doc.materialise();
+        let r = Report::from_state(report, &state);
+        let creator = r
+            .created_by_device
+            .ok_or_else(|| StationError::Internal("report without changes".into()))?;
+        Ok((
+            ReportRow {
+                report_id: report,
+                unit: String::new(),
+                created_by: creator,
+                lifecycle: r.lifecycle.as_str().to_string(),
+                updated_ms: state.updated.map(|h| h.wall_ms as i64).unwrap_or(0),
+                json: r.to_canonical_json(),
+            },
+            state.creations,
+        ))
+    })
+    .await?;
+    // A report belongs to its creator's unit.
+    row.unit = tx.device_unit(row.created_by).await?.unwrap_or_default();
+    let unit = row.unit.clone();
+    let new = tx.put_report(row).await?;
+    Ok((ReportFacts { unit, creations }, new))
 }
 
 fn parse_record(json: &str) -> Result<DeviceRecord> {
     serde_json::from_str(json).map_err(|_| StationError::Internal("device record".into()))
 }
 
-#[async_trait]
-impl<E: Engine> StationStorage for Service<E> {
-    fn clock(&self) -> Arc<dyn Clock> {
-        self.clock.clone()
-    }
-
-    async fn create_enrollment(&self, person: Person, ttl_ms: i64) -> Result<(String, i64)> {
-        // 10 bytes = 20 hex characters, typed by hand at enrollment.
-        let code = random_token(10)?;
-        let now = self.clock.now_ms();
-        let expires = now.checked_add(ttl_ms).ok_or_else(|| {
-            StationError::BadRequest("bad_ttl", "a code's lifetime is out of range".into())
-        })?;
-        let person =
-            serde_json::to_string(&person).map_err(|_| StationError::Internal("person".into()))?;
-        self.engine
-            .insert_code(digest(&code), person, now, expires)
-            .await?;
-        Ok((code, expires))
-    }
-
-    async fn enroll(
+impl<E: Engine> Service<E> {
+    async fn enroll_now(
         &self,
-        code: &str,
+        code: String,
         device_id: Uuid,
         public_key: [u8; 32],
     ) -> Result<(DeviceRecord, String)> {
         let code = code.trim().to_ascii_lowercase();
         let key = ed25519_key(&public_key)?;
         let code_hash = digest(&code);
-        let mut tx = self.engine.begin().await?;
+        let mut tx = self.engine.begin(TxKind::Log).await?;
         let Some(row) = tx.code(&code_hash).await? else {
             return Err(StationError::Unprocessable(
                 "invalid_code",
@@ -204,6 +212,200 @@ impl<E: Engine> StationStorage for Service<E> {
         tx.mark_code_used(&code_hash, now, device_id).await?;
         tx.commit().await?;
         Ok((record, credential))
+    }
+    async fn push_now(&self, changes: Vec<Change>) -> Result<PushOutcome> {
+        let mut tx = self.engine.begin(TxKind::Log).await?;
+        // Log order is commit order: one pusher numbers changes at a time,
+        // and a revocation (which takes the same lock) is ordered before
+        // or after this push.
+        tx.lock_log().await?;
+        let facts = tx.chain_facts(&changes).await?;
+        // Signature checks are the heavy part: off the async workers.
+        let verified = blocking(move || Ok(verify_batch(changes, &facts)?)).await?;
+        let authors: Vec<Uuid> = verified
+            .new
+            .iter()
+            .map(|c| c.device())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        refuse_revoked(&verified.new, &tx.revoked_among(&authors).await?)?;
+        // A change may attach media only once the station holds it.
+        let shas = media_refs(&verified.new);
+        if !shas.is_empty() {
+            let complete = tx.complete_among(&shas).await?;
+            if let Some(sha) = shas.iter().find(|s| !complete.contains(*s)) {
+                return Err(StationError::Conflict(
+                    "media_missing",
+                    format!("media {sha} must be uploaded before the change that attaches it"),
+                ));
+            }
+        }
+        if verified.new.is_empty() {
+            tx.commit().await?;
+            return Ok(PushOutcome {
+                applied: 0,
+                duplicates: verified.duplicates,
+                events: Vec::new(),
+            });
+        }
+        let log_id = tx
+            .append_changes(&verified.new, self.clock.now_ms())
+            .await?;
+        // Authors see their reports; media are tied to reports.
+        let pairs: Vec<(Uuid, Uuid)> = verified
+            .new
+            .iter()
+            .map(|c| (c.device(), c.report()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        tx.grant_author_access(&pairs).await?;
+        let refs: Vec<(String, Uuid)> = verified
+            .new
+            .iter()
+            .flat_map(|c| {
+                media_refs(std::slice::from_ref(c))
+                    .into_iter()
+                    .map(|sha| (sha, c.report()))
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !refs.is_empty() {
+            tx.add_media_refs(&refs).await?;
+        }
+        let touched: BTreeSet<Uuid> = verified.new.iter().map(|c| c.report()).collect();
+        let mut events = Vec::new();
+        let mut reports = HashMap::new();
+        for report in touched {
+            let (facts, new) = write_report(tx.as_mut(), report).await?;
+            let event = (
+                facts.unit.clone(),
+                ReportEvent {
+                    report_id: report,
+                    log_id,
+                    kind: if new { "new" } else { "changed" }.into(),
+                },
+            );
+            tx.publish(&event).await?;
+            events.push(event);
+            reports.insert(report, facts);
+        }
+        let mut people = HashMap::new();
+        for (device, record) in tx.device_records_of(&authors).await? {
+            people.insert(device, parse_record(&record)?);
+        }
+        let (applied, duplicates) = (verified.new.len(), verified.duplicates);
+        blocking(move || authorize_changes(&verified.new, &people, &reports)).await?;
+        tx.commit().await?;
+        Ok(PushOutcome {
+            applied,
+            duplicates,
+            events,
+        })
+    }
+    async fn media_append_now(
+        &self,
+        sha256: String,
+        offset: u64,
+        total: u64,
+        bytes: Vec<u8>,
+    ) -> Result<MediaStatus> {
+        let sha = sha256;
+        let mut tx = self.engine.begin(TxKind::Media).await?;
+        // Uploads of one file, from any process, one at a time.
+        tx.lock_media(&sha).await?;
+        let held = status(&sha, tx.media_row(&sha).await?);
+        if held.complete {
+            return Ok(held);
+        }
+        if offset != held.received {
+            return Err(StationError::Conflict(
+                "offset_mismatch",
+                format!("the station holds {} bytes; send from there", held.received),
+            ));
+        }
+        let partial = self.partial_dir.join(&sha);
+        let received = blocking(move || write_chunk(&partial, offset, &bytes)).await?;
+        if received < total {
+            tx.put_media(
+                &sha,
+                MediaRow {
+                    total,
+                    received,
+                    complete: false,
+                },
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(MediaStatus {
+                sha256: sha,
+                received,
+                complete: false,
+            });
+        }
+        // Complete: the bytes must hash to the name.
+        let media = self.media.clone();
+        let (partial, name) = (self.partial_dir.join(&sha), sha.clone());
+        if blocking(move || Ok(media.adopt(&partial, &name)?))
+            .await?
+            .is_none()
+        {
+            tx.delete_media(&sha).await?;
+            tx.commit().await?;
+            return Err(StationError::Unprocessable(
+                "hash_mismatch",
+                "the uploaded bytes do not match the hash; upload again from 0".into(),
+            ));
+        }
+        tx.put_media(
+            &sha,
+            MediaRow {
+                total,
+                received: total,
+                complete: true,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(MediaStatus {
+            sha256: sha,
+            received: total,
+            complete: true,
+        })
+    }
+}
+
+#[async_trait]
+impl<E: Engine> StationStorage for Service<E> {
+    fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
+    async fn create_enrollment(&self, person: Person, ttl_ms: i64) -> Result<(String, i64)> {
+        // 10 bytes = 20 hex characters, typed by hand at enrollment.
+        let code = random_token(10)?;
+        let now = self.clock.now_ms();
+        let expires = now.checked_add(ttl_ms).ok_or_else(|| {
+            StationError::BadRequest("bad_ttl", "a code's lifetime is out of range".into())
+        })?;
+        let person =
+            serde_json::to_string(&person).map_err(|_| StationError::Internal("person".into()))?;
+        self.engine
+            .insert_code(digest(&code), person, now, expires)
+            .await?;
+        Ok((code, expires))
+    }
+
+    async fn enroll(
+        &self,
+        code: &str,
+        device_id: Uuid,
+        public_key: [u8; 32],
+    ) -> Result<(DeviceRecord, String)> {
+        let (this, code) = (self.clone(), code.to_string());
+        to_completion(async move { this.enroll_now(code, device_id, public_key).await }).await
     }
 
     async fn authenticate(&self, credential: &str) -> Result<Option<Enrolled>> {
@@ -285,94 +487,8 @@ impl<E: Engine> StationStorage for Service<E> {
     }
 
     async fn push(&self, changes: Vec<Change>) -> Result<PushOutcome> {
-        let mut tx = self.engine.begin().await?;
-        // Log order is commit order: one pusher numbers changes at a time,
-        // and a revocation (which takes the same lock) is ordered before
-        // or after this push.
-        tx.lock_log().await?;
-        let facts = tx.chain_facts(&changes).await?;
-        let verified = verify_batch(changes, &facts)?;
-        let authors: Vec<Uuid> = verified
-            .new
-            .iter()
-            .map(|c| c.device())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        refuse_revoked(&verified.new, &tx.revoked_among(&authors).await?)?;
-        // A change may attach media only once the station holds it.
-        let shas = media_refs(&verified.new);
-        if !shas.is_empty() {
-            let complete = tx.complete_among(&shas).await?;
-            if let Some(sha) = shas.iter().find(|s| !complete.contains(*s)) {
-                return Err(StationError::Conflict(
-                    "media_missing",
-                    format!("media {sha} must be uploaded before the change that attaches it"),
-                ));
-            }
-        }
-        if verified.new.is_empty() {
-            tx.commit().await?;
-            return Ok(PushOutcome {
-                applied: 0,
-                duplicates: verified.duplicates,
-                events: Vec::new(),
-            });
-        }
-        let log_id = tx
-            .append_changes(&verified.new, self.clock.now_ms())
-            .await?;
-        // Authors see their reports; media are tied to reports.
-        let pairs: Vec<(Uuid, Uuid)> = verified
-            .new
-            .iter()
-            .map(|c| (c.device(), c.report()))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        tx.grant_author_access(&pairs).await?;
-        let refs: Vec<(String, Uuid)> = verified
-            .new
-            .iter()
-            .flat_map(|c| {
-                media_refs(std::slice::from_ref(c))
-                    .into_iter()
-                    .map(|sha| (sha, c.report()))
-            })
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if !refs.is_empty() {
-            tx.add_media_refs(&refs).await?;
-        }
-        let touched: BTreeSet<Uuid> = verified.new.iter().map(|c| c.report()).collect();
-        let mut events = Vec::new();
-        let mut reports = HashMap::new();
-        for report in touched {
-            let (facts, new) = write_report(tx.as_mut(), report).await?;
-            let event = (
-                facts.unit.clone(),
-                ReportEvent {
-                    report_id: report,
-                    log_id,
-                    kind: if new { "new" } else { "changed" }.into(),
-                },
-            );
-            tx.publish(&event).await?;
-            events.push(event);
-            reports.insert(report, facts);
-        }
-        let mut people = HashMap::new();
-        for (device, record) in tx.device_records_of(&authors).await? {
-            people.insert(device, parse_record(&record)?);
-        }
-        authorize_changes(&verified.new, &people, &reports)?;
-        tx.commit().await?;
-        Ok(PushOutcome {
-            applied: verified.new.len(),
-            duplicates: verified.duplicates,
-            events,
-        })
+        let this = self.clone();
+        to_completion(async move { this.push_now(changes).await }).await
     }
 
     async fn pull(&self, who: &Enrolled, after: i64, limit: u32) -> Result<PullPage> {
@@ -447,69 +563,8 @@ impl<E: Engine> StationStorage for Service<E> {
         bytes: &[u8],
     ) -> Result<MediaStatus> {
         check_chunk(sha256, offset, total, bytes.len())?;
-        let sha = sha256.to_string();
-        let mut tx = self.engine.begin().await?;
-        // Uploads of one file, from any process, one at a time.
-        tx.lock_media(&sha).await?;
-        let held = status(&sha, tx.media_row(&sha).await?);
-        if held.complete {
-            return Ok(held);
-        }
-        if offset != held.received {
-            return Err(StationError::Conflict(
-                "offset_mismatch",
-                format!("the station holds {} bytes; send from there", held.received),
-            ));
-        }
-        let partial = self.partial_dir.join(&sha);
-        let bytes = bytes.to_vec();
-        let received = blocking(move || write_chunk(&partial, offset, &bytes)).await?;
-        if received < total {
-            tx.put_media(
-                &sha,
-                MediaRow {
-                    total,
-                    received,
-                    complete: false,
-                },
-            )
-            .await?;
-            tx.commit().await?;
-            return Ok(MediaStatus {
-                sha256: sha,
-                received,
-                complete: false,
-            });
-        }
-        // Complete: the bytes must hash to the name.
-        let media = self.media.clone();
-        let (partial, name) = (self.partial_dir.join(&sha), sha.clone());
-        if blocking(move || Ok(media.adopt(&partial, &name)?))
-            .await?
-            .is_none()
-        {
-            tx.delete_media(&sha).await?;
-            tx.commit().await?;
-            return Err(StationError::Unprocessable(
-                "hash_mismatch",
-                "the uploaded bytes do not match the hash; upload again from 0".into(),
-            ));
-        }
-        tx.put_media(
-            &sha,
-            MediaRow {
-                total,
-                received: total,
-                complete: true,
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(MediaStatus {
-            sha256: sha,
-            received: total,
-            complete: true,
-        })
+        let (this, sha, bytes) = (self.clone(), sha256.to_string(), bytes.to_vec());
+        to_completion(async move { this.media_append_now(sha, offset, total, bytes).await }).await
     }
 
     async fn media_path(&self, who: &Enrolled, sha256: &str) -> Result<PathBuf> {

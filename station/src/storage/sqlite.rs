@@ -240,7 +240,9 @@ impl SqliteEngine {
         })
     }
 
-    /// A free reader connection, or the first one when all are busy.
+    /// A free reader connection, or the first one when all are busy
+    /// (tests read rows through it).
+    #[doc(hidden)]
     pub fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
         for r in self.readers.iter() {
             if let Ok(c) = r.try_lock() {
@@ -274,9 +276,15 @@ impl SqliteEngine {
         f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let mut conn = self.writer.clone().lock_owned().await;
-        tokio::task::spawn_blocking(move || f(&mut conn))
-            .await
-            .map_err(join_error)?
+        tokio::task::spawn_blocking(move || {
+            // Never inside a transaction left behind (see `TxConn`).
+            if !conn.is_autocommit() {
+                conn.execute_batch("ROLLBACK")?;
+            }
+            f(&mut conn)
+        })
+        .await
+        .map_err(join_error)?
     }
 }
 
@@ -353,25 +361,17 @@ fn media_row_of(c: &Connection, sha: &str) -> Result<Option<MediaRow>> {
 
 #[async_trait]
 impl Engine for SqliteEngine {
-    async fn begin(&self) -> Result<Box<dyn WriteTx>> {
-        let conn = self.writer.clone().lock_owned().await;
+    async fn begin(&self, kind: TxKind) -> Result<Box<dyn WriteTx>> {
+        let conn = TxConn(self.writer.clone().lock_owned().await);
         let mut tx = SqliteTx {
             conn: Some(conn),
-            open: false,
+            kind,
         };
-        tx.run(|c| {
-            // A transaction left open by a request that was cancelled
-            // mid-way never committed: end it.
-            if !c.is_autocommit() {
-                c.execute_batch("ROLLBACK")?;
-            }
+        if kind == TxKind::Log {
             // Write-locked from the start: a revocation by another process
             // (the `revoke` command) waits for this one or is seen by it.
-            c.execute_batch("BEGIN IMMEDIATE")?;
-            Ok(())
-        })
-        .await?;
-        tx.open = true;
+            tx.run(|c| Ok(c.execute_batch("BEGIN IMMEDIATE")?)).await?;
+        }
         Ok(Box::new(tx))
     }
 
@@ -858,12 +858,25 @@ impl Engine for SqliteEngine {
     }
 }
 
-/// The writer connection inside `BEGIN IMMEDIATE`; each call runs on the
-/// blocking pool. Dropped before [`WriteTx::commit`], it rolls back.
+/// The writer connection, held by one transaction. Dropped inside a
+/// transaction that did not commit (an error, a panic), it rolls back
+/// before the next user gets the connection.
+struct TxConn(OwnedMutexGuard<Connection>);
+
+impl Drop for TxConn {
+    fn drop(&mut self) {
+        if !self.0.is_autocommit() {
+            let _ = self.0.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+/// The writer connection inside `BEGIN IMMEDIATE` (a [`TxKind::Log`]
+/// transaction) or, for [`TxKind::Media`], statements committed one by one
+/// under the writer's lock; each call runs on the blocking pool.
 struct SqliteTx {
-    conn: Option<OwnedMutexGuard<Connection>>,
-    /// Inside a transaction of ours.
-    open: bool,
+    conn: Option<TxConn>,
+    kind: TxKind,
 }
 
 impl SqliteTx {
@@ -876,21 +889,13 @@ impl SqliteTx {
             .take()
             .ok_or_else(|| StationError::Internal("transaction already ended".into()))?;
         let (conn, out) = tokio::task::spawn_blocking(move || {
-            let out = f(&conn);
+            let out = f(&conn.0);
             (conn, out)
         })
         .await
         .map_err(join_error)?;
         self.conn = Some(conn);
         out
-    }
-}
-
-impl Drop for SqliteTx {
-    fn drop(&mut self) {
-        if let (true, Some(c)) = (self.open, &self.conn) {
-            let _ = c.execute_batch("ROLLBACK");
-        }
     }
 }
 
@@ -1167,8 +1172,9 @@ impl WriteTx for SqliteTx {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
-        self.run(|c| Ok(c.execute_batch("COMMIT")?)).await?;
-        self.open = false;
+        if self.kind == TxKind::Log {
+            self.run(|c| Ok(c.execute_batch("COMMIT")?)).await?;
+        }
         Ok(())
     }
 }
@@ -1260,6 +1266,46 @@ mod tests {
         drop(s);
         let s = SqliteStorage::open(dir.path()).unwrap();
         assert_eq!(secret(&s), Some(first), "made once, then kept");
+    }
+
+    /// A write transaction dropped before it commits, or cancelled with
+    /// the task that held it, leaves nothing behind and frees the writer:
+    /// later writes land and readers see them.
+    #[test]
+    fn a_dropped_or_cancelled_transaction_rolls_back_and_frees_the_writer() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStorage::open(dir.path()).unwrap();
+        let sha = "ab".repeat(32);
+        let row = MediaRow {
+            total: 3,
+            received: 3,
+            complete: true,
+        };
+        rt.block_on(async {
+            let mut tx = s.engine().begin(TxKind::Log).await.unwrap();
+            tx.put_media(&sha, row).await.unwrap();
+            drop(tx);
+            assert_eq!(s.engine().media_row(&sha).await.unwrap(), None);
+
+            let held = s.clone();
+            let (started, wait) = tokio::sync::oneshot::channel();
+            let sha2 = sha.clone();
+            let task = tokio::spawn(async move {
+                let mut tx = held.engine().begin(TxKind::Log).await.unwrap();
+                tx.put_media(&sha2, row).await.unwrap();
+                let _ = started.send(());
+                std::future::pending::<()>().await;
+            });
+            wait.await.unwrap();
+            task.abort();
+            let _ = task.await;
+            assert_eq!(s.engine().media_row(&sha).await.unwrap(), None);
+
+            use crate::storage::StationStorage;
+            assert_eq!(s.put_setting_once("after", vec![1]).await.unwrap(), vec![1]);
+            assert_eq!(s.setting("after").await.unwrap(), Some(vec![1]));
+        });
     }
 
     /// A version 6 database upgrades, keeps its changes, and gets the index
