@@ -32,6 +32,7 @@ use zeroize::Zeroizing;
 use crate::clock::Clock;
 use crate::error::{Result, StationError};
 use crate::keys::StationKey;
+use crate::storage::common::blocking;
 use crate::storage::{DashboardAccount, Enrolled, PushOutcome, StationStorage};
 
 /// A new account, as `dashboard-user` shows it once: the TOTP secret is in
@@ -181,12 +182,6 @@ fn store_options(storage: &dyn StationStorage, key: StoreKey) -> StoreOptions {
         key: Some(key),
         ..StoreOptions::default()
     }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| StationError::Internal("blocking task failed".into()))?
 }
 
 /// Creates a supervisor's dashboard account, enrolling its signing device;

@@ -11,6 +11,15 @@ use uuid::Uuid;
 use super::Enrolled;
 use crate::error::{Result, StationError};
 
+/// Runs blocking work (files, hashing, signatures) off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| StationError::Internal("blocking task failed".into()))?
+}
+
 /// Largest media file accepted.
 pub const MAX_MEDIA_BYTES: u64 = 4 << 30;
 

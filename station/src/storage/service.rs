@@ -716,13 +716,6 @@ fn status(sha256: &str, row: Option<MediaRow>) -> MediaStatus {
     }
 }
 
-/// File work off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| StationError::Internal("blocking task failed".into()))?
-}
-
 fn remove_stale(dir: &Path, age: Duration) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
