@@ -3,7 +3,9 @@
 //! - [`model`]: the typed incident report, its schema and limits;
 //! - [`crdt`]: the signed operation log and its conflict-keeping merge;
 //! - [`evidence`]: device keys, signatures and hash-chain verification;
-//! - [`store`]: the device store (SQLite) and media store.
+//! - [`store`]: the device store (SQLite) and media store;
+//! - [`schema`]: the migration runner the device store and both station
+//!   engines share.
 //!
 //! The same code validates and merges on the phone and on the station, so
 //! both always agree on what a report says.
@@ -12,6 +14,7 @@ pub mod crdt;
 pub mod error;
 pub mod evidence;
 pub mod model;
+pub mod schema;
 pub mod store;
 pub mod sync;
 

@@ -20,53 +20,6 @@ fn fixture(v: i64) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/store_v{v}.sql"))
 }
 
-/// Dumps a store's tables as SQL (schema from sqlite_master, rows as literals).
-fn dump(conn: &Connection) -> String {
-    let mut out = String::new();
-    let v: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .unwrap();
-    out.push_str(&format!("PRAGMA user_version = {v};\n"));
-    let mut st = conn
-        .prepare("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY type DESC, name")
-        .unwrap();
-    let items: Vec<(String, String)> = st
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    for (_, sql) in &items {
-        out.push_str(sql);
-        out.push_str(";\n");
-    }
-    for (name, sql) in &items {
-        if !sql.starts_with("CREATE TABLE") {
-            continue;
-        }
-        let mut st = conn.prepare(&format!("SELECT * FROM {name}")).unwrap();
-        let cols = st.column_count();
-        let mut rows = st.query([]).unwrap();
-        while let Some(r) = rows.next().unwrap() {
-            let vals: Vec<String> = (0..cols)
-                .map(|i| match r.get_ref(i).unwrap() {
-                    rusqlite::types::ValueRef::Null => "NULL".into(),
-                    rusqlite::types::ValueRef::Integer(i) => i.to_string(),
-                    rusqlite::types::ValueRef::Real(f) => f.to_string(),
-                    rusqlite::types::ValueRef::Text(t) => {
-                        format!("'{}'", String::from_utf8_lossy(t).replace('\'', "''"))
-                    }
-                    rusqlite::types::ValueRef::Blob(b) => format!("X'{}'", hex::encode(b)),
-                })
-                .collect();
-            out.push_str(&format!(
-                "INSERT INTO {name} VALUES ({});\n",
-                vals.join(", ")
-            ));
-        }
-    }
-    out
-}
-
 /// Not a check: a tool run by hand after adding a migration (ignored, so
 /// it never shows as a passing test).
 #[test]
@@ -87,7 +40,11 @@ fn write_fixture_of_current_version() {
     .unwrap();
     sync(&s[1], &s[0]);
     let conn = Connection::open(s[0].dir().join("fieldreport.db")).unwrap();
-    std::fs::write(fixture(current_version()), dump(&conn)).unwrap();
+    std::fs::write(
+        fixture(current_version()),
+        fieldreport_core::schema::dump_sqlite(&conn).unwrap(),
+    )
+    .unwrap();
 }
 
 #[test]

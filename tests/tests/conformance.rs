@@ -678,3 +678,254 @@ fn both_engines_answer_alike_and_hold_the_same_schema() {
         );
     }
 }
+
+// Saved station databases, `tests/fixtures/station/{engine}_vN.sql`: every
+// earlier schema as it shipped, and the current one holding the scenario's
+// rows. Each must upgrade to exactly the schema a fresh database gets and
+// keep every row. The files are never rewritten, so an edited old step
+// cannot hide behind tests that rebuild old schemas from today's steps.
+
+fn station_fixture(engine: &str, v: i64) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("fixtures/station/{engine}_v{v}.sql"))
+}
+
+fn read_fixture(engine: &str, v: i64) -> String {
+    let path = station_fixture(engine, v);
+    std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "missing {}: run `cargo test -p fieldreport-e2e --test conformance -- --ignored write_station_fixtures` before adding step {}",
+            path.display(),
+            v + 1
+        )
+    })
+}
+
+fn sqlite_rows(c: &rusqlite::Connection) -> BTreeMap<String, i64> {
+    let tables: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    tables
+        .into_iter()
+        .map(|t| {
+            let n = c
+                .query_row(&format!("SELECT COUNT(*) FROM \"{t}\""), [], |r| r.get(0))
+                .unwrap();
+            (t, n)
+        })
+        .collect()
+}
+
+fn postgres_rows(url: &str) -> BTreeMap<String, i64> {
+    let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let tables: Vec<String> = c
+        .query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tables
+        .into_iter()
+        .map(|t| {
+            let n: i64 = c
+                .query_one(&format!("SELECT COUNT(*) FROM public.\"{t}\""), &[])
+                .unwrap()
+                .get(0);
+            (t, n)
+        })
+        .collect()
+}
+
+/// Every row counted before the upgrade is there after it.
+fn assert_rows_kept(
+    engine: &str,
+    v: i64,
+    before: &BTreeMap<String, i64>,
+    after: &BTreeMap<String, i64>,
+) {
+    for (table, n) in before {
+        if table == "schema_version" {
+            continue;
+        }
+        assert_eq!(after.get(table), Some(n), "{engine} v{v}: rows of {table}");
+    }
+}
+
+/// pg_dump's plain output without its psql meta-commands (`\restrict`).
+fn pg_sql(dump: &str) -> String {
+    dump.lines()
+        .filter(|l| !l.starts_with('\\'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn pg_dump(url: &str) -> String {
+    let bin = std::env::var("FR_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    let out = std::process::Command::new(format!("{bin}/pg_dump"))
+        .args([
+            "--no-owner",
+            "--no-privileges",
+            "--inserts",
+            "--dbname",
+            url,
+        ])
+        .output()
+        .expect("run pg_dump (set FR_PG_BIN to its directory)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pg_sql(&String::from_utf8(out.stdout).unwrap())
+}
+
+/// Not a check: a tool run by hand before adding a station migration
+/// (ignored, so it never shows as a passing test). It writes only the
+/// fixtures that are missing; the PostgreSQL ones need
+/// `FR_TEST_DATABASE_URL`.
+#[test]
+#[ignore = "writes tests/fixtures/station/; run by hand before adding a station migration"]
+fn write_station_fixtures() {
+    use fieldreport_station::storage::{postgres as pg, sqlite};
+    std::fs::create_dir_all(station_fixture("sqlite", 0).parent().unwrap()).unwrap();
+    let current = sqlite::MIGRATIONS.current();
+    for v in 1..=current {
+        let path = station_fixture("sqlite", v);
+        if path.exists() {
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let dump = if v == current {
+            let clock = ManualClock::at(T0);
+            let storage = SqliteStorage::open_with_clock(dir.path(), clock.clone()).unwrap();
+            scenario(&storage, clock);
+            let c = storage.engine().reader();
+            fieldreport_core::schema::dump_sqlite(&c).unwrap()
+        } else {
+            let c = rusqlite::Connection::open(dir.path().join("station.db")).unwrap();
+            for s in 1..=v {
+                c.execute_batch(sqlite::MIGRATIONS.step(s).unwrap().sql)
+                    .unwrap();
+            }
+            c.pragma_update(None, "user_version", v).unwrap();
+            fieldreport_core::schema::dump_sqlite(&c).unwrap()
+        };
+        std::fs::write(&path, dump).unwrap();
+    }
+    let Some(server) = fieldreport_e2e::postgres_url() else {
+        return;
+    };
+    let current = pg::MIGRATIONS.current();
+    for v in 1..=current {
+        let path = station_fixture("postgres", v);
+        if path.exists() {
+            continue;
+        }
+        let url = fresh_database(&server);
+        if v == current {
+            let dir = tempfile::tempdir().unwrap();
+            let clock = ManualClock::at(T0);
+            let storage =
+                PostgresStorage::open_with_clock(&url, dir.path(), clock.clone()).unwrap();
+            scenario(&storage, clock);
+        } else {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            for s in 1..=v {
+                c.batch_execute(pg::MIGRATIONS.step(s).unwrap().sql)
+                    .unwrap();
+            }
+            c.batch_execute(&format!(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES ({v});"
+            ))
+            .unwrap();
+        }
+        std::fs::write(&path, pg_dump(&url)).unwrap();
+    }
+}
+
+#[test]
+fn every_saved_sqlite_station_database_upgrades_and_keeps_its_rows() {
+    use fieldreport_station::storage::sqlite;
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let fresh = SqliteStorage::open_with_clock(fresh_dir.path(), ManualClock::at(T0)).unwrap();
+    let want = sqlite_schema(&fresh);
+    let mut rows_seen = 0;
+    for v in 1..=sqlite::MIGRATIONS.current() {
+        let sql = read_fixture("sqlite", v);
+        let dir = tempfile::tempdir().unwrap();
+        let before = {
+            let c = rusqlite::Connection::open(dir.path().join("station.db")).unwrap();
+            c.execute_batch(&sql).unwrap();
+            sqlite_rows(&c)
+        };
+        let storage = SqliteStorage::open_with_clock(dir.path(), ManualClock::at(T0))
+            .unwrap_or_else(|e| panic!("sqlite v{v} does not open: {e}"));
+        let after = sqlite_rows(&storage.engine().reader());
+        assert_rows_kept("sqlite", v, &before, &after);
+        rows_seen += before.values().sum::<i64>();
+        let got = sqlite_schema(&storage);
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "sqlite v{v}: tables"
+        );
+        for (table, facts) in &want {
+            assert_eq!(got.get(table), Some(facts), "sqlite v{v}: table {table}");
+        }
+    }
+    assert!(
+        rows_seen > 20,
+        "the current fixture holds the scenario's rows"
+    );
+}
+
+#[test]
+fn every_saved_postgres_station_database_upgrades_and_keeps_its_rows() {
+    use fieldreport_station::storage::postgres as pg;
+    let Some(server) = fieldreport_e2e::postgres_url() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = fresh_database(&server);
+    PostgresStorage::open_with_clock(&fresh, &dir.path().join("fresh"), ManualClock::at(T0))
+        .unwrap();
+    let want = postgres_schema(&fresh);
+    let mut rows_seen = 0;
+    for v in 1..=pg::MIGRATIONS.current() {
+        let sql = read_fixture("postgres", v);
+        let url = fresh_database(&server);
+        postgres::Client::connect(&url, postgres::NoTls)
+            .unwrap()
+            .batch_execute(&pg_sql(&sql))
+            .unwrap();
+        let before = postgres_rows(&url);
+        PostgresStorage::open_with_clock(
+            &url,
+            &dir.path().join(format!("v{v}")),
+            ManualClock::at(T0),
+        )
+        .unwrap_or_else(|e| panic!("postgres v{v} does not open: {e}"));
+        assert_rows_kept("postgres", v, &before, &postgres_rows(&url));
+        rows_seen += before.values().sum::<i64>();
+        let got = postgres_schema(&url);
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "postgres v{v}: tables"
+        );
+        for (table, facts) in &want {
+            assert_eq!(got.get(table), Some(facts), "postgres v{v}: table {table}");
+        }
+    }
+    assert!(
+        rows_seen > 20,
+        "the current fixture holds the scenario's rows"
+    );
+}

@@ -41,133 +41,17 @@ use super::service::Service;
 use super::{AuditEntry, Counts, DashboardAccount};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, StationError};
+use fieldreport_core::schema::Migrations;
 
-/// Numbered schema steps; `schema_version` records how many ran.
-const MIGRATIONS: &[&str] = &[
-    r#"
-    CREATE TABLE devices (
-        device_id UUID PRIMARY KEY,
-        public_key BYTEA NOT NULL,
-        record TEXT NOT NULL,
-        person_key TEXT NOT NULL,
-        role TEXT NOT NULL,
-        unit TEXT NOT NULL,
-        credential_hash BYTEA NOT NULL UNIQUE,
-        enrolled_at BIGINT NOT NULL,
-        revoked_at BIGINT
-    );
-    CREATE TABLE enrollment_codes (
-        code_hash BYTEA PRIMARY KEY,
-        person TEXT NOT NULL,
-        created_at BIGINT NOT NULL,
-        expires_at BIGINT NOT NULL,
-        used_at BIGINT,
-        used_by UUID
-    );
-    CREATE TABLE changes (
-        id BIGINT PRIMARY KEY,
-        hash BYTEA NOT NULL UNIQUE,
-        device_id UUID NOT NULL,
-        seq BIGINT NOT NULL,
-        report_id UUID NOT NULL,
-        prev BYTEA NOT NULL,
-        body BYTEA NOT NULL,
-        signature BYTEA NOT NULL,
-        hlc_wall BIGINT NOT NULL,
-        received_at BIGINT NOT NULL,
-        UNIQUE (device_id, seq),
-        UNIQUE (report_id, device_id, prev)
-    );
-    CREATE INDEX changes_report ON changes (report_id, id);
-    CREATE TABLE reports (
-        report_id UUID PRIMARY KEY,
-        unit TEXT NOT NULL,
-        created_by UUID NOT NULL,
-        lifecycle TEXT NOT NULL,
-        updated_ms BIGINT NOT NULL,
-        json TEXT NOT NULL
-    );
-    CREATE INDEX reports_unit ON reports (unit);
-    CREATE TABLE report_access (
-        person_key TEXT NOT NULL,
-        report_id UUID NOT NULL,
-        PRIMARY KEY (person_key, report_id)
-    );
-    CREATE TABLE media (
-        sha256 TEXT PRIMARY KEY,
-        total BIGINT NOT NULL,
-        received BIGINT NOT NULL,
-        complete BOOLEAN NOT NULL DEFAULT FALSE
-    );
-    CREATE TABLE media_refs (
-        sha256 TEXT NOT NULL,
-        report_id UUID NOT NULL,
-        PRIMARY KEY (sha256, report_id)
-    );
-    CREATE TABLE rejected (
-        id BIGSERIAL PRIMARY KEY,
-        received_at BIGINT NOT NULL,
-        device_id UUID,
-        reason TEXT NOT NULL,
-        bytes BYTEA NOT NULL
-    );
-"#,
-    // 2: device clocks found skewed when they pushed a report's changes.
-    r#"
-    CREATE TABLE clock_skew (
-        report_id UUID NOT NULL,
-        device_id UUID NOT NULL,
-        skew_ms BIGINT NOT NULL,
-        observed_at BIGINT NOT NULL,
-        PRIMARY KEY (report_id, device_id)
-    );
-"#,
-    // 3: the audit log, append-only (the trigger refuses any change).
-    r#"
-    CREATE TABLE audit_log (
-        id BIGSERIAL PRIMARY KEY,
-        at_ms BIGINT NOT NULL,
-        actor TEXT NOT NULL,
-        action TEXT NOT NULL,
-        target TEXT NOT NULL,
-        outcome TEXT NOT NULL
-    );
-    CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$;
-    CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log
-        FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
-    CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
-        FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
-"#,
-    // 4: credentials expire. Devices enrolled before get 180 days from
-    // enrollment, and at least 30 from this upgrade.
-    r#"
-    ALTER TABLE devices ADD COLUMN credential_expires_at BIGINT;
-    UPDATE devices SET credential_expires_at = GREATEST(
-        enrolled_at + 15552000000,
-        (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT + 2592000000);
-"#,
-    // 5: dashboard accounts, moved from `dashboard/users.json` (imported
-    // by the dashboard on start): secrets sealed with the station key.
-    r#"
-    CREATE TABLE dashboard_accounts (
-        star_number TEXT PRIMARY KEY,
-        device_id UUID NOT NULL UNIQUE,
-        password_hash TEXT NOT NULL,
-        totp_sealed BYTEA NOT NULL,
-        store_key_sealed BYTEA NOT NULL,
-        updated_at BIGINT NOT NULL
-    );
-"#,
-    // 6: station settings written once, such as the check value that ties
-    // the database to its station key.
-    r#"
-    CREATE TABLE station_settings (
-        name TEXT PRIMARY KEY,
-        value BYTEA NOT NULL
-    );
-"#,
-];
+/// This engine's schema steps, `station/migrations/postgres/NNNN_name.sql`; `schema_version` records how many ran.
+pub const MIGRATIONS: Migrations = Migrations::new(&[
+    include_str!("../../migrations/postgres/0001_initial.sql"),
+    include_str!("../../migrations/postgres/0002_clock_skew.sql"),
+    include_str!("../../migrations/postgres/0003_audit_log.sql"),
+    include_str!("../../migrations/postgres/0004_credential_expiry.sql"),
+    include_str!("../../migrations/postgres/0005_dashboard_accounts.sql"),
+    include_str!("../../migrations/postgres/0006_settings.sql"),
+]);
 
 /// Advisory lock keys (arbitrary, fixed).
 const LOCK_MIGRATE: i64 = 0x4652_0001;
@@ -471,14 +355,10 @@ async fn migrate(config: &tokio_postgres::Config, tls: &DbTls) -> Result<()> {
         .map_err(db)?
         .map(|r| r.get(0))
         .unwrap_or(0);
-    if found as usize > MIGRATIONS.len() {
-        return Err(StationError::Core(fieldreport_core::Error::SchemaTooNew {
-            found: found as i64,
-            supported: MIGRATIONS.len() as i64,
-        }));
-    }
-    for step in &MIGRATIONS[found as usize..] {
-        tx.batch_execute(step).await.map_err(db)?;
+    // All pending steps in this one transaction, under the lock: DDL is
+    // transactional here, so a failed step leaves the schema as it was.
+    for step in MIGRATIONS.pending(i64::from(found))? {
+        tx.batch_execute(step.sql).await.map_err(db)?;
     }
     let rows = tx
         .query(
@@ -503,7 +383,7 @@ async fn migrate(config: &tokio_postgres::Config, tls: &DbTls) -> Result<()> {
         .map_err(db)?;
     tx.execute(
         "INSERT INTO schema_version (version) VALUES ($1)",
-        &[&(MIGRATIONS.len() as i32)],
+        &[&(MIGRATIONS.current() as i32)],
     )
     .await
     .map_err(db)?;
@@ -1503,6 +1383,12 @@ mod tests {
     use super::*;
     use postgres::Client;
 
+    #[test]
+    fn every_step_file_is_listed_in_order() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/postgres");
+        MIGRATIONS.check_dir(&dir).unwrap();
+    }
+
     /// A new database on `FR_TEST_DATABASE_URL`'s server; `None` (the test
     /// skips) without one, unless `FR_REQUIRE_POSTGRES` is set.
     fn scratch_database() -> Option<String> {
@@ -1535,7 +1421,7 @@ mod tests {
         };
         {
             let mut c = Client::connect(&url, NoTls).unwrap();
-            c.batch_execute(MIGRATIONS[0]).unwrap();
+            c.batch_execute(MIGRATIONS.step(1).unwrap().sql).unwrap();
             c.batch_execute(
                 "CREATE TABLE schema_version (version INTEGER NOT NULL);
                  INSERT INTO schema_version VALUES (1);
@@ -1550,7 +1436,7 @@ mod tests {
             .query_one("SELECT version FROM schema_version", &[])
             .unwrap()
             .get(0);
-        assert_eq!(v as usize, MIGRATIONS.len());
+        assert_eq!(i64::from(v), MIGRATIONS.current());
         let n: i64 = c
             .query_one("SELECT COUNT(*) FROM clock_skew", &[])
             .unwrap()
@@ -1573,8 +1459,8 @@ mod tests {
         let device = Uuid::new_v4();
         {
             let mut c = Client::connect(&url, NoTls).unwrap();
-            for step in &MIGRATIONS[..4] {
-                c.batch_execute(step).unwrap();
+            for v in 1..=4 {
+                c.batch_execute(MIGRATIONS.step(v).unwrap().sql).unwrap();
             }
             c.batch_execute(
                 "CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -1596,7 +1482,7 @@ mod tests {
                 .query_one("SELECT version FROM schema_version", &[])
                 .unwrap()
                 .get(0);
-            assert_eq!(v as usize, MIGRATIONS.len());
+            assert_eq!(i64::from(v), MIGRATIONS.current());
             let kept: i64 = c
                 .query_one("SELECT credential_expires_at FROM devices", &[])
                 .unwrap()

@@ -26,138 +26,20 @@ use super::service::Service;
 use super::{AuditEntry, Counts, DashboardAccount};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, StationError};
+use fieldreport_core::schema::Migrations;
 
 pub const DB_FILE: &str = "station.db";
 
-const MIGRATIONS: &[&str] = &[
-    r#"
-    CREATE TABLE devices (
-        device_id BLOB PRIMARY KEY,
-        public_key BLOB NOT NULL,
-        record TEXT NOT NULL,
-        person_key TEXT NOT NULL,
-        role TEXT NOT NULL,
-        unit TEXT NOT NULL,
-        credential_hash BLOB NOT NULL UNIQUE,
-        enrolled_at INTEGER NOT NULL,
-        revoked_at INTEGER
-    );
-    CREATE TABLE enrollment_codes (
-        code_hash BLOB PRIMARY KEY,
-        person TEXT NOT NULL,
-        created_at INTEGER NOT NULL,
-        expires_at INTEGER NOT NULL,
-        used_at INTEGER,
-        used_by BLOB
-    );
-    CREATE TABLE changes (
-        id INTEGER PRIMARY KEY,
-        hash BLOB NOT NULL UNIQUE,
-        device_id BLOB NOT NULL,
-        seq INTEGER NOT NULL,
-        report_id BLOB NOT NULL,
-        prev BLOB NOT NULL,
-        body BLOB NOT NULL,
-        signature BLOB NOT NULL,
-        hlc_wall INTEGER NOT NULL,
-        acked INTEGER NOT NULL DEFAULT 1,
-        received_at INTEGER NOT NULL,
-        UNIQUE (device_id, seq),
-        UNIQUE (report_id, device_id, prev)
-    );
-    CREATE TABLE reports (
-        report_id BLOB PRIMARY KEY,
-        unit TEXT NOT NULL,
-        created_by BLOB NOT NULL,
-        lifecycle TEXT NOT NULL,
-        updated_ms INTEGER NOT NULL,
-        json TEXT NOT NULL
-    );
-    CREATE INDEX reports_unit ON reports (unit);
-    CREATE TABLE report_access (
-        person_key TEXT NOT NULL,
-        report_id BLOB NOT NULL,
-        PRIMARY KEY (person_key, report_id)
-    );
-    CREATE TABLE media (
-        sha256 TEXT PRIMARY KEY,
-        total INTEGER NOT NULL,
-        received INTEGER NOT NULL,
-        complete INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE TABLE media_refs (
-        sha256 TEXT NOT NULL,
-        report_id BLOB NOT NULL,
-        PRIMARY KEY (sha256, report_id)
-    );
-    CREATE TABLE rejected (
-        id INTEGER PRIMARY KEY,
-        received_at INTEGER NOT NULL,
-        device_id BLOB,
-        reason TEXT NOT NULL,
-        bytes BLOB NOT NULL
-    );
-"#,
-    // 2: device clocks found skewed when they pushed a report's changes.
-    r#"
-    CREATE TABLE clock_skew (
-        report_id BLOB NOT NULL,
-        device_id BLOB NOT NULL,
-        skew_ms INTEGER NOT NULL,
-        observed_at INTEGER NOT NULL,
-        PRIMARY KEY (report_id, device_id)
-    );
-"#,
-    // 3: the audit log, append-only (the triggers refuse any change).
-    r#"
-    CREATE TABLE audit_log (
-        id INTEGER PRIMARY KEY,
-        at_ms INTEGER NOT NULL,
-        actor TEXT NOT NULL,
-        action TEXT NOT NULL,
-        target TEXT NOT NULL,
-        outcome TEXT NOT NULL
-    );
-    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
-        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
-        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-"#,
-    // 4: credentials expire. Devices enrolled before get 180 days from
-    // enrollment, and at least 30 from this upgrade.
-    r#"
-    ALTER TABLE devices ADD COLUMN credential_expires_at INTEGER;
-    UPDATE devices SET credential_expires_at = max(
-        enrolled_at + 15552000000,
-        CAST(strftime('%s', 'now') AS INTEGER) * 1000 + 2592000000);
-"#,
-    // 5: dashboard accounts, moved from `dashboard/users.json` (imported
-    // by the dashboard on start): secrets sealed with the station key.
-    r#"
-    CREATE TABLE dashboard_accounts (
-        star_number TEXT PRIMARY KEY,
-        device_id BLOB NOT NULL UNIQUE,
-        password_hash TEXT NOT NULL,
-        totp_sealed BLOB NOT NULL,
-        store_key_sealed BLOB NOT NULL,
-        updated_at INTEGER NOT NULL
-    );
-"#,
-    // 6: station settings written once, such as the check value that ties
-    // the database to its station key.
-    r#"
-    CREATE TABLE station_settings (
-        name TEXT PRIMARY KEY,
-        value BLOB NOT NULL
-    );
-"#,
-    // 7: a report's changes in log order without a sort (the PostgreSQL
-    // engine had this index from its first step; the conformance suite
-    // found the difference).
-    r#"
-    CREATE INDEX changes_report ON changes (report_id, id);
-"#,
-];
+/// This engine's schema steps, `station/migrations/sqlite/NNNN_name.sql`, on `PRAGMA user_version`.
+pub const MIGRATIONS: Migrations = Migrations::new(&[
+    include_str!("../../migrations/sqlite/0001_initial.sql"),
+    include_str!("../../migrations/sqlite/0002_clock_skew.sql"),
+    include_str!("../../migrations/sqlite/0003_audit_log.sql"),
+    include_str!("../../migrations/sqlite/0004_credential_expiry.sql"),
+    include_str!("../../migrations/sqlite/0005_dashboard_accounts.sql"),
+    include_str!("../../migrations/sqlite/0006_settings.sql"),
+    include_str!("../../migrations/sqlite/0007_changes_report_index.sql"),
+]);
 
 /// The station's storage on SQLite.
 pub type SqliteStorage = Service<SqliteEngine>;
@@ -196,22 +78,12 @@ impl SqliteEngine {
     pub fn open(path: &Path) -> Result<SqliteEngine> {
         let mut writer = Connection::open(path)?;
         writer.busy_timeout(Duration::from_secs(10))?;
-        let found: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if found > MIGRATIONS.len() as i64 {
-            return Err(StationError::Core(fieldreport_core::Error::SchemaTooNew {
-                found,
-                supported: MIGRATIONS.len() as i64,
-            }));
-        }
+        // Refuse a newer schema before any pragma writes to the file.
+        MIGRATIONS.check_sqlite(&writer)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         writer.pragma_update(None, "synchronous", "FULL")?;
         writer.pragma_update(None, "foreign_keys", "ON")?;
-        for (i, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-            let tx = writer.transaction()?;
-            tx.execute_batch(step)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-            tx.commit()?;
-        }
+        MIGRATIONS.run_sqlite(&mut writer)?;
         {
             let tx = writer.transaction()?;
             let rows: Vec<(Vec<u8>, String)> = tx
@@ -1185,6 +1057,12 @@ mod tests {
     use fieldreport_core::evidence::{DeviceRecord, Person};
     use fieldreport_core::Role;
 
+    #[test]
+    fn every_step_file_is_listed_in_order() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+        MIGRATIONS.check_dir(&dir).unwrap();
+    }
+
     /// A station database made by the first schema upgrades in place and
     /// keeps its rows.
     #[test]
@@ -1192,7 +1070,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
-            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(MIGRATIONS.step(1).unwrap().sql).unwrap();
             c.pragma_update(None, "user_version", 1).unwrap();
             c.execute(
                 "INSERT INTO media (sha256, total, received, complete) VALUES ('ab', 10, 10, 1)",
@@ -1205,7 +1083,7 @@ mod tests {
         let v: i64 = c
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(v, MIGRATIONS.len() as i64);
+        assert_eq!(v, MIGRATIONS.current());
         let n: i64 = c
             .query_row("SELECT COUNT(*) FROM clock_skew", [], |r| r.get(0))
             .unwrap();
@@ -1238,10 +1116,10 @@ mod tests {
         assert!(!json.contains("person_secret"));
         {
             let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
-            for step in MIGRATIONS {
-                c.execute_batch(step).unwrap();
+            for v in 1..=MIGRATIONS.current() {
+                c.execute_batch(MIGRATIONS.step(v).unwrap().sql).unwrap();
             }
-            c.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
+            c.pragma_update(None, "user_version", MIGRATIONS.current())
                 .unwrap();
             c.execute(
                 "INSERT INTO devices (device_id, public_key, record, person_key, role, unit, credential_hash, enrolled_at)
@@ -1315,8 +1193,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
-            for step in &MIGRATIONS[..6] {
-                c.execute_batch(step).unwrap();
+            for v in 1..=6 {
+                c.execute_batch(MIGRATIONS.step(v).unwrap().sql).unwrap();
             }
             c.pragma_update(None, "user_version", 6).unwrap();
             c.execute(
@@ -1331,7 +1209,7 @@ mod tests {
         let v: i64 = c
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(v as usize, MIGRATIONS.len());
+        assert_eq!(v, MIGRATIONS.current());
         let kept: i64 = c
             .query_row("SELECT received_at FROM changes", [], |r| r.get(0))
             .unwrap();
@@ -1354,8 +1232,8 @@ mod tests {
         let device = Uuid::new_v4();
         {
             let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
-            for step in &MIGRATIONS[..4] {
-                c.execute_batch(step).unwrap();
+            for v in 1..=4 {
+                c.execute_batch(MIGRATIONS.step(v).unwrap().sql).unwrap();
             }
             c.pragma_update(None, "user_version", 4).unwrap();
             c.execute(
@@ -1371,7 +1249,7 @@ mod tests {
             let v: i64 = c
                 .pragma_query_value(None, "user_version", |r| r.get(0))
                 .unwrap();
-            assert_eq!(v, MIGRATIONS.len() as i64);
+            assert_eq!(v, MIGRATIONS.current());
             let kept: i64 = c
                 .query_row("SELECT credential_expires_at FROM devices", [], |r| {
                     r.get(0)

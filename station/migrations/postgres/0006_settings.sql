@@ -1,0 +1,6 @@
+-- 6: station settings written once, such as the check value that ties the
+-- database to its station key.
+CREATE TABLE station_settings (
+    name TEXT PRIMARY KEY,
+    value BYTEA NOT NULL
+);
