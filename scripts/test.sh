@@ -33,6 +33,7 @@ VENV="$CACHE/venv"
 BAGIT_VERSION=1.9.0
 SCHEMATHESIS_VERSION=4.32.5
 OPENAPI_VALIDATOR_VERSION=0.7.2
+OPENAPI_CLIENT_VERSION=0.29.1
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"
@@ -70,6 +71,10 @@ fi
 if [ ! -x "$VENV/bin/openapi-spec-validator" ]; then
   echo "== installing openapi-spec-validator $OPENAPI_VALIDATOR_VERSION from PyPI into $VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
+fi
+if [ ! -x "$VENV/bin/openapi-python-client" ]; then
+  echo "== installing openapi-python-client $OPENAPI_CLIENT_VERSION from PyPI into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "openapi-python-client==$OPENAPI_CLIENT_VERSION"
 fi
 export PATH="$VENV/bin:$PATH"
 

@@ -10,12 +10,15 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use fieldreport_core::sync::wire::*;
 use fieldreport_core::{Change, Role};
 use futures_util::stream::Stream;
 use serde::Deserialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::audit::AuditActor;
@@ -35,36 +38,73 @@ pub const MAX_PULL_LIMIT: u32 = 1000;
 /// reports it pushes (never refused: the hybrid logical clock keeps order).
 pub const CLOCK_SKEW_TOLERANCE_MS: i64 = 2 * 60 * 1000;
 
-pub const OPENAPI: &str = include_str!("../openapi.json");
+/// The API's routes with their OpenAPI operations (`utoipa`): each
+/// handler's `#[utoipa::path]` sits beside its code, so the description
+/// served at `/v1/openapi.json` is made from the same types and cannot
+/// name a route the router lacks.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(openapi))
+        .routes(routes!(enroll))
+        .routes(routes!(devices))
+        .routes(routes!(push, pull).layer(DefaultBodyLimit::max(MAX_PUSH_BYTES)))
+        .routes(routes!(report_changes))
+        .routes(routes!(report))
+        .routes(routes!(export))
+        .routes(routes!(receipts))
+        .routes(routes!(media_status))
+        .routes(routes!(media_put, media_get).layer(DefaultBodyLimit::max(MAX_CHUNK_BYTES)))
+        .routes(routes!(events))
+        .routes(routes!(reviews))
+        .routes(routes!(public_page))
+        .routes(routes!(public_csv))
+        .routes(routes!(public_css))
+}
+
+/// The OpenAPI 3.1 description of the API, as served.
+pub fn openapi_json() -> &'static str {
+    static DOC: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        api_routes()
+            .into_openapi()
+            .to_pretty_json()
+            .unwrap_or_else(|_| "{}".into())
+    });
+    DOC.as_str()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "FieldReport station API",
+        version = "1",
+        description = "Devices enroll with a one-time code, then authenticate with `Authorization: Bearer <credential>`. Changes travel as canonical bytes + Ed25519 signature (base64). Every error response has a JSON body {error, message}."
+    ),
+    modifiers(&DeviceAuth),
+    security(("device" = []))
+)]
+struct ApiDoc;
+
+/// The bearer credential a device gets at enrollment.
+struct DeviceAuth;
+
+impl Modify for DeviceAuth {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "device",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// A body of raw bytes in the description (media chunks, archives).
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+struct Binary(#[allow(dead_code)] Vec<u8>);
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/openapi.json", get(openapi))
-        .route("/v1/enroll", post(enroll))
-        .route("/v1/devices", get(devices))
-        .route(
-            "/v1/changes",
-            post(push)
-                .get(pull)
-                .layer(DefaultBodyLimit::max(MAX_PUSH_BYTES)),
-        )
-        .route("/v1/reports/{id}/changes", get(report_changes))
-        .route("/v1/reports/{id}", get(report))
-        .route("/v1/reports/{id}/export", get(export))
-        .route("/v1/reports/{id}/receipts", get(receipts))
-        .route("/v1/media/{sha}/status", get(media_status))
-        .route(
-            "/v1/media/{sha}",
-            put(media_put)
-                .get(media_get)
-                .layer(DefaultBodyLimit::max(MAX_CHUNK_BYTES)),
-        )
-        .route("/v1/events", get(events))
-        .route("/v1/reviews", get(reviews))
-        .route("/public", get(public_page))
-        .route("/public/counts.csv", get(public_csv))
-        .route("/public/public.css", get(public_css))
-        .merge(crate::dashboard::routes(state.clone()))
+    let (api, _) = api_routes().split_for_parts();
+    api.merge(crate::dashboard::routes(state.clone()))
         // Matched routes name themselves to the audit entry; the audit
         // layer wraps everything, unknown paths (the fallback) included.
         .route_layer(axum::middleware::from_fn(crate::audit::note_route))
@@ -136,8 +176,10 @@ fn lifecycle_steps(changes: &[Change]) -> Vec<(Uuid, String)> {
     out
 }
 
+#[utoipa::path(get, path = "/v1/openapi.json", security(()),
+    responses((status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json", body = Object)))]
 async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json())
 }
 
 /// Parses a JSON body ourselves, so malformed JSON gets our error body.
@@ -165,6 +207,9 @@ impl ClassifyName for serde_json::Error {
     }
 }
 
+#[utoipa::path(post, path = "/v1/enroll", security(()),
+    request_body = EnrollRequest,
+    responses((status = 200, description = "enrolled", body = EnrollResponse), (status = 400, description = "refused", body = ErrorBody), (status = 409, description = "refused", body = ErrorBody), (status = 422, description = "`invalid_code`, `code_used`, `code_expired`, `bad_key`", body = ErrorBody)))]
 async fn enroll(
     State(s): State<AppState>,
     axum::Extension(actor): axum::Extension<AuditActor>,
@@ -186,12 +231,20 @@ async fn enroll(
     }))
 }
 
+#[utoipa::path(get, path = "/v1/devices",
+    description = "Directory of enrolled devices: every key, role and unit; names and star numbers only of the caller and of authors of changes it may see (others have empty ones and a person_digest)",
+    responses((status = 200, description = "devices", body = DevicesResponse), (status = 401, description = "refused", body = ErrorBody)))]
 async fn devices(State(s): State<AppState>, Device(d): Device) -> Result<Json<DevicesResponse>> {
     Ok(Json(DevicesResponse {
         devices: s.storage.directory(&d).await?,
     }))
 }
 
+#[utoipa::path(post, path = "/v1/changes",
+    description = "Push a batch of signed changes (at most 1000; idempotent; accepted whole or refused whole). Optional header x-fieldreport-device-time: the device clock (ms); a clock more than 2 minutes off is flagged on the reports (see receipts), never refused",
+    params(("x-fieldreport-device-time" = Option<i64>, Header, description = "the device's wall clock (ms since the epoch) when it sent the push")),
+    request_body = PushRequest,
+    responses((status = 200, description = "stored", body = PushResponse), (status = 400, description = "refused", body = ErrorBody), (status = 401, description = "refused", body = ErrorBody), (status = 403, description = "`not_permitted`: a change its author may not make (lifecycle or supervisor field by the wrong role or unit); `device_revoked`: a new change signed by a revoked device, whoever pushes it (changes accepted before the revocation stay valid and re-sending them counts as duplicates)", body = ErrorBody), (status = 409, description = "refused", body = ErrorBody), (status = 413, description = "refused", body = ErrorBody), (status = 422, description = "a change that does not verify or does not fit the report schema", body = ErrorBody)))]
 async fn push(
     State(s): State<AppState>,
     axum::Extension(actor): axum::Extension<AuditActor>,
@@ -201,6 +254,22 @@ async fn push(
 ) -> Result<Json<PushResponse>> {
     let device = d.record.device_id;
     let result = async {
+        // Read before anything is stored: a malformed header refuses the
+        // whole push.
+        let device_time = match headers.get(DEVICE_TIME_HEADER) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse::<i64>().ok())
+                    .ok_or_else(|| {
+                        StationError::BadRequest(
+                            "bad_header",
+                            format!("{DEVICE_TIME_HEADER} must be an integer (ms)"),
+                        )
+                    })?,
+            ),
+        };
         let req: PushRequest = parse(&body)?;
         if req.changes.len() > MAX_PUSH_CHANGES {
             return Err(StationError::TooLarge(format!(
@@ -234,10 +303,6 @@ async fn push(
         // from what the device says its clock reads (the header) and, for
         // each author, from what its signed changes say (which a header
         // cannot talk away).
-        let device_time = headers
-            .get(DEVICE_TIME_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<i64>().ok());
         if let Some(t) = device_time {
             let skew = t.saturating_sub(s.clock.now_ms());
             let unproven: Vec<Uuid> = reports
@@ -337,13 +402,39 @@ pub fn clocks_ahead(
     out
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PullQuery {
+    /// The `next` of the previous page (0 for the start).
     #[serde(default)]
+    #[param(minimum = 0)]
     after: i64,
+    /// Changes per page (default 500).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct ReportPath {
+    /// The report's id.
+    id: Uuid,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct MediaPath {
+    /// The media's SHA-256, lowercase hex.
+    #[param(pattern = "^[0-9a-f]{64}$")]
+    sha: String,
+}
+
+#[utoipa::path(get, path = "/v1/changes",
+    description = "Pull visible changes after a cursor, in station log order",
+    params(PullQuery),
+    responses((status = 200, description = "a page", body = PullResponse), (status = 400, description = "refused", body = ErrorBody), (status = 401, description = "refused", body = ErrorBody)))]
 async fn pull(
     State(s): State<AppState>,
     Device(d): Device,
@@ -352,8 +443,14 @@ async fn pull(
     let Query(q) = q.map_err(|_| {
         StationError::BadRequest("bad_query", "after and limit must be integers".into())
     })?;
-    let limit = q.limit.unwrap_or(500).clamp(1, MAX_PULL_LIMIT);
-    let page = s.storage.pull(&d, q.after.max(0), limit).await?;
+    let limit = q.limit.unwrap_or(500);
+    if q.after < 0 || !(1..=MAX_PULL_LIMIT).contains(&limit) {
+        return Err(StationError::BadRequest(
+            "bad_query",
+            format!("after must be at least 0 and limit from 1 to {MAX_PULL_LIMIT}"),
+        ));
+    }
+    let page = s.storage.pull(&d, q.after, limit).await?;
     Ok(Json(PullResponse {
         changes: page.changes.iter().map(WireChange::from_change).collect(),
         next: page.next,
@@ -366,6 +463,10 @@ fn report_id(id: &str) -> Result<Uuid> {
         .map_err(|_| StationError::BadRequest("bad_id", "report id must be a UUID".into()))
 }
 
+#[utoipa::path(get, path = "/v1/reports/{id}/changes",
+    description = "Every change of one visible report",
+    params(ReportPath),
+    responses((status = 200, description = "changes", body = ReportChangesResponse), (status = 400, description = "refused", body = ErrorBody), (status = 401, description = "refused", body = ErrorBody), (status = 404, description = "refused", body = ErrorBody)))]
 async fn report_changes(
     State(s): State<AppState>,
     Device(d): Device,
@@ -377,6 +478,10 @@ async fn report_changes(
     }))
 }
 
+#[utoipa::path(get, path = "/v1/reports/{id}",
+    description = "The materialised report (JSON), if visible",
+    params(ReportPath),
+    responses((status = 200, description = "report", content_type = "application/json", body = Object), (status = 400, description = "refused", body = ErrorBody), (status = 401, description = "refused", body = ErrorBody), (status = 404, description = "refused", body = ErrorBody)))]
 async fn report(
     State(s): State<AppState>,
     Device(d): Device,
@@ -386,6 +491,10 @@ async fn report(
     Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/reports/{id}/receipts",
+    description = "When the station received each change of the report (its own clock) beside the device clock that made it, and the device clocks found skewed (more than 2 minutes off at push time by the header, or shown ahead by the pushed changes themselves: a wall clock more than 2 minutes past receipt, or a hybrid logical clock more than 7 days ahead), if visible",
+    params(ReportPath),
+    responses((status = 200, description = "receipts", body = ReceiptsResponse), (status = 400, description = "refused", body = ErrorBody), (status = 401, description = "refused", body = ErrorBody), (status = 404, description = "refused", body = ErrorBody)))]
 async fn receipts(
     State(s): State<AppState>,
     Device(d): Device,
@@ -395,6 +504,9 @@ async fn receipts(
 }
 
 /// The unit's 30-day internal reviews: due, overdue, done (supervisors).
+#[utoipa::path(get, path = "/v1/reviews",
+    description = "The 30-day internal reviews of the supervisor's unit (submitted reports and later): overdue first, then due, done late, done",
+    responses((status = 200, description = "reviews", body = Vec<crate::oversight::ReviewItem>), (status = 401, description = "refused", body = ErrorBody), (status = 403, description = "refused", body = ErrorBody)))]
 async fn reviews(
     State(s): State<AppState>,
     Device(d): Device,
@@ -412,11 +524,17 @@ async fn public_counts(s: &AppState) -> Result<crate::oversight::Counts> {
 }
 
 /// The public record: counts only, small ones suppressed. No sign-in.
+#[utoipa::path(get, path = "/public", security(()),
+    description = "The public record (no sign-in): counts by month and police district, counts from 1 to 4 suppressed, nothing personal",
+    responses((status = 200, description = "HTML page", content_type = "text/html", body = String)))]
 async fn public_page(State(s): State<AppState>) -> Result<Response> {
     let html = crate::oversight::counts_html(&public_counts(&s).await?)?;
     Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
 }
 
+#[utoipa::path(get, path = "/public/public.css", security(()),
+    description = "The public page's stylesheet",
+    responses((status = 200, description = "CSS", content_type = "text/css", body = String)))]
 async fn public_css() -> Response {
     (
         [
@@ -428,6 +546,9 @@ async fn public_css() -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/public/counts.csv", security(()),
+    description = "The public record as CSV: month,district,measure,count (count is a number or `suppressed`)",
+    responses((status = 200, description = "CSV", content_type = "text/csv", body = String)))]
 async fn public_csv(State(s): State<AppState>) -> Result<Response> {
     let csv = crate::oversight::counts_csv(&public_counts(&s).await?);
     Ok((
@@ -444,6 +565,10 @@ async fn public_csv(State(s): State<AppState>) -> Result<Response> {
 }
 
 /// The evidence package of one report, as a tar archive of the bag.
+#[utoipa::path(get, path = "/v1/reports/{id}/export",
+    description = "The evidence package of one report: a BagIt bag (signed history, report JSON and PDF, media, device keys) as a tar archive holding the directory `fieldreport-<id>`; supervisors who may see the report only",
+    params(ReportPath),
+    responses((status = 200, description = "tar archive", content_type = "application/x-tar", body = Binary), (status = 400, description = "refused", body = ErrorBody), (status = 401, description = "refused", body = ErrorBody), (status = 403, description = "refused", body = ErrorBody), (status = 404, description = "refused", body = ErrorBody), (status = 409, description = "refused", body = ErrorBody)))]
 async fn export(
     State(s): State<AppState>,
     Device(d): Device,
@@ -476,6 +601,10 @@ async fn export(
         .into_response())
 }
 
+#[utoipa::path(get, path = "/v1/media/{sha}/status",
+    description = "How many bytes of this media the station holds",
+    params(MediaPath),
+    responses((status = 200, description = "status", body = MediaStatus), (status = 400, description = "refused", body = ErrorBody), (status = 401, description = "refused", body = ErrorBody)))]
 async fn media_status(
     State(s): State<AppState>,
     _d: Device,
@@ -484,12 +613,22 @@ async fn media_status(
     Ok(Json(s.storage.media_status(&sha).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ChunkQuery {
+    /// Where this chunk starts: the `received` the station reports.
+    #[param(minimum = 0)]
     offset: u64,
+    /// The media's whole size in bytes (at most 4 GiB).
+    #[param(minimum = 0, maximum = 4294967296.0)]
     total: u64,
 }
 
+#[utoipa::path(put, path = "/v1/media/{sha}",
+    description = "Upload a chunk (at most 8 MiB) at the offset the station holds; the SHA-256 is verified when complete",
+    params(MediaPath, ChunkQuery),
+    request_body(content = Binary, content_type = "application/octet-stream"),
+    responses((status = 200, description = "status", body = MediaStatus), (status = 400, description = "refused", body = ErrorBody), (status = 401, description = "refused", body = ErrorBody), (status = 409, description = "refused", body = ErrorBody), (status = 413, description = "refused", body = ErrorBody), (status = 422, description = "refused", body = ErrorBody)))]
 async fn media_put(
     State(s): State<AppState>,
     _d: Device,
@@ -507,6 +646,10 @@ async fn media_put(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/media/{sha}",
+    description = "Download media attached to a visible report",
+    params(MediaPath),
+    responses((status = 200, description = "bytes", content_type = "application/octet-stream", body = Binary), (status = 400, description = "refused", body = ErrorBody), (status = 401, description = "refused", body = ErrorBody), (status = 404, description = "refused", body = ErrorBody)))]
 async fn media_get(
     State(s): State<AppState>,
     Device(d): Device,
@@ -529,6 +672,9 @@ async fn media_get(
         .into_response())
 }
 
+#[utoipa::path(get, path = "/v1/events",
+    description = "Server-Sent Events for supervisors: event `report` with {report_id, log_id, kind} for the unit's reports; `lagged` means pull now",
+    responses((status = 200, description = "text/event-stream of `report` events", content_type = "text/event-stream", body = String), (status = 401, description = "refused", body = ErrorBody), (status = 403, description = "refused", body = ErrorBody)))]
 async fn events(
     State(s): State<AppState>,
     Device(d): Device,
@@ -543,4 +689,56 @@ async fn events(
         d.unit().to_string(),
         Default::default(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The served description is OpenAPI 3.1 and lists every operation the
+    /// router has, with the bounds the handlers enforce.
+    #[test]
+    fn the_description_is_3_1_and_lists_every_operation() {
+        let doc: serde_json::Value = serde_json::from_str(super::openapi_json()).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+        let mut ops: Vec<String> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(p, item)| {
+                item.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(move |m| format!("{} {p}", m.to_uppercase()))
+            })
+            .collect();
+        ops.sort();
+        assert_eq!(
+            ops,
+            [
+                "GET /public",
+                "GET /public/counts.csv",
+                "GET /public/public.css",
+                "GET /v1/changes",
+                "GET /v1/devices",
+                "GET /v1/events",
+                "GET /v1/media/{sha}",
+                "GET /v1/media/{sha}/status",
+                "GET /v1/openapi.json",
+                "GET /v1/reports/{id}",
+                "GET /v1/reports/{id}/changes",
+                "GET /v1/reports/{id}/export",
+                "GET /v1/reports/{id}/receipts",
+                "GET /v1/reviews",
+                "POST /v1/changes",
+                "POST /v1/enroll",
+                "PUT /v1/media/{sha}",
+            ]
+        );
+        let limit = doc["paths"]["/v1/changes"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "limit")
+            .unwrap();
+        assert_eq!(limit["schema"]["maximum"], super::MAX_PULL_LIMIT);
+    }
 }

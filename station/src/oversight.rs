@@ -18,7 +18,7 @@ use serde::Serialize;
 /// Counts from 1 up to this are shown as suppressed.
 pub const SUPPRESS_BELOW: u64 = 5;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReviewStatus {
     /// Not reviewed, due date ahead (or the incident time not given yet).
@@ -29,7 +29,7 @@ pub enum ReviewStatus {
     DoneLate,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReviewItem {
     pub report_id: uuid::Uuid,
     pub lifecycle: LifecycleState,

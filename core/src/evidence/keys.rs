@@ -10,6 +10,7 @@ use crate::model::enums::Role;
 
 /// Who holds a device, from enrollment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Person {
     pub name: String,
     pub star_number: String,
@@ -20,9 +21,11 @@ pub struct Person {
 
 /// A known device: its public key and its person.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceRecord {
     pub device_id: Uuid,
     #[serde(with = "hex_key")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[0-9a-f]{64}$"))]
     pub public_key: [u8; 32],
     pub person: Person,
     /// Set when the station left this device's name and star number out

@@ -12,10 +12,13 @@ use crate::error::{Error, Result};
 use crate::evidence::{DeviceRecord, Person};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WireChange {
     /// Canonical body bytes, base64.
+    #[cfg_attr(feature = "openapi", schema(format = Byte, min_length = 4))]
     pub body: String,
-    /// Ed25519 signature, base64.
+    /// Ed25519 signature, base64 (64 bytes: 86 characters and `==`).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9+/]{86}==$"))]
     pub signature: String,
 }
 
@@ -47,18 +50,23 @@ impl WireChange {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollRequest {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
     pub code: String,
     pub device_id: Uuid,
     /// Ed25519 public key, hex.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-fA-F]{64}$"))]
     pub public_key: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollResponse {
     /// Bearer credential for this device (shown once; the station keeps a hash).
     pub credential: String,
     pub device: DeviceRecord,
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub station_id: String,
     /// When the credential stops being accepted unless renewed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,22 +74,26 @@ pub struct EnrollResponse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DevicesResponse {
     pub devices: Vec<DeviceRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PushRequest {
     pub changes: Vec<WireChange>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PushResponse {
     pub applied: usize,
     pub duplicates: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PullResponse {
     /// Visible changes after the cursor, in station log order.
     pub changes: Vec<WireChange>,
@@ -97,6 +109,7 @@ pub const DEVICE_TIME_HEADER: &str = "x-fieldreport-device-time";
 /// When the station received each change of a report, and the device
 /// clocks it found skewed while receiving them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReceiptsResponse {
     pub report_id: Uuid,
     pub changes: Vec<Receipt>,
@@ -104,6 +117,7 @@ pub struct ReceiptsResponse {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Receipt {
     pub device: Uuid,
     pub seq: u64,
@@ -116,6 +130,7 @@ pub struct Receipt {
 /// A device whose clock differed from the station's by more than the
 /// tolerance when it pushed changes of the report (latest observation).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClockSkew {
     pub device: Uuid,
     /// Device clock minus station clock: positive = ahead.
@@ -124,12 +139,15 @@ pub struct ClockSkew {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReportChangesResponse {
     pub changes: Vec<WireChange>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MediaStatus {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-f]{64}$"))]
     pub sha256: String,
     /// Bytes the station holds (send the rest from this offset).
     pub received: u64,
@@ -138,6 +156,7 @@ pub struct MediaStatus {
 
 /// Every 4xx/5xx response carries this body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// Stable machine code, e.g. `bad_signature`, `unauthorized`.
     pub error: String,
@@ -146,6 +165,7 @@ pub struct ErrorBody {
 
 /// A Server-Sent Event on `/v1/events` (event name `report`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReportEvent {
     pub report_id: Uuid,
     /// Station log position of the newest change in the push.

@@ -22,6 +22,7 @@
 
 use std::convert::Infallible;
 
+use askama::Template;
 use axum::body::Body;
 use axum::extract::{Form, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
@@ -137,17 +138,12 @@ fn same_origin(h: &HeaderMap) -> bool {
 }
 
 fn forbidden() -> Response {
-    (
-        StatusCode::FORBIDDEN,
-        page(
-            "Refused",
-            None,
-            "<section><h1>Refused</h1><p class=error role=alert>This form did not come from \
-             this dashboard's own page, so nothing was done. \
-             <a href=\"/dashboard\">Back to the dashboard</a>.</p></section>",
-        ),
-    )
-        .into_response()
+    match page(&RefusedPage {
+        chrome: Chrome::signed_out("Refused"),
+    }) {
+        Ok(html) => (StatusCode::FORBIDDEN, html).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 fn ct_eq(a: &str, b: &str) -> bool {
@@ -342,7 +338,10 @@ async fn request_supervisor(
                 actor.note(why);
             }
             let body = if page_answer {
-                page("Sign in", None, &login_form(ACCESS_ENDED)).into_response()
+                match login_form(Some(ACCESS_ENDED)) {
+                    Ok(html) => html.into_response(),
+                    Err(e) => return Err(e.into_response()),
+                }
             } else {
                 ().into_response()
             };
@@ -402,61 +401,74 @@ async fn audit_sign_in(s: &AppState, device: Option<Uuid>, outcome: &str) {
     }
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
+/// A page's template, rendered (askama escapes every value in it).
+fn page(t: &impl Template) -> Result<Html<String>> {
+    t.render().map(Html).map_err(|e| {
+        tracing::error!(error = %e, "a dashboard page did not render");
+        StationError::Internal("dashboard page".into())
+    })
 }
 
-/// The hidden field carrying the session's CSRF token, for every form.
-fn csrf_input(sup: &Supervisor) -> String {
-    format!(
-        "<input type=hidden name={CSRF_FIELD} value=\"{}\">",
-        esc(&sup.csrf)
-    )
+/// The signed-in supervisor, as the page chrome shows them.
+struct SignedIn {
+    name: String,
+    unit: String,
+    /// The session's CSRF token, for the sign-out form.
+    csrf: String,
 }
 
-fn page(title: &str, signed_in: Option<&Supervisor>, body: &str) -> Html<String> {
-    let nav = match signed_in {
-        Some(sup) => format!(
-            "<a href=\"/dashboard\">Inbox</a><a href=\"/dashboard/reviews\">Reviews</a>\
-             <a href=\"/public\">Public record</a><span>{} · {}</span>\
-             <form method=post action=\"/dashboard/logout\">{}<button>Sign out</button></form>",
-            esc(sup.name()),
-            esc(sup.unit()),
-            csrf_input(sup)
-        ),
-        None => String::new(),
-    };
-    Html(format!(
-        "<!doctype html><html lang=en><head><meta charset=utf-8>\
-         <meta name=viewport content=\"width=device-width, initial-scale=1\">\
-         <title>{} · FieldReport</title><link rel=stylesheet href=\"/dashboard/app.css\">\
-         <script src=\"/dashboard/app.js\" defer></script></head><body>\
-         <header><strong>FieldReport supervisor</strong>{nav}</header><main>{body}</main></body></html>",
-        esc(title)
-    ))
+/// What every page's chrome shows (`templates/dashboard/layout.html`):
+/// its title, and when signed in, the navigation, the supervisor's name
+/// and unit, and the sign-out form.
+struct Chrome {
+    title: String,
+    user: Option<SignedIn>,
 }
 
-async fn login_page() -> Html<String> {
-    page("Sign in", None, &login_form(""))
-}
-
-fn login_form(error: &str) -> String {
-    format!(
-        "<section><h1>Sign in</h1>{}<form method=post action=\"/dashboard/login\" class=action>\
-         <label>Star number<input name=star autocomplete=username required></label>\
-         <label>Password<input name=password type=password autocomplete=current-password required></label>\
-         <label>Code from your authenticator app<input name=code inputmode=numeric autocomplete=one-time-code pattern=\"[0-9 ]{{6,7}}\" required></label>\
-         <button>Sign in</button></form></section>",
-        if error.is_empty() {
-            String::new()
-        } else {
-            format!("<p class=error role=alert>{}</p>", esc(error))
+impl Chrome {
+    fn signed_out(title: &str) -> Self {
+        Chrome {
+            title: title.to_string(),
+            user: None,
         }
-    )
+    }
+
+    fn signed_in(title: &str, sup: &Supervisor) -> Self {
+        Chrome {
+            title: title.to_string(),
+            user: Some(SignedIn {
+                name: sup.name().to_string(),
+                unit: sup.unit().to_string(),
+                csrf: sup.csrf.clone(),
+            }),
+        }
+    }
+}
+
+/// A POST refused by the guard.
+#[derive(Template)]
+#[template(path = "dashboard/refused.html")]
+struct RefusedPage {
+    chrome: Chrome,
+}
+
+/// The sign-in page, with what went wrong, if anything.
+#[derive(Template)]
+#[template(path = "dashboard/login.html")]
+struct LoginPage<'a> {
+    chrome: Chrome,
+    error: Option<&'a str>,
+}
+
+async fn login_page() -> Result<Html<String>> {
+    login_form(None)
+}
+
+fn login_form(error: Option<&str>) -> Result<Html<String>> {
+    page(&LoginPage {
+        chrome: Chrome::signed_out("Sign in"),
+        error,
+    })
 }
 
 #[derive(Deserialize)]
@@ -471,17 +483,17 @@ async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Re
     let star = f.star.trim().to_string();
     let account = s.storage.dashboard_account(&star).await?;
     let device = account.as_ref().map(|a| a.device_id);
-    let refused = |status: StatusCode, message: &str| {
-        (status, page("Sign in", None, &login_form(message))).into_response()
+    let refused = |status: StatusCode, message: &str| -> Result<Response> {
+        Ok((status, login_form(Some(message))?).into_response())
     };
     // Locked: refused before any check, so guessing gets nowhere.
     if s.sessions.locked(&star, s.clock.now_ms()) {
         audit_sign_in(&s, device, "refused: locked out").await;
         tracing::warn!("dashboard sign-in refused: locked out");
-        return Ok(refused(
+        return refused(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many failed attempts. Try again in 10 minutes.",
-        ));
+        );
     }
     // Verify against a real hash either way, so timing does not reveal
     // whether the account exists.
@@ -527,10 +539,10 @@ async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Re
             audit_sign_in(&s, device, "locked out for 10 minutes").await;
         }
         tracing::warn!("dashboard sign-in refused");
-        return Ok(refused(
+        return refused(
             StatusCode::UNAUTHORIZED,
             "Star number, password or code not recognised.",
-        ));
+        );
     }
     let Some(account) = account else {
         return Err(StationError::Internal("sign-in".into()));
@@ -541,7 +553,7 @@ async fn login(State(s): State<AppState>, Form(f): Form<LoginForm>) -> Result<Re
     if let Some(why) = device_refusal(who.as_ref(), s.clock.now_ms()) {
         audit_sign_in(&s, device, &format!("401 {why}")).await;
         tracing::warn!(device = %account.device_id, why, "dashboard sign-in refused");
-        return Ok(refused(StatusCode::UNAUTHORIZED, ACCESS_ENDED));
+        return refused(StatusCode::UNAUTHORIZED, ACCESS_ENDED);
     }
     let token = crate::storage::common::random_token(32)?;
     let csrf = crate::storage::common::random_token(32)?;
@@ -591,10 +603,6 @@ async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
-fn lifecycle_badge(l: LifecycleState) -> String {
-    format!("<span class=\"badge {0}\">{0}</span>", l.as_str())
-}
-
 fn short_time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
     t.map(|t| {
         t.with_timezone(&chrono_tz::America::Chicago)
@@ -604,52 +612,83 @@ fn short_time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
     .unwrap_or_else(|| "—".into())
 }
 
-async fn inbox_rows(s: &AppState, sup: &Supervisor) -> Result<String> {
+/// A hybrid logical clock (milliseconds), as [`short_time`] shows it.
+fn clock_time(ms: u64) -> String {
+    short_time(chrono::DateTime::from_timestamp_millis(
+        ms.min(i64::MAX as u64) as i64,
+    ))
+}
+
+/// The first 8 characters of an id, as the pages show it.
+fn short_id(id: Uuid) -> String {
+    id.to_string()[..8].to_string()
+}
+
+/// One report of the inbox.
+struct InboxRow {
+    id: String,
+    short: String,
+    lifecycle: &'static str,
+    officer: String,
+    updated: String,
+    /// Conflicts kept, to settle.
+    conflicts: usize,
+    review: ReviewStatus,
+    /// When the review is due.
+    due: String,
+}
+
+/// The inbox page; its rows are `templates/dashboard/inbox_rows.html`,
+/// the same as [`InboxRows`].
+#[derive(Template)]
+#[template(path = "dashboard/inbox.html")]
+struct InboxPage {
+    chrome: Chrome,
+    rows: Vec<InboxRow>,
+}
+
+/// The inbox's rows alone (`/dashboard/inbox`, which `app.js` fetches on
+/// each event).
+#[derive(Template)]
+#[template(path = "dashboard/inbox_rows.html")]
+struct InboxRows {
+    rows: Vec<InboxRow>,
+}
+
+async fn inbox_rows(s: &AppState, sup: &Supervisor) -> Result<Vec<InboxRow>> {
     let reports = parse_reports(s.storage.visible_reports(&sup.who).await?)?;
     let now = s.clock.now();
-    if reports.is_empty() {
-        return Ok("<tr><td colspan=6>No reports from the unit yet.</td></tr>".into());
-    }
-    let mut rows = String::new();
-    for r in &reports {
-        let review = match oversight::review_status(r, now) {
-            ReviewStatus::Overdue => "<span class=overdue>overdue</span>".to_string(),
-            ReviewStatus::Due => format!("due {}", short_time(r.review.due)),
-            ReviewStatus::Done => "done".into(),
-            ReviewStatus::DoneLate => "done late".into(),
-        };
-        rows.push_str(&format!(
-            "<tr data-report=\"{id}\"><td><a href=\"/dashboard/reports/{id}\">{short}</a></td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            lifecycle_badge(r.lifecycle),
-            esc(r.reporting_officer.name.as_deref().unwrap_or("—")),
-            short_time(r.updated_at),
-            if r.conflicts.is_empty() {
-                "—".to_string()
-            } else {
-                format!("{} to settle", r.conflicts.len())
-            },
-            review,
-            id = r.id,
-            short = &r.id.to_string()[..8],
-        ));
-    }
-    Ok(rows)
+    Ok(reports
+        .iter()
+        .map(|r| InboxRow {
+            id: r.id.to_string(),
+            short: short_id(r.id),
+            lifecycle: r.lifecycle.as_str(),
+            officer: r
+                .reporting_officer
+                .name
+                .clone()
+                .unwrap_or_else(|| "—".into()),
+            updated: short_time(r.updated_at),
+            conflicts: r.conflicts.len(),
+            review: oversight::review_status(r, now),
+            due: short_time(r.review.due),
+        })
+        .collect())
 }
 
 async fn inbox_page(State(s): State<AppState>, PageUser(sup): PageUser) -> Result<Response> {
     let rows = inbox_rows(&s, &sup).await?;
-    let body = format!(
-        "<h1>Inbox</h1><p id=live aria-live=polite>Updates live as officers sync.</p>\
-         <div class=scroll><table><thead><tr><th>Report</th><th>State</th><th>Officer</th>\
-         <th>Updated</th><th>Conflicts</th><th>Review</th></tr></thead>\
-         <tbody id=inbox>{rows}</tbody></table></div>"
-    );
-    Ok(page("Inbox", Some(&sup), &body).into_response())
+    Ok(page(&InboxPage {
+        chrome: Chrome::signed_in("Inbox", &sup),
+        rows,
+    })?
+    .into_response())
 }
 
 async fn inbox_fragment(State(s): State<AppState>, DataUser(sup): DataUser) -> Result<Response> {
-    Ok(Html(inbox_rows(&s, &sup).await?).into_response())
+    let rows = inbox_rows(&s, &sup).await?;
+    Ok(page(&InboxRows { rows })?.into_response())
 }
 
 async fn events(
@@ -661,76 +700,175 @@ async fn events(
     crate::events::unit_event_stream(&s, sup.unit().to_string(), sup.ended.clone())
 }
 
-/// Renders a JSON value as nested definition lists (the report's fields,
-/// whatever the schema holds).
-fn render_value(v: &serde_json::Value) -> String {
-    use serde_json::Value as J;
-    match v {
-        J::Null => "—".into(),
-        J::String(s) => esc(s),
-        J::Bool(b) => if *b { "yes" } else { "no" }.into(),
-        J::Number(n) => n.to_string(),
-        J::Array(items) if items.is_empty() => "—".into(),
-        J::Array(items) => items
-            .iter()
-            .map(|i| format!("<div>{}</div>", render_value(i)))
-            .collect(),
-        J::Object(map) => {
-            let mut out = String::from("<dl>");
-            for (k, v) in map {
-                out.push_str(&format!(
-                    "<dt>{}</dt><dd>{}</dd>",
-                    esc(&k.replace('_', " ")),
-                    render_value(v)
-                ));
-            }
-            out.push_str("</dl>");
-            out
+/// One JSON value of a report's fields (whatever the schema holds), by
+/// its own template so that objects and arrays can hold more of them
+/// (askama's macros and includes cannot recurse): objects as definition
+/// lists, their keys with `_` read as a space; arrays as a `div` an item;
+/// null and empty arrays as "—". Every key and string is escaped; the
+/// children's output, itself this template's, is the only `|safe`.
+#[derive(Template)]
+#[template(
+    ext = "html",
+    source = "
+{%- match self.shape() -%}
+{%- when Shape::Text(text) -%}
+{{ text }}
+{%- when Shape::List(items) -%}
+{%- for item in items %}<div>{{ item.render()?|safe }}</div>{% endfor -%}
+{%- when Shape::Map(entries) -%}
+<dl>{% for (key, value) in entries %}<dt>{{ key }}</dt><dd>{{ value.render()?|safe }}</dd>{% endfor %}</dl>
+{%- endmatch -%}"
+)]
+struct ValueNode<'a> {
+    v: &'a serde_json::Value,
+}
+
+/// What a [`ValueNode`] shows.
+enum Shape<'a> {
+    Text(String),
+    List(Vec<ValueNode<'a>>),
+    /// Labels and values.
+    Map(Vec<(String, ValueNode<'a>)>),
+}
+
+impl<'a> ValueNode<'a> {
+    fn shape(&self) -> Shape<'a> {
+        use serde_json::Value as J;
+        let v: &'a J = self.v;
+        match v {
+            J::Null => Shape::Text("—".into()),
+            J::String(s) => Shape::Text(s.clone()),
+            J::Bool(b) => Shape::Text(if *b { "yes" } else { "no" }.into()),
+            J::Number(n) => Shape::Text(n.to_string()),
+            J::Array(items) if items.is_empty() => Shape::Text("—".into()),
+            J::Array(items) => Shape::List(items.iter().map(|v| ValueNode { v }).collect()),
+            J::Object(map) => Shape::Map(
+                map.iter()
+                    .map(|(k, v)| (k.replace('_', " "), ValueNode { v }))
+                    .collect(),
+            ),
         }
     }
 }
 
-fn actions(r: &Report, sup: &Supervisor) -> String {
-    use LifecycleState::*;
-    let id = r.id;
-    let csrf = csrf_input(sup);
-    let mut out = String::new();
-    match r.lifecycle {
-        Submitted => out.push_str(&format!(
-            "<form method=post action=\"/dashboard/reports/{id}/return\" class=action>{csrf}\
-             <label>Comment for the officer<textarea name=comment rows=2 required></textarea></label>\
-             <button>Return to officer</button></form>\
-             <form method=post action=\"/dashboard/reports/{id}/approve\" class=action>{csrf}\
-             <button>Approve</button></form>"
-        )),
-        Approved => out.push_str(&format!(
-            "<form method=post action=\"/dashboard/reports/{id}/refer\" class=action>{csrf}\
-             <label>Referral date<input type=date name=date required></label>\
-             <label>State's Attorney reference<input name=reference required></label>\
-             <label>Felony matters (one per line)<textarea name=felonies rows=2 required></textarea></label>\
-             <button>Refer to the State's Attorney</button></form>"
-        )),
-        _ => {}
+/// The actions a report's state allows.
+struct Actions {
+    /// Submitted: return to the officer, or approve.
+    submitted: bool,
+    /// Approved: refer to the State's Attorney.
+    approved: bool,
+    close: bool,
+    /// The internal review (any state but draft).
+    review: bool,
+}
+
+impl Actions {
+    fn of(l: LifecycleState) -> Self {
+        use LifecycleState::*;
+        Actions {
+            submitted: l == Submitted,
+            approved: l == Approved,
+            close: matches!(l, Approved | Referred),
+            review: l != Draft,
+        }
     }
-    if matches!(r.lifecycle, Approved | Referred) {
-        out.push_str(&format!(
-            "<form method=post action=\"/dashboard/reports/{id}/close\" class=action>{csrf}<button>Close</button></form>"
-        ));
+
+    fn none(&self) -> bool {
+        !(self.submitted || self.approved || self.close || self.review)
     }
-    if r.lifecycle != Draft {
-        out.push_str(&format!(
-            "<h3>Internal review</h3><form method=post action=\"/dashboard/reports/{id}/review\" class=action>{csrf}\
-             <label>Findings<textarea name=findings rows=2 required></textarea></label>\
-             <label>CPD's own conduct<textarea name=cpd_conduct rows=2 required></textarea></label>\
-             <label>Dispatch knew it involved immigration enforcement\
-             <select name=dispatch_knew><option value=no>no</option><option value=yes>yes</option></select></label>\
-             <button>Record review</button></form>"
-        ));
+}
+
+/// A conflict kept: the field and the concurrent values.
+struct ConflictRow {
+    path: String,
+    values: Vec<KeptValue>,
+}
+
+struct KeptValue {
+    /// As JSON.
+    value: String,
+    device: String,
+    seq: u64,
+}
+
+struct PhotoRow {
+    sha: String,
+    short: String,
+    size: i64,
+    captured: String,
+}
+
+struct HistoryRow {
+    to: &'static str,
+    device: String,
+    seq: u64,
+    time: String,
+    applied: bool,
+}
+
+struct AmendmentRow {
+    path: String,
+    device: String,
+    seq: u64,
+    after_lock: bool,
+}
+
+/// Clocks flagged: changes whose clock was never set or ran ahead of what
+/// was made after them (the report's own flags), and devices the station
+/// found skewed.
+#[derive(Default)]
+struct Clocks {
+    unset: Vec<ClockUnsetRow>,
+    ahead: Vec<ClockAheadRow>,
+    skew: Vec<ClockSkewRow>,
+}
+
+impl Clocks {
+    fn is_empty(&self) -> bool {
+        self.unset.is_empty() && self.ahead.is_empty() && self.skew.is_empty()
     }
-    if out.is_empty() {
-        out.push_str("<p>No action in this state.</p>");
-    }
-    out
+}
+
+struct ClockUnsetRow {
+    device: String,
+    seq: u64,
+    clock: String,
+}
+
+struct ClockAheadRow {
+    device: String,
+    seq: u64,
+    clock: String,
+    followed_device: String,
+    followed_seq: u64,
+    followed_clock: String,
+}
+
+struct ClockSkewRow {
+    device: String,
+    seconds: i64,
+}
+
+/// The report page.
+#[derive(Template)]
+#[template(path = "dashboard/report.html")]
+struct ReportPage<'a> {
+    chrome: Chrome,
+    /// The session's CSRF token, for the action forms.
+    csrf: String,
+    id: String,
+    short: String,
+    lifecycle: &'static str,
+    /// The core's refusal of the last action.
+    error: Option<&'a str>,
+    actions: Actions,
+    conflicts: Vec<ConflictRow>,
+    /// The report's own fields.
+    fields: ValueNode<'a>,
+    photos: Vec<PhotoRow>,
+    history: Vec<HistoryRow>,
+    amendments: Vec<AmendmentRow>,
+    clocks: Clocks,
 }
 
 async fn report_page(
@@ -738,10 +876,15 @@ async fn report_page(
     PageUser(sup): PageUser,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    render_report(&s, &sup, &id, "").await
+    render_report(&s, &sup, &id, None).await
 }
 
-async fn render_report(s: &AppState, sup: &Supervisor, id: &str, error: &str) -> Result<Response> {
+async fn render_report(
+    s: &AppState,
+    sup: &Supervisor,
+    id: &str,
+    error: Option<&str>,
+) -> Result<Response> {
     let id = Uuid::parse_str(id)
         .map_err(|_| StationError::BadRequest("bad_id", "report id must be a UUID".into()))?;
     let json = s.storage.report_json(&sup.who, id).await?;
@@ -763,156 +906,102 @@ async fn render_report(s: &AppState, sup: &Supervisor, id: &str, error: &str) ->
             m.remove(k);
         }
     }
-    let conflicts = if r.conflicts.is_empty() {
-        "<p>None.</p>".to_string()
-    } else {
-        let mut t = String::from(
-            "<div class=scroll><table><thead><tr><th>Field</th><th>Values kept (device:seq)</th></tr></thead><tbody>",
-        );
-        for c in &r.conflicts {
-            let vals: Vec<String> = c
+    let conflicts = r
+        .conflicts
+        .iter()
+        .map(|c| ConflictRow {
+            path: c.path.clone(),
+            values: c
                 .values
                 .iter()
-                .map(|v| {
-                    format!(
-                        "{} <small>({}:{})</small>",
-                        esc(&serde_json::to_string(&v.value).unwrap_or_default()),
-                        &v.device.to_string()[..8],
-                        v.seq
-                    )
+                .map(|v| KeptValue {
+                    value: serde_json::to_string(&v.value).unwrap_or_default(),
+                    device: short_id(v.device),
+                    seq: v.seq,
                 })
-                .collect();
-            t.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td></tr>",
-                esc(&c.path),
-                vals.join("<br>")
-            ));
-        }
-        t.push_str("</tbody></table></div>");
-        t
-    };
-    let history: String = r
+                .collect(),
+        })
+        .collect();
+    let history = r
         .lifecycle_history
         .iter()
-        .map(|h| {
-            format!(
-                "<tr><td>{}</td><td>{}:{}</td><td>{}</td><td>{}</td></tr>",
-                h.to.as_str(),
-                &h.change.device.to_string()[..8],
-                h.change.seq,
-                short_time(chrono::DateTime::from_timestamp_millis(h.wall_clock_ms)),
-                if h.applied {
-                    "applied"
-                } else {
-                    "not applied (concurrent)"
-                }
-            )
+        .map(|h| HistoryRow {
+            to: h.to.as_str(),
+            device: short_id(h.change.device),
+            seq: h.change.seq,
+            time: short_time(chrono::DateTime::from_timestamp_millis(h.wall_clock_ms)),
+            applied: h.applied,
         })
         .collect();
-    let amendments: String = r
+    let amendments = r
         .amendments
         .iter()
-        .map(|a| {
-            format!(
-                "<tr><td>{}</td><td>{}:{}</td><td>{}</td></tr>",
-                esc(&a.path),
-                &a.change.device.to_string()[..8],
-                a.change.seq,
-                if a.after_lock {
-                    "after approval"
-                } else {
-                    "after submission"
-                }
-            )
+        .map(|a| AmendmentRow {
+            path: a.path.clone(),
+            device: short_id(a.change.device),
+            seq: a.change.seq,
+            after_lock: a.after_lock,
         })
         .collect();
-    // Clocks: changes whose clock ran ahead of what was made after them
-    // (the report's own flag), and devices the station found skewed.
     let receipts = s.storage.receipts(&sup.who, id).await?;
-    let mut clocks = String::new();
-    for f in &r.clock_unset {
-        clocks.push_str(&format!(
-            "<tr><td>{}:{}</td><td>clock {} was never set (before 2026); ordered after what its author had seen</td></tr>",
-            &f.change.device.to_string()[..8],
-            f.change.seq,
-            esc(&short_time(chrono::DateTime::from_timestamp_millis(
-                f.clock_ms.min(i64::MAX as u64) as i64
-            ))),
-        ));
-    }
-    for f in &r.clock_ahead {
-        clocks.push_str(&format!(
-            "<tr><td>{}:{}</td><td>clock {} is later than that of {}:{} made after it ({})</td></tr>",
-            &f.change.device.to_string()[..8],
-            f.change.seq,
-            esc(&short_time(chrono::DateTime::from_timestamp_millis(
-                f.clock_ms.min(i64::MAX as u64) as i64
-            ))),
-            &f.followed_by.device.to_string()[..8],
-            f.followed_by.seq,
-            esc(&short_time(chrono::DateTime::from_timestamp_millis(
-                f.followed_clock_ms.min(i64::MAX as u64) as i64
-            ))),
-        ));
-    }
-    for k in &receipts.clock_skew {
-        clocks.push_str(&format!(
-            "<tr><td>device {}</td><td>clock off by {} s when it pushed (station's receipt)</td></tr>",
-            &k.device.to_string()[..8],
-            k.skew_ms / 1000
-        ));
-    }
-    let photos: String = r
+    let clocks = Clocks {
+        unset: r
+            .clock_unset
+            .iter()
+            .map(|f| ClockUnsetRow {
+                device: short_id(f.change.device),
+                seq: f.change.seq,
+                clock: clock_time(f.clock_ms),
+            })
+            .collect(),
+        ahead: r
+            .clock_ahead
+            .iter()
+            .map(|f| ClockAheadRow {
+                device: short_id(f.change.device),
+                seq: f.change.seq,
+                clock: clock_time(f.clock_ms),
+                followed_device: short_id(f.followed_by.device),
+                followed_seq: f.followed_by.seq,
+                followed_clock: clock_time(f.followed_clock_ms),
+            })
+            .collect(),
+        skew: receipts
+            .clock_skew
+            .iter()
+            .map(|k| ClockSkewRow {
+                device: short_id(k.device),
+                seconds: k.skew_ms / 1000,
+            })
+            .collect(),
+    };
+    let photos = r
         .media
         .iter()
         .filter_map(|m| m.fields.sha256.as_ref().map(|sha| (m, sha)))
-        .map(|(m, sha)| {
-            format!(
-                "<figure><img class=photo src=\"/dashboard/media/{sha}\" alt=\"photo {short}\">\
-                 <figcaption><code>{short}…</code> {} bytes, {}</figcaption></figure>",
-                m.fields.size.unwrap_or(0),
-                short_time(m.fields.captured_at),
-                short = &sha[..12.min(sha.len())]
-            )
+        .map(|(m, sha)| PhotoRow {
+            sha: sha.clone(),
+            short: sha[..12.min(sha.len())].to_string(),
+            size: m.fields.size.unwrap_or(0),
+            captured: short_time(m.fields.captured_at),
         })
         .collect();
-    let body = format!(
-        "<h1>Report <code>{short}</code> {badge}</h1>{err}\
-         <section><h2>Actions</h2>{actions}\
-         <p><a href=\"/dashboard/reports/{id}/export\">Download the evidence package</a> (BagIt, tar)</p></section>\
-         <section><h2>Conflicts kept</h2>{conflicts}</section>\
-         <section><h2>Report</h2>{fields}</section>\
-         <section><h2>Photos</h2>{photos}</section>\
-         <section><h2>Lifecycle</h2><div class=scroll><table><thead><tr><th>To</th><th>Change</th><th>Device time</th><th></th></tr></thead>\
-         <tbody>{history}</tbody></table></div>\
-         <h3>Amendments</h3><div class=scroll><table><tbody>{amend}</tbody></table></div>\
-         <h3>Clocks</h3><div class=scroll><table><tbody>{clocks}</tbody></table></div></section>",
-        short = &id.to_string()[..8],
-        badge = lifecycle_badge(r.lifecycle),
-        err = if error.is_empty() {
-            String::new()
-        } else {
-            format!("<p class=error role=alert>{}</p>", esc(error))
-        },
-        actions = actions(&r, sup),
-        fields = render_value(&fields),
-        photos = if photos.is_empty() { "<p>None.</p>".into() } else { photos },
-        amend = if amendments.is_empty() {
-            "<tr><td>None.</td></tr>".to_string()
-        } else {
-            amendments
-        },
-        clocks = if clocks.is_empty() {
-            "<tr><td>No clock flagged.</td></tr>".to_string()
-        } else {
-            clocks
-        },
-    );
-    Ok(page(
-        &format!("Report {}", &id.to_string()[..8]),
-        Some(sup),
-        &body,
-    )
+    let short = short_id(id);
+    Ok(page(&ReportPage {
+        chrome: Chrome::signed_in(&["Report ", &short].concat(), sup),
+        csrf: sup.csrf.clone(),
+        id: id.to_string(),
+        short,
+        lifecycle: r.lifecycle.as_str(),
+        error,
+        actions: Actions::of(r.lifecycle),
+        conflicts,
+        fields: ValueNode { v: &fields },
+        photos,
+        history,
+        amendments,
+        clocks,
+    })?
     .into_response())
 }
 
@@ -995,7 +1084,7 @@ async fn act(
         }
         Err(StationError::Core(e)) => {
             // The core's refusal, shown on the report (names no data).
-            let mut resp = render_report(&s, &sup, &id, &e.to_string()).await?;
+            let mut resp = render_report(&s, &sup, &id, Some(&e.to_string())).await?;
             *resp.status_mut() = StatusCode::CONFLICT;
             Ok(resp)
         }
@@ -1003,40 +1092,59 @@ async fn act(
     }
 }
 
+/// One list of the reviews page.
+struct ReviewSection {
+    title: &'static str,
+    rows: Vec<ReviewRow>,
+}
+
+struct ReviewRow {
+    id: String,
+    short: String,
+    lifecycle: &'static str,
+    due: String,
+    /// When the review was done.
+    done: Option<String>,
+}
+
+/// The 30-day review lists.
+#[derive(Template)]
+#[template(path = "dashboard/reviews.html")]
+struct ReviewsPage {
+    chrome: Chrome,
+    sections: Vec<ReviewSection>,
+}
+
 async fn reviews_page(State(s): State<AppState>, PageUser(sup): PageUser) -> Result<Response> {
     let reports = parse_reports(s.storage.visible_reports(&sup.who).await?)?;
     let items = oversight::reviews(&reports, s.clock.now());
-    let mut body = String::from("<h1>Internal reviews (30 days)</h1>");
-    for (status, title) in [
+    let sections = [
         (ReviewStatus::Overdue, "Overdue"),
         (ReviewStatus::Due, "Due"),
         (ReviewStatus::DoneLate, "Done late"),
         (ReviewStatus::Done, "Done"),
-    ] {
-        let rows: String = items
+    ]
+    .into_iter()
+    .map(|(status, title)| ReviewSection {
+        title,
+        rows: items
             .iter()
             .filter(|i| i.status == status)
-            .map(|i| {
-                format!(
-                    "<tr><td><a href=\"/dashboard/reports/{id}\">{short}</a></td><td>{}</td><td>due {}</td><td>{}</td></tr>",
-                    lifecycle_badge(i.lifecycle),
-                    short_time(i.due),
-                    i.completed_at.map(|t| format!("done {}", short_time(Some(t)))).unwrap_or_default(),
-                    id = i.report_id,
-                    short = &i.report_id.to_string()[..8],
-                )
+            .map(|i| ReviewRow {
+                id: i.report_id.to_string(),
+                short: short_id(i.report_id),
+                lifecycle: i.lifecycle.as_str(),
+                due: short_time(i.due),
+                done: i.completed_at.map(|t| short_time(Some(t))),
             })
-            .collect();
-        body.push_str(&format!(
-            "<section><h2>{title}</h2>{}</section>",
-            if rows.is_empty() {
-                "<p>None.</p>".to_string()
-            } else {
-                format!("<div class=scroll><table><tbody>{rows}</tbody></table></div>")
-            }
-        ));
-    }
-    Ok(page("Reviews", Some(&sup), &body).into_response())
+            .collect(),
+    })
+    .collect();
+    Ok(page(&ReviewsPage {
+        chrome: Chrome::signed_in("Reviews", &sup),
+        sections,
+    })?
+    .into_response())
 }
 
 async fn media(
@@ -1079,4 +1187,193 @@ async fn export(
         bytes,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOSTILE: &str = "<script>alert(\"x\" + 'y')</script> & more";
+    /// As askama escapes it (numeric character references).
+    const ESCAPED: &str =
+        "&#60;script&#62;alert(&#34;x&#34; + &#39;y&#39;)&#60;/script&#62; &#38; more";
+
+    fn hostile_chrome(title: &str) -> Chrome {
+        Chrome {
+            title: title.into(),
+            user: Some(SignedIn {
+                name: ["Sgt ", HOSTILE].concat(),
+                unit: ["D9", HOSTILE].concat(),
+                csrf: "0123abcd".into(),
+            }),
+        }
+    }
+
+    /// Only the page's own script tag, no other markup from the data.
+    fn no_injected_markup(html: &str) {
+        assert!(!html.contains("<script>"), "{html}");
+        assert_eq!(html.matches("<script").count(), 1, "{html}");
+        assert!(!html.contains("alert(\"x\""), "{html}");
+        assert!(!html.contains("'y'"), "{html}");
+    }
+
+    #[test]
+    fn values_render_as_nested_lists() {
+        let v = serde_json::json!({
+            "a_b": [1, true, null, "t"],
+            "c": {"d_e": false},
+            "f": [],
+            "g": null,
+        });
+        assert_eq!(
+            ValueNode { v: &v }.render().unwrap(),
+            "<dl><dt>a b</dt><dd><div>1</div><div>yes</div><div>—</div><div>t</div></dd>\
+             <dt>c</dt><dd><dl><dt>d e</dt><dd>no</dd></dl></dd><dt>f</dt><dd>—</dd>\
+             <dt>g</dt><dd>—</dd></dl>"
+        );
+        assert_eq!(
+            ValueNode {
+                v: &serde_json::json!(HOSTILE)
+            }
+            .render()
+            .unwrap(),
+            ESCAPED
+        );
+    }
+
+    #[test]
+    fn the_report_page_escapes_every_value() {
+        let fields = serde_json::json!({
+            HOSTILE: HOSTILE,
+            "narrative": HOSTILE,
+            "nested": [[HOSTILE], {"inner_key": [HOSTILE]}],
+        });
+        let view = ReportPage {
+            chrome: hostile_chrome(HOSTILE),
+            csrf: "0123abcd".into(),
+            id: "00000000-0000-0000-0000-000000000000".into(),
+            short: "00000000".into(),
+            lifecycle: LifecycleState::Submitted.as_str(),
+            error: Some(HOSTILE),
+            actions: Actions::of(LifecycleState::Submitted),
+            conflicts: vec![ConflictRow {
+                path: HOSTILE.into(),
+                values: vec![KeptValue {
+                    value: serde_json::to_string(HOSTILE).unwrap(),
+                    device: "abcdef01".into(),
+                    seq: 3,
+                }],
+            }],
+            fields: ValueNode { v: &fields },
+            photos: vec![],
+            history: vec![],
+            amendments: vec![AmendmentRow {
+                path: HOSTILE.into(),
+                device: "abcdef01".into(),
+                seq: 4,
+                after_lock: false,
+            }],
+            clocks: Clocks::default(),
+        };
+        let html = view.render().unwrap();
+        no_injected_markup(&html);
+        // The field key (`_` read as a space), its value, the nested
+        // array's and object's strings, the error, the signed-in name and
+        // unit, the title, the conflict and the amendment.
+        assert!(html.contains(&format!("<dt>{ESCAPED}</dt><dd>{ESCAPED}</dd>")));
+        assert!(html.contains(&format!("<dt>narrative</dt><dd>{ESCAPED}</dd>")));
+        assert!(html.contains(&format!(
+            "<dt>nested</dt><dd><div><div>{ESCAPED}</div></div><div><dl><dt>inner key</dt>\
+             <dd><div>{ESCAPED}</div></dd></dl></div></dd>"
+        )));
+        assert!(html.contains(&format!("<p class=error role=alert>{ESCAPED}</p>")));
+        assert!(html.contains(&format!("<span>Sgt {ESCAPED} · D9{ESCAPED}</span>")));
+        assert!(html.contains(&format!("<title>{ESCAPED} · FieldReport</title>")));
+        assert!(html.contains(&format!("<tr><td>{ESCAPED}</td><td>&#34;")));
+        assert!(html.contains(&format!(
+            "<tr><td>{ESCAPED}</td><td>abcdef01:4</td><td>after submission</td></tr>"
+        )));
+        // Every form carries the token (under the name the guard reads);
+        // the actions of a submitted report.
+        assert!(html.contains(&["name=", CSRF_FIELD, " value="].concat()));
+        assert_eq!(
+            html.matches("<input type=hidden name=csrf value=\"0123abcd\">")
+                .count(),
+            4,
+            "sign out, return, approve, review: {html}"
+        );
+        assert!(html.contains("<h1>Report <code>00000000</code> <span class=\"badge submitted\">submitted</span></h1>"));
+        assert!(html.contains("Return to officer") && !html.contains("No action in this state."));
+        assert!(html.contains("<tr><td>No clock flagged.</td></tr>"));
+        assert!(html.contains("<section><h2>Photos</h2><p>None.</p></section>"));
+    }
+
+    #[test]
+    fn an_inbox_row_escapes_the_officer_name() {
+        let row = || InboxRow {
+            id: "11111111-2222-3333-4444-555555555555".into(),
+            short: "11111111".into(),
+            lifecycle: LifecycleState::Submitted.as_str(),
+            officer: HOSTILE.into(),
+            updated: "2026-11-24 12:00 CST".into(),
+            conflicts: 2,
+            review: ReviewStatus::Overdue,
+            due: "—".into(),
+        };
+        let rows = InboxRows { rows: vec![row()] }.render().unwrap();
+        assert_eq!(
+            rows,
+            format!(
+                "<tr data-report=\"11111111-2222-3333-4444-555555555555\"><td>\
+                 <a href=\"/dashboard/reports/11111111-2222-3333-4444-555555555555\">11111111</a></td>\
+                 <td><span class=\"badge submitted\">submitted</span></td><td>{ESCAPED}</td>\
+                 <td>2026-11-24 12:00 CST</td><td>2 to settle</td>\
+                 <td><span class=overdue>overdue</span></td></tr>"
+            )
+        );
+        assert_eq!(
+            InboxRows { rows: vec![] }.render().unwrap(),
+            "<tr><td colspan=6>No reports from the unit yet.</td></tr>"
+        );
+        // The page holds the same rows, under a hostile signed-in name.
+        let html = InboxPage {
+            chrome: hostile_chrome("Inbox"),
+            rows: vec![row()],
+        }
+        .render()
+        .unwrap();
+        no_injected_markup(&html);
+        assert!(
+            html.contains(&format!("<tbody id=inbox>{rows}</tbody>")),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn sign_in_and_refusal_pages() {
+        let html = LoginPage {
+            chrome: Chrome::signed_out("Sign in"),
+            error: Some(HOSTILE),
+        }
+        .render()
+        .unwrap();
+        no_injected_markup(&html);
+        assert!(html.contains(&format!("<p class=error role=alert>{ESCAPED}</p>")));
+        assert!(!html.contains("Sign out") && !html.contains("name=csrf"));
+        let html = LoginPage {
+            chrome: Chrome::signed_out("Sign in"),
+            error: None,
+        }
+        .render()
+        .unwrap();
+        assert!(!html.contains("role=alert") && html.contains("name=code"));
+        let html = RefusedPage {
+            chrome: Chrome::signed_out("Refused"),
+        }
+        .render()
+        .unwrap();
+        assert!(html.contains(
+            "<p class=error role=alert>This form did not come from this dashboard's own page"
+        ));
+    }
 }
