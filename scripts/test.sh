@@ -13,7 +13,8 @@
 #   npm:   playwright-core (under ~/.cache/fieldreport/playwright)
 #   PyPI:  bagit (bagit.py --validate)       evidence bag checks,
 #          schemathesis                      API fuzzing, and
-#          openapi-spec-validator            the OpenAPI description, in a
+#          openapi-spec-validator            the OpenAPI description,
+#          openapi-python-client             a client generated from it, in a
 #                                            venv under ~/.cache/fieldreport
 #   PostgreSQL 15 (installed on the machine, not running): a cluster in a
 #   temporary directory, stopped and removed on exit

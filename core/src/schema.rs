@@ -2,8 +2,9 @@
 //! engines. Each keeps its steps as numbered files (`NNNN_name.sql`, step N
 //! upgrades version N-1 to N) included into a [`Migrations`] list; it
 //! records its version (`PRAGMA user_version` on SQLite, a `schema_version`
-//! row on PostgreSQL), runs every pending step in its own transaction
-//! together with the version bump, and refuses a schema written by a newer
+//! row on PostgreSQL), runs the pending steps with the version bump in a
+//! transaction (one per step on SQLite; all of them in one on PostgreSQL,
+//! where DDL is transactional), and refuses a schema written by a newer
 //! build before touching anything.
 //!
 //! Why not `refinery` or `rusqlite_migration`: both pin rusqlite below the
@@ -86,16 +87,17 @@ impl Migrations {
     /// added as a file but not listed (or listed out of order) fails the
     /// crate's tests instead of being skipped in the field.
     pub fn check_dir(&self, dir: &Path) -> std::result::Result<(), String> {
-        let mut files: Vec<(String, String)> = std::fs::read_dir(dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".sql"))
-            .map(|n| {
-                let text = std::fs::read_to_string(dir.join(&n)).unwrap_or_default();
-                (n, text)
-            })
-            .collect();
+        let mut files: Vec<(String, String)> = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+            let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".sql") {
+                continue;
+            }
+            let text = std::fs::read_to_string(entry.path())
+                .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+            files.push((name, text));
+        }
         files.sort();
         if files.len() != self.steps.len() {
             return Err(format!(

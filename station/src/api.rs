@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -64,10 +65,13 @@ fn api_routes() -> OpenApiRouter<AppState> {
 /// The OpenAPI 3.1 description of the API, as served.
 pub fn openapi_json() -> &'static str {
     static DOC: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        api_routes()
-            .into_openapi()
-            .to_pretty_json()
-            .unwrap_or_else(|_| "{}".into())
+        let mut api = api_routes().into_openapi();
+        // After the routes: a modifier of `ApiDoc` runs before they exist.
+        ServerErrors.modify(&mut api);
+        api.to_pretty_json().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the OpenAPI description does not serialise");
+            "{}".into()
+        })
     });
     DOC.as_str()
 }
@@ -97,6 +101,49 @@ impl Modify for DeviceAuth {
     }
 }
 
+/// What any operation may answer besides its own statuses: an internal
+/// error (500), and the database out of reach for now (503, retry).
+struct ServerErrors;
+
+impl Modify for ServerErrors {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let error = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for item in api.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let responses = &mut op.responses.responses;
+                responses
+                    .entry("500".into())
+                    .or_insert_with(|| error("internal error"));
+                responses
+                    .entry("503".into())
+                    .or_insert_with(|| error("the database is out of reach for now: retry"));
+            }
+        }
+    }
+}
+
 /// A body of raw bytes in the description (media chunks, archives).
 #[derive(utoipa::ToSchema)]
 #[schema(value_type = String, format = Binary)]
@@ -109,6 +156,15 @@ pub fn router(state: AppState) -> Router {
         // layer wraps everything, unknown paths (the fallback) included.
         .route_layer(axum::middleware::from_fn(crate::audit::note_route))
         .fallback(|| async { StationError::NotFound })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(ErrorBody {
+                    error: "method_not_allowed".into(),
+                    message: "this path does not take that method".into(),
+                }),
+            )
+        })
         .layer(axum::middleware::from_fn(
             crate::dashboard::security_headers,
         ))
@@ -182,6 +238,18 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json())
 }
 
+/// A request body, or our JSON error when it is over the route's limit or
+/// cannot be read (axum's own refusal would be plain text).
+fn read_body(body: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            StationError::TooLarge("request body over this endpoint's limit".into())
+        } else {
+            StationError::BadRequest("unreadable_body", "request body could not be read".into())
+        }
+    })
+}
+
 /// Parses a JSON body ourselves, so malformed JSON gets our error body.
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
     serde_json::from_slice(body).map_err(|e| {
@@ -209,13 +277,13 @@ impl ClassifyName for serde_json::Error {
 
 #[utoipa::path(post, path = "/v1/enroll", security(()),
     request_body = EnrollRequest,
-    responses((status = 200, description = "enrolled", body = EnrollResponse), (status = 400, description = "refused", body = ErrorBody), (status = 409, description = "refused", body = ErrorBody), (status = 422, description = "`invalid_code`, `code_used`, `code_expired`, `bad_key`", body = ErrorBody)))]
+    responses((status = 200, description = "enrolled", body = EnrollResponse), (status = 400, description = "refused", body = ErrorBody), (status = 409, description = "refused", body = ErrorBody), (status = 413, description = "body over 2 MiB", body = ErrorBody), (status = 422, description = "`invalid_code`, `code_used`, `code_expired`, `bad_key` (64 hex characters that are no usable Ed25519 key)", body = ErrorBody)))]
 async fn enroll(
     State(s): State<AppState>,
     axum::Extension(actor): axum::Extension<AuditActor>,
-    body: Bytes,
+    body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Json<EnrollResponse>> {
-    let req: EnrollRequest = parse(&body)?;
+    let req: EnrollRequest = parse(&read_body(body)?)?;
     let mut key = [0u8; 32];
     hex::decode_to_slice(&req.public_key, &mut key).map_err(|_| {
         StationError::BadRequest("bad_key", "public_key must be 64 hex characters".into())
@@ -232,7 +300,7 @@ async fn enroll(
 }
 
 #[utoipa::path(get, path = "/v1/devices",
-    description = "Directory of enrolled devices: every key, role and unit; names and star numbers only of the caller and of authors of changes it may see (others have empty ones and a person_digest)",
+    description = "Directory of enrolled devices: every key, role and unit; names and star numbers only of the caller and of authors of changes it may see (others have empty ones and a person_digest). Only the caller's own record carries its person_secret",
     responses((status = 200, description = "devices", body = DevicesResponse), (status = 401, description = "refused", body = ErrorBody)))]
 async fn devices(State(s): State<AppState>, Device(d): Device) -> Result<Json<DevicesResponse>> {
     Ok(Json(DevicesResponse {
@@ -241,17 +309,18 @@ async fn devices(State(s): State<AppState>, Device(d): Device) -> Result<Json<De
 }
 
 #[utoipa::path(post, path = "/v1/changes",
-    description = "Push a batch of signed changes (at most 1000; idempotent; accepted whole or refused whole). Optional header x-fieldreport-device-time: the device clock (ms); a clock more than 2 minutes off is flagged on the reports (see receipts), never refused",
+    description = "Push a batch of signed changes (at most 1000; idempotent; accepted whole or refused whole). Optional header x-fieldreport-device-time: the device clock (ms, an integer; anything else refuses the push with 400 `bad_header`); a clock more than 2 minutes off is flagged on the reports (see receipts), never refused",
     params(("x-fieldreport-device-time" = Option<i64>, Header, description = "the device's wall clock (ms since the epoch) when it sent the push")),
     request_body = PushRequest,
-    responses((status = 200, description = "stored", body = PushResponse), (status = 400, description = "refused", body = ErrorBody), (status = 401, description = "refused", body = ErrorBody), (status = 403, description = "`not_permitted`: a change its author may not make (lifecycle or supervisor field by the wrong role or unit); `device_revoked`: a new change signed by a revoked device, whoever pushes it (changes accepted before the revocation stay valid and re-sending them counts as duplicates)", body = ErrorBody), (status = 409, description = "refused", body = ErrorBody), (status = 413, description = "refused", body = ErrorBody), (status = 422, description = "a change that does not verify or does not fit the report schema", body = ErrorBody)))]
+    responses((status = 200, description = "stored", body = PushResponse), (status = 400, description = "refused", body = ErrorBody), (status = 401, description = "refused", body = ErrorBody), (status = 403, description = "`not_permitted`: a change its author may not make (lifecycle or supervisor field by the wrong role or unit); `device_revoked`: a new change signed by a revoked device, whoever pushes it (changes accepted before the revocation stay valid and re-sending them counts as duplicates)", body = ErrorBody), (status = 409, description = "refused", body = ErrorBody), (status = 413, description = "refused", body = ErrorBody), (status = 422, description = "a change that does not verify or does not fit the report schema", body = ErrorBody), (status = 507, description = "`storage_full`: the station's disk is full; nothing was stored, retry later", body = ErrorBody)))]
 async fn push(
     State(s): State<AppState>,
     axum::Extension(actor): axum::Extension<AuditActor>,
     Device(d): Device,
     headers: axum::http::HeaderMap,
-    body: Bytes,
+    body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Json<PushResponse>> {
+    let body = read_body(body)?;
     let device = d.record.device_id;
     let result = async {
         // Read before anything is stored: a malformed header refuses the
@@ -628,14 +697,15 @@ struct ChunkQuery {
     description = "Upload a chunk (at most 8 MiB) at the offset the station holds; the SHA-256 is verified when complete",
     params(MediaPath, ChunkQuery),
     request_body(content = Binary, content_type = "application/octet-stream"),
-    responses((status = 200, description = "status", body = MediaStatus), (status = 400, description = "refused", body = ErrorBody), (status = 401, description = "refused", body = ErrorBody), (status = 409, description = "refused", body = ErrorBody), (status = 413, description = "refused", body = ErrorBody), (status = 422, description = "refused", body = ErrorBody)))]
+    responses((status = 200, description = "status", body = MediaStatus), (status = 400, description = "refused", body = ErrorBody), (status = 401, description = "refused", body = ErrorBody), (status = 409, description = "refused", body = ErrorBody), (status = 413, description = "refused", body = ErrorBody), (status = 422, description = "refused", body = ErrorBody), (status = 507, description = "`storage_full`: the station's disk is full; retry later", body = ErrorBody)))]
 async fn media_put(
     State(s): State<AppState>,
     _d: Device,
     Path(sha): Path<String>,
     q: std::result::Result<Query<ChunkQuery>, axum::extract::rejection::QueryRejection>,
-    body: Bytes,
+    body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Json<MediaStatus>> {
+    let body = read_body(body)?;
     let Query(q) = q.map_err(|_| {
         StationError::BadRequest("bad_query", "offset and total are required integers".into())
     })?;
@@ -740,5 +810,26 @@ mod tests {
             .find(|p| p["name"] == "limit")
             .unwrap();
         assert_eq!(limit["schema"]["maximum"], super::MAX_PULL_LIMIT);
+        let total = doc["paths"]["/v1/media/{sha}"]["put"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "total")
+            .unwrap();
+        assert_eq!(
+            total["schema"]["maximum"].as_f64(),
+            Some(crate::storage::common::MAX_MEDIA_BYTES as f64)
+        );
+        assert_eq!(
+            doc["components"]["schemas"]["PushRequest"]["properties"]["changes"]["maxItems"],
+            super::MAX_PUSH_CHANGES
+        );
+        // Every operation may answer 500 and 503 with the error body.
+        for item in doc["paths"].as_object().unwrap().values() {
+            for op in item.as_object().unwrap().values() {
+                assert!(op["responses"]["503"].is_object(), "{op}");
+                assert!(op["responses"]["500"].is_object(), "{op}");
+            }
+        }
     }
 }

@@ -235,6 +235,18 @@ impl TestStation {
         self.station = Some(station);
     }
 
+    /// The body of a GET of `path` (no credential), refused statuses failing.
+    pub fn get_text(&self, path: &str) -> String {
+        self.http()
+            .get(format!("{}{path}", self.url))
+            .send()
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.station.as_ref().unwrap().addr
     }
@@ -332,6 +344,23 @@ impl Device {
 
     pub fn dir(&self) -> PathBuf {
         self.store.dir().to_path_buf()
+    }
+
+    /// Attaches a JPEG of `bytes` to `report`; its SHA-256.
+    pub fn attach_photo(&self, report: uuid::Uuid, name: &str, bytes: Vec<u8>) -> String {
+        let photo = self.dir().join(name);
+        std::fs::write(&photo, bytes).unwrap();
+        self.store
+            .attach_media(
+                report,
+                &photo,
+                fieldreport_core::store::MediaMeta {
+                    mime_type: "image/jpeg".into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .sha256
     }
 }
 

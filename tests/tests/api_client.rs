@@ -6,7 +6,6 @@
 
 use std::process::Command;
 
-use fieldreport_core::store::MediaMeta;
 use fieldreport_core::{Role, Value};
 use fieldreport_e2e::*;
 
@@ -67,35 +66,14 @@ fn a_generated_python_client_reads_a_live_station() {
     ] {
         a.store.set_field(r, field, value).unwrap();
     }
-    let photo = a.dir().join("p.jpg");
-    std::fs::write(&photo, vec![3u8; 10_000]).unwrap();
-    let sha = a
-        .store
-        .attach_media(
-            r,
-            &photo,
-            MediaMeta {
-                mime_type: "image/jpeg".into(),
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .sha256;
+    let sha = a.attach_photo(r, "p.jpg", vec![3u8; 10_000]);
     a.store.submit(r).unwrap();
     a.sync();
     let pushed = a.store.report_changes(r).unwrap().len();
 
     // The description as the station serves it, not as the crate builds it.
     let work = tempfile::tempdir().unwrap();
-    let doc = st
-        .http()
-        .get(format!("{}/v1/openapi.json", st.url))
-        .send()
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .text()
-        .unwrap();
+    let doc = st.get_text("/v1/openapi.json");
     let spec = work.path().join("openapi.json");
     std::fs::write(&spec, doc).unwrap();
     let gen = Command::new(&generator)

@@ -15,7 +15,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use fieldreport_core::store::{MediaMeta, Store};
+use fieldreport_core::store::Store;
 use fieldreport_core::{DeviceIdentity, LifecycleState, Role, Value};
 use fieldreport_e2e::*;
 use fieldreport_station::accounts;
@@ -302,20 +302,7 @@ fn no_secret_in_the_clear_and_no_file_readable_by_others() {
     ] {
         officer.store.set_field(r, p, v).unwrap();
     }
-    let photo = officer.dir().join("photo.jpg");
-    std::fs::write(&photo, vec![0x5au8; 150_000]).unwrap();
-    let sha = officer
-        .store
-        .attach_media(
-            r,
-            &photo,
-            MediaMeta {
-                mime_type: "image/jpeg".into(),
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .sha256;
+    let sha = officer.attach_photo(r, "photo.jpg", vec![0x5au8; 150_000]);
     officer.store.submit(r).unwrap();
     officer.sync();
     // A new dashboard account.

@@ -3,7 +3,6 @@
 //! enrollments, lifecycle steps and dashboard sign-ins are recorded; the log
 //! cannot be changed and holds no personal data.
 
-use fieldreport_core::store::MediaMeta;
 use fieldreport_core::{Role, Value};
 use fieldreport_e2e::*;
 use fieldreport_station::accounts::create_account;
@@ -36,20 +35,7 @@ fn every_read_every_refusal_and_every_step_is_audited() {
     ] {
         officer.store.set_field(r, p, v).unwrap();
     }
-    let photo = officer.dir().join("p.jpg");
-    std::fs::write(&photo, vec![7u8; 50_000]).unwrap();
-    let sha = officer
-        .store
-        .attach_media(
-            r,
-            &photo,
-            MediaMeta {
-                mime_type: "image/jpeg".into(),
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .sha256;
+    let sha = officer.attach_photo(r, "p.jpg", vec![7u8; 50_000]);
     officer.store.submit(r).unwrap();
     officer.sync();
     sup.sync();

@@ -694,9 +694,8 @@ fn read_fixture(engine: &str, v: i64) -> String {
     let path = station_fixture(engine, v);
     std::fs::read_to_string(&path).unwrap_or_else(|_| {
         panic!(
-            "missing {}: run `cargo test -p fieldreport-e2e --test conformance -- --ignored write_station_fixtures` before adding step {}",
-            path.display(),
-            v + 1
+            "missing {}: after adding step {v}, save it with `cargo test -p fieldreport-e2e --test conformance -- --ignored write_station_fixtures`",
+            path.display()
         )
     })
 }
@@ -743,21 +742,6 @@ fn postgres_rows(url: &str) -> BTreeMap<String, i64> {
         .collect()
 }
 
-/// Every row counted before the upgrade is there after it.
-fn assert_rows_kept(
-    engine: &str,
-    v: i64,
-    before: &BTreeMap<String, i64>,
-    after: &BTreeMap<String, i64>,
-) {
-    for (table, n) in before {
-        if table == "schema_version" {
-            continue;
-        }
-        assert_eq!(after.get(table), Some(n), "{engine} v{v}: rows of {table}");
-    }
-}
-
 /// pg_dump's plain output without its psql meta-commands (`\restrict`).
 fn pg_sql(dump: &str) -> String {
     dump.lines()
@@ -767,15 +751,26 @@ fn pg_sql(dump: &str) -> String {
 }
 
 fn pg_dump(url: &str) -> String {
+    pg_dump_with(url, &["--inserts"])
+}
+
+/// The schema alone, without pg_dump's comments: two databases with the
+/// same tables, columns, types, defaults, constraints, indexes, functions
+/// and triggers give the same text.
+fn pg_schema_dump(url: &str) -> String {
+    pg_dump_with(url, &["--schema-only"])
+        .lines()
+        .filter(|l| !l.starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn pg_dump_with(url: &str, args: &[&str]) -> String {
     let bin = std::env::var("FR_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
     let out = std::process::Command::new(format!("{bin}/pg_dump"))
-        .args([
-            "--no-owner",
-            "--no-privileges",
-            "--inserts",
-            "--dbname",
-            url,
-        ])
+        .args(["--no-owner", "--no-privileges"])
+        .args(args)
+        .args(["--dbname", url])
         .output()
         .expect("run pg_dump (set FR_PG_BIN to its directory)");
     assert!(
@@ -786,35 +781,56 @@ fn pg_dump(url: &str) -> String {
     pg_sql(&String::from_utf8(out.stdout).unwrap())
 }
 
-/// Not a check: a tool run by hand before adding a station migration
+/// Not a check: a tool run by hand after adding a station migration
 /// (ignored, so it never shows as a passing test). It writes only the
-/// fixtures that are missing; the PostgreSQL ones need
-/// `FR_TEST_DATABASE_URL`.
+/// fixtures that are missing: the new current version holds the
+/// scenario's rows; an older version missing here (as when the fixtures
+/// began) gets the schema of its steps and the scenario's rows in the
+/// columns it had. The PostgreSQL ones need `FR_TEST_DATABASE_URL` and
+/// `pg_dump` (`FR_PG_BIN`, default /usr/lib/postgresql/15/bin).
 #[test]
-#[ignore = "writes tests/fixtures/station/; run by hand before adding a station migration"]
+#[ignore = "writes tests/fixtures/station/; run by hand after adding a station migration"]
 fn write_station_fixtures() {
     use fieldreport_station::storage::{postgres as pg, sqlite};
     std::fs::create_dir_all(station_fixture("sqlite", 0).parent().unwrap()).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(T0);
+    let rows = SqliteStorage::open_with_clock(&work.path().join("rows"), clock.clone()).unwrap();
+    scenario(&rows, clock);
+    let rows_db = work.path().join("rows").join("station.db");
     let current = sqlite::MIGRATIONS.current();
     for v in 1..=current {
         let path = station_fixture("sqlite", v);
         if path.exists() {
             continue;
         }
-        let dir = tempfile::tempdir().unwrap();
         let dump = if v == current {
-            let clock = ManualClock::at(T0);
-            let storage = SqliteStorage::open_with_clock(dir.path(), clock.clone()).unwrap();
-            scenario(&storage, clock);
-            let c = storage.engine().reader();
-            fieldreport_core::schema::dump_sqlite(&c).unwrap()
+            fieldreport_core::schema::dump_sqlite(&rows.engine().reader()).unwrap()
         } else {
+            let dir = tempfile::tempdir().unwrap();
             let c = rusqlite::Connection::open(dir.path().join("station.db")).unwrap();
             for s in 1..=v {
                 c.execute_batch(sqlite::MIGRATIONS.step(s).unwrap().sql)
                     .unwrap();
             }
             c.pragma_update(None, "user_version", v).unwrap();
+            c.execute("ATTACH DATABASE ?1 AS rows", [rows_db.to_str().unwrap()])
+                .unwrap();
+            for (table, _) in sqlite_rows(&c) {
+                let cols: Vec<String> = c
+                    .prepare(&format!("PRAGMA main.table_info(\"{table}\")"))
+                    .unwrap()
+                    .query_map([], |r| r.get::<_, String>(1))
+                    .unwrap()
+                    .map(|r| format!("\"{}\"", r.unwrap()))
+                    .collect();
+                let cols = cols.join(", ");
+                c.execute_batch(&format!(
+                    "INSERT INTO main.\"{table}\" ({cols}) SELECT {cols} FROM rows.\"{table}\""
+                ))
+                .unwrap();
+            }
+            c.execute_batch("DETACH DATABASE rows").unwrap();
             fieldreport_core::schema::dump_sqlite(&c).unwrap()
         };
         std::fs::write(&path, dump).unwrap();
@@ -822,32 +838,128 @@ fn write_station_fixtures() {
     let Some(server) = fieldreport_e2e::postgres_url() else {
         return;
     };
+    let rows_url = fresh_database(&server);
+    let clock = ManualClock::at(T0);
+    let rows = PostgresStorage::open_with_clock(&rows_url, &work.path().join("pg"), clock.clone())
+        .unwrap();
+    scenario(&rows, clock);
+    let mut from = postgres::Client::connect(&rows_url, postgres::NoTls).unwrap();
     let current = pg::MIGRATIONS.current();
     for v in 1..=current {
         let path = station_fixture("postgres", v);
         if path.exists() {
             continue;
         }
-        let url = fresh_database(&server);
         if v == current {
-            let dir = tempfile::tempdir().unwrap();
-            let clock = ManualClock::at(T0);
-            let storage =
-                PostgresStorage::open_with_clock(&url, dir.path(), clock.clone()).unwrap();
-            scenario(&storage, clock);
-        } else {
-            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-            for s in 1..=v {
-                c.batch_execute(pg::MIGRATIONS.step(s).unwrap().sql)
-                    .unwrap();
+            std::fs::write(&path, pg_dump(&rows_url)).unwrap();
+            continue;
+        }
+        let url = fresh_database(&server);
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        for s in 1..=v {
+            c.batch_execute(pg::MIGRATIONS.step(s).unwrap().sql)
+                .unwrap();
+        }
+        c.batch_execute(&format!(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES ({v});"
+        ))
+        .unwrap();
+        // The scenario's rows, in the columns this version had (JSON keys
+        // of later columns are ignored by json_populate_recordset).
+        for (table, _) in postgres_rows(&url) {
+            if table == "schema_version" {
+                continue;
             }
+            let json: String = from
+                .query_one(
+                    &format!("SELECT coalesce(json_agg(t), '[]')::text FROM public.\"{table}\" t"),
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            c.execute(
+                &format!(
+                    "INSERT INTO public.\"{table}\" SELECT * FROM json_populate_recordset(NULL::public.\"{table}\", $1::text::json)"
+                ),
+                &[&json],
+            )
+            .unwrap();
+        }
+        // Sequences where the rows left them, as a real database has them.
+        for r in c
+            .query(
+                "SELECT table_name::text, column_name::text FROM information_schema.columns
+                 WHERE table_schema = 'public' AND column_default LIKE 'nextval%'",
+                &[],
+            )
+            .unwrap()
+        {
+            let (table, column): (String, String) = (r.get(0), r.get(1));
             c.batch_execute(&format!(
-                "CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES ({v});"
+                "SELECT setval(pg_get_serial_sequence('public.\"{table}\"', '{column}'), max(\"{column}\")) FROM public.\"{table}\" HAVING max(\"{column}\") IS NOT NULL"
             ))
             .unwrap();
         }
+        drop(c);
         std::fs::write(&path, pg_dump(&url)).unwrap();
     }
+}
+
+/// Every table's rows; the log (`changes`) compared byte for byte.
+fn assert_kept(
+    what: &str,
+    before: &BTreeMap<String, i64>,
+    after: &BTreeMap<String, i64>,
+    log_before: &[Vec<u8>],
+    log_after: &[Vec<u8>],
+) {
+    for (table, n) in before {
+        if table == "schema_version" {
+            continue;
+        }
+        assert_eq!(after.get(table), Some(n), "{what}: rows of {table}");
+    }
+    assert_eq!(
+        log_before, log_after,
+        "{what}: the signed log, byte for byte"
+    );
+}
+
+/// The upgraded schema is exactly a fresh one: every table, column (with
+/// its declared type and default), index and trigger as SQLite stores it.
+fn sqlite_master(c: &rusqlite::Connection) -> Vec<(String, String, String)> {
+    c.prepare(
+        "SELECT type, name, coalesce(sql, '') FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name",
+    )
+    .unwrap()
+    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    .unwrap()
+    .map(|r| r.unwrap())
+    .collect()
+}
+
+fn sqlite_log(c: &rusqlite::Connection) -> Vec<Vec<u8>> {
+    c.prepare("SELECT hash, body, signature FROM changes ORDER BY id")
+        .unwrap()
+        .query_map([], |r| {
+            Ok([r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get(2)?].concat())
+        })
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+fn postgres_log(url: &str) -> Vec<Vec<u8>> {
+    postgres::Client::connect(url, postgres::NoTls)
+        .unwrap()
+        .query(
+            "SELECT hash || body || signature FROM changes ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }
 
 #[test]
@@ -855,35 +967,35 @@ fn every_saved_sqlite_station_database_upgrades_and_keeps_its_rows() {
     use fieldreport_station::storage::sqlite;
     let fresh_dir = tempfile::tempdir().unwrap();
     let fresh = SqliteStorage::open_with_clock(fresh_dir.path(), ManualClock::at(T0)).unwrap();
-    let want = sqlite_schema(&fresh);
-    let mut rows_seen = 0;
+    let want = sqlite_master(&fresh.engine().reader());
     for v in 1..=sqlite::MIGRATIONS.current() {
         let sql = read_fixture("sqlite", v);
         let dir = tempfile::tempdir().unwrap();
-        let before = {
+        let (before, log) = {
             let c = rusqlite::Connection::open(dir.path().join("station.db")).unwrap();
             c.execute_batch(&sql).unwrap();
-            sqlite_rows(&c)
+            (sqlite_rows(&c), sqlite_log(&c))
         };
+        assert!(
+            log.len() >= 2,
+            "sqlite v{v}: the fixture holds the scenario's log"
+        );
         let storage = SqliteStorage::open_with_clock(dir.path(), ManualClock::at(T0))
             .unwrap_or_else(|e| panic!("sqlite v{v} does not open: {e}"));
-        let after = sqlite_rows(&storage.engine().reader());
-        assert_rows_kept("sqlite", v, &before, &after);
-        rows_seen += before.values().sum::<i64>();
-        let got = sqlite_schema(&storage);
-        assert_eq!(
-            got.keys().collect::<Vec<_>>(),
-            want.keys().collect::<Vec<_>>(),
-            "sqlite v{v}: tables"
+        let c = storage.engine().reader();
+        assert_kept(
+            &format!("sqlite v{v}"),
+            &before,
+            &sqlite_rows(&c),
+            &log,
+            &sqlite_log(&c),
         );
-        for (table, facts) in &want {
-            assert_eq!(got.get(table), Some(facts), "sqlite v{v}: table {table}");
-        }
+        assert_eq!(
+            sqlite_master(&c),
+            want,
+            "sqlite v{v}: the schema of a fresh database"
+        );
     }
-    assert!(
-        rows_seen > 20,
-        "the current fixture holds the scenario's rows"
-    );
 }
 
 #[test]
@@ -896,8 +1008,7 @@ fn every_saved_postgres_station_database_upgrades_and_keeps_its_rows() {
     let fresh = fresh_database(&server);
     PostgresStorage::open_with_clock(&fresh, &dir.path().join("fresh"), ManualClock::at(T0))
         .unwrap();
-    let want = postgres_schema(&fresh);
-    let mut rows_seen = 0;
+    let want = pg_schema_dump(&fresh);
     for v in 1..=pg::MIGRATIONS.current() {
         let sql = read_fixture("postgres", v);
         let url = fresh_database(&server);
@@ -905,27 +1016,28 @@ fn every_saved_postgres_station_database_upgrades_and_keeps_its_rows() {
             .unwrap()
             .batch_execute(&pg_sql(&sql))
             .unwrap();
-        let before = postgres_rows(&url);
+        let (before, log) = (postgres_rows(&url), postgres_log(&url));
+        assert!(
+            log.len() >= 2,
+            "postgres v{v}: the fixture holds the scenario's log"
+        );
         PostgresStorage::open_with_clock(
             &url,
             &dir.path().join(format!("v{v}")),
             ManualClock::at(T0),
         )
         .unwrap_or_else(|e| panic!("postgres v{v} does not open: {e}"));
-        assert_rows_kept("postgres", v, &before, &postgres_rows(&url));
-        rows_seen += before.values().sum::<i64>();
-        let got = postgres_schema(&url);
-        assert_eq!(
-            got.keys().collect::<Vec<_>>(),
-            want.keys().collect::<Vec<_>>(),
-            "postgres v{v}: tables"
+        assert_kept(
+            &format!("postgres v{v}"),
+            &before,
+            &postgres_rows(&url),
+            &log,
+            &postgres_log(&url),
         );
-        for (table, facts) in &want {
-            assert_eq!(got.get(table), Some(facts), "postgres v{v}: table {table}");
-        }
+        assert_eq!(
+            pg_schema_dump(&url),
+            want,
+            "postgres v{v}: the schema of a fresh database (pg_dump --schema-only)"
+        );
     }
-    assert!(
-        rows_seen > 20,
-        "the current fixture holds the scenario's rows"
-    );
 }

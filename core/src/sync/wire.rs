@@ -18,7 +18,7 @@ pub struct WireChange {
     #[cfg_attr(feature = "openapi", schema(format = Byte, min_length = 4))]
     pub body: String,
     /// Ed25519 signature, base64 (64 bytes: 86 characters and `==`).
-    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9+/]{86}==$"))]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9+/]{85}[AQgw]==$"))]
     pub signature: String,
 }
 
@@ -82,6 +82,8 @@ pub struct DevicesResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PushRequest {
+    /// At most 1000 (the station's `MAX_PUSH_CHANGES`).
+    #[cfg_attr(feature = "openapi", schema(max_items = 1000))]
     pub changes: Vec<WireChange>,
 }
 

@@ -111,11 +111,12 @@ pub fn ed25519_key(bytes: &[u8; 32]) -> Result<[u8; 32]> {
             unit: String::new(),
         },
     };
+    // 64 hex characters that are no usable key: well-formed, unprocessable.
     let key = rec
         .verifying_key()
-        .map_err(|_| StationError::BadRequest("bad_key", "not an Ed25519 public key".into()))?;
+        .map_err(|_| StationError::Unprocessable("bad_key", "not an Ed25519 public key".into()))?;
     if key.is_weak() {
-        return Err(StationError::BadRequest(
+        return Err(StationError::Unprocessable(
             "bad_key",
             "weak public key".into(),
         ));
