@@ -537,15 +537,18 @@ const ONLY_SQLITE: &[(&str, &str)] = &[
     ("changes", "acked"),
 ];
 
-fn sqlite_schema(storage: &SqliteStorage) -> Schema {
-    let c = storage.engine().reader();
-    let tables: Vec<String> = c
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+fn sqlite_tables(c: &rusqlite::Connection) -> Vec<String> {
+    c.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
         .map(|r| r.unwrap())
-        .collect();
+        .collect()
+}
+
+fn sqlite_schema(storage: &SqliteStorage) -> Schema {
+    let c = storage.engine().reader();
+    let tables = sqlite_tables(&c);
     let mut out = Schema::new();
     for t in tables {
         let mut facts = TableFacts::default();
@@ -701,13 +704,7 @@ fn read_fixture(engine: &str, v: i64) -> String {
 }
 
 fn sqlite_rows(c: &rusqlite::Connection) -> BTreeMap<String, i64> {
-    let tables: Vec<String> = c
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let tables = sqlite_tables(c);
     tables
         .into_iter()
         .map(|t| {
