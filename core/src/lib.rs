@@ -17,6 +17,7 @@ pub mod model;
 pub mod schema;
 pub mod store;
 pub mod sync;
+pub mod tlog;
 
 pub use crdt::{Change, ChangeId, Edit};
 pub use error::{Error, Result};
