@@ -217,10 +217,9 @@ impl NoteVerifier {
     }
 
     pub fn parse(text: &str) -> Result<Self, LogError> {
-        let mut parts = text.trim().split('+');
-        let (Some(name), Some(id), Some(key), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        // The base64 key may hold '+' itself: name and id first.
+        let mut parts = text.trim().splitn(3, '+');
+        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(LogError::MalformedKey);
         };
         let raw = B64.decode(key).map_err(|_| LogError::MalformedKey)?;
@@ -520,6 +519,11 @@ mod tests {
         let bent = cp.note.replacen("\n7\n", "\n8\n", 1);
         assert!(SignedCheckpoint::verify(bent.as_bytes(), &ok).is_err());
         assert_eq!(NoteVerifier::parse(&ok.encode()).unwrap(), ok);
+        // Keys whose base64 holds '+' round-trip too.
+        for b in 0..=255u8 {
+            let v = NoteVerifier::new(origin, key(b).verifying_key()).unwrap();
+            assert_eq!(NoteVerifier::parse(&v.encode()).unwrap(), v);
+        }
     }
 
     #[test]

@@ -60,6 +60,10 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(public_page))
         .routes(routes!(public_csv))
         .routes(routes!(public_css))
+        .routes(routes!(log_checkpoint))
+        .routes(routes!(log_key))
+        .routes(routes!(log_consistency))
+        .routes(routes!(log_inclusion))
 }
 
 /// The OpenAPI 3.1 description of the API, as served.
@@ -404,6 +408,7 @@ async fn push(
             Ok(Json(PushResponse {
                 applied: outcome.applied,
                 duplicates: outcome.duplicates,
+                log: outcome.log,
             }))
         }
         Err(e) => {
@@ -615,6 +620,80 @@ async fn public_css() -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/v1/log/checkpoint", security(()),
+    description = "The log's newest checkpoint: a C2SP signed note (tlog-checkpoint text: origin, tree size, base64 root; a blank line; the log key's Ed25519 signature line). See docs/log.md",
+    responses((status = 200, description = "signed note", content_type = "text/plain", body = String), (status = 404, description = "the log is empty", body = ErrorBody)))]
+async fn log_checkpoint(State(s): State<AppState>) -> Result<Response> {
+    let note = s
+        .storage
+        .checkpoint()
+        .await?
+        .ok_or(StationError::NotFound)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/log/key", security(()),
+    description = "The log's verifier key in C2SP signed-note form (name+key id+base64 key): compare it with the one the department publishes",
+    responses((status = 200, description = "verifier key", content_type = "text/plain", body = String)))]
+async fn log_key(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{}\n", s.storage.log_verifier().encode()),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ConsistencyQuery {
+    /// A tree size the caller holds a checkpoint of (0 for none).
+    #[param(minimum = 0)]
+    old: u64,
+    /// A larger tree size the log has a checkpoint of.
+    #[param(minimum = 0)]
+    new: u64,
+}
+
+#[utoipa::path(get, path = "/v1/log/consistency", security(()),
+    description = "The RFC 6962 consistency proof that the tree of `old` is a prefix of the tree of `new` (both sizes of checkpoints the log signed)",
+    params(ConsistencyQuery),
+    responses((status = 200, description = "proof", body = ConsistencyResponse), (status = 400, description = "`bad_query`: old above new, or not integers", body = ErrorBody), (status = 404, description = "a size the log has no checkpoint of", body = ErrorBody)))]
+async fn log_consistency(
+    State(s): State<AppState>,
+    q: std::result::Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ConsistencyResponse>> {
+    let Query(q) = q.map_err(|_| {
+        StationError::BadRequest("bad_query", "old and new must be tree sizes".into())
+    })?;
+    Ok(Json(s.storage.consistency(q.old, q.new).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct InclusionQuery {
+    /// The leaf's index.
+    #[param(minimum = 0)]
+    index: u64,
+    /// A tree size the log has a checkpoint of, above `index`.
+    #[param(minimum = 1)]
+    size: u64,
+}
+
+#[utoipa::path(get, path = "/v1/log/inclusion",
+    description = "A log leaf (base64) with its RFC 6962 inclusion proof in the tree of `size`. For enrolled devices: leaves name devices and reports",
+    params(InclusionQuery),
+    responses((status = 200, description = "leaf and proof", body = InclusionResponse), (status = 400, description = "`bad_query`: not integers", body = ErrorBody), (status = 401, description = "refused", body = ErrorBody), (status = 404, description = "a size the log has no checkpoint of, or no such leaf in it", body = ErrorBody)))]
+async fn log_inclusion(
+    State(s): State<AppState>,
+    Device(_d): Device,
+    q: std::result::Result<Query<InclusionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<InclusionResponse>> {
+    let Query(q) = q.map_err(|_| {
+        StationError::BadRequest("bad_query", "index and size must be integers".into())
+    })?;
+    Ok(Json(s.storage.inclusion(q.index, q.size).await?))
+}
+
 #[utoipa::path(get, path = "/public/counts.csv", security(()),
     description = "The public record as CSV: month,district,measure,count (count is a number or `suppressed`)",
     responses((status = 200, description = "CSV", content_type = "text/csv", body = String)))]
@@ -790,6 +869,10 @@ mod tests {
                 "GET /v1/changes",
                 "GET /v1/devices",
                 "GET /v1/events",
+                "GET /v1/log/checkpoint",
+                "GET /v1/log/consistency",
+                "GET /v1/log/inclusion",
+                "GET /v1/log/key",
                 "GET /v1/media/{sha}",
                 "GET /v1/media/{sha}/status",
                 "GET /v1/openapi.json",

@@ -150,6 +150,20 @@ enum Command {
         /// The package directory.
         dir: PathBuf,
     },
+    /// Check the database against its transparency log: the newest
+    /// checkpoint's signature and root, every change logged and every
+    /// logged change stored, every sealed audit row unaltered. Exits 1 on
+    /// any finding (docs/log.md).
+    LogCheck {
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Print the log's verifier key (what phones, witnesses and `verify`
+    /// are given) and its newest checkpoint.
+    LogKey {
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
     /// Run the guided demo: a station, two officers and a supervisor.
     Demo {
         /// Leave the station running afterwards.
@@ -519,6 +533,37 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 "check it with: fieldreport-station verify {}",
                 out.display()
             );
+        }
+        Command::LogCheck { storage } => {
+            let cfg = storage.config(env)?;
+            let storage = cfg.open_storage_async().await?;
+            let found = storage.check_log().await?;
+            println!(
+                "log: {} entries, {} changes, {} sealed audit rows",
+                found.size, found.changes, found.audit_rows
+            );
+            for p in &found.problems {
+                println!("FAIL {p}");
+            }
+            admin_audit(
+                storage.as_ref(),
+                "log checked",
+                format!("size {}", found.size),
+                if found.ok() { "ok" } else { "problems" },
+            )
+            .await?;
+            if !found.ok() {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+            println!("OK");
+        }
+        Command::LogKey { storage } => {
+            let cfg = storage.config(env)?;
+            let storage = cfg.open_storage_async().await?;
+            println!("{}", storage.log_verifier().encode());
+            if let Some(note) = storage.checkpoint().await? {
+                print!("\n{note}");
+            }
         }
         Command::Verify { dir } => {
             let bar = progress_bar();

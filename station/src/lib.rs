@@ -91,6 +91,26 @@ impl RunningStation {
     }
 }
 
+/// How often the log seals audit rows written since the last push.
+pub const LOG_SEAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Seals the audit rows of a quiet station into the log, every
+/// [`LOG_SEAL_INTERVAL`], until `stop`.
+fn spawn_log_sealer(storage: Arc<dyn StationStorage>, stop: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(LOG_SEAL_INTERVAL) => {
+                    if let Err(e) = storage.seal_log().await {
+                        tracing::warn!(error = %e, "sealing the audit log into the transparency log failed; retrying");
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// Runs axum on `listener` in the background until `stopped` resolves.
 fn serve_until<L>(
     listener: L,
@@ -134,8 +154,12 @@ pub async fn spawn_with_key(
     accounts::prepare(storage.as_ref(), &key)
         .await
         .map_err(std::io::Error::other)?;
+    // Whatever an older build stored before the log existed is logged
+    // before the first request.
+    storage.seal_log().await.map_err(std::io::Error::other)?;
     let addr = listener.local_addr()?;
     let state = AppState::new(storage.clone(), format!("station-{addr}"), key);
+    spawn_log_sealer(storage.clone(), state.shutdown.clone());
     let app = router(state.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let stopped = async move {

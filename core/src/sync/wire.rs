@@ -87,11 +87,63 @@ pub struct PushRequest {
     pub changes: Vec<WireChange>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PushResponse {
     pub applied: usize,
     pub duplicates: usize,
+    /// The station's receipts for the changes this push stored: the
+    /// checkpoint it signed and, per change, its log index and inclusion
+    /// proof (docs/log.md). Absent when nothing new was stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<PushLog>,
+}
+
+/// A push's receipts: one signed checkpoint, and each new change's place
+/// in the tree it signs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PushLog {
+    /// A C2SP signed note: the `tlog-checkpoint` text, a blank line, and
+    /// the log key's signature line.
+    pub checkpoint: String,
+    pub receipts: Vec<LogReceipt>,
+}
+
+/// Where one change sits in the station's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LogReceipt {
+    pub device: Uuid,
+    pub seq: u64,
+    /// The change's leaf index in the log.
+    pub index: u64,
+    /// The station's receipt time, as the leaf holds it (ms).
+    pub received_at_ms: i64,
+    /// The RFC 6962 inclusion proof to the checkpoint's tree: base64
+    /// hashes, leaf side first.
+    pub proof: Vec<String>,
+}
+
+/// A consistency proof between two sizes of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ConsistencyResponse {
+    pub old_size: u64,
+    pub new_size: u64,
+    /// Base64 hashes (empty when the sizes are equal or the old one is 0).
+    pub proof: Vec<String>,
+}
+
+/// One leaf of the log with its inclusion proof.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InclusionResponse {
+    pub index: u64,
+    pub size: u64,
+    /// The leaf's bytes, base64 (`fieldreport_core::tlog::Leaf`).
+    pub leaf: String,
+    pub proof: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -161,6 +161,32 @@ pub fn key_column(v: Vec<u8>) -> Result<Option<VerifyingKey>> {
     Ok(VerifyingKey::from_bytes(&k).ok())
 }
 
+/// What the transparency log has yet to take in, read under the log lock:
+/// the log's size, the audit rows after the last sealed one (id order),
+/// and, only while the log holds no change at all (a station upgraded from
+/// a build without the log), every stored change (id order). Once the log
+/// holds changes, a change is logged by the push that stores it and no
+/// other way: a row inserted behind the station's back is never taken in,
+/// and the log check names it.
+#[derive(Debug, Default)]
+pub struct LogBacklog {
+    pub size: u64,
+    pub backfill: Vec<(i64, StoredChange)>,
+    pub audit: Vec<AuditEntry>,
+}
+
+/// One extension of the transparency log, written in the transaction that
+/// read its [`LogBacklog`].
+#[derive(Debug, Default)]
+pub struct LogAppend {
+    /// (log index, change id or none, last audit id sealed or none, leaf).
+    pub leaves: Vec<(u64, Option<i64>, Option<i64>, Vec<u8>)>,
+    /// Stored tree hashes (tlog numbering).
+    pub hashes: Vec<(u64, Hash)>,
+    /// The new checkpoint: tree size and signed note.
+    pub checkpoint: (u64, String),
+}
+
 /// What a write transaction is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxKind {
@@ -244,6 +270,23 @@ pub trait Engine: Send + Sync + 'static {
     async fn media_visible(&self, who: &Visibility, sha256: &str) -> Result<bool>;
 
     async fn append_audit(&self, entry: AuditEntry) -> Result<()>;
+    /// Audit rows with `first <= id <= last`, in id order.
+    async fn audit_range(&self, first: i64, last: i64) -> Result<Vec<AuditEntry>>;
+
+    /// Stored tree hashes by tlog index (committed ones only: a stored
+    /// hash never changes once written).
+    async fn log_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>>;
+    /// The checkpoint of `size`, or the newest one.
+    async fn checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>>;
+    /// Log leaves `from..to`: (index, change id, audit last, leaf bytes).
+    async fn log_leaves(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, Option<i64>, Option<i64>, Vec<u8>)>>;
+    /// Every stored change's (id, hash), in id order, after `after`, at
+    /// most `limit`.
+    async fn change_hashes(&self, after: i64, limit: u32) -> Result<Vec<(i64, Hash)>>;
     async fn audit_log(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>>;
     async fn record_rejection(
         &self,
@@ -296,6 +339,13 @@ pub trait WriteTx: Send {
     /// Inserts a device; false if its id is taken.
     async fn insert_device(&mut self, device: NewDevice) -> Result<bool>;
     async fn mark_code_used(&mut self, code_hash: &[u8], at: i64, device: Uuid) -> Result<()>;
+
+    /// What the log has yet to take in (call under [`WriteTx::lock_log`];
+    /// PostgreSQL also waits here for audit rows being written).
+    async fn log_backlog(&mut self) -> Result<LogBacklog>;
+    /// Stored tree hashes by tlog index, as this transaction sees them.
+    async fn log_hashes(&mut self, indexes: &[u64]) -> Result<Vec<Hash>>;
+    async fn append_log(&mut self, append: LogAppend) -> Result<()>;
 
     async fn media_row(&mut self, sha256: &str) -> Result<Option<MediaRow>>;
     async fn put_media(&mut self, sha256: &str, row: MediaRow) -> Result<()>;

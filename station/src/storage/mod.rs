@@ -13,6 +13,7 @@ pub mod engine;
 pub mod postgres;
 pub mod service;
 pub mod sqlite;
+pub mod transparency;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,7 +21,10 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use fieldreport_core::evidence::package::DeviceEnrollment;
 use fieldreport_core::evidence::{DeviceRecord, Person};
-use fieldreport_core::sync::wire::{MediaStatus, ReceiptsResponse, ReportEvent};
+use fieldreport_core::sync::wire::{
+    ConsistencyResponse, InclusionResponse, MediaStatus, PushLog, ReceiptsResponse, ReportEvent,
+};
+use fieldreport_core::tlog::NoteVerifier;
 use fieldreport_core::{Change, Role};
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -99,6 +103,8 @@ pub struct PushOutcome {
     pub duplicates: usize,
     /// (unit of the report, event) for each report that changed.
     pub events: Vec<(String, ReportEvent)>,
+    /// The log's receipts for the changes stored.
+    pub log: Option<PushLog>,
 }
 
 #[derive(Debug, Clone)]
@@ -250,6 +256,21 @@ pub trait StationStorage: Send + Sync + 'static {
     /// When the engine fans events out itself (to every station process
     /// on one database), the sender it feeds; the API then serves events
     /// from it and does not send its own pushes' events.
+    /// The log's published key (`name+id+key`).
+    fn log_verifier(&self) -> NoteVerifier;
+    /// Logs whatever the log has yet to take in (audit rows written since
+    /// the last push, changes of an older station) and signs a checkpoint;
+    /// the new size, if it grew.
+    async fn seal_log(&self) -> Result<Option<u64>>;
+    /// The newest checkpoint (a signed note), if the log has one.
+    async fn checkpoint(&self) -> Result<Option<String>>;
+    /// Leaf `index` of the tree of `size` (a size the log has a checkpoint
+    /// of) with its inclusion proof.
+    async fn inclusion(&self, index: u64, size: u64) -> Result<InclusionResponse>;
+    async fn consistency(&self, old: u64, new: u64) -> Result<ConsistencyResponse>;
+    /// Checks the database against its own log.
+    async fn check_log(&self) -> Result<crate::storage::transparency::LogCheck>;
+
     fn shared_events(&self) -> Option<broadcast::Sender<(String, ReportEvent)>> {
         None
     }

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use fieldreport_core::crdt::{Change, ChangeId};
+use fieldreport_core::crdt::{Change, ChangeId, Hash};
 use fieldreport_core::sync::wire::{ClockSkew, ReportEvent};
 use tokio::sync::broadcast;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
@@ -51,11 +51,15 @@ pub const MIGRATIONS: Migrations = Migrations::new(&[
     include_str!("../../migrations/postgres/0004_credential_expiry.sql"),
     include_str!("../../migrations/postgres/0005_dashboard_accounts.sql"),
     include_str!("../../migrations/postgres/0006_settings.sql"),
+    include_str!("../../migrations/postgres/0007_transparency_log.sql"),
 ]);
 
 /// Advisory lock keys (arbitrary, fixed).
 const LOCK_MIGRATE: i64 = 0x4652_0001;
 const LOCK_LOG: i64 = 0x4652_0002;
+/// Audit inserts hold it shared, the log's sealer exclusive: when the
+/// sealer reads, no audit row with a lower id is still uncommitted.
+const LOCK_AUDIT: i64 = 0x4652_0003;
 /// First key of the two-key media locks (the second is the hash's).
 const LOCK_MEDIA_CLASS: i32 = 0x4652;
 const CHANNEL: &str = "fieldreport_events";
@@ -489,6 +493,35 @@ fn media_row(r: &Row) -> MediaRow {
         received: r.get::<_, i64>(1) as u64,
         complete: r.get(2),
     }
+}
+
+const AUDIT_RANGE: &str = "SELECT id, at_ms, actor, action, target, outcome FROM audit_log
+     WHERE id >= $1 AND id <= $2 ORDER BY id";
+const LOG_HASHES: &str = "SELECT idx, hash FROM log_hashes WHERE idx = ANY($1)";
+
+fn audit_row(r: &Row) -> AuditEntry {
+    AuditEntry {
+        id: r.get(0),
+        at_ms: r.get(1),
+        actor: r.get(2),
+        action: r.get(3),
+        target: r.get(4),
+        outcome: r.get(5),
+    }
+}
+
+/// The hashes of `rows` (idx, hash) in the order of `idx`.
+fn hashes_in_order(idx: &[i64], rows: Vec<Row>) -> Result<Vec<Hash>> {
+    let by: HashMap<i64, Vec<u8>> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    idx.iter()
+        .map(|i| {
+            hash_column(
+                by.get(i)
+                    .cloned()
+                    .ok_or_else(|| StationError::Internal("log hash missing".into()))?,
+            )
+        })
+        .collect()
 }
 
 fn stored_change(r: &Row) -> Result<StoredChange> {
@@ -929,12 +962,81 @@ impl Engine for PostgresEngine {
     }
 
     async fn append_audit(&self, e: AuditEntry) -> Result<()> {
-        self.execute(
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&LOCK_AUDIT])
+            .await
+            .map_err(db)?;
+        tx.execute(
             "INSERT INTO audit_log (at_ms, actor, action, target, outcome) VALUES ($1, $2, $3, $4, $5)",
             &[&e.at_ms, &e.actor, &e.action, &e.target, &e.outcome],
         )
-        .await?;
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         Ok(())
+    }
+
+    async fn audit_range(&self, first: i64, last: i64) -> Result<Vec<AuditEntry>> {
+        Ok(self
+            .query(AUDIT_RANGE, &[&first, &last])
+            .await?
+            .iter()
+            .map(audit_row)
+            .collect())
+    }
+
+    async fn log_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>> {
+        let idx: Vec<i64> = indexes.iter().map(|i| *i as i64).collect();
+        hashes_in_order(&idx, self.query(LOG_HASHES, &[&idx]).await?)
+    }
+
+    async fn checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>> {
+        let row = match size {
+            Some(n) => {
+                self.query_opt(
+                    "SELECT size, note FROM log_checkpoints WHERE size = $1",
+                    &[&(n as i64)],
+                )
+                .await?
+            }
+            None => {
+                self.query_opt(
+                    "SELECT size, note FROM log_checkpoints ORDER BY size DESC LIMIT 1",
+                    &[],
+                )
+                .await?
+            }
+        };
+        Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get(1))))
+    }
+
+    async fn log_leaves(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, Option<i64>, Option<i64>, Vec<u8>)>> {
+        Ok(self
+            .query(
+                "SELECT idx, change_id, audit_last, leaf FROM log_leaves
+                 WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+                &[&(from as i64), &(to as i64)],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get(1), r.get(2), r.get(3)))
+            .collect())
+    }
+
+    async fn change_hashes(&self, after: i64, limit: u32) -> Result<Vec<(i64, Hash)>> {
+        self.query(
+            "SELECT id, hash FROM changes WHERE id > $1 ORDER BY id LIMIT $2",
+            &[&after, &(limit as i64)],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((r.get(0), hash_column(r.get(1))?)))
+        .collect()
     }
 
     async fn audit_log(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>> {
@@ -1332,6 +1434,82 @@ impl WriteTx for PgTx {
         self.execute(
             "UPDATE enrollment_codes SET used_at = $1, used_by = $2 WHERE code_hash = $3",
             &[&at, &device, &code_hash],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn log_backlog(&mut self) -> Result<LogBacklog> {
+        self.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_AUDIT])
+            .await?;
+        let head = self
+            .query(
+                "SELECT COUNT(*), MAX(change_id) IS NOT NULL, COALESCE(MAX(audit_last), 0)
+                 FROM log_leaves",
+                &[],
+            )
+            .await?;
+        let (size, logged, last_audit): (i64, bool, i64) = head
+            .first()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .unwrap_or((0, false, 0));
+        let changes = self
+            .query(
+                "SELECT id, body, signature, received_at FROM changes WHERE NOT $1 ORDER BY id",
+                &[&logged],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.get::<_, i64>(0),
+                    StoredChange {
+                        change: decode_change(r.get(1), r.get(2))?,
+                        received_at: r.get(3),
+                    },
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let audit = self
+            .query(AUDIT_RANGE, &[&(last_audit + 1), &i64::MAX])
+            .await?
+            .iter()
+            .map(audit_row)
+            .collect();
+        Ok(LogBacklog {
+            size: size as u64,
+            backfill: changes,
+            audit,
+        })
+    }
+
+    async fn log_hashes(&mut self, indexes: &[u64]) -> Result<Vec<Hash>> {
+        let idx: Vec<i64> = indexes.iter().map(|i| *i as i64).collect();
+        let rows = self.query(LOG_HASHES, &[&idx]).await?;
+        hashes_in_order(&idx, rows)
+    }
+
+    async fn append_log(&mut self, append: LogAppend) -> Result<()> {
+        let idx: Vec<i64> = append.leaves.iter().map(|l| l.0 as i64).collect();
+        let change: Vec<Option<i64>> = append.leaves.iter().map(|l| l.1).collect();
+        let audit: Vec<Option<i64>> = append.leaves.iter().map(|l| l.2).collect();
+        let leaf: Vec<&[u8]> = append.leaves.iter().map(|l| l.3.as_slice()).collect();
+        self.execute(
+            "INSERT INTO log_leaves (idx, change_id, audit_last, leaf)
+             SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BYTEA[])",
+            &[&idx, &change, &audit, &leaf],
+        )
+        .await?;
+        let hidx: Vec<i64> = append.hashes.iter().map(|h| h.0 as i64).collect();
+        let hash: Vec<&[u8]> = append.hashes.iter().map(|h| h.1.as_slice()).collect();
+        self.execute(
+            "INSERT INTO log_hashes (idx, hash) SELECT * FROM UNNEST($1::BIGINT[], $2::BYTEA[])",
+            &[&hidx, &hash],
+        )
+        .await?;
+        self.execute(
+            "INSERT INTO log_checkpoints (size, note) VALUES ($1, $2)",
+            &[&(append.checkpoint.0 as i64), &append.checkpoint.1],
         )
         .await?;
         Ok(())

@@ -10,18 +10,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use fieldreport_core::crdt::{Change, ReportDoc};
 use fieldreport_core::evidence::package::DeviceEnrollment;
 use fieldreport_core::evidence::{verify_batch, DeviceRecord, Person};
 use fieldreport_core::model::media_refs;
 use fieldreport_core::store::MediaStore;
-use fieldreport_core::sync::wire::{MediaStatus, Receipt, ReceiptsResponse, ReportEvent};
+use fieldreport_core::sync::wire::{
+    ConsistencyResponse, InclusionResponse, LogReceipt, MediaStatus, PushLog, Receipt,
+    ReceiptsResponse, ReportEvent,
+};
+use fieldreport_core::tlog::{encode_hashes, Leaf, NoteVerifier};
 use fieldreport_core::{Report, Role};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::common::*;
-use super::engine::{Engine, MediaRow, NewDevice, ReportRow, TxKind, Visibility, WriteTx};
+use super::engine::{
+    Engine, MediaRow, NewDevice, ReportRow, StoredChange, TxKind, Visibility, WriteTx,
+};
+use super::transparency::{self, LogSigner};
 use super::{
     AuditEntry, Counts, DashboardAccount, Enrolled, ExportMaterial, PullPage, PushOutcome,
     StationStorage, CREDENTIAL_LIFETIME_MS,
@@ -38,6 +47,7 @@ pub struct Service<E> {
     scratch: PathBuf,
     data: PathBuf,
     clock: Arc<dyn Clock>,
+    log: Arc<LogSigner>,
 }
 
 impl<E> Clone for Service<E> {
@@ -49,6 +59,7 @@ impl<E> Clone for Service<E> {
             scratch: self.scratch.clone(),
             data: self.data.clone(),
             clock: self.clock.clone(),
+            log: self.log.clone(),
         }
     }
 }
@@ -76,7 +87,12 @@ impl<E: Engine> Service<E> {
         let scratch = data.join("exports-tmp");
         std::fs::create_dir_all(&scratch)?;
         remove_stale(&scratch, Duration::from_secs(24 * 3600));
+        let log = Arc::new(LogSigner::load_or_create(
+            &data.join(crate::storage::transparency::LOG_KEY_FILE),
+            None,
+        )?);
         Ok(Service {
+            log,
             engine: Arc::new(engine),
             media,
             partial_dir,
@@ -247,11 +263,28 @@ impl<E: Engine> Service<E> {
                 applied: 0,
                 duplicates: verified.duplicates,
                 events: Vec::new(),
+                log: None,
             });
         }
-        let log_id = tx
-            .append_changes(&verified.new, self.clock.now_ms())
-            .await?;
+        let received_at = self.clock.now_ms();
+        let log_id = tx.append_changes(&verified.new, received_at).await?;
+        // Both engines number a push's changes consecutively up to the head
+        // they return (under the log lock).
+        let first_id = log_id - verified.new.len() as i64 + 1;
+        let stored: Vec<(i64, StoredChange)> = verified
+            .new
+            .iter()
+            .enumerate()
+            .map(|(k, c)| {
+                (
+                    first_id + k as i64,
+                    StoredChange {
+                        change: c.clone(),
+                        received_at,
+                    },
+                )
+            })
+            .collect();
         // Authors see their reports; media are tied to reports.
         let pairs: Vec<(Uuid, Uuid)> = verified
             .new
@@ -298,13 +331,55 @@ impl<E: Engine> Service<E> {
         }
         let (applied, duplicates) = (verified.new.len(), verified.duplicates);
         blocking(move || authorize_changes(&verified.new, &people, &reports)).await?;
+        // The log takes the changes in the transaction that stores them:
+        // a stored change is a logged one.
+        let extended = transparency::extend(tx.as_mut(), &self.log, stored).await?;
         tx.commit().await?;
+        let log = match extended {
+            Some(x) => Some(self.receipts_of(x).await?),
+            None => None,
+        };
         Ok(PushOutcome {
             applied,
             duplicates,
             events,
+            log,
         })
     }
+    /// A push's receipts: each logged change's inclusion proof to the
+    /// checkpoint that logged it (stored hashes never change, so this is
+    /// read after the commit).
+    async fn receipts_of(&self, x: transparency::Extended) -> Result<PushLog> {
+        let indexes: Vec<u64> = x.changes.iter().map(|(i, _)| *i).collect();
+        let proofs =
+            transparency::inclusion_proofs(self.engine.as_ref(), &indexes, x.checkpoint.size)
+                .await?;
+        let receipts = x
+            .changes
+            .into_iter()
+            .zip(proofs)
+            .filter_map(|((index, leaf), proof)| match leaf {
+                Leaf::Change {
+                    device,
+                    seq,
+                    received_at_ms,
+                    ..
+                } => Some(LogReceipt {
+                    device,
+                    seq,
+                    index,
+                    received_at_ms,
+                    proof: encode_hashes(&proof),
+                }),
+                Leaf::Audit { .. } => None,
+            })
+            .collect();
+        Ok(PushLog {
+            checkpoint: x.checkpoint.note,
+            receipts,
+        })
+    }
+
     async fn media_append_now(
         &self,
         sha256: String,
@@ -635,6 +710,78 @@ impl<E: Engine> StationStorage for Service<E> {
             changes,
             clock_skew: self.engine.clock_skew(report).await?,
         })
+    }
+
+    fn log_verifier(&self) -> NoteVerifier {
+        self.log.verifier()
+    }
+
+    async fn seal_log(&self) -> Result<Option<u64>> {
+        let this = self.clone();
+        to_completion(async move {
+            let mut tx = this.engine.begin(TxKind::Log).await?;
+            tx.lock_log().await?;
+            let x = transparency::extend(tx.as_mut(), &this.log, Vec::new()).await?;
+            tx.commit().await?;
+            Ok(x.map(|x| x.checkpoint.size))
+        })
+        .await
+    }
+
+    async fn checkpoint(&self) -> Result<Option<String>> {
+        Ok(self.engine.checkpoint(None).await?.map(|(_, note)| note))
+    }
+
+    async fn inclusion(&self, index: u64, size: u64) -> Result<InclusionResponse> {
+        if self.engine.checkpoint(Some(size)).await?.is_none() {
+            return Err(transparency::unknown_size(size));
+        }
+        if index >= size {
+            // No such entry in that tree.
+            return Err(StationError::NotFound);
+        }
+        let leaf = self
+            .engine
+            .log_leaves(index, index.saturating_add(1))
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(StationError::NotFound)?
+            .3;
+        let proof = transparency::inclusion_proofs(self.engine.as_ref(), &[index], size)
+            .await?
+            .pop()
+            .unwrap_or_default();
+        Ok(InclusionResponse {
+            index,
+            size,
+            leaf: B64.encode(leaf),
+            proof: encode_hashes(&proof),
+        })
+    }
+
+    async fn consistency(&self, old: u64, new: u64) -> Result<ConsistencyResponse> {
+        if old > new {
+            return Err(StationError::BadRequest(
+                "bad_query",
+                "the old size must not exceed the new one".into(),
+            ));
+        }
+        for size in [old, new] {
+            if size != 0 && self.engine.checkpoint(Some(size)).await?.is_none() {
+                return Err(transparency::unknown_size(size));
+            }
+        }
+        let proof = transparency::consistency_proof(self.engine.as_ref(), old, new).await?;
+        Ok(ConsistencyResponse {
+            old_size: old,
+            new_size: new,
+            proof: encode_hashes(&proof),
+        })
+    }
+
+    async fn check_log(&self) -> Result<transparency::LogCheck> {
+        transparency::check(self.engine.as_ref(), &self.log.verifier()).await
     }
 
     fn shared_events(&self) -> Option<broadcast::Sender<(String, ReportEvent)>> {

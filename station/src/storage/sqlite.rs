@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fieldreport_core::crdt::{Change, ChangeId};
+use fieldreport_core::crdt::{Change, ChangeId, Hash};
 use fieldreport_core::evidence::ChainLookup;
 use fieldreport_core::store::log::{decode_row, insert_change, uuid_of, SqlLookup};
 use fieldreport_core::sync::wire::{ClockSkew, ReportEvent};
@@ -39,6 +39,7 @@ pub const MIGRATIONS: Migrations = Migrations::new(&[
     include_str!("../../migrations/sqlite/0005_dashboard_accounts.sql"),
     include_str!("../../migrations/sqlite/0006_settings.sql"),
     include_str!("../../migrations/sqlite/0007_changes_report_index.sql"),
+    include_str!("../../migrations/sqlite/0008_transparency_log.sql"),
 ]);
 
 /// The station's storage on SQLite.
@@ -229,6 +230,63 @@ fn media_row_of(c: &Connection, sha: &str) -> Result<Option<MediaRow>> {
         },
     )
     .optional()?)
+}
+
+fn audit_rows(c: &Connection, first: i64, last: i64) -> Result<Vec<AuditEntry>> {
+    let mut st = c.prepare_cached(
+        "SELECT id, at_ms, actor, action, target, outcome FROM audit_log
+         WHERE id >= ?1 AND id <= ?2 ORDER BY id",
+    )?;
+    let rows = st.query_map(params![first, last], |r| {
+        Ok(AuditEntry {
+            id: r.get(0)?,
+            at_ms: r.get(1)?,
+            actor: r.get(2)?,
+            action: r.get(3)?,
+            target: r.get(4)?,
+            outcome: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn log_hashes_of(c: &Connection, indexes: &[u64]) -> Result<Vec<Hash>> {
+    let mut st = c.prepare_cached("SELECT hash FROM log_hashes WHERE idx = ?1")?;
+    indexes
+        .iter()
+        .map(|i| {
+            let h: Option<Vec<u8>> = st.query_row([*i as i64], |r| r.get(0)).optional()?;
+            hash_column(h.ok_or_else(|| StationError::Internal("log hash missing".into()))?)
+        })
+        .collect()
+}
+
+fn log_backlog_of(c: &Connection) -> Result<LogBacklog> {
+    let size: i64 = c.query_row("SELECT COUNT(*) FROM log_leaves", [], |r| r.get(0))?;
+    let (logged, last_audit): (bool, i64) = c.query_row(
+        "SELECT MAX(change_id) IS NOT NULL, COALESCE(MAX(audit_last), 0) FROM log_leaves",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut st = c.prepare_cached(
+        "SELECT id, body, signature, received_at FROM changes WHERE NOT ?1 ORDER BY id",
+    )?;
+    let mut rows = st.query([logged])?;
+    let mut changes = Vec::new();
+    while let Some(r) = rows.next()? {
+        changes.push((
+            r.get(0)?,
+            StoredChange {
+                change: decode_row(r.get(1)?, r.get(2)?)?,
+                received_at: r.get(3)?,
+            },
+        ));
+    }
+    Ok(LogBacklog {
+        size: size as u64,
+        backfill: changes,
+        audit: audit_rows(c, last_audit + 1, i64::MAX)?,
+    })
 }
 
 #[async_trait]
@@ -675,6 +733,73 @@ impl Engine for SqliteEngine {
         .await
     }
 
+    async fn audit_range(&self, first: i64, last: i64) -> Result<Vec<AuditEntry>> {
+        self.read(move |c| audit_rows(c, first, last)).await
+    }
+
+    async fn log_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>> {
+        let indexes = indexes.to_vec();
+        self.read(move |c| log_hashes_of(c, &indexes)).await
+    }
+
+    async fn checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>> {
+        self.read(move |c| {
+            let row = match size {
+                Some(n) => c
+                    .query_row(
+                        "SELECT size, note FROM log_checkpoints WHERE size = ?1",
+                        [n as i64],
+                        |r| Ok((r.get::<_, i64>(0)?, r.get(1)?)),
+                    )
+                    .optional()?,
+                None => c
+                    .query_row(
+                        "SELECT size, note FROM log_checkpoints ORDER BY size DESC LIMIT 1",
+                        [],
+                        |r| Ok((r.get::<_, i64>(0)?, r.get(1)?)),
+                    )
+                    .optional()?,
+            };
+            Ok(row.map(|(n, note)| (n as u64, note)))
+        })
+        .await
+    }
+
+    async fn log_leaves(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, Option<i64>, Option<i64>, Vec<u8>)>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT idx, change_id, audit_last, leaf FROM log_leaves
+                 WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+            )?;
+            let rows = st.query_map(params![from as i64, to as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn change_hashes(&self, after: i64, limit: u32) -> Result<Vec<(i64, Hash)>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, hash FROM changes WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![after, limit], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            rows.map(|r| {
+                let (id, h) = r?;
+                Ok((id, hash_column(h)?))
+            })
+            .collect()
+        })
+        .await
+    }
+
     async fn audit_log(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>> {
         self.read(move |c| {
             let mut st = c.prepare(
@@ -1009,6 +1134,36 @@ impl WriteTx for SqliteTx {
             c.execute(
                 "UPDATE enrollment_codes SET used_at = ?1, used_by = ?2 WHERE code_hash = ?3",
                 params![at, device.as_bytes().as_slice(), h],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn log_backlog(&mut self) -> Result<LogBacklog> {
+        self.run(log_backlog_of).await
+    }
+
+    async fn log_hashes(&mut self, indexes: &[u64]) -> Result<Vec<Hash>> {
+        let indexes = indexes.to_vec();
+        self.run(move |c| log_hashes_of(c, &indexes)).await
+    }
+
+    async fn append_log(&mut self, append: LogAppend) -> Result<()> {
+        self.run(move |c| {
+            let mut st = c.prepare_cached(
+                "INSERT INTO log_leaves (idx, change_id, audit_last, leaf) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (idx, change, audit, leaf) in &append.leaves {
+                st.execute(params![*idx as i64, change, audit, leaf])?;
+            }
+            let mut st = c.prepare_cached("INSERT INTO log_hashes (idx, hash) VALUES (?1, ?2)")?;
+            for (idx, hash) in &append.hashes {
+                st.execute(params![*idx as i64, hash.as_slice()])?;
+            }
+            c.execute(
+                "INSERT INTO log_checkpoints (size, note) VALUES (?1, ?2)",
+                params![append.checkpoint.0 as i64, append.checkpoint.1],
             )?;
             Ok(())
         })

@@ -1,0 +1,372 @@
+//! The station's transparency log (docs/log.md), on the engine under test:
+//! every stored change is a leaf whose receipt verifies against a checkpoint
+//! signed by the log key; checkpoints are consistent with every earlier
+//! one; and the database checked against its own log names a deleted audit
+//! row, a change inserted behind the log's back and a deleted change.
+
+use std::process::Command;
+
+use fieldreport_core::sync::wire::{
+    ConsistencyResponse, InclusionResponse, PushRequest, PushResponse, WireChange,
+};
+use fieldreport_core::tlog::{
+    check_consistency, check_inclusion, decode_hashes, Leaf, LogError, NoteVerifier,
+    SignedCheckpoint,
+};
+use fieldreport_core::{Role, Value};
+use fieldreport_e2e::*;
+
+const CLI: &str = env!("CARGO_BIN_EXE_station-cli");
+
+fn verifier(st: &TestStation) -> NoteVerifier {
+    NoteVerifier::parse(&st.get_text("/v1/log/key")).unwrap()
+}
+
+fn checkpoint(st: &TestStation, v: &NoteVerifier) -> SignedCheckpoint {
+    SignedCheckpoint::verify(st.get_text("/v1/log/checkpoint").as_bytes(), v).unwrap()
+}
+
+fn consistency(st: &TestStation, old: u64, new: u64) -> ConsistencyResponse {
+    st.http()
+        .get(format!("{}/v1/log/consistency?old={old}&new={new}", st.url))
+        .send()
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+fn write_report(d: &Device, n: usize) -> uuid::Uuid {
+    let r = d.store.create_report().unwrap();
+    for i in 0..n {
+        d.store
+            .set_field(r, "narrative", Value::Text(format!("Version {i}.")))
+            .unwrap();
+    }
+    r
+}
+
+#[test]
+fn every_push_gets_receipts_that_verify_and_every_checkpoint_extends_the_last() {
+    let st = TestStation::start();
+    let officer = st.device(
+        &person("Officer Logname", "72001", Role::Officer, "D4"),
+        None,
+    );
+    let v = verifier(&st);
+
+    // A push by hand, to read the receipts the phone is given.
+    let r = write_report(&officer, 3);
+    let outbox = officer.store.outbox(100).unwrap();
+    let body = PushRequest {
+        changes: outbox.iter().map(WireChange::from_change).collect(),
+    };
+    let resp: PushResponse = st
+        .http()
+        .post(format!("{}/v1/changes", st.url))
+        .bearer_auth(officer.credential())
+        .json(&body)
+        .send()
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(resp.applied, outbox.len());
+    let log = resp
+        .log
+        .expect("a push that stored changes carries receipts");
+    let cp = SignedCheckpoint::verify(log.checkpoint.as_bytes(), &v).unwrap();
+    assert_eq!(log.receipts.len(), outbox.len());
+    for (change, receipt) in outbox.iter().zip(&log.receipts) {
+        assert_eq!(
+            (receipt.device, receipt.seq),
+            (change.device(), change.body().seq)
+        );
+        let leaf = Leaf::Change {
+            hash: *change.hash(),
+            device: change.device(),
+            seq: change.body().seq,
+            report: r,
+            received_at_ms: receipt.received_at_ms,
+        };
+        let proof = decode_hashes(&receipt.proof).unwrap();
+        check_inclusion(&proof, cp.size, cp.root, receipt.index, leaf.hash()).unwrap();
+        // A receipt for a change the station did not take does not verify.
+        let other = Leaf::Change {
+            hash: [0xEE; 32],
+            device: change.device(),
+            seq: change.body().seq,
+            report: r,
+            received_at_ms: receipt.received_at_ms,
+        };
+        assert_eq!(
+            check_inclusion(&proof, cp.size, cp.root, receipt.index, other.hash()),
+            Err(LogError::BadInclusion)
+        );
+    }
+    // Sent again: duplicates, nothing new logged, no receipts.
+    let again: PushResponse = st
+        .http()
+        .post(format!("{}/v1/changes", st.url))
+        .bearer_auth(officer.credential())
+        .json(&body)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!((again.applied, again.duplicates), (0, outbox.len()));
+    assert!(again.log.is_none());
+
+    // Later syncs grow the tree; each checkpoint is consistent with every
+    // earlier one, and an inclusion proof fetched later verifies too.
+    let mut seen = vec![checkpoint(&st, &v)];
+    for round in 0..4 {
+        write_report(&officer, round + 1);
+        officer.sync();
+        st.rt.block_on(st.storage.seal_log()).unwrap();
+        let now = checkpoint(&st, &v);
+        assert!(now.size > seen.last().unwrap().size);
+        for old in &seen {
+            let p = consistency(&st, old.size, now.size);
+            let proof = decode_hashes(&p.proof).unwrap();
+            check_consistency(&proof, old.size, old.root, now.size, now.root).unwrap();
+            // The same proof does not tie the new tree to a forged old root.
+            if old.size > 0 {
+                assert!(check_consistency(
+                    &proof,
+                    old.size,
+                    fieldreport_core::tlog::TreeHash([3; 32]),
+                    now.size,
+                    now.root
+                )
+                .is_err());
+            }
+        }
+        seen.push(now);
+    }
+    let last = seen.last().unwrap();
+    let got: InclusionResponse = st
+        .http()
+        .get(format!(
+            "{}/v1/log/inclusion?index={}&size={}",
+            st.url, log.receipts[0].index, last.size
+        ))
+        .bearer_auth(officer.credential())
+        .send()
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .unwrap();
+    use base64::Engine;
+    let leaf_bytes = base64::engine::general_purpose::STANDARD
+        .decode(&got.leaf)
+        .unwrap();
+    let leaf = Leaf::decode(&leaf_bytes).unwrap();
+    assert!(matches!(leaf, Leaf::Change { hash, .. } if hash == *outbox[0].hash()));
+    check_inclusion(
+        &decode_hashes(&got.proof).unwrap(),
+        last.size,
+        last.root,
+        got.index,
+        leaf.hash(),
+    )
+    .unwrap();
+
+    // Refusals: a size the log never signed, a backwards range, no
+    // credential for a leaf.
+    let status = |path: &str, auth: bool| {
+        let mut req = st.http().get(format!("{}{path}", st.url));
+        if auth {
+            req = req.bearer_auth(officer.credential());
+        }
+        req.send().unwrap().status().as_u16()
+    };
+    assert_eq!(
+        status(
+            &format!("/v1/log/consistency?old=1&new={}", last.size + 5),
+            false
+        ),
+        404
+    );
+    assert_eq!(
+        status(
+            &format!("/v1/log/consistency?old={}&new=1", last.size),
+            false
+        ),
+        400
+    );
+    assert_eq!(status("/v1/log/consistency?old=x&new=1", false), 400);
+    assert_eq!(
+        status(
+            &format!("/v1/log/inclusion?index=0&size={}", last.size),
+            false
+        ),
+        401
+    );
+    assert_eq!(
+        status(
+            &format!("/v1/log/inclusion?index={}&size={}", last.size, last.size),
+            true
+        ),
+        404
+    );
+
+    // The database agrees with its log.
+    let found = st.rt.block_on(st.storage.check_log()).unwrap();
+    assert!(found.ok(), "{:?}", found.problems);
+    assert_eq!(found.size, last.size);
+    assert_eq!(found.changes, st.counts().changes as u64);
+}
+
+fn exec_sql(st: &TestStation, sqlite: &str, postgres: &str) {
+    match &st.database {
+        None => {
+            let c = rusqlite::Connection::open(st.dir.path().join("station").join("station.db"))
+                .unwrap();
+            c.execute_batch(sqlite).unwrap();
+        }
+        Some(url) => {
+            let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+            c.batch_execute(postgres).unwrap();
+        }
+    }
+}
+
+fn log_check(st: &TestStation) -> (bool, String) {
+    let mut args = vec!["log-check".to_string()];
+    args.extend(st.cli_args());
+    let out = Command::new(CLI).args(&args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn rows_deleted_or_inserted_behind_the_logs_back_are_named() {
+    let st = TestStation::start();
+    let officer = st.device(
+        &person("Officer Checkname", "72002", Role::Officer, "D4"),
+        None,
+    );
+    write_report(&officer, 2);
+    officer.sync();
+    // Reads leave audit rows; sealing takes them into the log.
+    for _ in 0..3 {
+        st.get_text("/public");
+    }
+    st.rt.block_on(st.storage.seal_log()).unwrap();
+    let (ok, out) = log_check(&st);
+    assert!(ok, "{out}");
+    assert!(out.contains("OK"), "{out}");
+
+    // The database owner removes the append-only guard and deletes one
+    // sealed audit row.
+    let first = st.rt.block_on(st.storage.audit_log(0, 1)).unwrap()[0].id;
+    exec_sql(
+        &st,
+        &format!(
+            "DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE id = {first};"
+        ),
+        &format!(
+            "ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_change; DELETE FROM audit_log WHERE id = {first};"
+        ),
+    );
+    let found = st.rt.block_on(st.storage.check_log()).unwrap();
+    assert!(
+        found
+            .problems
+            .iter()
+            .any(|p| p.starts_with("audit rows") && p.contains("deleted, added or altered")),
+        "{:?}",
+        found.problems
+    );
+    let (ok, out) = log_check(&st);
+    assert!(!ok, "log-check passed a deleted audit row: {out}");
+    assert!(out.contains("FAIL audit rows"), "{out}");
+}
+
+#[test]
+fn a_change_inserted_or_deleted_in_the_database_is_named() {
+    let st = TestStation::start();
+    let officer = st.device(
+        &person("Officer Rowname", "72003", Role::Officer, "D4"),
+        None,
+    );
+    write_report(&officer, 3);
+    officer.sync();
+    assert!(st.rt.block_on(st.storage.check_log()).unwrap().ok());
+
+    let newest = st.counts().changes as i64;
+    // A change inserted behind the log's back: stored, never logged.
+    exec_sql(
+        &st,
+        "INSERT INTO changes (hash, device_id, seq, report_id, prev, body, signature, hlc_wall, received_at)
+         SELECT randomblob(32), device_id, seq + 100, report_id, randomblob(32), body, signature, hlc_wall, received_at
+         FROM changes ORDER BY id LIMIT 1;",
+        "INSERT INTO changes (id, hash, device_id, seq, report_id, prev, body, signature, hlc_wall, received_at)
+         SELECT (SELECT MAX(id) + 10 FROM changes), sha256(hash), device_id, seq + 100, report_id, sha256(prev), body, signature, hlc_wall, received_at
+         FROM changes ORDER BY id LIMIT 1;",
+    );
+    let found = st.rt.block_on(st.storage.check_log()).unwrap();
+    assert!(
+        found
+            .problems
+            .iter()
+            .any(|p| p.contains("is stored but not in the log")),
+        "{:?}",
+        found.problems
+    );
+    // The newest logged change deleted (the tail-truncation case).
+    exec_sql(
+        &st,
+        &format!("DELETE FROM changes WHERE id = {newest};"),
+        &format!("DELETE FROM changes WHERE id = {newest};"),
+    );
+    let found = st.rt.block_on(st.storage.check_log()).unwrap();
+    assert!(
+        found
+            .problems
+            .iter()
+            .any(|p| p.contains(&format!("change {newest} is no longer stored"))),
+        "{:?}",
+        found.problems
+    );
+
+    let (ok, out) = log_check(&st);
+    assert!(!ok, "{out}");
+}
+
+#[test]
+fn the_log_key_is_private_and_kept_across_restarts() {
+    let st = TestStation::start();
+    let key = st.dir.path().join("station").join("log.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let v = verifier(&st);
+    let reopened =
+        fieldreport_station::storage::transparency::LogSigner::load_or_create(&key, None)
+            .unwrap()
+            .verifier();
+    assert_eq!(v, reopened);
+    // A key file others can read is refused, not used.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let copy = st.dir.path().join("open.key");
+        std::fs::copy(&key, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err =
+            fieldreport_station::storage::transparency::LogSigner::load_or_create(&copy, None)
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("readable by others"), "{err}");
+    }
+}
