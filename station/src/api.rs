@@ -602,7 +602,12 @@ async fn public_counts(s: &AppState) -> Result<crate::oversight::Counts> {
     description = "The public record (no sign-in): counts by month and police district, counts from 1 to 4 suppressed, nothing personal",
     responses((status = 200, description = "HTML page", content_type = "text/html", body = String)))]
 async fn public_page(State(s): State<AppState>) -> Result<Response> {
-    let html = crate::oversight::counts_html(&public_counts(&s).await?)?;
+    let log = s
+        .storage
+        .checkpoint()
+        .await?
+        .map(|note| (note, s.storage.log_verifier().encode()));
+    let html = crate::oversight::counts_html(&public_counts(&s).await?, log)?;
     Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
 }
 

@@ -215,14 +215,17 @@ struct PublicRow {
 #[template(path = "public.html")]
 struct PublicPage {
     months: Vec<PublicMonth>,
+    /// The transparency log's newest checkpoint and its verifier key.
+    log: Option<(String, String)>,
 }
 
 /// The public page's stylesheet, served as a file (no inline style).
 pub const PUBLIC_CSS: &str = include_str!("../templates/public.css");
 
 /// The public page: one table per month, newest first, districts as
-/// columns.
-pub fn counts_html(c: &Counts) -> crate::error::Result<String> {
+/// columns; then the log's newest checkpoint and key (`log`), so anyone can
+/// keep a copy and later ask for a consistency proof.
+pub fn counts_html(c: &Counts, log: Option<(String, String)>) -> crate::error::Result<String> {
     let mut months: BTreeMap<&str, Vec<(&str, &Row)>> = BTreeMap::new();
     for ((month, district), row) in c {
         months.entry(month).or_default().push((district, row));
@@ -245,6 +248,6 @@ pub fn counts_html(c: &Counts) -> crate::error::Result<String> {
                 .collect(),
         })
         .collect();
-    askama::Template::render(&PublicPage { months })
+    askama::Template::render(&PublicPage { months, log })
         .map_err(|_| crate::error::StationError::Internal("public page".into()))
 }

@@ -147,6 +147,16 @@ fn every_push_gets_receipts_that_verify_and_every_checkpoint_extends_the_last() 
         seen.push(now);
     }
     let last = seen.last().unwrap();
+    // The public page shows the newest checkpoint and the key to check it.
+    let public = st.get_text("/public");
+    let at = public
+        .find("class=checkpoint")
+        .expect("the public page shows the checkpoint");
+    assert!(
+        public[at..].contains(&format!("\n{}\n", last.size)),
+        "{public}"
+    );
+    assert!(public.contains(&hex::encode(v.key_id())), "{public}");
     let got: InclusionResponse = st
         .http()
         .get(format!(
@@ -218,7 +228,7 @@ fn every_push_gets_receipts_that_verify_and_every_checkpoint_extends_the_last() 
     let found = st.rt.block_on(st.storage.check_log()).unwrap();
     assert!(found.ok(), "{:?}", found.problems);
     assert_eq!(found.size, last.size);
-    assert_eq!(found.changes, st.counts().changes as u64);
+    assert_eq!(found.changes, st.counts().changes);
 }
 
 fn exec_sql(st: &TestStation, sqlite: &str, postgres: &str) {

@@ -175,12 +175,15 @@ pub struct LogBacklog {
     pub audit: Vec<AuditEntry>,
 }
 
+/// A `log_leaves` row: (log index, change id or none, last audit id
+/// sealed or none, leaf bytes).
+pub type LogRow = (u64, Option<i64>, Option<i64>, Vec<u8>);
+
 /// One extension of the transparency log, written in the transaction that
 /// read its [`LogBacklog`].
 #[derive(Debug, Default)]
 pub struct LogAppend {
-    /// (log index, change id or none, last audit id sealed or none, leaf).
-    pub leaves: Vec<(u64, Option<i64>, Option<i64>, Vec<u8>)>,
+    pub leaves: Vec<LogRow>,
     /// Stored tree hashes (tlog numbering).
     pub hashes: Vec<(u64, Hash)>,
     /// The new checkpoint: tree size and signed note.
@@ -278,12 +281,8 @@ pub trait Engine: Send + Sync + 'static {
     async fn log_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>>;
     /// The checkpoint of `size`, or the newest one.
     async fn checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>>;
-    /// Log leaves `from..to`: (index, change id, audit last, leaf bytes).
-    async fn log_leaves(
-        &self,
-        from: u64,
-        to: u64,
-    ) -> Result<Vec<(u64, Option<i64>, Option<i64>, Vec<u8>)>>;
+    /// Log leaves `from..to`.
+    async fn log_leaves(&self, from: u64, to: u64) -> Result<Vec<LogRow>>;
     /// Every stored change's (id, hash), in id order, after `after`, at
     /// most `limit`.
     async fn change_hashes(&self, after: i64, limit: u32) -> Result<Vec<(i64, Hash)>>;

@@ -1011,11 +1011,7 @@ impl Engine for PostgresEngine {
         Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get(1))))
     }
 
-    async fn log_leaves(
-        &self,
-        from: u64,
-        to: u64,
-    ) -> Result<Vec<(u64, Option<i64>, Option<i64>, Vec<u8>)>> {
+    async fn log_leaves(&self, from: u64, to: u64) -> Result<Vec<LogRow>> {
         Ok(self
             .query(
                 "SELECT idx, change_id, audit_last, leaf FROM log_leaves

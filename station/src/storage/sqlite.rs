@@ -765,11 +765,7 @@ impl Engine for SqliteEngine {
         .await
     }
 
-    async fn log_leaves(
-        &self,
-        from: u64,
-        to: u64,
-    ) -> Result<Vec<(u64, Option<i64>, Option<i64>, Vec<u8>)>> {
+    async fn log_leaves(&self, from: u64, to: u64) -> Result<Vec<LogRow>> {
         self.read(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT idx, change_id, audit_last, leaf FROM log_leaves
