@@ -190,7 +190,7 @@ fn valid_name(name: &str) -> bool {
 
 impl NoteVerifier {
     pub fn new(name: &str, key: VerifyingKey) -> Result<Self, LogError> {
-        if !valid_name(name) {
+        if !valid_name(name) || key.is_weak() {
             return Err(LogError::MalformedKey);
         }
         Ok(NoteVerifier {
@@ -433,7 +433,12 @@ pub fn check_consistency(
         };
     }
     if old_size == 0 {
-        return Ok(());
+        // Every tree extends the empty one, whose root is fixed.
+        return if old_root == tlog_tiles::EMPTY_HASH {
+            Ok(())
+        } else {
+            Err(LogError::BadConsistency)
+        };
     }
     if proof.len() > 128 {
         return Err(LogError::BadConsistency);

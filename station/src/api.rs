@@ -685,18 +685,18 @@ struct InclusionQuery {
 }
 
 #[utoipa::path(get, path = "/v1/log/inclusion",
-    description = "A log leaf (base64) with its RFC 6962 inclusion proof in the tree of `size`. For enrolled devices: leaves name devices and reports",
+    description = "A log leaf (base64) with its RFC 6962 inclusion proof in the tree of `size`. For enrolled devices, and a change's leaf only to those who may see its report (it names the author and the report); 404 otherwise",
     params(InclusionQuery),
     responses((status = 200, description = "leaf and proof", body = InclusionResponse), (status = 400, description = "`bad_query`: not integers", body = ErrorBody), (status = 401, description = "refused", body = ErrorBody), (status = 404, description = "a size the log has no checkpoint of, or no such leaf in it", body = ErrorBody)))]
 async fn log_inclusion(
     State(s): State<AppState>,
-    Device(_d): Device,
+    Device(d): Device,
     q: std::result::Result<Query<InclusionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<InclusionResponse>> {
     let Query(q) = q.map_err(|_| {
         StationError::BadRequest("bad_query", "index and size must be integers".into())
     })?;
-    Ok(Json(s.storage.inclusion(q.index, q.size).await?))
+    Ok(Json(s.storage.inclusion(&d, q.index, q.size).await?))
 }
 
 #[utoipa::path(get, path = "/public/counts.csv", security(()),

@@ -185,6 +185,22 @@ fn every_push_gets_receipts_that_verify_and_every_checkpoint_extends_the_last() 
     )
     .unwrap();
 
+    // Another unit's officer may not read this report's leaves.
+    let stranger = st.device(
+        &person("Officer Farname", "72009", Role::Officer, "D8"),
+        None,
+    );
+    let resp = st
+        .http()
+        .get(format!(
+            "{}/v1/log/inclusion?index={}&size={}",
+            st.url, log.receipts[0].index, last.size
+        ))
+        .bearer_auth(stranger.credential())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+
     // Refusals: a size the log never signed, a backwards range, no
     // credential for a leaf.
     let status = |path: &str, auth: bool| {
@@ -229,6 +245,26 @@ fn every_push_gets_receipts_that_verify_and_every_checkpoint_extends_the_last() 
     assert!(found.ok(), "{:?}", found.problems);
     assert_eq!(found.size, last.size);
     assert_eq!(found.changes, st.counts().changes);
+}
+
+/// The station's storage opened anew (as another process would).
+fn open_station_storage(
+    st: &TestStation,
+) -> std::sync::Arc<dyn fieldreport_station::StationStorage> {
+    let data = st.dir.path().join("station");
+    match &st.database {
+        None => std::sync::Arc::new(
+            fieldreport_station::SqliteStorage::open_with_clock(&data, st.clock.clone()).unwrap(),
+        ),
+        Some(url) => std::sync::Arc::new(
+            fieldreport_station::storage::postgres::PostgresStorage::open_with_clock(
+                url,
+                &data,
+                st.clock.clone(),
+            )
+            .unwrap(),
+        ),
+    }
 }
 
 fn exec_sql(st: &TestStation, sqlite: &str, postgres: &str) {
@@ -330,6 +366,22 @@ fn a_change_inserted_or_deleted_in_the_database_is_named() {
         "{:?}",
         found.problems
     );
+    // A logged change's receipt time rewritten in place: the row no longer
+    // rebuilds its leaf.
+    exec_sql(
+        &st,
+        "UPDATE changes SET received_at = received_at - 3600000 WHERE id = 1;",
+        "UPDATE changes SET received_at = received_at - 3600000 WHERE id = 1;",
+    );
+    let found = st.rt.block_on(st.storage.check_log()).unwrap();
+    assert!(
+        found
+            .problems
+            .iter()
+            .any(|p| p == "change 1 differs from log entry 0 (rewritten)"),
+        "{:?}",
+        found.problems
+    );
     // The newest logged change deleted (the tail-truncation case).
     exec_sql(
         &st,
@@ -366,6 +418,18 @@ fn the_log_key_is_private_and_kept_across_restarts() {
             .unwrap()
             .verifier();
     assert_eq!(v, reopened);
+    // A log key that did not sign the log (lost and made anew) is refused
+    // before it signs anything.
+    let officer = st.device(
+        &person("Officer Keyname", "72004", Role::Officer, "D4"),
+        None,
+    );
+    write_report(&officer, 1);
+    officer.sync();
+    std::fs::remove_file(&key).unwrap();
+    let fresh = open_station_storage(&st);
+    let err = st.rt.block_on(fresh.seal_log()).unwrap_err().to_string();
+    assert!(err.contains("the log key does not verify"), "{err}");
     // A key file others can read is refused, not used.
     #[cfg(unix)]
     {

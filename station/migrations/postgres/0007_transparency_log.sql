@@ -8,6 +8,8 @@ CREATE TABLE log_leaves (
     audit_last BIGINT,
     leaf BYTEA NOT NULL
 );
+-- The last sealed audit row is read at every extension.
+CREATE INDEX log_leaves_audit_last ON log_leaves (audit_last);
 CREATE TABLE log_hashes (
     idx BIGINT PRIMARY KEY,
     hash BYTEA NOT NULL

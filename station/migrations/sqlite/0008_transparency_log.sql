@@ -8,6 +8,8 @@ CREATE TABLE log_leaves (
     audit_last INTEGER,
     leaf BLOB NOT NULL
 );
+-- The last sealed audit row is read at every extension.
+CREATE INDEX log_leaves_audit_last ON log_leaves (audit_last);
 CREATE TABLE log_hashes (
     idx INTEGER PRIMARY KEY,
     hash BLOB NOT NULL

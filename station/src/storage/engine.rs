@@ -283,9 +283,9 @@ pub trait Engine: Send + Sync + 'static {
     async fn checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>>;
     /// Log leaves `from..to`.
     async fn log_leaves(&self, from: u64, to: u64) -> Result<Vec<LogRow>>;
-    /// Every stored change's (id, hash), in id order, after `after`, at
-    /// most `limit`.
-    async fn change_hashes(&self, after: i64, limit: u32) -> Result<Vec<(i64, Hash)>>;
+    /// Stored changes with their ids, in id order, after `after`, at most
+    /// `limit` (the log check reads every row as stored).
+    async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, StoredChange)>>;
     async fn audit_log(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>>;
     async fn record_rejection(
         &self,

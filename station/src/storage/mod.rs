@@ -265,8 +265,9 @@ pub trait StationStorage: Send + Sync + 'static {
     /// The newest checkpoint (a signed note), if the log has one.
     async fn checkpoint(&self) -> Result<Option<String>>;
     /// Leaf `index` of the tree of `size` (a size the log has a checkpoint
-    /// of) with its inclusion proof.
-    async fn inclusion(&self, index: u64, size: u64) -> Result<InclusionResponse>;
+    /// of) with its inclusion proof; a change's leaf only if `who` may see
+    /// its report.
+    async fn inclusion(&self, who: &Enrolled, index: u64, size: u64) -> Result<InclusionResponse>;
     async fn consistency(&self, old: u64, new: u64) -> Result<ConsistencyResponse>;
     /// Checks the database against its own log.
     async fn check_log(&self) -> Result<crate::storage::transparency::LogCheck>;

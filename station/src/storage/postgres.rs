@@ -1024,14 +1024,22 @@ impl Engine for PostgresEngine {
             .collect())
     }
 
-    async fn change_hashes(&self, after: i64, limit: u32) -> Result<Vec<(i64, Hash)>> {
+    async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, StoredChange)>> {
         self.query(
-            "SELECT id, hash FROM changes WHERE id > $1 ORDER BY id LIMIT $2",
+            "SELECT id, body, signature, received_at FROM changes WHERE id > $1 ORDER BY id LIMIT $2",
             &[&after, &(limit as i64)],
         )
         .await?
         .iter()
-        .map(|r| Ok((r.get(0), hash_column(r.get(1))?)))
+        .map(|r| {
+            Ok((
+                r.get::<_, i64>(0),
+                StoredChange {
+                    change: decode_change(r.get(1), r.get(2))?,
+                    received_at: r.get(3),
+                },
+            ))
+        })
         .collect()
     }
 
@@ -1440,7 +1448,8 @@ impl WriteTx for PgTx {
             .await?;
         let head = self
             .query(
-                "SELECT COUNT(*), MAX(change_id) IS NOT NULL, COALESCE(MAX(audit_last), 0)
+                "SELECT COALESCE(MAX(idx) + 1, 0), MAX(change_id) IS NOT NULL,
+                    COALESCE(MAX(audit_last), 0)
                  FROM log_leaves",
                 &[],
             )
@@ -1449,6 +1458,7 @@ impl WriteTx for PgTx {
             .first()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .unwrap_or((0, false, 0));
+        // Read only while the log holds no change (see `LogBacklog`).
         let changes = self
             .query(
                 "SELECT id, body, signature, received_at FROM changes WHERE NOT $1 ORDER BY id",

@@ -21,7 +21,7 @@ use fieldreport_core::sync::wire::{
     ConsistencyResponse, InclusionResponse, LogReceipt, MediaStatus, PushLog, Receipt,
     ReceiptsResponse, ReportEvent,
 };
-use fieldreport_core::tlog::{encode_hashes, Leaf, NoteVerifier};
+use fieldreport_core::tlog::{encode_hashes, Leaf, NoteVerifier, SignedCheckpoint};
 use fieldreport_core::{Report, Role};
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -336,7 +336,15 @@ impl<E: Engine> Service<E> {
         let extended = transparency::extend(tx.as_mut(), &self.log, stored).await?;
         tx.commit().await?;
         let log = match extended {
-            Some(x) => Some(self.receipts_of(x).await?),
+            // Stored and committed: a failure to read the proofs back must
+            // not turn the push into an error the phone would retry.
+            Some(x) => match self.receipts_of(x).await {
+                Ok(log) => Some(log),
+                Err(e) => {
+                    tracing::warn!(error = %e, "push stored, but its log receipts could not be read");
+                    None
+                }
+            },
             None => None,
         };
         Ok(PushOutcome {
@@ -717,6 +725,15 @@ impl<E: Engine> StationStorage for Service<E> {
     }
 
     async fn seal_log(&self) -> Result<Option<u64>> {
+        // A log key that did not sign the log's checkpoints (lost and made
+        // anew, or another station's) must not sign more of them.
+        if let Some((size, note)) = self.engine.checkpoint(None).await? {
+            SignedCheckpoint::verify(note.as_bytes(), &self.log.verifier()).map_err(|e| {
+                StationError::Unavailable(format!(
+                    "the log key does not verify the log's checkpoint {size} ({e}): restore the data directory's log.key (docs/log.md)"
+                ))
+            })?;
+        }
         let this = self.clone();
         to_completion(async move {
             let mut tx = this.engine.begin(TxKind::Log).await?;
@@ -732,7 +749,7 @@ impl<E: Engine> StationStorage for Service<E> {
         Ok(self.engine.checkpoint(None).await?.map(|(_, note)| note))
     }
 
-    async fn inclusion(&self, index: u64, size: u64) -> Result<InclusionResponse> {
+    async fn inclusion(&self, who: &Enrolled, index: u64, size: u64) -> Result<InclusionResponse> {
         if self.engine.checkpoint(Some(size)).await?.is_none() {
             return Err(transparency::unknown_size(size));
         }
@@ -748,6 +765,11 @@ impl<E: Engine> StationStorage for Service<E> {
             .next()
             .ok_or(StationError::NotFound)?
             .3;
+        // A change's leaf names its author and report: only for those who
+        // may see the report (as if it did not exist otherwise).
+        if let Ok(Leaf::Change { report, .. }) = Leaf::decode(&leaf) {
+            self.require_visible(who, report).await?;
+        }
         let proof = transparency::inclusion_proofs(self.engine.as_ref(), &[index], size)
             .await?
             .pop()

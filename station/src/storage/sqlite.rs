@@ -262,17 +262,22 @@ fn log_hashes_of(c: &Connection, indexes: &[u64]) -> Result<Vec<Hash>> {
 }
 
 fn log_backlog_of(c: &Connection) -> Result<LogBacklog> {
-    let size: i64 = c.query_row("SELECT COUNT(*) FROM log_leaves", [], |r| r.get(0))?;
+    let size: i64 = c.query_row(
+        "SELECT COALESCE(MAX(idx) + 1, 0) FROM log_leaves",
+        [],
+        |r| r.get(0),
+    )?;
     let (logged, last_audit): (bool, i64) = c.query_row(
         "SELECT MAX(change_id) IS NOT NULL, COALESCE(MAX(audit_last), 0) FROM log_leaves",
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let mut st = c.prepare_cached(
-        "SELECT id, body, signature, received_at FROM changes WHERE NOT ?1 ORDER BY id",
-    )?;
-    let mut rows = st.query([logged])?;
     let mut changes = Vec::new();
+    let mut st = c.prepare_cached(
+        "SELECT id, body, signature, received_at FROM changes WHERE ?1 = 0 ORDER BY id",
+    )?;
+    // Read only while the log holds no change (see `LogBacklog`).
+    let mut rows = st.query([if logged { 1 } else { 0 }])?;
     while let Some(r) = rows.next()? {
         changes.push((
             r.get(0)?,
@@ -779,19 +784,23 @@ impl Engine for SqliteEngine {
         .await
     }
 
-    async fn change_hashes(&self, after: i64, limit: u32) -> Result<Vec<(i64, Hash)>> {
+    async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, StoredChange)>> {
         self.read(move |c| {
             let mut st = c.prepare_cached(
-                "SELECT id, hash FROM changes WHERE id > ?1 ORDER BY id LIMIT ?2",
+                "SELECT id, body, signature, received_at FROM changes WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
-            let rows = st.query_map(params![after, limit], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-            })?;
-            rows.map(|r| {
-                let (id, h) = r?;
-                Ok((id, hash_column(h)?))
-            })
-            .collect()
+            let mut rows = st.query(params![after, limit])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push((
+                    r.get(0)?,
+                    StoredChange {
+                        change: decode_row(r.get(1)?, r.get(2)?)?,
+                        received_at: r.get(3)?,
+                    },
+                ));
+            }
+            Ok(out)
         })
         .await
     }

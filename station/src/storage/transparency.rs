@@ -433,16 +433,43 @@ impl LogCheck {
     }
 }
 
+fn change_leaf(s: &StoredChange) -> Leaf {
+    Leaf::Change {
+        hash: *s.change.hash(),
+        device: s.change.device(),
+        seq: s.change.body().seq,
+        report: s.change.report(),
+        received_at_ms: s.received_at,
+    }
+}
+
+struct MapReader<'a>(&'a HashMap<u64, TreeHash>);
+
+impl HashReader for MapReader<'_> {
+    fn read_hashes(&self, idx: &[u64]) -> std::result::Result<Vec<TreeHash>, tlog_tiles::Error> {
+        idx.iter()
+            .map(|i| {
+                self.0
+                    .get(i)
+                    .copied()
+                    .ok_or(tlog_tiles::Error::IndexesNotInTree)
+            })
+            .collect()
+    }
+}
+
 /// Checks the database against its log: the newest checkpoint is signed by
-/// `verifier` and its root is the stored leaves' tree; every stored change
-/// is a logged leaf, in order, and every change leaf a stored change;
-/// every sealed audit row is there, unaltered, and none was added inside a
-/// sealed range. Reads the whole log (an offline check, as `verify` is).
+/// `verifier`, and both the stored leaves and the stored tree hashes give
+/// its root; every stored change, rebuilt from its row (body, signature,
+/// receipt time), is the logged leaf of its id, in order, and every change
+/// leaf a stored change; every sealed audit row is there, unaltered, and
+/// none was added inside a sealed range. Reads the whole log. A station
+/// that keeps serving meanwhile is fine: changes logged after the
+/// checkpoint read first are recognised by their leaves.
 pub async fn check<E: Engine>(engine: &E, verifier: &NoteVerifier) -> Result<LogCheck> {
     let mut out = LogCheck::default();
     let Some((size, note)) = engine.checkpoint(None).await? else {
-        let changes = engine.change_hashes(0, 1).await?;
-        if !changes.is_empty() {
+        if !engine.changes_after(i64::MIN, 1).await?.is_empty() {
             out.problems
                 .push("changes are stored but the log has no checkpoint".into());
         }
@@ -456,27 +483,10 @@ pub async fn check<E: Engine>(engine: &E, verifier: &NoteVerifier) -> Result<Log
             None
         }
     };
-    // Recompute the tree from the leaves (a rewritten leaf table with its
-    // stored hashes left alone is caught here).
     let mut recomputed: HashMap<u64, TreeHash> = HashMap::new();
-    struct MapReader<'a>(&'a HashMap<u64, TreeHash>);
-    impl HashReader for MapReader<'_> {
-        fn read_hashes(
-            &self,
-            idx: &[u64],
-        ) -> std::result::Result<Vec<TreeHash>, tlog_tiles::Error> {
-            idx.iter()
-                .map(|i| {
-                    self.0
-                        .get(i)
-                        .copied()
-                        .ok_or(tlog_tiles::Error::IndexesNotInTree)
-                })
-                .collect()
-        }
-    }
-    let mut changes_after = 0i64;
-    let mut audit_after = 0i64;
+    // Cursors start below any id a row could be given.
+    let mut changes_after = i64::MIN;
+    let mut audit_after = i64::MIN;
     let mut from = 0u64;
     const PAGE: u64 = 10_000;
     let mut expected_index = 0u64;
@@ -489,7 +499,7 @@ pub async fn check<E: Engine>(engine: &E, verifier: &NoteVerifier) -> Result<Log
             if idx != expected_index {
                 out.problems
                     .push(format!("log entry {expected_index} is missing"));
-                expected_index = idx;
+                break;
             }
             expected_index += 1;
             let hs = tlog_tiles::stored_hashes(idx, &bytes, &MapReader(&recomputed))
@@ -499,29 +509,38 @@ pub async fn check<E: Engine>(engine: &E, verifier: &NoteVerifier) -> Result<Log
                 recomputed.insert(base + j as u64, h);
             }
             match Leaf::decode(&bytes) {
-                Ok(Leaf::Change { hash, .. }) => {
+                Ok(leaf @ Leaf::Change { .. }) => {
                     out.changes += 1;
                     let Some(id) = change_id else {
                         out.problems
                             .push(format!("log entry {idx}: a change without its id"));
                         continue;
                     };
-                    let stored = engine.change_hashes(changes_after, 1).await?;
-                    match stored.first() {
-                        Some((sid, shash)) if *sid == id && *shash == hash => {}
-                        Some((sid, _)) if *sid < id => {
-                            out.problems.push(format!(
-                                "change {sid} is stored but not in the log (inserted?)"
-                            ));
+                    // Stored rows before this id are ones the log never had.
+                    loop {
+                        let next = engine.changes_after(changes_after, 1).await?;
+                        match next.first() {
+                            Some((sid, _)) if *sid < id => {
+                                out.problems.push(format!(
+                                    "change {sid} is stored but not in the log (inserted?)"
+                                ));
+                                changes_after = *sid;
+                            }
+                            Some((sid, stored)) if *sid == id => {
+                                if change_leaf(stored) != leaf {
+                                    out.problems.push(format!(
+                                        "change {id} differs from log entry {idx} (rewritten)"
+                                    ));
+                                }
+                                break;
+                            }
+                            _ => {
+                                out.problems.push(format!(
+                                    "log entry {idx}: change {id} is no longer stored (deleted)"
+                                ));
+                                break;
+                            }
                         }
-                        Some((sid, _)) if *sid == id => {
-                            out.problems.push(format!(
-                                "change {id} differs from log entry {idx} (rewritten)"
-                            ));
-                        }
-                        _ => out.problems.push(format!(
-                            "log entry {idx}: change {id} is no longer stored (deleted)"
-                        )),
                     }
                     changes_after = id;
                 }
@@ -531,7 +550,9 @@ pub async fn check<E: Engine>(engine: &E, verifier: &NoteVerifier) -> Result<Log
                     last_id,
                     digest,
                 }) => {
-                    let rows = engine.audit_range(audit_after + 1, last_id).await?;
+                    let rows = engine
+                        .audit_range(audit_after.saturating_add(1), last_id)
+                        .await?;
                     out.audit_rows += rows.len() as u64;
                     let bytes: Vec<Vec<u8>> = rows.iter().map(audit_bytes).collect();
                     let first_ok = rows.first().map(|r| r.id) == Some(first_id);
@@ -549,6 +570,9 @@ pub async fn check<E: Engine>(engine: &E, verifier: &NoteVerifier) -> Result<Log
                 Err(_) => out.problems.push(format!("log entry {idx} is malformed")),
             }
         }
+        if expected_index == from {
+            break;
+        }
         from = expected_index;
     }
     if expected_index < size {
@@ -556,22 +580,41 @@ pub async fn check<E: Engine>(engine: &E, verifier: &NoteVerifier) -> Result<Log
             "the log holds {expected_index} entries, its checkpoint {size}"
         ));
     }
-    // Changes after the last logged one: stored but never logged.
-    let rest = engine.change_hashes(changes_after, 1).await?;
-    if let Some((id, _)) = rest.first() {
-        // A change committed after the checkpoint is logged in the same
-        // transaction, so any unlogged change is one the log never saw.
-        out.problems.push(format!(
-            "change {id} is stored but not in the log (inserted?)"
-        ));
+    // Stored changes after the last one checked: logged since the
+    // checkpoint was read (a running station), or never logged.
+    let newer = match engine.checkpoint(None).await? {
+        Some((now, _)) if now > size => engine.log_leaves(size, now).await?,
+        _ => Vec::new(),
+    };
+    let logged_since: std::collections::HashSet<i64> =
+        newer.iter().filter_map(|(_, id, _, _)| *id).collect();
+    loop {
+        let rest = engine.changes_after(changes_after, 1000).await?;
+        let Some((last, _)) = rest.last() else { break };
+        let last = *last;
+        for (id, _) in &rest {
+            if !logged_since.contains(id) {
+                out.problems.push(format!(
+                    "change {id} is stored but not in the log (inserted?)"
+                ));
+            }
+        }
+        changes_after = last;
+        if out.problems.len() > 10_000 {
+            break;
+        }
     }
-    if let (Some(cp), Ok(root)) = (
-        cp,
-        tlog_tiles::tree_hash(expected_index.min(size), &MapReader(&recomputed)),
-    ) {
-        if root != cp.root {
+    if let Some(cp) = cp {
+        let root = tlog_tiles::tree_hash(expected_index.min(size), &MapReader(&recomputed));
+        if root.ok() != Some(cp.root) {
             out.problems.push(format!(
                 "the log's entries do not hash to checkpoint {size}'s root (rewritten)"
+            ));
+        }
+        // The stored hashes serve every proof: they must agree too.
+        if tree_root(engine, size).await.ok() != Some(cp.root) {
+            out.problems.push(format!(
+                "the stored tree hashes do not give checkpoint {size}'s root (rewritten)"
             ));
         }
     }
