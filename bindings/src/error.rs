@@ -59,6 +59,12 @@ pub enum FieldReportError {
     /// Nothing was sent; the work stays on the device.
     #[error("the station's key is not the pinned one")]
     StationPinMismatch,
+    /// The station shows a log that does not extend the one this device
+    /// saw (restored from an older copy, forked, or signed by another
+    /// key): nothing more was sent, the outbox is kept, and the station's
+    /// audit was told. Show it to the officer and their supervisor.
+    #[error("the station's log is inconsistent: {reason}")]
+    StationLogInconsistent { reason: String },
     /// The store was wiped; open a new one.
     #[error("this store has been wiped")]
     Wiped,
@@ -120,6 +126,9 @@ impl From<CoreError> for FieldReportError {
             CoreError::Station { status, code } => FieldReportError::Station { status, code },
             CoreError::Unauthorized => FieldReportError::Unauthorized,
             CoreError::PinMismatch => FieldReportError::StationPinMismatch,
+            CoreError::StationLog(e) => FieldReportError::StationLogInconsistent {
+                reason: e.to_string(),
+            },
         }
     }
 }

@@ -464,6 +464,38 @@ impl FieldReportStore {
         })
     }
 
+    /// The newest checkpoint of the station's log this device accepted (a
+    /// C2SP signed note), to show or to hand to another phone or an
+    /// oversight office; none before the first sync with a log.
+    pub fn log_checkpoint(&self) -> Result<Option<String>> {
+        guard(|| Ok(self.store.newest_log_checkpoint()?.map(|(_, note)| note)))
+    }
+
+    /// Checks a checkpoint from elsewhere (another phone, a witness, the
+    /// public page) against the one this device holds: one the station's
+    /// log key signed that tells another history fails with
+    /// `StationLogInconsistent` (and the station's audit is told).
+    pub fn observe_log_checkpoint(&self, note: String) -> Result<()> {
+        guard(|| {
+            let client = SyncClient::for_store(&self.store)?;
+            Ok(client.observe_checkpoint(&self.store, &CancelToken::new(), &note)?)
+        })
+    }
+
+    /// The station's receipts for this device's changes to a report: each
+    /// proves the station's log holds the change (checked when it came).
+    pub fn log_receipts(&self, report_id: String) -> Result<Vec<LogReceiptInfo>> {
+        guard(|| {
+            let r = parse_id("report id", &report_id)?;
+            Ok(self
+                .store
+                .receipts_of_report(r)?
+                .into_iter()
+                .map(Into::into)
+                .collect())
+        })
+    }
+
     /// Listens to the station's live report events (supervisors see their
     /// unit's reports as officers push them). Blocks until the listener
     /// returns false, `cancel` is set (checked at least every 15 s) or the

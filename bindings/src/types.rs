@@ -326,3 +326,31 @@ pub struct ReportEvent {
     /// `new` or `changed`.
     pub kind: String,
 }
+
+/// The station's receipt for one of this device's changes.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct LogReceiptInfo {
+    pub device_id: String,
+    pub seq: u64,
+    /// The change's leaf index in the station's log.
+    pub log_index: u64,
+    /// When the station received it (ms since the epoch, its clock).
+    pub received_at_ms: i64,
+    /// The size of the checkpoint the inclusion proof leads to.
+    pub tree_size: u64,
+    /// The inclusion proof's hashes (base64, leaf side first).
+    pub proof: Vec<String>,
+}
+
+impl From<fieldreport_core::store::StoredReceipt> for LogReceiptInfo {
+    fn from(r: fieldreport_core::store::StoredReceipt) -> Self {
+        LogReceiptInfo {
+            device_id: r.change.device.to_string(),
+            seq: r.change.seq,
+            log_index: r.index,
+            received_at_ms: r.received_at_ms,
+            tree_size: r.tree_size,
+            proof: r.proof,
+        }
+    }
+}

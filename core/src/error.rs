@@ -117,6 +117,13 @@ pub enum Error {
     PinMismatch,
     #[error("bad station pin: {reason}")]
     BadPin { reason: &'static str },
+    /// The station's log is not one this device has seen extend: a smaller
+    /// tree, a tree inconsistent with a checkpoint it signed before, or a
+    /// checkpoint its log key did not sign (a station restored from an old
+    /// copy, or one showing devices different histories). Nothing was
+    /// sent, and the outbox is kept.
+    #[error("the station's log is inconsistent with what this device saw: {0}")]
+    StationLog(crate::tlog::LogError),
     #[error("station URL refused: {reason}")]
     InsecureUrl { reason: &'static str },
 }

@@ -17,6 +17,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+pub use tlog_tiles::stored_hash_index;
 pub use tlog_tiles::Hash as TreeHash;
 
 /// Why a checkpoint, note or proof is refused.
@@ -38,6 +39,14 @@ pub enum LogError {
     BadConsistency,
     #[error("the log shrank from {seen} to {presented} entries")]
     Shrunk { seen: u64, presented: u64 },
+    /// Two checkpoints the log key signed, of one size and different
+    /// roots: the log showed two histories.
+    #[error("the log signed two different trees of size {size}")]
+    Forked { size: u64 },
+    /// The log has no consistency proof between two sizes it signed
+    /// checkpoints of: it no longer has one of those trees.
+    #[error("the log no longer has a tree it signed (asked for sizes {old} and {new})")]
+    Forgotten { old: u64, new: u64 },
     #[error("malformed leaf")]
     MalformedLeaf,
 }
@@ -49,11 +58,18 @@ pub const MAX_SIGNATURES: usize = 100;
 
 const CHANGE_LEAF_TAG: &[u8] = b"fieldreport/change/v1\n";
 const AUDIT_LEAF_TAG: &[u8] = b"fieldreport/audit/v1\n";
+const REPORT_COMMIT_TAG: &[u8] = b"fieldreport/report/v1\n";
+const CHANGE_COMMIT_TAG: &[u8] = b"fieldreport/change-body/v1\n";
 
 /// One entry of the log. A change's leaf names what the station accepted
 /// (the change's hash, its author, sequence number and report) and when it
 /// received it; an audit leaf seals a batch of audit rows by their count,
 /// id range and SHA-256 over their canonical bytes.
+///
+/// A change leaf's bytes hold only two commitments: one to its report
+/// (the same for every change of the report) and one to the rest. So a
+/// bag can carry every leaf of the log, which proves which entries belong
+/// to its report, without showing who wrote what in any other report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Leaf {
     Change {
@@ -71,11 +87,34 @@ pub enum Leaf {
     },
 }
 
+/// What a leaf's bytes show (see [`Leaf`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeafView {
+    /// `report` is [`report_commitment`] of the change's report; `body`
+    /// commits to its hash, author, sequence number and receipt time.
+    Change { report: [u8; 32], body: [u8; 32] },
+    Audit {
+        count: u64,
+        first_id: i64,
+        last_id: i64,
+        digest: [u8; 32],
+    },
+}
+
+/// The commitment every change leaf of `report` carries: SHA-256 of a tag
+/// and the report id (random, so the commitment does not tell the report
+/// to whoever does not know it).
+pub fn report_commitment(report: Uuid) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(REPORT_COMMIT_TAG);
+    h.update(report.as_bytes());
+    h.finalize().into()
+}
+
 impl Leaf {
-    /// The leaf's bytes, as hashed into the tree.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(128);
-        match self {
+    /// What the leaf's bytes show.
+    pub fn view(&self) -> LeafView {
+        match *self {
             Leaf::Change {
                 hash,
                 device,
@@ -83,14 +122,58 @@ impl Leaf {
                 report,
                 received_at_ms,
             } => {
-                out.extend_from_slice(CHANGE_LEAF_TAG);
-                out.extend_from_slice(hash);
-                out.extend_from_slice(device.as_bytes());
-                out.extend_from_slice(&seq.to_be_bytes());
-                out.extend_from_slice(report.as_bytes());
-                out.extend_from_slice(&received_at_ms.to_be_bytes());
+                let mut h = Sha256::new();
+                h.update(CHANGE_COMMIT_TAG);
+                h.update(hash);
+                h.update(device.as_bytes());
+                h.update(seq.to_be_bytes());
+                h.update(received_at_ms.to_be_bytes());
+                LeafView::Change {
+                    report: report_commitment(report),
+                    body: h.finalize().into(),
+                }
             }
             Leaf::Audit {
+                count,
+                first_id,
+                last_id,
+                digest,
+            } => LeafView::Audit {
+                count,
+                first_id,
+                last_id,
+                digest,
+            },
+        }
+    }
+
+    /// The leaf's bytes, as hashed into the tree.
+    pub fn encode(&self) -> Vec<u8> {
+        self.view().encode()
+    }
+
+    /// What a leaf's bytes show; anything else is
+    /// [`LogError::MalformedLeaf`].
+    pub fn decode(bytes: &[u8]) -> Result<LeafView, LogError> {
+        LeafView::decode(bytes)
+    }
+
+    /// The RFC 6962 leaf hash.
+    pub fn hash(&self) -> TreeHash {
+        tlog_tiles::record_hash(&self.encode())
+    }
+}
+
+impl LeafView {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96);
+        match self {
+            LeafView::Change { report, body } => {
+                out.extend_from_slice(CHANGE_LEAF_TAG);
+                out.extend_from_slice(report);
+                out.extend_from_slice(body);
+            }
+            LeafView::Audit {
                 count,
                 first_id,
                 last_id,
@@ -106,8 +189,7 @@ impl Leaf {
         out
     }
 
-    /// A leaf from its bytes; anything else is [`LogError::MalformedLeaf`].
-    pub fn decode(bytes: &[u8]) -> Result<Leaf, LogError> {
+    pub fn decode(bytes: &[u8]) -> Result<LeafView, LogError> {
         fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], LogError> {
             if b.len() < n {
                 return Err(LogError::MalformedLeaf);
@@ -120,16 +202,13 @@ impl Leaf {
             take(b, N)?.try_into().map_err(|_| LogError::MalformedLeaf)
         }
         let leaf = if let Some(mut b) = bytes.strip_prefix(CHANGE_LEAF_TAG) {
-            let leaf = Leaf::Change {
-                hash: arr(&mut b)?,
-                device: Uuid::from_bytes(arr(&mut b)?),
-                seq: u64::from_be_bytes(arr(&mut b)?),
-                report: Uuid::from_bytes(arr(&mut b)?),
-                received_at_ms: i64::from_be_bytes(arr(&mut b)?),
+            let leaf = LeafView::Change {
+                report: arr(&mut b)?,
+                body: arr(&mut b)?,
             };
             (leaf, b)
         } else if let Some(mut b) = bytes.strip_prefix(AUDIT_LEAF_TAG) {
-            let leaf = Leaf::Audit {
+            let leaf = LeafView::Audit {
                 count: u64::from_be_bytes(arr(&mut b)?),
                 first_id: i64::from_be_bytes(arr(&mut b)?),
                 last_id: i64::from_be_bytes(arr(&mut b)?),
@@ -389,6 +468,36 @@ fn guarded(f: impl FnOnce() -> bool) -> bool {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(false)
 }
 
+/// The size and root of the tree over `leaves` (their bytes, in log
+/// order), computed the way the log computes it.
+pub fn tree_of_leaves<'a>(
+    leaves: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<(u64, TreeHash), LogError> {
+    struct Stored(Vec<TreeHash>);
+    impl tlog_tiles::HashReader for Stored {
+        fn read_hashes(&self, idx: &[u64]) -> Result<Vec<TreeHash>, tlog_tiles::Error> {
+            idx.iter()
+                .map(|&i| {
+                    usize::try_from(i)
+                        .ok()
+                        .and_then(|i| self.0.get(i).copied())
+                        .ok_or(tlog_tiles::Error::IndexesNotInTree)
+                })
+                .collect()
+        }
+    }
+    let mut stored = Stored(Vec::new());
+    let mut n = 0u64;
+    for leaf in leaves {
+        let more =
+            tlog_tiles::stored_hashes(n, leaf, &stored).map_err(|_| LogError::MalformedLeaf)?;
+        stored.0.extend(more);
+        n += 1;
+    }
+    let root = tlog_tiles::tree_hash(n, &stored).map_err(|_| LogError::MalformedLeaf)?;
+    Ok((n, root))
+}
+
 /// Checks that the leaf `leaf` is entry `index` of the tree of `size` with
 /// `root`.
 pub fn check_inclusion(
@@ -618,7 +727,7 @@ mod tests {
         ];
         for leaf in leaves {
             let b = leaf.encode();
-            assert_eq!(Leaf::decode(&b).unwrap(), leaf);
+            assert_eq!(Leaf::decode(&b).unwrap(), leaf.view());
             assert_eq!(
                 Leaf::decode(&b[..b.len() - 1]),
                 Err(LogError::MalformedLeaf)

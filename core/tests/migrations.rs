@@ -78,6 +78,9 @@ fn every_earlier_version_upgrades() {
             list[0].conflict_count, 1,
             "v{v}: the kept conflict survives"
         );
+        // The station log's tables are there, empty until a sync.
+        assert_eq!(s.newest_log_checkpoint().unwrap(), None, "v{v}");
+        assert!(s.receipts_of_report(list[0].id).unwrap().is_empty());
         // The upgraded store keeps working.
         s.set_field(list[0].id, "narrative", Value::Text("c".into()))
             .unwrap();

@@ -64,6 +64,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(log_key))
         .routes(routes!(log_consistency))
         .routes(routes!(log_inclusion))
+        .routes(routes!(log_alarm).layer(DefaultBodyLimit::max(MAX_ALARM_BYTES)))
 }
 
 /// The OpenAPI 3.1 description of the API, as served.
@@ -699,6 +700,51 @@ async fn log_inclusion(
     Ok(Json(s.storage.inclusion(&d, q.index, q.size).await?))
 }
 
+/// A log alarm is a short phrase and one checkpoint.
+const MAX_ALARM_BYTES: usize = 16 * 1024;
+
+#[utoipa::path(post, path = "/v1/log/alarm",
+    description = "A device reports that the station's log is not the one it saw (a smaller tree, another history, another key): kept in the audit log, with whether the checkpoint the device holds was signed by this log key (then the station signed a tree it no longer shows). See docs/log.md",
+    request_body = LogAlarm,
+    responses((status = 204, description = "recorded"), (status = 400, description = "refused", body = ErrorBody), (status = 401, description = "refused", body = ErrorBody), (status = 413, description = "refused", body = ErrorBody)))]
+async fn log_alarm(
+    State(s): State<AppState>,
+    Device(d): Device,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<StatusCode> {
+    let alarm: LogAlarm = parse(&read_body(body)?)?;
+    // The device's phrase is sizes and key names; kept short and on one line.
+    let problem: String = alarm
+        .problem
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    let held = alarm.held.as_deref().and_then(|n| {
+        fieldreport_core::tlog::SignedCheckpoint::verify(n.as_bytes(), &s.storage.log_verifier())
+            .ok()
+    });
+    let outcome = match held {
+        Some(cp) => format!(
+            "{problem}; the device holds this log's signed checkpoint of size {}",
+            cp.size
+        ),
+        None => format!("{problem}; the device holds no checkpoint signed by this log key"),
+    };
+    tracing::error!(device = %d.record.device_id, "a device reports the station's log inconsistent");
+    s.storage
+        .audit(AuditEntry {
+            id: 0,
+            at_ms: s.clock.now_ms(),
+            actor: d.record.device_id.to_string(),
+            action: "log alarm".into(),
+            target: "/v1/log".into(),
+            outcome,
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[utoipa::path(get, path = "/public/counts.csv", security(()),
     description = "The public record as CSV: month,district,measure,count (count is a number or `suppressed`)",
     responses((status = 200, description = "CSV", content_type = "text/csv", body = String)))]
@@ -888,6 +934,7 @@ mod tests {
                 "GET /v1/reviews",
                 "POST /v1/changes",
                 "POST /v1/enroll",
+                "POST /v1/log/alarm",
                 "PUT /v1/media/{sha}",
             ]
         );

@@ -149,6 +149,15 @@ enum Command {
     Verify {
         /// The package directory.
         dir: PathBuf,
+        /// The station's published log verifier key (`name+id+key`, as
+        /// `log-key` prints it): the checkpoint must be signed by it.
+        /// Without it, the key in the package is used and the verdict
+        /// says so.
+        #[arg(long)]
+        log_key: Option<String>,
+        /// Skip the completeness check (packages made before the log).
+        #[arg(long)]
+        without_log: bool,
     },
     /// Check the database against its transparency log: the newest
     /// checkpoint's signature and root, every change logged and every
@@ -565,15 +574,32 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 print!("\n{note}");
             }
         }
-        Command::Verify { dir } => {
+        Command::Verify {
+            dir,
+            log_key,
+            without_log,
+        } => {
+            let options = fieldreport_core::evidence::package::VerifyOptions {
+                log_key: log_key
+                    .map(|k| {
+                        fieldreport_core::tlog::NoteVerifier::parse(k.trim())
+                            .map_err(|e| anyhow::anyhow!("--log-key is not a verifier key: {e}"))
+                    })
+                    .transpose()?,
+                without_log,
+            };
             let bar = progress_bar();
             let b = bar.clone();
             let verdict = tokio::task::spawn_blocking(move || {
-                fieldreport_core::evidence::package::verify_package(&dir, &mut |done, total| {
-                    b.set_message("hashing");
-                    b.set_length(total);
-                    b.set_position(done);
-                })
+                fieldreport_core::evidence::package::verify_package_with(
+                    &dir,
+                    &options,
+                    &mut |done, total| {
+                        b.set_message("hashing");
+                        b.set_length(total);
+                        b.set_position(done);
+                    },
+                )
             })
             .await?;
             bar.finish_and_clear();

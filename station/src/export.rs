@@ -38,6 +38,7 @@ pub async fn export_package(
         devices: material.devices,
         media: material.media,
         received: material.received,
+        log: material.log,
     };
     let out: PathBuf = out.to_path_buf();
     tokio::task::spawn_blocking(move || write_package(input, &out, &mut progress))

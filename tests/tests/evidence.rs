@@ -14,8 +14,12 @@ use std::process::Command;
 
 use base64::Engine;
 use fieldreport_core::crdt::{Action, Change, ChangeBody, Hlc, Operation, Target};
-use fieldreport_core::evidence::package::{change_line, verify_package, Verdict};
+use fieldreport_core::evidence::package::{
+    change_line, verify_package, verify_package_with, write_package, DeviceEnrollment,
+    PackageInput, Verdict, VerifyOptions,
+};
 use fieldreport_core::store::MediaMeta;
+use fieldreport_core::tlog::{NoteVerifier, SignedCheckpoint};
 use fieldreport_core::{DeviceIdentity, Role, Value};
 use fieldreport_e2e::*;
 use sha2::{Digest, Sha256};
@@ -833,4 +837,236 @@ fn a_change_received_after_its_devices_revocation_is_named() {
         "{err}"
     );
     assert!(!out.exists());
+}
+
+/// The bag's tags, as `write_package` reads them back.
+fn bag_tag(bag: &Path, key: &str) -> String {
+    fs::read_to_string(bag.join("bag-info.txt"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}: ")).map(str::to_string))
+        .unwrap()
+}
+
+/// A forger's package: the clean bag's report with `drop` left out,
+/// rebuilt whole by the package writer (history, receipts, report.json,
+/// PDF, manifests all consistent), then given the clean bag's log files.
+fn forge_without(clean: &Path, out: &Path, r: Uuid, drop: &str) {
+    let changes: Vec<Change> = history(clean, r)
+        .iter()
+        .filter(|l| l["change"] != drop)
+        .map(|l| {
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let body = b64.decode(l["body"].as_str().unwrap()).unwrap();
+            let sig: [u8; 64] = hex::decode(l["signature"].as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap();
+            Change::from_parts(body, sig).unwrap()
+        })
+        .collect();
+    let devices: Vec<DeviceEnrollment> =
+        serde_json::from_str(&fs::read_to_string(clean.join("data/devices.json")).unwrap())
+            .unwrap();
+    let received = fs::read_to_string(clean.join(format!("data/reports/{r}/receipts.jsonl")))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let mut h = [0u8; 32];
+            hex::decode_to_slice(v["hash"].as_str().unwrap(), &mut h).unwrap();
+            let at = chrono::DateTime::parse_from_rfc3339(v["received_at"].as_str().unwrap())
+                .unwrap()
+                .with_timezone(&chrono::Utc);
+            (h, at)
+        })
+        .collect();
+    let media = fs::read_dir(clean.join("data/media"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().to_string_lossy().into_owned(), e.path())
+        })
+        .collect();
+    let input = PackageInput {
+        station: bag_tag(clean, "Exporting-Station"),
+        exported_at: chrono::DateTime::parse_from_rfc3339(&bag_tag(clean, "Export-Time"))
+            .unwrap()
+            .with_timezone(&chrono::Utc),
+        reports: vec![(r, changes)],
+        devices,
+        media,
+        received,
+        log: None,
+    };
+    write_package(input, out, &mut |_| {}).unwrap();
+    fs::create_dir_all(out.join("data/log")).unwrap();
+    for f in ["checkpoint.txt", "key.txt", "leaves.txt"] {
+        fs::copy(clean.join("data/log").join(f), out.join("data/log").join(f)).unwrap();
+    }
+    rewrite_manifests(out);
+}
+
+#[test]
+fn a_dropped_newest_change_an_unlogged_one_and_a_foreign_checkpoint_are_named() {
+    let s = scene();
+    let work = tempfile::tempdir().unwrap();
+    let clean = work.path().join("clean");
+    export(&s, &[s.report], &clean);
+    let published = NoteVerifier::parse(s.st.get_text("/v1/log/key").trim()).unwrap();
+    let with_key = VerifyOptions {
+        log_key: Some(published.clone()),
+        without_log: false,
+    };
+    let check =
+        |bag: &Path, o: &VerifyOptions| verify_package_with(bag, o, &mut |_, _| {}).unwrap();
+    let clean_verdict = check(&clean, &with_key);
+    assert!(clean_verdict.is_ok(), "{clean_verdict}");
+    let facts = clean_verdict.log.clone().unwrap();
+    assert!(facts.published_key && facts.origin == published.name);
+    assert!(
+        clean_verdict.to_string().contains("Complete:"),
+        "{clean_verdict}"
+    );
+    let r = s.report;
+    let hist_rel = format!("data/reports/{r}/changes.jsonl");
+
+    // 1. A device's newest change dropped (no other change names it) and
+    //    everything else rewritten to match: the package writer's own
+    //    check passes without the log, the log names the entry.
+    let lines = history(&clean, r);
+    let newest = lines
+        .iter()
+        .filter(|l| l["ops"][0]["target"] == "narrative")
+        .max_by_key(|l| l["seq"].as_u64().unwrap())
+        .unwrap();
+    let dropped = newest["change"].as_str().unwrap().to_string();
+    let hash = newest["hash"].as_str().unwrap();
+    assert!(
+        lines.iter().all(|l| l["prev"] != hash),
+        "a change names the dropped one"
+    );
+    let cut = work.path().join("tail-cut");
+    forge_without(&clean, &cut, r, &dropped);
+    let skipped = check(
+        &cut,
+        &VerifyOptions {
+            without_log: true,
+            ..Default::default()
+        },
+    );
+    assert!(skipped.is_ok() && skipped.log_skipped, "{skipped}");
+    assert!(skipped.to_string().contains("Completeness NOT checked"));
+    let v = check(&cut, &with_key);
+    assert_eq!(v.failures.len(), 1, "{v}");
+    assert_names(
+        &v,
+        &hist_rel,
+        None,
+        "that the package does not hold (dropped)",
+    );
+    let (ok, out, _) = cli(&[
+        "verify",
+        "--log-key",
+        &published.encode(),
+        &cut.to_string_lossy(),
+    ]);
+    assert!(!ok && out.contains("(dropped)"), "{out}");
+
+    // 2. The same, with the entry cut from leaves.txt too: the leaves no
+    //    longer give the signed root.
+    let leaves_rel = "data/log/leaves.txt";
+    let leaves = fs::read_to_string(cut.join(leaves_rel)).unwrap();
+    let index: usize = v.failures[0]
+        .problem
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let fewer: String = leaves
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| *i != index)
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    fs::write(cut.join(leaves_rel), &fewer).unwrap();
+    rewrite_manifests(&cut);
+    assert_names(&check(&cut, &with_key), leaves_rel, None, "holds");
+
+    // 3. ...and a checkpoint of the shorter log signed with another key,
+    //    put in the bag with that key: refused against the published key.
+    let cp_rel = "data/log/checkpoint.txt";
+    let old = SignedCheckpoint::verify(&fs::read(clean.join(cp_rel)).unwrap(), &published).unwrap();
+    let other = fieldreport_station::storage::transparency::LogSigner::load_or_create(
+        &work.path().join("other.key"),
+        Some(&old.origin),
+    )
+    .unwrap();
+    let (n, root) = fieldreport_core::tlog::tree_of_leaves(
+        fewer
+            .lines()
+            .map(|l| base64::engine::general_purpose::STANDARD.decode(l).unwrap())
+            .collect::<Vec<_>>()
+            .iter()
+            .map(Vec::as_slice),
+    )
+    .unwrap();
+    fs::write(cut.join(cp_rel), other.sign(n, root).unwrap().note).unwrap();
+    fs::write(
+        cut.join("data/log/key.txt"),
+        format!("{}\n", other.verifier().encode()),
+    )
+    .unwrap();
+    rewrite_manifests(&cut);
+    let v = check(&cut, &with_key);
+    assert_names(&v, "data/log/key.txt", None, "not the published");
+    assert_names(&v, cp_rel, None, "not signed by the log key");
+    // Without the published key the bag's own key is all there is, and
+    // the verdict says to compare it.
+    let own = check(&cut, &VerifyOptions::default());
+    assert!(own.is_ok(), "{own}");
+    assert!(own.to_string().contains("compare that key"), "{own}");
+
+    // 4. A change the station never logged, added to the history with its
+    //    receipt: named as not in the log.
+    let extra = work.path().join("inserted");
+    copy_dir(&clean, &extra);
+    let mut changes = history(&extra, r);
+    let a_line = changes
+        .iter()
+        .filter(|l| l["device"] == changes[0]["device"])
+        .max_by_key(|l| l["seq"].as_u64().unwrap())
+        .unwrap()
+        .clone();
+    s.officer
+        .store
+        .set_field(r, "narrative", Value::Text("Added later.".into()))
+        .unwrap();
+    let added = s.officer.store.outbox(10).unwrap().pop().unwrap();
+    assert_eq!(
+        added.device().to_string(),
+        a_line["device"].as_str().unwrap()
+    );
+    changes.push(change_line(&added));
+    write_history(&extra, r, &changes);
+    let receipts_rel = format!("data/reports/{r}/receipts.jsonl");
+    let mut receipts = fs::read_to_string(extra.join(&receipts_rel)).unwrap();
+    receipts.push_str(&format!(
+        "{}\n",
+        fieldreport_core::evidence::package::receipt_line(
+            &added,
+            chrono::DateTime::from_timestamp_millis(s.st.now_ms()).unwrap()
+        )
+    ));
+    fs::write(extra.join(&receipts_rel), receipts).unwrap();
+    rewrite_manifests(&extra);
+    let v = check(&extra, &with_key);
+    assert_names(
+        &v,
+        &hist_rel,
+        Some(&added.id().to_string()),
+        "is not in the station's log",
+    );
+    assert!(check(&clean, &with_key).is_ok());
 }

@@ -10,8 +10,8 @@ use fieldreport_core::sync::wire::{
     ConsistencyResponse, InclusionResponse, PushRequest, PushResponse, WireChange,
 };
 use fieldreport_core::tlog::{
-    check_consistency, check_inclusion, decode_hashes, Leaf, LogError, NoteVerifier,
-    SignedCheckpoint,
+    check_consistency, check_inclusion, decode_hashes, report_commitment, Leaf, LeafView, LogError,
+    NoteVerifier, SignedCheckpoint,
 };
 use fieldreport_core::{Role, Value};
 use fieldreport_e2e::*;
@@ -175,7 +175,9 @@ fn every_push_gets_receipts_that_verify_and_every_checkpoint_extends_the_last() 
         .decode(&got.leaf)
         .unwrap();
     let leaf = Leaf::decode(&leaf_bytes).unwrap();
-    assert!(matches!(leaf, Leaf::Change { hash, .. } if hash == *outbox[0].hash()));
+    assert!(
+        matches!(leaf, LeafView::Change { report, .. } if report == report_commitment(outbox[0].report()))
+    );
     check_inclusion(
         &decode_hashes(&got.proof).unwrap(),
         last.size,
@@ -443,4 +445,253 @@ fn the_log_key_is_private_and_kept_across_restarts() {
                 .to_string();
         assert!(err.contains("readable by others"), "{err}");
     }
+}
+
+#[test]
+fn a_phone_refuses_a_station_whose_log_went_back_and_keeps_its_outbox() {
+    let st = TestStation::start();
+    let officer = st.device(
+        &person("Officer Backname", "72005", Role::Officer, "D4"),
+        None,
+    );
+    write_report(&officer, 2);
+    officer.sync();
+    // What an older copy of the station held: the log up to here.
+    let v = verifier(&st);
+    let old = checkpoint(&st, &v);
+    let old_changes = st.counts().changes;
+    write_report(&officer, 2);
+    officer.sync();
+    assert!(checkpoint(&st, &v).size > old.size);
+
+    // The station's database "restored" to that copy: the newer changes
+    // and their log entries gone.
+    let n = old.size;
+    let hashes_from = fieldreport_core::tlog::stored_hash_index(0, n);
+    exec_sql(
+        &st,
+        &format!(
+            "DROP TRIGGER log_leaves_no_delete; DROP TRIGGER log_hashes_no_delete;
+             DROP TRIGGER log_checkpoints_no_delete;
+             DELETE FROM log_checkpoints WHERE size > {n};
+             DELETE FROM log_leaves WHERE idx >= {n};
+             DELETE FROM log_hashes WHERE idx >= {hashes_from};
+             DELETE FROM changes WHERE id > {old_changes};"
+        ),
+        &format!(
+            "ALTER TABLE log_checkpoints DISABLE TRIGGER USER;
+             ALTER TABLE log_leaves DISABLE TRIGGER USER;
+             ALTER TABLE log_hashes DISABLE TRIGGER USER;
+             DELETE FROM log_checkpoints WHERE size > {n};
+             DELETE FROM log_leaves WHERE idx >= {n};
+             DELETE FROM log_hashes WHERE idx >= {hashes_from};
+             DELETE FROM changes WHERE id > {old_changes};"
+        ),
+    );
+    assert_eq!(checkpoint(&st, &v).size, n);
+
+    // The phone holds a newer checkpoint: it refuses the station, sends
+    // nothing, and keeps its new work.
+    write_report(&officer, 1);
+    let waiting = officer.store.outbox_len().unwrap();
+    assert!(waiting > 0);
+    let err = officer
+        .client
+        .sync(
+            &officer.store,
+            &fieldreport_core::sync::NoProgress,
+            &Default::default(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            fieldreport_core::Error::StationLog(LogError::Shrunk { seen, presented })
+                if seen > presented && presented == n
+        ),
+        "{err:?}"
+    );
+    assert_eq!(officer.store.outbox_len().unwrap(), waiting);
+    assert_eq!(st.counts().changes, old_changes);
+    // The phone keeps the newer checkpoint, and told the station's audit,
+    // naming the size the station signed and no longer shows.
+    assert!(officer.store.newest_log_checkpoint().unwrap().unwrap().0 > n);
+    let alarms = log_alarms(&st);
+    assert_eq!(alarms.len(), 1, "{alarms:?}");
+    assert_eq!(
+        alarms[0].actor,
+        officer.store.identity().unwrap().device_id.to_string()
+    );
+    assert!(
+        alarms[0].outcome.contains("shrank")
+            && alarms[0]
+                .outcome
+                .contains("holds this log's signed checkpoint of size"),
+        "{}",
+        alarms[0].outcome
+    );
+    // And again at the next try: nothing is sent to that station.
+    assert!(officer
+        .client
+        .sync(
+            &officer.store,
+            &fieldreport_core::sync::NoProgress,
+            &Default::default(),
+        )
+        .is_err());
+    assert_eq!(officer.store.outbox_len().unwrap(), waiting);
+}
+
+fn log_alarms(st: &TestStation) -> Vec<fieldreport_station::storage::AuditEntry> {
+    st.rt
+        .block_on(st.storage.audit_log(0, 100_000))
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "log alarm")
+        .collect()
+}
+
+#[test]
+fn a_phone_keeps_a_receipt_for_every_change_it_pushed() {
+    let st = TestStation::start();
+    let officer = st.device(
+        &person("Officer Receiptname", "72006", Role::Officer, "D4"),
+        None,
+    );
+    let v = verifier(&st);
+    let r = write_report(&officer, 2);
+    officer.sync();
+    officer
+        .store
+        .set_field(r, "narrative", Value::Text("Later.".into()))
+        .unwrap();
+    officer.sync();
+
+    let mine = officer.store.report_changes(r).unwrap();
+    let receipts = officer.store.receipts_of_report(r).unwrap();
+    assert_eq!(receipts.len(), mine.len());
+    let mut sizes = std::collections::BTreeSet::new();
+    for rc in &receipts {
+        let change = mine.iter().find(|c| c.id() == rc.change).unwrap();
+        let note = officer
+            .store
+            .log_checkpoint_of(rc.tree_size)
+            .unwrap()
+            .expect("the checkpoint a receipt leads to is kept");
+        let cp = SignedCheckpoint::verify(note.as_bytes(), &v).unwrap();
+        let leaf = Leaf::Change {
+            hash: *change.hash(),
+            device: change.device(),
+            seq: change.body().seq,
+            report: r,
+            received_at_ms: rc.received_at_ms,
+        };
+        check_inclusion(
+            &decode_hashes(&rc.proof).unwrap(),
+            cp.size,
+            cp.root,
+            rc.index,
+            leaf.hash(),
+        )
+        .unwrap();
+        sizes.insert(rc.tree_size);
+    }
+    assert_eq!(sizes.len(), 2, "one checkpoint per push");
+    assert!(log_alarms(&st).is_empty());
+}
+
+#[test]
+fn a_phone_shown_another_history_signed_by_the_log_key_refuses_it() {
+    let st = TestStation::start();
+    let a = st.device(
+        &person("Officer Forkname", "72007", Role::Officer, "D4"),
+        None,
+    );
+    let b = st.device(
+        &person("Officer Forkother", "72008", Role::Officer, "D4"),
+        None,
+    );
+    write_report(&a, 1);
+    a.sync();
+    let held = a.store.newest_log_checkpoint().unwrap().unwrap();
+    let v = verifier(&st);
+    let held_cp = SignedCheckpoint::verify(held.1.as_bytes(), &v).unwrap();
+
+    // Another phone's newer checkpoint of the same history: kept.
+    write_report(&b, 1);
+    b.sync();
+    let newer = b.store.newest_log_checkpoint().unwrap().unwrap();
+    assert!(newer.0 > held.0);
+    a.client
+        .observe_checkpoint(&a.store, &Default::default(), &newer.1)
+        .unwrap();
+    assert_eq!(a.store.newest_log_checkpoint().unwrap().unwrap(), newer);
+
+    // Whoever holds the log key signs a second tree of a size a phone
+    // holds (what a station showing two phones two histories does).
+    let signer = fieldreport_station::storage::transparency::LogSigner::load_or_create(
+        &st.dir.path().join("station").join("log.key"),
+        None,
+    )
+    .unwrap();
+    let mut other_root = held_cp.root;
+    other_root.0[0] ^= 1;
+    let fork = signer.sign(held_cp.size, other_root).unwrap();
+    let err = a
+        .client
+        .observe_checkpoint(&a.store, &Default::default(), &fork.note)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            fieldreport_core::Error::StationLog(LogError::BadConsistency)
+        ),
+        "{err:?}"
+    );
+    let same_size = signer.sign(newer.0, other_root).unwrap();
+    let err = a
+        .client
+        .observe_checkpoint(&a.store, &Default::default(), &same_size.note)
+        .unwrap_err();
+    assert!(
+        matches!(err, fieldreport_core::Error::StationLog(LogError::Forked { size }) if size == newer.0),
+        "{err:?}"
+    );
+    // A larger tree the station has no record of signing.
+    let unseen = signer.sign(newer.0 + 10, other_root).unwrap();
+    let err = a
+        .client
+        .observe_checkpoint(&a.store, &Default::default(), &unseen.note)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            fieldreport_core::Error::StationLog(LogError::Forgotten { .. })
+        ),
+        "{err:?}"
+    );
+    // A checkpoint under another key is not this log's.
+    let stranger = fieldreport_station::storage::transparency::LogSigner::load_or_create(
+        &st.dir.path().join("stranger.key"),
+        Some(v.name.as_str()),
+    )
+    .unwrap();
+    let err = a
+        .client
+        .observe_checkpoint(
+            &a.store,
+            &Default::default(),
+            &stranger.sign(newer.0, held_cp.root).unwrap().note,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            fieldreport_core::Error::StationLog(LogError::NotSignedByLog(_))
+        ),
+        "{err:?}"
+    );
+    // None of them replaced what the phone holds, each reached the audit.
+    assert_eq!(a.store.newest_log_checkpoint().unwrap().unwrap(), newer);
+    assert_eq!(log_alarms(&st).len(), 4);
 }

@@ -13,6 +13,7 @@ pub const MIGRATIONS: Migrations = Migrations::new(&[
     include_str!("../../migrations/0001_initial.sql"),
     include_str!("../../migrations/0002_report_rebuild.sql"),
     include_str!("../../migrations/0003_secrets.sql"),
+    include_str!("../../migrations/0004_log_receipts.sql"),
 ]);
 
 pub fn current_version() -> i64 {

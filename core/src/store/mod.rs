@@ -10,7 +10,9 @@
 //! [`Store`] is the one entry point (the FFI wraps it); its methods live
 //! by concern: opening, identity and reading here; `authoring` (edits and
 //! lifecycle actions), `replication` (heads, applying received changes,
-//! integrity), `sync_state` (outbox, pending media, sync values) and
+//! integrity), `sync_state` (outbox, pending media, sync values),
+//! `receipts` (the station log's checkpoints and receipts this device
+//! holds) and
 //! `encryption` (open encrypted, rekey, wipe) beside it; `log` holds the
 //! change-log SQL the station's SQLite engine shares, `media` the sealed
 //! media files, `key` the store key, `migrations` the schema steps.
@@ -21,6 +23,7 @@ pub mod key;
 pub mod log;
 pub mod media;
 pub mod migrations;
+mod receipts;
 mod replication;
 mod sync_state;
 
@@ -45,6 +48,7 @@ pub use key::StoreKey;
 pub use log::SqlLookup;
 use log::{decode_row, hash_of, insert_change, load_doc, upsert_device, uuid_of, ZERO_HASH};
 pub use media::{MediaKey, MediaReader, MediaStore, StoredMedia};
+pub use receipts::StoredReceipt;
 
 /// Source of wall-clock time (replaceable in tests: skewed clocks).
 pub trait WallClock: Send + Sync {

@@ -24,12 +24,19 @@ use crate::crdt::Change;
 use crate::error::{Error, Result};
 use crate::evidence::DeviceIdentity;
 use crate::model::media_refs;
-use crate::store::{Origin, Store};
+use crate::store::{Origin, Store, StoredReceipt};
+use crate::tlog::{
+    check_consistency, check_inclusion, decode_hashes, Leaf, LogError, NoteVerifier,
+    SignedCheckpoint,
+};
 
 const KEY_URL: &str = "station_url";
 const KEY_CREDENTIAL: &str = "station_credential";
 const KEY_CURSOR: &str = "pull_cursor";
 const KEY_PIN: &str = "station_pin";
+/// The station's log verifier key (C2SP `name+id+key`), kept from first
+/// contact.
+const KEY_LOG_KEY: &str = "log_key";
 
 /// Changes per push request (well under the station's limit).
 pub const PUSH_BATCH: u32 = 500;
@@ -336,8 +343,14 @@ impl SyncClient {
         let mut report = SyncReport::default();
         progress.on_progress(Progress::start(Phase::Devices, 1, 0));
         self.refresh_devices(store)?;
-        self.upload_media(store, progress, cancel, &mut report)?;
-        self.push(store, progress, cancel, &mut report)?;
+        self.reporting_log_trouble(store, cancel, |c| {
+            // Before anything is sent: a station whose log does not extend
+            // the one this device saw (restored from an old copy, or
+            // forked) gets nothing, and the outbox stays as it is.
+            c.check_log(store, cancel)?;
+            c.upload_media(store, progress, cancel, &mut report)?;
+            c.push(store, progress, cancel, &mut report)
+        })?;
         let wanted_media = self.pull(store, progress, cancel, &mut report)?;
         self.download_media(store, &wanted_media, progress, cancel, &mut report)?;
         progress.on_progress(Progress::start(Phase::Done, 0, 0));
@@ -441,7 +454,7 @@ impl SyncClient {
             let body = PushRequest {
                 changes: batch.iter().map(WireChange::from_change).collect(),
             };
-            let _: PushResponse = self.retry(cancel, || {
+            let answer: PushResponse = self.retry(cancel, || {
                 self.json(
                     self.http
                         .post(self.url("/v1/changes"))
@@ -450,11 +463,244 @@ impl SyncClient {
                 )
             })?;
             let ids: Vec<_> = batch.iter().map(Change::id).collect();
-            store.mark_acked(&ids)?;
+            // Receipts that do not check refuse the rest of the sync and
+            // leave the batch in the outbox (pushing it again is
+            // idempotent). A station that gave none (its log write failed
+            // after the commit) still holds the changes.
+            match &answer.log {
+                Some(log) => {
+                    let (cp, receipts) = self.check_receipts(store, cancel, &batch, log)?;
+                    store.ack_with_receipts(&ids, Some((cp.size, &cp.note)), &receipts)?;
+                }
+                None => store.mark_acked(&ids)?,
+            }
             report.pushed += ids.len() as u64;
             p.items_done += ids.len() as u64;
             progress.on_progress(p);
         }
+    }
+
+    /// The station's log verifier key: kept from first contact (over the
+    /// pinned TLS connection; an older enrollment learns it at its first
+    /// sync with a log).
+    fn log_key(&self, store: &Store, cancel: &CancelToken) -> Result<NoteVerifier> {
+        if let Some(k) = store.sync_value(KEY_LOG_KEY)? {
+            return NoteVerifier::parse(&k).map_err(Error::StationLog);
+        }
+        let text = self.retry(cancel, || {
+            self.send(self.http.get(self.url("/v1/log/key")))?
+                .text()
+                .map_err(|e| Error::Network(e.to_string()))
+        })?;
+        let key = NoteVerifier::parse(&text).map_err(Error::StationLog)?;
+        store.set_sync_value(KEY_LOG_KEY, &key.encode())?;
+        Ok(key)
+    }
+
+    /// The newest checkpoint this device accepted, verified again (the
+    /// store could have been written by another build).
+    fn held_checkpoint(
+        &self,
+        store: &Store,
+        key: &NoteVerifier,
+    ) -> Result<Option<SignedCheckpoint>> {
+        store
+            .newest_log_checkpoint()?
+            .map(|(_, note)| SignedCheckpoint::verify(note.as_bytes(), key))
+            .transpose()
+            .map_err(Error::StationLog)
+    }
+
+    /// Checks the station's newest checkpoint against the one this device
+    /// holds, and keeps it.
+    fn check_log(&self, store: &Store, cancel: &CancelToken) -> Result<()> {
+        let key = self.log_key(store, cancel)?;
+        let note = self.retry(cancel, || {
+            let resp = self
+                .auth(self.http.get(self.url("/v1/log/checkpoint")))
+                .send()
+                .map_err(|e| network_error(&self.verifier, e))?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            check(resp)?
+                .text()
+                .map(Some)
+                .map_err(|e| Error::Network(e.to_string()))
+        })?;
+        match note {
+            Some(note) => {
+                let new = self.extends_held(store, cancel, &key, &note)?;
+                store.record_log_checkpoint(new.size, &new.note)
+            }
+            // An empty log where this device saw entries: rolled back.
+            None => match self.held_checkpoint(store, &key)? {
+                Some(old) if old.size > 0 => Err(Error::StationLog(LogError::Shrunk {
+                    seen: old.size,
+                    presented: 0,
+                })),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// The consistency proof from the station between two sizes it signed.
+    fn consistency_proof(
+        &self,
+        cancel: &CancelToken,
+        old: u64,
+        new: u64,
+    ) -> Result<Vec<crate::tlog::TreeHash>> {
+        if old == new || old == 0 {
+            return Ok(Vec::new());
+        }
+        let p: ConsistencyResponse = self
+            .retry(cancel, || {
+                self.json(
+                    self.http
+                        .get(self.url(&format!("/v1/log/consistency?old={old}&new={new}"))),
+                )
+            })
+            .map_err(|e| match e {
+                // Both sizes are of checkpoints the log key signed: a log
+                // that has no tree of one of them dropped it.
+                Error::Station { status: 404, .. } => {
+                    Error::StationLog(LogError::Forgotten { old, new })
+                }
+                e => e,
+            })?;
+        decode_hashes(&p.proof).map_err(|_| Error::StationLog(LogError::BadConsistency))
+    }
+
+    /// Checks that `a` and `b` (both signed by the log key) are one
+    /// history: of one size, the same root; otherwise the smaller tree a
+    /// prefix of the larger, by the station's consistency proof.
+    fn check_one_history(
+        &self,
+        cancel: &CancelToken,
+        a: &SignedCheckpoint,
+        b: &SignedCheckpoint,
+    ) -> Result<()> {
+        let (small, big) = if a.size <= b.size { (a, b) } else { (b, a) };
+        if small.size == big.size {
+            return if small.root == big.root {
+                Ok(())
+            } else {
+                Err(Error::StationLog(LogError::Forked { size: small.size }))
+            };
+        }
+        let proof = self.consistency_proof(cancel, small.size, big.size)?;
+        check_consistency(&proof, small.size, small.root, big.size, big.root)
+            .map_err(Error::StationLog)
+    }
+
+    /// Verifies `note` (signed by the log key, a tree that extends the one
+    /// this device holds) and returns it; stores nothing.
+    fn extends_held(
+        &self,
+        store: &Store,
+        cancel: &CancelToken,
+        key: &NoteVerifier,
+        note: &str,
+    ) -> Result<SignedCheckpoint> {
+        let new = SignedCheckpoint::verify(note.as_bytes(), key).map_err(Error::StationLog)?;
+        if let Some(old) = self.held_checkpoint(store, key)? {
+            if new.size < old.size {
+                return Err(Error::StationLog(LogError::Shrunk {
+                    seen: old.size,
+                    presented: new.size,
+                }));
+            }
+            self.check_one_history(cancel, &old, &new)?;
+        }
+        Ok(new)
+    }
+
+    /// Checks a checkpoint this device got from elsewhere (another phone,
+    /// a witness, the public page) against the one it holds: a station
+    /// that showed devices different trees is caught here. A consistent
+    /// newer one is kept as the newest.
+    pub fn observe_checkpoint(
+        &self,
+        store: &Store,
+        cancel: &CancelToken,
+        note: &str,
+    ) -> Result<()> {
+        self.reporting_log_trouble(store, cancel, |c| {
+            let key = c.log_key(store, cancel)?;
+            let seen =
+                SignedCheckpoint::verify(note.as_bytes(), &key).map_err(Error::StationLog)?;
+            if let Some(held) = c.held_checkpoint(store, &key)? {
+                c.check_one_history(cancel, &held, &seen)?;
+            }
+            store.record_log_checkpoint(seen.size, &seen.note)
+        })
+    }
+
+    /// Runs `f`; if it finds the station's log inconsistent, tells the
+    /// station's audit (best effort: a station that lies may not record
+    /// it, which is why the error also reaches the officer) and returns
+    /// the error.
+    fn reporting_log_trouble<T>(
+        &self,
+        store: &Store,
+        cancel: &CancelToken,
+        f: impl FnOnce(&Self) -> Result<T>,
+    ) -> Result<T> {
+        let out = f(self);
+        if let Err(Error::StationLog(problem)) = &out {
+            let held = store.newest_log_checkpoint().ok().flatten().map(|(_, n)| n);
+            let body = LogAlarm {
+                problem: problem.to_string(),
+                held,
+            };
+            let _ = self.retry(cancel, || {
+                self.send(self.http.post(self.url("/v1/log/alarm")).json(&body))
+                    .map(drop)
+            });
+        }
+        out
+    }
+
+    /// Checks a push's receipts: each is for one of `batch`'s changes and
+    /// proves it in the signed tree at its index, and that tree extends
+    /// the one held. Returns the checkpoint and the receipts to keep.
+    fn check_receipts(
+        &self,
+        store: &Store,
+        cancel: &CancelToken,
+        batch: &[Change],
+        log: &PushLog,
+    ) -> Result<(SignedCheckpoint, Vec<StoredReceipt>)> {
+        let key = self.log_key(store, cancel)?;
+        let cp = self.extends_held(store, cancel, &key, &log.checkpoint)?;
+        let mut kept = Vec::with_capacity(log.receipts.len());
+        for r in &log.receipts {
+            let Some(change) = batch
+                .iter()
+                .find(|c| c.device() == r.device && c.body().seq == r.seq)
+            else {
+                return Err(Error::StationLog(LogError::BadInclusion));
+            };
+            let leaf = Leaf::Change {
+                hash: *change.hash(),
+                device: change.device(),
+                seq: change.body().seq,
+                report: change.report(),
+                received_at_ms: r.received_at_ms,
+            };
+            let proof = decode_hashes(&r.proof).map_err(Error::StationLog)?;
+            check_inclusion(&proof, cp.size, cp.root, r.index, leaf.hash())
+                .map_err(Error::StationLog)?;
+            kept.push(StoredReceipt {
+                change: change.id(),
+                index: r.index,
+                received_at_ms: r.received_at_ms,
+                tree_size: cp.size,
+                proof: r.proof.clone(),
+            });
+        }
+        Ok((cp, kept))
     }
 
     /// Returns the media hashes referenced by pulled changes.

@@ -125,6 +125,17 @@ pub struct LogReceipt {
     pub proof: Vec<String>,
 }
 
+/// A device's report that the station's log is not the one it saw
+/// (`POST /v1/log/alarm`): kept in the station's audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LogAlarm {
+    /// What the device found (no personal data: sizes and key names).
+    pub problem: String,
+    /// The newest checkpoint the device held (a signed note), if any.
+    pub held: Option<String>,
+}
+
 /// A consistency proof between two sizes of the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -125,6 +125,8 @@ pub struct ExportMaterial {
     /// When the station received each change (its `received_at`), by
     /// change hash.
     pub received: BTreeMap<fieldreport_core::crdt::Hash, chrono::DateTime<chrono::Utc>>,
+    /// The log as of the export's checkpoint (the completeness proof).
+    pub log: Option<fieldreport_core::evidence::package::LogMaterial>,
 }
 
 /// Counts used by tests and the admin to check nothing changed.

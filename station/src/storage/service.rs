@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use fieldreport_core::crdt::{Change, ReportDoc};
-use fieldreport_core::evidence::package::DeviceEnrollment;
+use fieldreport_core::evidence::package::{DeviceEnrollment, LogMaterial};
 use fieldreport_core::evidence::{verify_batch, DeviceRecord, Person};
 use fieldreport_core::model::media_refs;
 use fieldreport_core::store::MediaStore;
@@ -21,7 +21,9 @@ use fieldreport_core::sync::wire::{
     ConsistencyResponse, InclusionResponse, LogReceipt, MediaStatus, PushLog, Receipt,
     ReceiptsResponse, ReportEvent,
 };
-use fieldreport_core::tlog::{encode_hashes, Leaf, NoteVerifier, SignedCheckpoint};
+use fieldreport_core::tlog::{
+    encode_hashes, report_commitment, Leaf, LeafView, NoteVerifier, SignedCheckpoint,
+};
 use fieldreport_core::{Report, Role};
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -757,19 +759,26 @@ impl<E: Engine> StationStorage for Service<E> {
             // No such entry in that tree.
             return Err(StationError::NotFound);
         }
-        let leaf = self
+        let row = self
             .engine
             .log_leaves(index, index.saturating_add(1))
             .await?
             .into_iter()
             .next()
-            .ok_or(StationError::NotFound)?
-            .3;
-        // A change's leaf names its author and report: only for those who
-        // may see the report (as if it did not exist otherwise).
-        if let Ok(Leaf::Change { report, .. }) = Leaf::decode(&leaf) {
-            self.require_visible(who, report).await?;
+            .ok_or(StationError::NotFound)?;
+        // A change's leaf can be matched to its report by whoever knows the
+        // report's id: only for those who may see the report (as if it did
+        // not exist otherwise).
+        if let Some(id) = row.1 {
+            let stored = self.engine.changes_after(id.saturating_sub(1), 1).await?;
+            match stored.first() {
+                Some((sid, c)) if *sid == id => {
+                    self.require_visible(who, c.change.report()).await?
+                }
+                _ => return Err(StationError::NotFound),
+            }
         }
+        let leaf = row.3;
         let proof = transparency::inclusion_proofs(self.engine.as_ref(), &[index], size)
             .await?
             .pop()
@@ -826,12 +835,54 @@ impl<E: Engine> StationStorage for Service<E> {
                 self.require_visible(who, report).await?;
             }
         }
-        let rows = self.engine.export_rows(&reports).await?;
+        // The changes, then the log: a change is logged in the transaction
+        // that stores it, so every change read is in the checkpoint read
+        // after it. A change of these reports logged in between (the
+        // log holds more of a report than was read) means reading again.
+        // A stored change the log lacks is kept in: the package's own
+        // check names it and the export is refused.
+        let mut attempt = 0;
+        let (rows, checkpoint, leaves) = loop {
+            attempt += 1;
+            let rows = self.engine.export_rows(&reports).await?;
+            let (size, checkpoint) = self
+                .engine
+                .checkpoint(None)
+                .await?
+                .ok_or_else(|| StationError::Internal("the log has no checkpoint".into()))?;
+            let leaves: Vec<Vec<u8>> = self
+                .engine
+                .log_leaves(0, size)
+                .await?
+                .into_iter()
+                .map(|row| row.3)
+                .collect();
+            if leaves.len() as u64 != size {
+                return Err(StationError::Internal("the log is missing entries".into()));
+            }
+            let mut logged: HashMap<[u8; 32], usize> = HashMap::new();
+            for leaf in &leaves {
+                if let Ok(LeafView::Change { report, .. }) = Leaf::decode(leaf) {
+                    *logged.entry(report).or_default() += 1;
+                }
+            }
+            let caught_up = rows.reports.iter().all(|(r, stored)| {
+                logged.get(&report_commitment(*r)).copied().unwrap_or(0) <= stored.len()
+            });
+            if caught_up || attempt == 5 {
+                break (rows, checkpoint, leaves);
+            }
+        };
         let mut out = ExportMaterial {
             reports: Vec::new(),
             devices: Vec::new(),
             media: BTreeMap::new(),
             received: BTreeMap::new(),
+            log: Some(LogMaterial {
+                key: self.log_verifier(),
+                checkpoint,
+                leaves,
+            }),
         };
         let mut authors = BTreeSet::new();
         for (report, stored) in rows.reports {

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use ed25519_dalek::SigningKey;
 use fieldreport_core::tlog::{
-    audit_digest, Leaf, LogError, NoteVerifier, SignedCheckpoint, TreeHash,
+    audit_digest, Leaf, LeafView, LogError, NoteVerifier, SignedCheckpoint, TreeHash,
 };
 use tlog_tiles::HashReader;
 use zeroize::Zeroizing;
@@ -66,6 +66,13 @@ impl LogSigner {
 
     pub fn origin(&self) -> &str {
         &self.origin
+    }
+
+    /// Signs the checkpoint of a tree (the station signs only trees it
+    /// computed from its own log, in `extend`).
+    pub fn sign(&self, size: u64, root: TreeHash) -> Result<SignedCheckpoint> {
+        SignedCheckpoint::sign(&self.origin, size, root, &self.key)
+            .map_err(|e| StationError::Internal(format!("checkpoint: {e}")))
     }
 
     /// The published verifier key (`name+id+key`), what phones, witnesses
@@ -320,8 +327,7 @@ pub async fn extend(
         ));
     }
     let size = start + encoded.len() as u64;
-    let checkpoint = SignedCheckpoint::sign(&signer.origin, size, root, &signer.key)
-        .map_err(|e| StationError::Internal(format!("checkpoint: {e}")))?;
+    let checkpoint = signer.sign(size, root)?;
     let mut changes = Vec::new();
     let mut rows = Vec::new();
     for (k, ((change, audit, leaf), data)) in leaves.into_iter().zip(encoded).enumerate() {
@@ -509,7 +515,7 @@ pub async fn check<E: Engine>(engine: &E, verifier: &NoteVerifier) -> Result<Log
                 recomputed.insert(base + j as u64, h);
             }
             match Leaf::decode(&bytes) {
-                Ok(leaf @ Leaf::Change { .. }) => {
+                Ok(leaf @ LeafView::Change { .. }) => {
                     out.changes += 1;
                     let Some(id) = change_id else {
                         out.problems
@@ -527,7 +533,7 @@ pub async fn check<E: Engine>(engine: &E, verifier: &NoteVerifier) -> Result<Log
                                 changes_after = *sid;
                             }
                             Some((sid, stored)) if *sid == id => {
-                                if change_leaf(stored) != leaf {
+                                if change_leaf(stored).view() != leaf {
                                     out.problems.push(format!(
                                         "change {id} differs from log entry {idx} (rewritten)"
                                     ));
@@ -544,7 +550,7 @@ pub async fn check<E: Engine>(engine: &E, verifier: &NoteVerifier) -> Result<Log
                     }
                     changes_after = id;
                 }
-                Ok(Leaf::Audit {
+                Ok(LeafView::Audit {
                     count,
                     first_id,
                     last_id,

@@ -12,6 +12,9 @@
 //! data/reports/<id>/report.json      the report replayed from that history
 //! data/reports/<id>/report.pdf       a readable rendering of the same
 //! data/media/<sha256>                every photo or file the history attaches
+//! data/log/checkpoint.txt            the station log's checkpoint at the export
+//! data/log/key.txt                   the log's verifier key (compare it with the published one)
+//! data/log/leaves.txt                every log entry up to that checkpoint, base64, one a line
 //! ```
 //!
 //! Each line of `changes.jsonl` carries the change's exact signed bytes
@@ -19,8 +22,11 @@
 //! bytes. [`verify::verify_package`] checks the manifests, every signature
 //! and device chain, every media hash, that the readable parts say what the
 //! signed bytes say, that no change reached the station at or after its
-//! device's revocation, and that replaying the history gives exactly
-//! `report.json` and `report.pdf`. The writer runs the same verifier on its
+//! device's revocation, that replaying the history gives exactly
+//! `report.json` and `report.pdf`, and that the history holds exactly the
+//! changes of its report that the station's log held at the checkpoint
+//! (docs/log.md: a change leaf shows only commitments, so every leaf can
+//! travel in the bag). The writer runs the same verifier on its
 //! own output before publishing it.
 
 pub mod pdf;
@@ -44,11 +50,14 @@ use crate::evidence::DeviceRecord;
 use crate::model::schema::MEDIA_COLLECTION;
 use crate::model::Report;
 
-pub use verify::{verify_package, Finding, Verdict};
+pub use verify::{verify_package, verify_package_with, Finding, LogFacts, Verdict, VerifyOptions};
 
 pub const BAGIT_TXT: &str = "BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n";
 pub const DEVICES_FILE: &str = "data/devices.json";
 pub const README_FILE: &str = "data/README.txt";
+pub const LOG_CHECKPOINT_FILE: &str = "data/log/checkpoint.txt";
+pub const LOG_KEY_FILE: &str = "data/log/key.txt";
+pub const LOG_LEAVES_FILE: &str = "data/log/leaves.txt";
 const COPY_BUFFER: usize = 1 << 20;
 
 /// A device as the exporting station knows it: key, person, enrollment.
@@ -76,6 +85,22 @@ pub struct PackageInput {
     /// the station's clock, which the device does not set. Every change
     /// needs one (kept to the millisecond).
     pub received: BTreeMap<Hash, DateTime<Utc>>,
+    /// The station's log at the export; `None` writes a package without
+    /// a completeness proof (only for building packages outside a
+    /// station: `verify` refuses it unless told `without_log`).
+    pub log: Option<LogMaterial>,
+}
+
+/// The station's transparency log as of one checkpoint: what makes a
+/// package prove it holds every change of its reports (docs/log.md).
+#[derive(Debug, Clone)]
+pub struct LogMaterial {
+    /// The verifier key (`name+id+key`).
+    pub key: crate::tlog::NoteVerifier,
+    /// The signed checkpoint (note text).
+    pub checkpoint: String,
+    /// Every leaf's bytes, index 0 up to the checkpoint's size.
+    pub leaves: Vec<Vec<u8>>,
 }
 
 /// Where a long export is.
@@ -288,8 +313,12 @@ pub fn write_package(
     if tmp.exists() {
         fs::remove_dir_all(&tmp)?;
     }
+    let options = VerifyOptions {
+        log_key: input.log.as_ref().map(|l| l.key.clone()),
+        without_log: input.log.is_none(),
+    };
     let result = build(&mut input, &tmp, progress).and_then(|summary| {
-        let verdict = verify_package(&tmp, &mut |done, total| {
+        let verdict = verify_package_with(&tmp, &options, &mut |done, total| {
             progress(PackageProgress {
                 phase: PackagePhase::Verifying,
                 done,
@@ -412,6 +441,27 @@ fn build(
             done: n as u64 + 1,
             total: total_reports,
         });
+    }
+
+    if let Some(log) = &input.log {
+        write_file(
+            root,
+            LOG_KEY_FILE,
+            format!("{}\n", log.key.encode()).as_bytes(),
+            &mut manifest,
+        )?;
+        write_file(
+            root,
+            LOG_CHECKPOINT_FILE,
+            log.checkpoint.as_bytes(),
+            &mut manifest,
+        )?;
+        let mut lines = String::with_capacity(log.leaves.len() * 120);
+        for leaf in &log.leaves {
+            lines.push_str(&base64::engine::general_purpose::STANDARD.encode(leaf));
+            lines.push('\n');
+        }
+        write_file(root, LOG_LEAVES_FILE, lines.as_bytes(), &mut manifest)?;
     }
 
     // Devices that authored the history.
@@ -600,14 +650,28 @@ What the payload holds:
   media/<sha256>                each photo or file the history attaches; the
                                 file name is the SHA-256 of its bytes, which
                                 the signed change that attaches it also names.
+  log/checkpoint.txt            the station's transparency log as of the
+                                export: a C2SP signed checkpoint (origin,
+                                number of entries, RFC 6962 root hash, and
+                                the log key's Ed25519 signature).
+  log/key.txt                   the log's verifier key. Compare it with the
+                                key the department publishes.
+  log/leaves.txt                every entry of the log up to that checkpoint,
+                                base64, one a line. A change's entry holds
+                                SHA-256(\"fieldreport/report/v1\\n\" + report
+                                id) and a hash of the change and its receipt
+                                time: it shows which entries are this
+                                report's, nothing about any other.
 
-`fieldreport-station verify <this directory>` checks, beyond the manifests:
+`fieldreport-station verify [--log-key KEY] <this directory>` checks, beyond the manifests:
 every signature against the device keys, every device's hash chain, that no
 change names an operation missing from the history, that every attached file
 has the signed hash and size, that the readable fields say what the signed
 bytes say, that every change has a receipt time and none was received at or
 after its device's revocation (a revoked device's key, on a lost or stolen
 phone, proves nothing: the time a change claims is set by whoever holds
-it), and that replaying the history gives exactly report.json and
-report.pdf.
+it), that replaying the history gives exactly report.json and
+report.pdf, and that the log's entries hash to the signed checkpoint and
+hold exactly this package's changes of each report: a change dropped from
+the package, or one added that the station never logged, is named.
 ";

@@ -17,10 +17,14 @@ use uuid::Uuid;
 
 use super::{
     attached_media, change_line, decode_path, media_path, package_time, pdf, receipt_line,
-    receipts_path, replay, report_dir, report_json, DeviceEnrollment, DEVICES_FILE, README_FILE,
+    receipts_path, replay, report_dir, report_json, DeviceEnrollment, DEVICES_FILE,
+    LOG_CHECKPOINT_FILE, LOG_KEY_FILE, LOG_LEAVES_FILE, README_FILE,
 };
 use crate::crdt::{Change, ChangeId, Hash, OpId};
 use crate::error::{Error, Result};
+use crate::tlog::{
+    report_commitment, tree_of_leaves, Leaf, LeafView, NoteVerifier, SignedCheckpoint,
+};
 
 /// One problem found in a package.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +58,33 @@ pub struct Verdict {
     pub changes: usize,
     pub devices: usize,
     pub media_files: usize,
+    /// The log checkpoint the package proved complete against (`None`
+    /// when it was not checked, or did not verify).
+    pub log: Option<LogFacts>,
+    /// Set when completeness was not checked (`without_log`).
+    pub log_skipped: bool,
     pub failures: Vec<Finding>,
+}
+
+/// What the package's log part showed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFacts {
+    pub origin: String,
+    pub size: u64,
+    /// The checkpoint was checked against a key given to the verifier
+    /// (the published one), not only the one in the bag.
+    pub published_key: bool,
+}
+
+/// How to check a package.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// The station's published log key. Without it the key in
+    /// `data/log/key.txt` is used, and the verdict says so.
+    pub log_key: Option<NoteVerifier>,
+    /// Do not check completeness (packages made before the log, or
+    /// outside a station). The verdict says so.
+    pub without_log: bool,
 }
 
 impl Verdict {
@@ -77,7 +107,27 @@ impl fmt::Display for Verdict {
             writeln!(
                 f,
                 "Manifests, signatures, device hash chains, media hashes, receipt times against revocations and the replay of the history into report.json and report.pdf all check."
-            )
+            )?;
+            match &self.log {
+                Some(l) => {
+                    writeln!(
+                        f,
+                        "Complete: the package holds every change of its reports that the station's log {} held at its checkpoint of {} entries, and nothing the log did not hold.",
+                        l.origin, l.size
+                    )?;
+                    if !l.published_key {
+                        writeln!(
+                            f,
+                            "The checkpoint was checked with the key in data/log/key.txt only: compare that key with the one the department publishes, or pass it with --log-key."
+                        )?;
+                    }
+                    Ok(())
+                }
+                None => writeln!(
+                    f,
+                    "Completeness NOT checked (without the log): a change dropped from the package would not be found."
+                ),
+            }
         } else {
             writeln!(f, "FAILED: {} problem(s) found:", self.failures.len())?;
             for x in &self.failures {
@@ -124,6 +174,16 @@ impl Checker<'_> {
 /// hashed. An `Err` means the directory could not be read at all; every
 /// problem with its contents is a [`Finding`] in the verdict.
 pub fn verify_package(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Verdict> {
+    verify_package_with(dir, &VerifyOptions::default(), progress)
+}
+
+/// [`verify_package`] with options: the published log key, or no
+/// completeness check.
+pub fn verify_package_with(
+    dir: &Path,
+    options: &VerifyOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Verdict> {
     if !dir.is_dir() {
         return Err(Error::Package(format!(
             "{} is not a directory",
@@ -261,6 +321,7 @@ pub fn verify_package(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<
     if report_dirs.is_empty() {
         ck.fail("data/reports", "holds no report");
     }
+    let mut logged: Vec<LoggedReport> = Vec::new();
     for name in report_dirs {
         let Ok(id) = Uuid::parse_str(&name) else {
             ck.fail(
@@ -286,6 +347,7 @@ pub fn verify_package(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<
             .filter(|(_, _, authentic)| *authentic)
             .map(|(_, c, _)| c)
             .collect();
+        logged.push((id, changes.clone(), received.clone()));
         verdict.changes += changes.len();
         for (sha, size, c) in attached_media(&changes) {
             attached.entry(sha).or_default().push((
@@ -334,6 +396,16 @@ pub fn verify_package(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<
                 Err(_) => ck.fail(&pdf_rel, "is missing"),
             }
         }
+    }
+
+    // Completeness, against the station's log.
+    for f in [LOG_CHECKPOINT_FILE, LOG_KEY_FILE, LOG_LEAVES_FILE] {
+        expected_files.insert(f.to_string());
+    }
+    if options.without_log {
+        verdict.log_skipped = true;
+    } else {
+        verdict.log = check_log(&mut ck, options, &logged);
     }
 
     // Media: the bytes must be what the signed changes attach.
@@ -388,6 +460,156 @@ pub fn verify_package(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<
     }
     verdict.failures = ck.failures;
     Ok(verdict)
+}
+
+/// A report's authentic changes and their receipt times.
+type LoggedReport = (Uuid, Vec<Change>, BTreeMap<Hash, DateTime<Utc>>);
+
+/// Checks the package against the station's log: the checkpoint verifies
+/// with the log key, the leaves hash to its root, and each report's change
+/// leaves are exactly its changes in the package.
+fn check_log(
+    ck: &mut Checker,
+    options: &VerifyOptions,
+    reports: &[LoggedReport],
+) -> Option<LogFacts> {
+    const UNPROVEN: &str = "the package does not prove it is complete";
+    let bag_key = match fs::read_to_string(ck.dir.join(LOG_KEY_FILE)) {
+        Ok(t) => match NoteVerifier::parse(t.trim()) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                ck.fail(
+                    LOG_KEY_FILE,
+                    format!("is not a verifier key ({e}): {UNPROVEN}"),
+                );
+                None
+            }
+        },
+        Err(_) => {
+            ck.fail(LOG_KEY_FILE, format!("is missing: {UNPROVEN}"));
+            None
+        }
+    };
+    let key = match (&options.log_key, bag_key) {
+        (Some(published), Some(bag)) if *published != bag => {
+            ck.fail(
+                LOG_KEY_FILE,
+                format!(
+                    "names the log key {}, not the published {}",
+                    bag.encode(),
+                    published.encode()
+                ),
+            );
+            published.clone()
+        }
+        (Some(published), _) => published.clone(),
+        (None, Some(bag)) => bag,
+        (None, None) => return None,
+    };
+    let Ok(note) = fs::read(ck.dir.join(LOG_CHECKPOINT_FILE)) else {
+        ck.fail(LOG_CHECKPOINT_FILE, format!("is missing: {UNPROVEN}"));
+        return None;
+    };
+    let cp = match SignedCheckpoint::verify(&note, &key) {
+        Ok(cp) => cp,
+        Err(e) => {
+            ck.fail(LOG_CHECKPOINT_FILE, format!("does not verify: {e}"));
+            return None;
+        }
+    };
+    let Ok(text) = fs::read_to_string(ck.dir.join(LOG_LEAVES_FILE)) else {
+        ck.fail(
+            LOG_LEAVES_FILE,
+            format!("is missing or not UTF-8: {UNPROVEN}"),
+        );
+        return None;
+    };
+    let mut leaves = Vec::new();
+    let mut views = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(line)
+            .ok()
+            .and_then(|b| LeafView::decode(&b).ok().map(|v| (b, v)));
+        let Some((bytes, view)) = decoded else {
+            ck.fail_line(LOG_LEAVES_FILE, i + 1, "is not a log entry (base64)");
+            return None;
+        };
+        leaves.push(bytes);
+        views.push(view);
+    }
+    match tree_of_leaves(leaves.iter().map(Vec::as_slice)) {
+        Ok((size, root)) if size == cp.size && root == cp.root => {}
+        Ok((size, _)) if size != cp.size => {
+            ck.fail(
+                LOG_LEAVES_FILE,
+                format!("holds {size} log entries, the checkpoint {}", cp.size),
+            );
+            return None;
+        }
+        _ => {
+            ck.fail(
+                LOG_LEAVES_FILE,
+                "its entries do not hash to the checkpoint's root (altered, added or removed)",
+            );
+            return None;
+        }
+    }
+    for (id, changes, received) in reports {
+        let commit = report_commitment(*id);
+        let mut in_log: HashMap<[u8; 32], u64> = views
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| match v {
+                LeafView::Change { report, body } if *report == commit => Some((*body, i as u64)),
+                _ => None,
+            })
+            .collect();
+        let hist = format!("{}/changes.jsonl", report_dir(*id));
+        for c in changes {
+            // A change without a receipt time was named already.
+            let Some(at) = received.get(c.hash()) else {
+                continue;
+            };
+            let leaf = Leaf::Change {
+                hash: *c.hash(),
+                device: c.device(),
+                seq: c.body().seq,
+                report: *id,
+                received_at_ms: at.timestamp_millis(),
+            };
+            let found = match leaf.view() {
+                LeafView::Change { body, .. } => in_log.remove(&body).is_some(),
+                LeafView::Audit { .. } => false,
+            };
+            if !found {
+                ck.fail_change(
+                    &hist,
+                    None,
+                    c.id(),
+                    format!(
+                        "is not in the station's log at its checkpoint of {} entries, with this receipt time (added, or its time altered)",
+                        cp.size
+                    ),
+                );
+            }
+        }
+        let mut dropped: Vec<u64> = in_log.into_values().collect();
+        dropped.sort_unstable();
+        for i in dropped {
+            ck.fail(
+                &hist,
+                format!(
+                    "log entry {i} is a change of this report that the package does not hold (dropped)"
+                ),
+            );
+        }
+    }
+    Some(LogFacts {
+        origin: cp.origin,
+        size: cp.size,
+        published_key: options.log_key.is_some(),
+    })
 }
 
 /// Decodes and checks one report's history; returns each decoded change of

@@ -65,6 +65,24 @@ final class FieldReportTests: XCTestCase {
         XCTAssertTrue(phases.contains(.uploadMedia) && phases.contains(.push))
         XCTAssertEqual(phases.last, .done)
 
+        // The station's receipts: one per change pushed, each into a
+        // checkpoint the phone holds.
+        let checkpoint = try XCTUnwrap(try phone.logCheckpoint())
+        XCTAssertTrue(checkpoint.hasPrefix("fieldreport/"))
+        let receipts = try phone.logReceipts(reportId: r)
+        XCTAssertEqual(UInt64(receipts.count), up.pushed)
+        XCTAssertTrue(receipts.allSatisfy { $0.logIndex < $0.treeSize && !$0.proof.isEmpty })
+        // A checkpoint altered after signing is refused, typed; the phone
+        // keeps the one it held.
+        var lines = checkpoint.components(separatedBy: "\n")
+        lines[1] = String(UInt64(lines[1])! + 1)
+        XCTAssertThrowsError(try phone.observeLogCheckpoint(note: lines.joined(separator: "\n"))) { e in
+            guard case let FieldReportError.StationLogInconsistent(reason) = e, reason.contains("not signed") else {
+                return XCTFail("\(e)")
+            }
+        }
+        XCTAssertEqual(try phone.logCheckpoint(), checkpoint)
+
         // The tablet gets the report and the photo.
         let down = try tablet.sync()
         XCTAssertEqual(down.mediaDownloaded, 1)

@@ -74,6 +74,24 @@ class FieldReportTest {
                     assertTrue(SyncPhase.UPLOAD_MEDIA in phases && SyncPhase.PUSH in phases)
                     assertEquals(SyncPhase.DONE, phases.last())
 
+                    // The station's receipts: one per change pushed, each into a
+                    // checkpoint the phone holds.
+                    val checkpoint = phone.logCheckpoint()
+                    assertNotNull(checkpoint)
+                    assertTrue(checkpoint!!.startsWith("fieldreport/"))
+                    val receipts = phone.logReceipts(r)
+                    assertEquals(up.pushed, receipts.size.toULong())
+                    assertTrue(receipts.all { it.logIndex < it.treeSize && it.proof.isNotEmpty() })
+                    // A checkpoint altered after signing is refused, typed; the phone
+                    // keeps the one it held.
+                    val lines = checkpoint.lines()
+                    val altered = (listOf(lines[0], (lines[1].toLong() + 1).toString()) + lines.drop(2)).joinToString("\n")
+                    val refused = assertThrows(FieldReportException.StationLogInconsistent::class.java) {
+                        phone.observeLogCheckpoint(altered)
+                    }
+                    assertTrue(refused.reason, refused.reason.contains("not signed"))
+                    assertEquals(checkpoint, phone.logCheckpoint())
+
                     // The tablet gets the report and the photo.
                     val down = tablet.sync()
                     assertEquals(1uL, down.mediaDownloaded)

@@ -1,0 +1,138 @@
+//! The station's log as this device saw it: the checkpoints it accepted
+//! (checked by the sync client, see [`crate::sync`]) and the receipt of
+//! each change it pushed. Nothing here checks a proof; it keeps what was
+//! checked, so that the officer can later show what the station signed.
+
+use super::*;
+
+/// Where the station's log put one of this device's changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReceipt {
+    pub change: ChangeId,
+    /// The change's leaf index in the log.
+    pub index: u64,
+    /// The station's receipt time as the leaf holds it (ms).
+    pub received_at_ms: i64,
+    /// The size of the checkpoint the proof leads to (one this device
+    /// holds, see [`Store::log_checkpoint_of`]).
+    pub tree_size: u64,
+    /// The RFC 6962 inclusion proof: base64 hashes, leaf side first
+    /// (kept one per line).
+    pub proof: Vec<String>,
+}
+
+fn size_param(n: u64) -> Result<i64> {
+    i64::try_from(n).map_err(|_| Error::Corrupt(format!("log size {n} out of range")))
+}
+
+impl Store {
+    /// The newest checkpoint accepted: (tree size, signed note).
+    pub fn newest_log_checkpoint(&self) -> Result<Option<(u64, String)>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT size, note FROM log_checkpoints ORDER BY size DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
+            )
+            .optional()?)
+        })
+    }
+
+    /// The accepted checkpoint of one tree size.
+    pub fn log_checkpoint_of(&self, size: u64) -> Result<Option<String>> {
+        let size = size_param(size)?;
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT note FROM log_checkpoints WHERE size = ?1",
+                [size],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+    }
+
+    /// Keeps a checkpoint the sync client checked against the newest one.
+    pub fn record_log_checkpoint(&self, size: u64, note: &str) -> Result<()> {
+        let size = size_param(size)?;
+        let w = self.writer()?;
+        w.conn.execute(
+            "INSERT OR IGNORE INTO log_checkpoints (size, note) VALUES (?1, ?2)",
+            params![size, note],
+        )?;
+        Ok(())
+    }
+
+    /// Records that the station holds these changes, with the receipts it
+    /// gave and the checkpoint they prove inclusion in: one transaction,
+    /// so that no change is acknowledged with its receipt half kept.
+    pub fn ack_with_receipts(
+        &self,
+        ids: &[ChangeId],
+        checkpoint: Option<(u64, &str)>,
+        receipts: &[StoredReceipt],
+    ) -> Result<()> {
+        let mut w = self.writer()?;
+        let tx = w.conn.transaction()?;
+        {
+            let mut st = tx
+                .prepare_cached("UPDATE changes SET acked = 1 WHERE device_id = ?1 AND seq = ?2")?;
+            for id in ids {
+                st.execute(params![id.device.as_bytes().as_slice(), id.seq as i64])?;
+            }
+            if let Some((size, note)) = checkpoint {
+                tx.execute(
+                    "INSERT OR IGNORE INTO log_checkpoints (size, note) VALUES (?1, ?2)",
+                    params![size_param(size)?, note],
+                )?;
+            }
+            let mut st = tx.prepare_cached(
+                "INSERT OR REPLACE INTO log_receipts
+                 (device_id, seq, log_index, received_at_ms, checkpoint_size, proof)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for r in receipts {
+                st.execute(params![
+                    r.change.device.as_bytes().as_slice(),
+                    r.change.seq as i64,
+                    size_param(r.index)?,
+                    r.received_at_ms,
+                    size_param(r.tree_size)?,
+                    r.proof.join("\n"),
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The receipts of one report's changes, in log order.
+    pub fn receipts_of_report(&self, report: Uuid) -> Result<Vec<StoredReceipt>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT r.device_id, r.seq, r.log_index, r.received_at_ms, r.checkpoint_size, r.proof
+                 FROM log_receipts r JOIN changes c ON c.device_id = r.device_id AND c.seq = r.seq
+                 WHERE c.report_id = ?1 ORDER BY r.log_index",
+            )?;
+            let mut rows = st.query([report.as_bytes().as_slice()])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let proof: String = r.get(5)?;
+                out.push(StoredReceipt {
+                    change: ChangeId {
+                        device: uuid_of(r.get(0)?)?,
+                        seq: r.get::<_, i64>(1)? as u64,
+                    },
+                    index: r.get::<_, i64>(2)? as u64,
+                    received_at_ms: r.get(3)?,
+                    tree_size: r.get::<_, i64>(4)? as u64,
+                    proof: proof
+                        .split('\n')
+                        .filter(|h| !h.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                });
+            }
+            Ok(out)
+        })
+    }
+}
