@@ -89,7 +89,8 @@ impl From<CoreError> for FieldReportError {
             | CoreError::NoConflict(_)
             | CoreError::BadKey { .. }
             | CoreError::BadPin { .. }
-            | CoreError::InsecureUrl { .. } => FieldReportError::InvalidInput { reason },
+            | CoreError::InsecureUrl { .. }
+            | CoreError::NotThisLog(_) => FieldReportError::InvalidInput { reason },
             CoreError::ReportNotFound(_) | CoreError::MediaNotFound(_) => {
                 FieldReportError::NotFound { reason }
             }

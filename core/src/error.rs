@@ -124,6 +124,11 @@ pub enum Error {
     /// sent, and the outbox is kept.
     #[error("the station's log is inconsistent with what this device saw: {0}")]
     StationLog(crate::tlog::LogError),
+    /// A checkpoint handed to the device (not by the station) that is not
+    /// one of this station's log: garbled, another log's, or not signed by
+    /// its key. Nothing is held against the station.
+    #[error("not a checkpoint of this station's log: {0}")]
+    NotThisLog(crate::tlog::LogError),
     #[error("station URL refused: {reason}")]
     InsecureUrl { reason: &'static str },
 }

@@ -43,6 +43,9 @@ pub enum LogError {
     /// roots: the log showed two histories.
     #[error("the log signed two different trees of size {size}")]
     Forked { size: u64 },
+    /// A push's answer left changes without a receipt.
+    #[error("the station's answer has no log receipt for {missing} of the changes pushed")]
+    MissingReceipts { missing: u64 },
     /// The log has no consistency proof between two sizes it signed
     /// checkpoints of: it no longer has one of those trees.
     #[error("the log no longer has a tree it signed (asked for sizes {old} and {new})")]
@@ -410,6 +413,119 @@ impl SignedNote {
     }
 }
 
+/// The vkey type of an Ed25519 `cosignature/v1` key (C2SP
+/// `tlog-cosignature`).
+const ALG_COSIGNATURE_V1: u8 = 4;
+/// A cosignature's bytes after the key id: the timestamp (u64 BE) and the
+/// Ed25519 signature.
+const COSIGNATURE_LEN: usize = 8 + 64;
+
+fn cosigner_key_id(name: &str, key: &VerifyingKey) -> [u8; 4] {
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update(b"\n");
+    h.update([ALG_COSIGNATURE_V1]);
+    h.update(key.as_bytes());
+    let d = h.finalize();
+    [d[0], d[1], d[2], d[3]]
+}
+
+/// The message a `cosignature/v1` signs: the header line, the time line
+/// and the checkpoint's note text.
+fn cosignature_message(text: &str, time: u64) -> Vec<u8> {
+    format!("cosignature/v1\ntime {time}\n{text}").into_bytes()
+}
+
+/// A witness's public key, as C2SP `tlog-cosignature` writes it: a vkey
+/// of type 4 (Ed25519 `cosignature/v1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CosignerKey {
+    pub name: String,
+    pub key: VerifyingKey,
+}
+
+impl CosignerKey {
+    pub fn new(name: &str, key: VerifyingKey) -> Result<Self, LogError> {
+        if !valid_name(name) || key.is_weak() {
+            return Err(LogError::MalformedKey);
+        }
+        Ok(CosignerKey {
+            name: name.to_string(),
+            key,
+        })
+    }
+
+    pub fn key_id(&self) -> [u8; 4] {
+        cosigner_key_id(&self.name, &self.key)
+    }
+
+    /// `name+hex(key id)+base64(4 ‖ key)`.
+    pub fn encode(&self) -> String {
+        let mut k = vec![ALG_COSIGNATURE_V1];
+        k.extend_from_slice(self.key.as_bytes());
+        format!(
+            "{}+{}+{}",
+            self.name,
+            hex::encode(self.key_id()),
+            B64.encode(k)
+        )
+    }
+
+    pub fn parse(text: &str) -> Result<Self, LogError> {
+        let mut parts = text.trim().splitn(3, '+');
+        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(LogError::MalformedKey);
+        };
+        let raw = B64.decode(key).map_err(|_| LogError::MalformedKey)?;
+        let [ALG_COSIGNATURE_V1, key @ ..] = raw.as_slice() else {
+            return Err(LogError::MalformedKey);
+        };
+        let key: [u8; 32] = key.try_into().map_err(|_| LogError::MalformedKey)?;
+        let key = VerifyingKey::from_bytes(&key).map_err(|_| LogError::MalformedKey)?;
+        let v = CosignerKey::new(name, key)?;
+        if hex::encode(v.key_id()) != id {
+            return Err(LogError::MalformedKey);
+        }
+        Ok(v)
+    }
+}
+
+/// A `cosignature/v1` signature line over a checkpoint's note text, made
+/// at `time` (POSIX seconds) by the witness `name`.
+pub fn cosign(text: &str, name: &str, key: &SigningKey, time: u64) -> Result<String, LogError> {
+    if !text.ends_with('\n') || !valid_name(name) || time > i64::MAX as u64 {
+        return Err(LogError::MalformedNote("text, name or time"));
+    }
+    let sig = key.sign(&cosignature_message(text, time));
+    let mut b = cosigner_key_id(name, &key.verifying_key()).to_vec();
+    b.extend_from_slice(&time.to_be_bytes());
+    b.extend_from_slice(&sig.to_bytes());
+    Ok(format!("\u{2014} {name} {}\n", B64.encode(b)))
+}
+
+impl SignedNote {
+    /// The time of `witness`'s valid cosignature on this note, if it has
+    /// one.
+    pub fn cosigned_by(&self, witness: &CosignerKey) -> Option<u64> {
+        let id = witness.key_id();
+        self.signatures.iter().find_map(|(name, sid, sig)| {
+            if name != &witness.name || sid != &id || sig.len() != COSIGNATURE_LEN {
+                return None;
+            }
+            let time = u64::from_be_bytes(sig[..8].try_into().ok()?);
+            let s: [u8; 64] = sig[8..].try_into().ok()?;
+            witness
+                .key
+                .verify(
+                    &cosignature_message(&self.text, time),
+                    &Signature::from_bytes(&s),
+                )
+                .ok()
+                .map(|()| time)
+        })
+    }
+}
+
 /// A checkpoint the log key signed: origin, tree size and root hash.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SignedCheckpoint {
@@ -418,6 +534,9 @@ pub struct SignedCheckpoint {
     pub root: TreeHash,
     /// The whole signed note, as served.
     pub note: String,
+    /// The note's text (the checkpoint lines, what the log key and any
+    /// cosigner signed).
+    pub text: String,
 }
 
 impl SignedCheckpoint {
@@ -437,6 +556,7 @@ impl SignedCheckpoint {
             size,
             root,
             note: note.encode(),
+            text,
         })
     }
 
@@ -460,6 +580,7 @@ impl SignedCheckpoint {
             size: cp.size(),
             root: *cp.hash(),
             note: signed.encode(),
+            text: signed.text,
         })
     }
 }
@@ -468,34 +589,57 @@ fn guarded(f: impl FnOnce() -> bool) -> bool {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(false)
 }
 
+/// Builds the log's tree leaf by leaf (what a verifier holding the leaves
+/// does), keeping only the stored hashes (about two per leaf).
+#[derive(Debug, Default)]
+pub struct TreeBuilder {
+    stored: Vec<TreeHash>,
+    size: u64,
+}
+
+impl tlog_tiles::HashReader for TreeBuilder {
+    fn read_hashes(&self, idx: &[u64]) -> Result<Vec<TreeHash>, tlog_tiles::Error> {
+        idx.iter()
+            .map(|&i| {
+                usize::try_from(i)
+                    .ok()
+                    .and_then(|i| self.stored.get(i).copied())
+                    .ok_or(tlog_tiles::Error::IndexesNotInTree)
+            })
+            .collect()
+    }
+}
+
+impl TreeBuilder {
+    /// Appends the next leaf (its bytes).
+    pub fn push(&mut self, leaf: &[u8]) -> Result<(), LogError> {
+        let more = tlog_tiles::stored_hashes(self.size, leaf, self)
+            .map_err(|_| LogError::MalformedLeaf)?;
+        self.stored.extend(more);
+        self.size += 1;
+        Ok(())
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The root of the tree of the leaves pushed so far.
+    pub fn root(&self) -> Result<TreeHash, LogError> {
+        tlog_tiles::tree_hash(self.size, self).map_err(|_| LogError::MalformedLeaf)
+    }
+}
+
 /// The size and root of the tree over `leaves` (their bytes, in log
 /// order), computed the way the log computes it.
 pub fn tree_of_leaves<'a>(
     leaves: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<(u64, TreeHash), LogError> {
-    struct Stored(Vec<TreeHash>);
-    impl tlog_tiles::HashReader for Stored {
-        fn read_hashes(&self, idx: &[u64]) -> Result<Vec<TreeHash>, tlog_tiles::Error> {
-            idx.iter()
-                .map(|&i| {
-                    usize::try_from(i)
-                        .ok()
-                        .and_then(|i| self.0.get(i).copied())
-                        .ok_or(tlog_tiles::Error::IndexesNotInTree)
-                })
-                .collect()
-        }
-    }
-    let mut stored = Stored(Vec::new());
-    let mut n = 0u64;
+    let mut t = TreeBuilder::default();
     for leaf in leaves {
-        let more =
-            tlog_tiles::stored_hashes(n, leaf, &stored).map_err(|_| LogError::MalformedLeaf)?;
-        stored.0.extend(more);
-        n += 1;
+        t.push(leaf)?;
     }
-    let root = tlog_tiles::tree_hash(n, &stored).map_err(|_| LogError::MalformedLeaf)?;
-    Ok((n, root))
+    Ok((t.size(), t.root()?))
 }
 
 /// Checks that the leaf `leaf` is entry `index` of the tree of `size` with
@@ -706,6 +850,57 @@ mod tests {
                 ));
             }
         }
+    }
+
+    #[test]
+    fn cosignatures_verify_and_follow_the_spec_layout() {
+        // The C2SP tlog-cosignature example: a 72-byte signature whose
+        // first 8 bytes are the time of the message it shows.
+        let example = "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n\n\u{2014} example.com/behind-the-sofa Az3grlgtzPICa5OS8npVmf1Myq/5IZniMp+ZJurmRDeOoRDe4URYN7u5/Zhcyv2q1gGzGku9nTo+zyWE+xeMcTOAYQ8=\n\u{2014} witness.example.com/w1 jWbPPwAAAABkGFDLEZMHwSRaJNiIDoe9DYn/zXcrtPHeolMI5OWXEhZCB9dlrDJsX3b2oyin1nPZqhf5nNo0xUe+mbIUBkBIfZ+qnA==\n";
+        let note = SignedNote::parse(example.as_bytes()).unwrap();
+        let (_, _, sig) = &note.signatures[1];
+        assert_eq!(sig.len(), COSIGNATURE_LEN);
+        assert_eq!(
+            u64::from_be_bytes(sig[..8].try_into().unwrap()),
+            1_679_315_147
+        );
+
+        let log = SigningKey::from_bytes(&[3; 32]);
+        let witness = SigningKey::from_bytes(&[5; 32]);
+        let wkey = CosignerKey::new("da.example/witness", witness.verifying_key()).unwrap();
+        assert_eq!(CosignerKey::parse(&wkey.encode()).unwrap(), wkey);
+        // A log (type 1) key is not a cosigner (type 4) key.
+        let as_log = NoteVerifier::new("da.example/witness", witness.verifying_key()).unwrap();
+        assert!(CosignerKey::parse(&as_log.encode()).is_err());
+
+        let cp = SignedCheckpoint::sign("example.org/log", 7, TreeHash([9; 32]), &log).unwrap();
+        let line = cosign(&cp.text, &wkey.name, &witness, 1_800_000_000).unwrap();
+        let cosigned = SignedNote::parse(format!("{}{line}", cp.note).as_bytes()).unwrap();
+        assert_eq!(cosigned.cosigned_by(&wkey), Some(1_800_000_000));
+        // The log's own signature still verifies beside it.
+        let lv = NoteVerifier::new("example.org/log", log.verifying_key()).unwrap();
+        assert!(SignedCheckpoint::verify(cosigned.encode().as_bytes(), &lv).is_ok());
+        // Another time in the line, another checkpoint, another key: no.
+        let mut raw = B64.decode(line.trim().rsplit(' ').next().unwrap()).unwrap();
+        raw[11] ^= 1;
+        let moved = format!("{}\u{2014} {} {}\n", cp.note, wkey.name, B64.encode(&raw));
+        assert_eq!(
+            SignedNote::parse(moved.as_bytes())
+                .unwrap()
+                .cosigned_by(&wkey),
+            None
+        );
+        let other = SignedCheckpoint::sign("example.org/log", 8, TreeHash([9; 32]), &log).unwrap();
+        let swapped = format!("{}{line}", other.note);
+        assert_eq!(
+            SignedNote::parse(swapped.as_bytes())
+                .unwrap()
+                .cosigned_by(&wkey),
+            None
+        );
+        let stranger =
+            CosignerKey::new(&wkey.name, SigningKey::from_bytes(&[6; 32]).verifying_key()).unwrap();
+        assert_eq!(cosigned.cosigned_by(&stranger), None);
     }
 
     #[test]

@@ -720,17 +720,39 @@ async fn log_alarm(
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(200)
         .collect();
-    let held = alarm.held.as_deref().and_then(|n| {
-        fieldreport_core::tlog::SignedCheckpoint::verify(n.as_bytes(), &s.storage.log_verifier())
-            .ok()
-    });
-    let outcome = match held {
-        Some(cp) => format!(
-            "{problem}; the device holds this log's signed checkpoint of size {}",
-            cp.size
-        ),
-        None => format!("{problem}; the device holds no checkpoint signed by this log key"),
+    use fieldreport_core::tlog::SignedCheckpoint;
+    let v = s.storage.log_verifier();
+    let held = alarm
+        .held
+        .as_deref()
+        .and_then(|n| SignedCheckpoint::verify(n.as_bytes(), &v).ok());
+    // What the station's own log says of the tree the device holds: the
+    // alarm is founded when the log signed it and no longer has it.
+    let finding = match &held {
+        None => "the device holds no checkpoint signed by this log key".to_string(),
+        Some(cp) => {
+            let ours = s
+                .storage
+                .checkpoint_of(cp.size)
+                .await?
+                .and_then(|n| SignedCheckpoint::verify(n.as_bytes(), &v).ok());
+            match ours {
+                Some(o) if o.root == cp.root => format!(
+                    "the device's checkpoint of size {} matches this log's (not shown a rollback by this database)",
+                    cp.size
+                ),
+                Some(_) => format!(
+                    "FORK: this log key signed two trees of size {}; the device holds the other",
+                    cp.size
+                ),
+                None => format!(
+                    "ROLLBACK: this log key signed a tree of size {} that this database no longer holds",
+                    cp.size
+                ),
+            }
+        }
     };
+    let outcome = format!("{problem}; {finding}");
     tracing::error!(device = %d.record.device_id, "a device reports the station's log inconsistent");
     s.storage
         .audit(AuditEntry {

@@ -153,7 +153,7 @@ enum Command {
         /// `log-key` prints it): the checkpoint must be signed by it.
         /// Without it, the key in the package is used and the verdict
         /// says so.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "without_log")]
         log_key: Option<String>,
         /// Skip the completeness check (packages made before the log).
         #[arg(long)]
@@ -172,6 +172,27 @@ enum Command {
     LogKey {
         #[command(flatten)]
         storage: StorageArgs,
+    },
+    /// Run a witness (C2SP tlog-witness) for an outside office: it cosigns
+    /// a log's checkpoints only after checking each extends the last one
+    /// it cosigned. Its key and state live in `--dir`, apart from any
+    /// station. Plain HTTP: put it behind a TLS terminator (its answers
+    /// are signatures, checked by whoever uses them). See docs/log.md.
+    Witness {
+        /// The witness's own directory (key and state; made 0700).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8788")]
+        listen: std::net::SocketAddr,
+        /// A log's verifier key (`name+id+key`, as `log-key` prints it);
+        /// repeat for several logs.
+        #[arg(long = "log-key", required = true)]
+        log_keys: Vec<String>,
+        /// The witness's name in its cosignatures (default:
+        /// fieldreport-witness/ and 8 bytes of its key's hash).
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Run the guided demo: a station, two officers and a supervisor.
     Demo {
@@ -565,6 +586,30 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 return Ok(std::process::ExitCode::FAILURE);
             }
             println!("OK");
+        }
+        Command::Witness {
+            dir,
+            listen,
+            log_keys,
+            name,
+        } => {
+            let logs = log_keys
+                .iter()
+                .map(|k| {
+                    fieldreport_core::tlog::NoteVerifier::parse(k)
+                        .map_err(|e| anyhow::anyhow!("--log-key is not a verifier key: {e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let witness = std::sync::Arc::new(crate::witness::Witness::open(
+                &dir,
+                name.as_deref(),
+                logs,
+                std::sync::Arc::new(crate::clock::SystemClock::from_env()?),
+            )?);
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            println!("witness key: {}", witness.key().encode());
+            println!("witnessing on http://{}", listener.local_addr()?);
+            axum::serve(listener, crate::witness::router(witness)).await?;
         }
         Command::LogKey { storage } => {
             let cfg = storage.config(env)?;

@@ -38,6 +38,7 @@ pub mod sessions;
 pub mod state;
 pub mod storage;
 pub mod tls;
+pub mod witness;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

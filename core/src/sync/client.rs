@@ -463,17 +463,19 @@ impl SyncClient {
                 )
             })?;
             let ids: Vec<_> = batch.iter().map(Change::id).collect();
-            // Receipts that do not check refuse the rest of the sync and
-            // leave the batch in the outbox (pushing it again is
-            // idempotent). A station that gave none (its log write failed
-            // after the commit) still holds the changes.
-            match &answer.log {
-                Some(log) => {
-                    let (cp, receipts) = self.check_receipts(store, cancel, &batch, log)?;
-                    store.ack_with_receipts(&ids, Some((cp.size, &cp.note)), &receipts)?;
-                }
-                None => store.mark_acked(&ids)?,
-            }
+            // Receipts that do not check, or a change without one, refuse
+            // the rest of the sync and leave the batch in the outbox
+            // (pushing it again is idempotent).
+            let Some(log) = &answer.log else {
+                // Stored, but the station could not read the receipts back:
+                // the batch stays and is sent again (a duplicate push is
+                // answered with the receipts).
+                return Err(Error::Network(
+                    "the station gave no log receipts; the changes stay in the outbox".into(),
+                ));
+            };
+            let (cp, receipts) = self.check_receipts(store, cancel, &batch, log)?;
+            store.ack_with_receipts(&ids, Some((cp.size, &cp.note)), &receipts)?;
             report.pushed += ids.len() as u64;
             p.items_done += ids.len() as u64;
             progress.on_progress(p);
@@ -626,10 +628,10 @@ impl SyncClient {
         cancel: &CancelToken,
         note: &str,
     ) -> Result<()> {
+        let key = self.log_key(store, cancel)?;
+        // Garbled, or another log's: the station is not to blame.
+        let seen = SignedCheckpoint::verify(note.as_bytes(), &key).map_err(Error::NotThisLog)?;
         self.reporting_log_trouble(store, cancel, |c| {
-            let key = c.log_key(store, cancel)?;
-            let seen =
-                SignedCheckpoint::verify(note.as_bytes(), &key).map_err(Error::StationLog)?;
             if let Some(held) = c.held_checkpoint(store, &key)? {
                 c.check_one_history(cancel, &held, &seen)?;
             }
@@ -699,6 +701,14 @@ impl SyncClient {
                 tree_size: cp.size,
                 proof: r.proof.clone(),
             });
+        }
+        // Every change pushed has its receipt, new or sent before.
+        let missing = batch
+            .iter()
+            .filter(|c| !kept.iter().any(|k| k.change == c.id()))
+            .count() as u64;
+        if missing > 0 {
+            return Err(Error::StationLog(LogError::MissingReceipts { missing }));
         }
         Ok((cp, kept))
     }

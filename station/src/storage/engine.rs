@@ -286,6 +286,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Stored changes with their ids, in id order, after `after`, at most
     /// `limit` (the log check reads every row as stored).
     async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, StoredChange)>>;
+    /// Where stored changes sit in the log, by change hash: (leaf index,
+    /// author, seq, receipt time ms); changes not logged are left out.
+    async fn logged_changes(&self, hashes: &[[u8; 32]]) -> Result<Vec<(u64, Uuid, u64, i64)>>;
     async fn audit_log(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>>;
     async fn record_rejection(
         &self,

@@ -266,6 +266,8 @@ pub trait StationStorage: Send + Sync + 'static {
     async fn seal_log(&self) -> Result<Option<u64>>;
     /// The newest checkpoint (a signed note), if the log has one.
     async fn checkpoint(&self) -> Result<Option<String>>;
+    /// The checkpoint the log signed of tree `size`, if it has one.
+    async fn checkpoint_of(&self, size: u64) -> Result<Option<String>>;
     /// Leaf `index` of the tree of `size` (a size the log has a checkpoint
     /// of) with its inclusion proof; a change's leaf only if `who` may see
     /// its report.

@@ -1024,6 +1024,27 @@ impl Engine for PostgresEngine {
             .collect())
     }
 
+    async fn logged_changes(&self, hashes: &[[u8; 32]]) -> Result<Vec<(u64, Uuid, u64, i64)>> {
+        let hashes: Vec<Vec<u8>> = hashes.iter().map(|h| h.to_vec()).collect();
+        Ok(self
+            .query(
+                "SELECT l.idx, c.device_id, c.seq, c.received_at FROM changes c
+                 JOIN log_leaves l ON l.change_id = c.id WHERE c.hash = ANY($1)",
+                &[&hashes],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, i64>(0) as u64,
+                    r.get::<_, Uuid>(1),
+                    r.get::<_, i64>(2) as u64,
+                    r.get::<_, i64>(3),
+                )
+            })
+            .collect())
+    }
+
     async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, StoredChange)>> {
         self.query(
             "SELECT id, body, signature, received_at FROM changes WHERE id > $1 ORDER BY id LIMIT $2",

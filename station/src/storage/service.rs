@@ -239,7 +239,7 @@ impl<E: Engine> Service<E> {
         tx.lock_log().await?;
         let facts = tx.chain_facts(&changes).await?;
         // Signature checks are the heavy part: off the async workers.
-        let verified = blocking(move || Ok(verify_batch(changes, &facts)?)).await?;
+        let mut verified = blocking(move || Ok(verify_batch(changes, &facts)?)).await?;
         let authors: Vec<Uuid> = verified
             .new
             .iter()
@@ -261,13 +261,18 @@ impl<E: Engine> Service<E> {
         }
         if verified.new.is_empty() {
             tx.commit().await?;
+            // A push sent again (its answer lost) gets its receipts again.
+            let log = self
+                .receipts_best_effort(None, &verified.duplicate_hashes)
+                .await;
             return Ok(PushOutcome {
                 applied: 0,
                 duplicates: verified.duplicates,
                 events: Vec::new(),
-                log: None,
+                log,
             });
         }
+        let duplicate_hashes = std::mem::take(&mut verified.duplicate_hashes);
         let received_at = self.clock.now_ms();
         let log_id = tx.append_changes(&verified.new, received_at).await?;
         // Both engines number a push's changes consecutively up to the head
@@ -337,18 +342,7 @@ impl<E: Engine> Service<E> {
         // a stored change is a logged one.
         let extended = transparency::extend(tx.as_mut(), &self.log, stored).await?;
         tx.commit().await?;
-        let log = match extended {
-            // Stored and committed: a failure to read the proofs back must
-            // not turn the push into an error the phone would retry.
-            Some(x) => match self.receipts_of(x).await {
-                Ok(log) => Some(log),
-                Err(e) => {
-                    tracing::warn!(error = %e, "push stored, but its log receipts could not be read");
-                    None
-                }
-            },
-            None => None,
-        };
+        let log = self.receipts_best_effort(extended, &duplicate_hashes).await;
         Ok(PushOutcome {
             applied,
             duplicates,
@@ -356,38 +350,82 @@ impl<E: Engine> Service<E> {
             log,
         })
     }
-    /// A push's receipts: each logged change's inclusion proof to the
-    /// checkpoint that logged it (stored hashes never change, so this is
-    /// read after the commit).
-    async fn receipts_of(&self, x: transparency::Extended) -> Result<PushLog> {
-        let indexes: Vec<u64> = x.changes.iter().map(|(i, _)| *i).collect();
-        let proofs =
-            transparency::inclusion_proofs(self.engine.as_ref(), &indexes, x.checkpoint.size)
-                .await?;
-        let receipts = x
-            .changes
+    /// A push's receipts, or none if they cannot be read: the push is
+    /// stored and committed, and must not turn into an error the phone
+    /// would retry (the phone keeps such a batch and sends it again,
+    /// which answers with the receipts).
+    async fn receipts_best_effort(
+        &self,
+        extended: Option<transparency::Extended>,
+        duplicates: &[[u8; 32]],
+    ) -> Option<PushLog> {
+        match self.receipts_of(extended, duplicates).await {
+            Ok(log) => log,
+            Err(e) => {
+                tracing::warn!(error = %e, "push stored, but its log receipts could not be read");
+                None
+            }
+        }
+    }
+
+    /// Each pushed change's inclusion proof to one checkpoint: the one that
+    /// logged the push's new changes, else the newest. Stored hashes never
+    /// change, so this is read after the commit.
+    async fn receipts_of(
+        &self,
+        extended: Option<transparency::Extended>,
+        duplicates: &[[u8; 32]],
+    ) -> Result<Option<PushLog>> {
+        let mut entries: Vec<(u64, Uuid, u64, i64)> = Vec::new();
+        let (size, note) = match extended {
+            Some(x) => {
+                for (index, leaf) in x.changes {
+                    if let Leaf::Change {
+                        device,
+                        seq,
+                        received_at_ms,
+                        ..
+                    } = leaf
+                    {
+                        entries.push((index, device, seq, received_at_ms));
+                    }
+                }
+                (x.checkpoint.size, x.checkpoint.note)
+            }
+            None => match self.engine.checkpoint(None).await? {
+                Some(cp) => cp,
+                None => return Ok(None),
+            },
+        };
+        if !duplicates.is_empty() {
+            entries.extend(
+                self.engine
+                    .logged_changes(duplicates)
+                    .await?
+                    .into_iter()
+                    .filter(|(index, ..)| *index < size),
+            );
+        }
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let indexes: Vec<u64> = entries.iter().map(|e| e.0).collect();
+        let proofs = transparency::inclusion_proofs(self.engine.as_ref(), &indexes, size).await?;
+        let receipts = entries
             .into_iter()
             .zip(proofs)
-            .filter_map(|((index, leaf), proof)| match leaf {
-                Leaf::Change {
-                    device,
-                    seq,
-                    received_at_ms,
-                    ..
-                } => Some(LogReceipt {
-                    device,
-                    seq,
-                    index,
-                    received_at_ms,
-                    proof: encode_hashes(&proof),
-                }),
-                Leaf::Audit { .. } => None,
+            .map(|((index, device, seq, received_at_ms), proof)| LogReceipt {
+                device,
+                seq,
+                index,
+                received_at_ms,
+                proof: encode_hashes(&proof),
             })
             .collect();
-        Ok(PushLog {
-            checkpoint: x.checkpoint.note,
+        Ok(Some(PushLog {
+            checkpoint: note,
             receipts,
-        })
+        }))
     }
 
     async fn media_append_now(
@@ -749,6 +787,14 @@ impl<E: Engine> StationStorage for Service<E> {
 
     async fn checkpoint(&self) -> Result<Option<String>> {
         Ok(self.engine.checkpoint(None).await?.map(|(_, note)| note))
+    }
+
+    async fn checkpoint_of(&self, size: u64) -> Result<Option<String>> {
+        Ok(self
+            .engine
+            .checkpoint(Some(size))
+            .await?
+            .map(|(_, note)| note))
     }
 
     async fn inclusion(&self, who: &Enrolled, index: u64, size: u64) -> Result<InclusionResponse> {

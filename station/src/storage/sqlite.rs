@@ -784,6 +784,30 @@ impl Engine for SqliteEngine {
         .await
     }
 
+    async fn logged_changes(&self, hashes: &[[u8; 32]]) -> Result<Vec<(u64, Uuid, u64, i64)>> {
+        let hashes = hashes.to_vec();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT l.idx, c.device_id, c.seq, c.received_at FROM changes c
+                 JOIN log_leaves l ON l.change_id = c.id WHERE c.hash = ?1",
+            )?;
+            let mut out = Vec::new();
+            for h in &hashes {
+                let mut rows = st.query([h.as_slice()])?;
+                while let Some(r) = rows.next()? {
+                    out.push((
+                        r.get::<_, i64>(0)? as u64,
+                        uuid_of(r.get(1)?)?,
+                        r.get::<_, i64>(2)? as u64,
+                        r.get(3)?,
+                    ));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, StoredChange)>> {
         self.read(move |c| {
             let mut st = c.prepare_cached(

@@ -44,11 +44,7 @@ impl LogSigner {
     /// is `fieldreport/` and the first 8 bytes of the key's SHA-256, in
     /// hex, unless `origin` names it.
     pub fn load_or_create(path: &Path, origin: Option<&str>) -> Result<LogSigner> {
-        let seed = match std::fs::symlink_metadata(path) {
-            Ok(_) => read_seed(path)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_seed(path)?,
-            Err(e) => return Err(e.into()),
-        };
+        let seed = load_or_create_seed(path)?;
         let key = SigningKey::from_bytes(&seed);
         let origin = match origin {
             Some(o) => o.to_string(),
@@ -85,6 +81,16 @@ impl LogSigner {
     }
 }
 
+/// An Ed25519 seed kept in a `0600` file of its own (the log key, a
+/// witness key), made if there is none.
+pub(crate) fn load_or_create_seed(path: &Path) -> Result<Zeroizing<[u8; 32]>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => read_seed(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_seed(path),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn read_seed(path: &Path) -> Result<Zeroizing<[u8; 32]>> {
     #[cfg(unix)]
     {
@@ -92,22 +98,16 @@ fn read_seed(path: &Path) -> Result<Zeroizing<[u8; 32]>> {
         let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(StationError::Unavailable(format!(
-                "the log key file {} is readable by others (mode {mode:o}): chmod 600 it",
+                "the key file {} is readable by others (mode {mode:o}): chmod 600 it",
                 path.display()
             )));
         }
     }
     let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| {
-        StationError::Unavailable(format!(
-            "cannot read the log key file {}: {e}",
-            path.display()
-        ))
+        StationError::Unavailable(format!("cannot read the key file {}: {e}", path.display()))
     })?);
     let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-        StationError::Unavailable(format!(
-            "the log key file {} is not 32 bytes",
-            path.display()
-        ))
+        StationError::Unavailable(format!("the key file {} is not 32 bytes", path.display()))
     })?;
     Ok(Zeroizing::new(seed))
 }
@@ -127,7 +127,7 @@ fn create_seed(path: &Path) -> Result<Zeroizing<[u8; 32]>> {
     match linked {
         Ok(()) => {
             std::fs::File::open(dir)?.sync_all()?;
-            tracing::info!(path = %path.display(), "log key made");
+            tracing::info!(path = %path.display(), "key made");
             Ok(seed)
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_seed(path),

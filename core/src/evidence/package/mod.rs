@@ -661,7 +661,9 @@ What the payload holds:
                                 SHA-256(\"fieldreport/report/v1\\n\" + report
                                 id) and a hash of the change and its receipt
                                 time: it shows which entries are this
-                                report's, nothing about any other.
+                                report's, and no other report's content,
+                                author or id (only how many entries share
+                                each unnamed report).
 
 `fieldreport-station verify [--log-key KEY] <this directory>` checks, beyond the manifests:
 every signature against the device keys, every device's hash chain, that no

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File};
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::Path;
 
 use base64::Engine;
@@ -22,9 +22,7 @@ use super::{
 };
 use crate::crdt::{Change, ChangeId, Hash, OpId};
 use crate::error::{Error, Result};
-use crate::tlog::{
-    report_commitment, tree_of_leaves, Leaf, LeafView, NoteVerifier, SignedCheckpoint,
-};
+use crate::tlog::{report_commitment, Leaf, LeafView, NoteVerifier, SignedCheckpoint, TreeBuilder};
 
 /// One problem found in a package.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,7 +116,7 @@ impl fmt::Display for Verdict {
                     if !l.published_key {
                         writeln!(
                             f,
-                            "The checkpoint was checked with the key in data/log/key.txt only: compare that key with the one the department publishes, or pass it with --log-key."
+                            "NOT ANCHORED: the checkpoint was checked with the key in data/log/key.txt only, which whoever made the package chose. Compare that key with the one the department publishes, or pass it with --log-key."
                         )?;
                     }
                     Ok(())
@@ -486,7 +484,12 @@ fn check_log(
             }
         },
         Err(_) => {
-            ck.fail(LOG_KEY_FILE, format!("is missing: {UNPROVEN}"));
+            ck.fail(
+                LOG_KEY_FILE,
+                format!(
+                    "is missing: {UNPROVEN} (a package made before the log: verify --without-log)"
+                ),
+            );
             None
         }
     };
@@ -517,53 +520,71 @@ fn check_log(
             return None;
         }
     };
-    let Ok(text) = fs::read_to_string(ck.dir.join(LOG_LEAVES_FILE)) else {
-        ck.fail(
-            LOG_LEAVES_FILE,
-            format!("is missing or not UTF-8: {UNPROVEN}"),
-        );
+    // Read line by line: only this package's reports' entries are kept,
+    // and no more lines than the checkpoint has entries are read.
+    let Ok(file) = File::open(ck.dir.join(LOG_LEAVES_FILE)) else {
+        ck.fail(LOG_LEAVES_FILE, format!("is missing: {UNPROVEN}"));
         return None;
     };
-    let mut leaves = Vec::new();
-    let mut views = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(line)
-            .ok()
-            .and_then(|b| LeafView::decode(&b).ok().map(|v| (b, v)));
+    let wanted: HashSet<[u8; 32]> = reports
+        .iter()
+        .map(|(id, ..)| report_commitment(*id))
+        .collect();
+    let mut views: Vec<(u64, [u8; 32], [u8; 32])> = Vec::new();
+    let mut tree = TreeBuilder::default();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let n = i + 1;
+        if tree.size() == cp.size {
+            ck.fail(
+                LOG_LEAVES_FILE,
+                format!("holds more log entries than the checkpoint's {}", cp.size),
+            );
+            return None;
+        }
+        let decoded = line.ok().and_then(|l| {
+            let b = base64::engine::general_purpose::STANDARD.decode(l).ok()?;
+            LeafView::decode(&b).ok().map(|v| (b, v))
+        });
         let Some((bytes, view)) = decoded else {
-            ck.fail_line(LOG_LEAVES_FILE, i + 1, "is not a log entry (base64)");
+            ck.fail_line(LOG_LEAVES_FILE, n, "is not a log entry (base64)");
             return None;
         };
-        leaves.push(bytes);
-        views.push(view);
+        if let LeafView::Change { report, body } = view {
+            if wanted.contains(&report) {
+                views.push((tree.size(), report, body));
+            }
+        }
+        if tree.push(&bytes).is_err() {
+            ck.fail_line(LOG_LEAVES_FILE, n, "cannot be added to the tree");
+            return None;
+        }
     }
-    match tree_of_leaves(leaves.iter().map(Vec::as_slice)) {
-        Ok((size, root)) if size == cp.size && root == cp.root => {}
-        Ok((size, _)) if size != cp.size => {
-            ck.fail(
-                LOG_LEAVES_FILE,
-                format!("holds {size} log entries, the checkpoint {}", cp.size),
-            );
-            return None;
-        }
-        _ => {
-            ck.fail(
-                LOG_LEAVES_FILE,
-                "its entries do not hash to the checkpoint's root (altered, added or removed)",
-            );
-            return None;
-        }
+    if tree.size() != cp.size {
+        ck.fail(
+            LOG_LEAVES_FILE,
+            format!(
+                "holds {} log entries, the checkpoint {}",
+                tree.size(),
+                cp.size
+            ),
+        );
+        return None;
+    }
+    if tree.root().ok() != Some(cp.root) {
+        ck.fail(
+            LOG_LEAVES_FILE,
+            "its entries do not hash to the checkpoint's root (altered, added or removed)",
+        );
+        return None;
     }
     for (id, changes, received) in reports {
         let commit = report_commitment(*id);
+        // (A log holding one change twice would show one entry here; the
+        // log itself never logs a change twice.)
         let mut in_log: HashMap<[u8; 32], u64> = views
             .iter()
-            .enumerate()
-            .filter_map(|(i, v)| match v {
-                LeafView::Change { report, body } if *report == commit => Some((*body, i as u64)),
-                _ => None,
-            })
+            .filter(|(_, report, _)| *report == commit)
+            .map(|(i, _, body)| (*body, *i))
             .collect();
         let hist = format!("{}/changes.jsonl", report_dir(*id));
         for c in changes {

@@ -72,12 +72,12 @@ final class FieldReportTests: XCTestCase {
         let receipts = try phone.logReceipts(reportId: r)
         XCTAssertEqual(UInt64(receipts.count), up.pushed)
         XCTAssertTrue(receipts.allSatisfy { $0.logIndex < $0.treeSize && !$0.proof.isEmpty })
-        // A checkpoint altered after signing is refused, typed; the phone
-        // keeps the one it held.
+        // A checkpoint altered after signing is not the station's: refused
+        // as bad input; the phone keeps the one it held.
         var lines = checkpoint.components(separatedBy: "\n")
         lines[1] = String(UInt64(lines[1])! + 1)
         XCTAssertThrowsError(try phone.observeLogCheckpoint(note: lines.joined(separator: "\n"))) { e in
-            guard case let FieldReportError.StationLogInconsistent(reason) = e, reason.contains("not signed") else {
+            guard case let FieldReportError.InvalidInput(reason) = e, reason.contains("not signed") else {
                 return XCTFail("\(e)")
             }
         }
@@ -113,6 +113,35 @@ final class FieldReportTests: XCTestCase {
         let history = try tablet.fieldHistory(reportId: r, path: badge).compactMap { $0.value?.text }
         XCTAssertTrue(Set(history).isSuperset(of: ["4470", "4471", "4417", "4471-B"]))
         XCTAssertEqual(try tablet.listReports(lifecycle: nil, limit: 0, after: nil).map { $0.id }, [r])
+    }
+
+    func testAStationRestoredFromAnOlderCopyIsRefusedAndTheOutboxKept() throws {
+        let station = try TestStation()
+        let phone = try store("restored")
+        _ = try phone.enroll(stationUrl: station.url, code: station.code(name: "Officer R. Test", star: "11031"), stationPin: station.pin)
+        let r = try phone.createReport()
+        try phone.set(r, "narrative", "First.")
+        _ = try phone.sync()
+        try station.stop()
+        let older = try station.snapshot()
+        try station.start()
+        try phone.set(r, "narrative", "Second.")
+        _ = try phone.sync()
+        let held = try phone.logCheckpoint()
+        // The station's data put back from the older copy.
+        try station.stop()
+        try station.restore(older)
+        try station.start()
+        try phone.set(r, "narrative", "Third.")
+        let waiting = try phone.unsyncedCount()
+        XCTAssertThrowsError(try phone.sync()) { e in
+            guard case let FieldReportError.StationLogInconsistent(reason) = e,
+                  reason.contains("shrank") || reason.contains("two different trees") else {
+                return XCTFail("\(e)")
+            }
+        }
+        XCTAssertEqual(try phone.unsyncedCount(), waiting)
+        XCTAssertEqual(try phone.logCheckpoint(), held)
     }
 
     func testErrorsArriveAsSwiftErrors() throws {

@@ -4,7 +4,7 @@ import Foundation
 final class TestStation {
     let bin: String
     let dir: URL
-    let process = Process()
+    var process: Process
     let url: String
     /// The key pin the station prints (`sha256//…`), checked at enrollment.
     let pin: String
@@ -15,8 +15,17 @@ final class TestStation {
         }
         self.bin = bin
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("fr-station-\(UUID().uuidString)")
+        let (p, pin, url) = try TestStation.launch(bin: bin, dir: dir, listen: "127.0.0.1:0")
+        process = p
+        self.pin = pin
+        self.url = url
+    }
+
+    /// Starts the station on `listen`; its process, pin and URL.
+    private static func launch(bin: String, dir: URL, listen: String) throws -> (Process, String, String) {
+        let process = Process()
         process.executableURL = URL(fileURLWithPath: bin)
-        process.arguments = ["serve", "--data", dir.path, "--listen", "127.0.0.1:0"]
+        process.arguments = ["serve", "--data", dir.path, "--listen", listen]
         let out = Pipe()
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice
@@ -31,8 +40,38 @@ final class TestStation {
         guard let range = text.range(of: "serving on "), let pinRange = text.range(of: "station pin: ") else {
             throw NSError(domain: "TestStation", code: 2, userInfo: [NSLocalizedDescriptionKey: "station did not start"])
         }
-        url = text[range.upperBound...].split(separator: "\n")[0].trimmingCharacters(in: .whitespaces)
-        pin = text[pinRange.upperBound...].split(separator: "\n")[0].trimmingCharacters(in: .whitespaces)
+        let url = text[range.upperBound...].split(separator: "\n")[0].trimmingCharacters(in: .whitespaces)
+        let pin = text[pinRange.upperBound...].split(separator: "\n")[0].trimmingCharacters(in: .whitespaces)
+        return (process, pin, url)
+    }
+
+    /// Stops the station (its data stays).
+    func stop() throws {
+        process.terminate()
+        process.waitUntilExit()
+    }
+
+    /// Starts it again on the same address and data directory.
+    func start() throws {
+        let (p, _, u) = try TestStation.launch(bin: bin, dir: dir, listen: String(url.dropFirst("https://".count)))
+        guard u == url else {
+            throw NSError(domain: "TestStation", code: 4, userInfo: [NSLocalizedDescriptionKey: "the station came back on \(u)"])
+        }
+        process = p
+    }
+
+    /// A copy of the (stopped) station's data directory.
+    func snapshot() throws -> URL {
+        let copy = FileManager.default.temporaryDirectory.appendingPathComponent("fr-station-copy-\(UUID().uuidString)")
+        try FileManager.default.copyItem(at: dir, to: copy)
+        return copy
+    }
+
+    /// Puts a snapshot back in place of the (stopped) station's data: a
+    /// database restored from an older backup.
+    func restore(_ copy: URL) throws {
+        try FileManager.default.removeItem(at: dir)
+        try FileManager.default.moveItem(at: copy, to: dir)
     }
 
     /// A one-time enrollment code for a person.

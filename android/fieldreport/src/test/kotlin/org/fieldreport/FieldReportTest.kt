@@ -82,11 +82,11 @@ class FieldReportTest {
                     val receipts = phone.logReceipts(r)
                     assertEquals(up.pushed, receipts.size.toULong())
                     assertTrue(receipts.all { it.logIndex < it.treeSize && it.proof.isNotEmpty() })
-                    // A checkpoint altered after signing is refused, typed; the phone
-                    // keeps the one it held.
+                    // A checkpoint altered after signing is not the station's: refused
+                    // as bad input; the phone keeps the one it held.
                     val lines = checkpoint.lines()
                     val altered = (listOf(lines[0], (lines[1].toLong() + 1).toString()) + lines.drop(2)).joinToString("\n")
-                    val refused = assertThrows(FieldReportException.StationLogInconsistent::class.java) {
+                    val refused = assertThrows(FieldReportException.InvalidInput::class.java) {
                         phone.observeLogCheckpoint(altered)
                     }
                     assertTrue(refused.reason, refused.reason.contains("not signed"))
@@ -130,6 +130,34 @@ class FieldReportTest {
                     assertTrue(history.containsAll(listOf("4470", "4471", "4417", "4471-B")))
                     assertEquals(listOf(r), tablet.listReports(null, 0u, null).map { it.id })
                 }
+            }
+        }
+    }
+
+    @Test
+    fun aStationRestoredFromAnOlderCopyIsRefusedAndTheOutboxKept() {
+        TestStation().use { station ->
+            store("restored").use { phone ->
+                phone.enroll(station.url, station.code("Officer R. Test", "11031"), station.pin)
+                val r = phone.createReport()
+                phone.set(r, "narrative", "First.")
+                phone.sync()
+                station.stop()
+                val older = station.snapshot()
+                station.start()
+                phone.set(r, "narrative", "Second.")
+                phone.sync()
+                val held = phone.logCheckpoint()!!
+                // The station's data put back from the older copy.
+                station.stop()
+                station.restore(older)
+                station.start()
+                phone.set(r, "narrative", "Third.")
+                val waiting = phone.unsyncedCount()
+                val err = assertThrows(FieldReportException.StationLogInconsistent::class.java) { phone.sync() }
+                assertTrue(err.reason, err.reason.contains("shrank") || err.reason.contains("two different trees"))
+                assertEquals(waiting, phone.unsyncedCount())
+                assertEquals(held, phone.logCheckpoint())
             }
         }
     }

@@ -1,0 +1,230 @@
+//! A witness (C2SP tlog-witness) in front of a real station's log, on the
+//! engine under test: it cosigns a checkpoint only with a consistency
+//! proof from the last one it cosigned, answers 409 (with the size it
+//! holds) to a wrong old size or a second tree of one size, 422 to a
+//! proof that does not verify, 404/403 to a log it does not follow or a
+//! signature it does not trust, and keeps its state across a restart.
+
+use std::sync::Arc;
+
+use fieldreport_core::sync::wire::ConsistencyResponse;
+use fieldreport_core::tlog::{NoteVerifier, SignedCheckpoint, SignedNote, TreeHash};
+use fieldreport_core::{Role, Value};
+use fieldreport_e2e::*;
+use fieldreport_station::clock::ManualClock;
+use fieldreport_station::storage::transparency::LogSigner;
+use fieldreport_station::witness::{router, Witness};
+
+struct Running {
+    url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn serve(st: &TestStation, w: Arc<Witness>) -> Running {
+    let listener = st
+        .rt
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = st.rt.spawn(async move {
+        axum::serve(listener, router(w)).await.unwrap();
+    });
+    Running { url, task }
+}
+
+fn post(url: &str, body: String) -> (u16, Option<String>, String) {
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("{url}/add-checkpoint"))
+        .body(body)
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, ct, resp.text().unwrap())
+}
+
+fn request(old: u64, proof: &[String], note: &str) -> String {
+    let mut b = format!("old {old}\n");
+    for p in proof {
+        b.push_str(p);
+        b.push('\n');
+    }
+    b.push('\n');
+    b.push_str(note);
+    b
+}
+
+fn push(st: &TestStation, d: &Device, n: usize) {
+    let r = d.store.create_report().unwrap();
+    for i in 0..n {
+        d.store
+            .set_field(r, "narrative", Value::Text(format!("Entry {i}.")))
+            .unwrap();
+    }
+    d.sync();
+    let _ = st;
+}
+
+fn newest(st: &TestStation, v: &NoteVerifier) -> SignedCheckpoint {
+    SignedCheckpoint::verify(st.get_text("/v1/log/checkpoint").as_bytes(), v).unwrap()
+}
+
+fn proof(st: &TestStation, old: u64, new: u64) -> Vec<String> {
+    st.http()
+        .get(format!("{}/v1/log/consistency?old={old}&new={new}", st.url))
+        .send()
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json::<ConsistencyResponse>()
+        .unwrap()
+        .proof
+}
+
+#[test]
+fn a_witness_cosigns_only_what_extends_what_it_cosigned_and_remembers_it() {
+    let st = TestStation::start();
+    let officer = st.device(
+        &person("Officer Witnessname", "73001", Role::Officer, "D4"),
+        None,
+    );
+    let v = NoteVerifier::parse(st.get_text("/v1/log/key").trim()).unwrap();
+    push(&st, &officer, 2);
+    let first = newest(&st, &v);
+
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(1_800_000_000_000);
+    let open = || {
+        Arc::new(
+            Witness::open(
+                dir.path(),
+                Some("sao.example/witness"),
+                vec![v.clone()],
+                clock.clone(),
+            )
+            .unwrap(),
+        )
+    };
+    let w = open();
+    let wkey = w.key();
+    let running = serve(&st, w);
+
+    // A log it does not follow, and one signed by a key it does not trust.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let stranger =
+        LogSigner::load_or_create(&elsewhere.path().join("stranger.key"), Some("other/log"))
+            .unwrap();
+    let (status, _, _) = post(
+        &running.url,
+        request(0, &[], &stranger.sign(1, TreeHash([1; 32])).unwrap().note),
+    );
+    assert_eq!(status, 404);
+    let impostor =
+        LogSigner::load_or_create(&elsewhere.path().join("impostor.key"), Some(&v.name)).unwrap();
+    let (status, _, _) = post(
+        &running.url,
+        request(0, &[], &impostor.sign(first.size, first.root).unwrap().note),
+    );
+    assert_eq!(status, 403);
+    // An old size it never cosigned: 409 and the size it holds.
+    let (status, ct, body) = post(&running.url, request(1, &[], &first.note));
+    assert_eq!(
+        (status, ct.as_deref(), body.as_str()),
+        (409, Some("text/x.tlog.size"), "0\n")
+    );
+    // An old size above the checkpoint's: 400.
+    let (status, _, _) = post(&running.url, request(first.size + 1, &[], &first.note));
+    assert_eq!(status, 400);
+
+    // The first checkpoint from size 0: cosigned at the witness's time.
+    let (status, _, line) = post(&running.url, request(0, &[], &first.note));
+    assert_eq!(status, 200, "{line}");
+    let cosigned = SignedNote::parse(format!("{}{line}", first.note).as_bytes()).unwrap();
+    assert_eq!(cosigned.cosigned_by(&wkey), Some(1_800_000_000));
+    assert!(SignedCheckpoint::verify(cosigned.encode().as_bytes(), &v).is_ok());
+
+    // A later checkpoint with the station's consistency proof: cosigned.
+    push(&st, &officer, 2);
+    let second = newest(&st, &v);
+    assert!(second.size > first.size);
+    clock.advance(60_000);
+    let (status, _, line) = post(
+        &running.url,
+        request(
+            first.size,
+            &proof(&st, first.size, second.size),
+            &second.note,
+        ),
+    );
+    assert_eq!(status, 200, "{line}");
+    assert_eq!(
+        SignedNote::parse(format!("{}{line}", second.note).as_bytes())
+            .unwrap()
+            .cosigned_by(&wkey),
+        Some(1_800_000_060)
+    );
+
+    // A larger tree the log key signed that does not extend it: 422,
+    // whatever proof comes with it.
+    let log_key =
+        LogSigner::load_or_create(&st.dir.path().join("station").join("log.key"), None).unwrap();
+    let mut other = second.root;
+    other.0[0] ^= 1;
+    let fork = log_key.sign(second.size + 3, other).unwrap();
+    push(&st, &officer, 3);
+    let third = newest(&st, &v);
+    let (status, _, _) = post(
+        &running.url,
+        request(
+            second.size,
+            &proof(&st, second.size, third.size),
+            &fork.note,
+        ),
+    );
+    assert_eq!(status, 422);
+    // A second tree of the size it cosigned: 409.
+    let twin = log_key.sign(second.size, other).unwrap();
+    let (status, _, body) = post(&running.url, request(second.size, &[], &twin.note));
+    assert_eq!(
+        (status, body.as_str()),
+        (409, format!("{}\n", second.size).as_str())
+    );
+
+    // Restarted from its directory: it still holds the second checkpoint.
+    running.task.abort();
+    let w = open();
+    assert_eq!(w.key(), wkey, "the same key after a restart");
+    let running = serve(&st, w);
+    let (status, _, body) = post(
+        &running.url,
+        request(first.size, &proof(&st, first.size, third.size), &third.note),
+    );
+    assert_eq!(
+        (status, body.as_str()),
+        (409, format!("{}\n", second.size).as_str())
+    );
+    let (status, _, line) = post(
+        &running.url,
+        request(
+            second.size,
+            &proof(&st, second.size, third.size),
+            &third.note,
+        ),
+    );
+    assert_eq!(status, 200, "{line}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["witness.key", "witness-state.json"] {
+            let mode = std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o600, "{f}");
+        }
+    }
+}
