@@ -11,6 +11,7 @@
 mod core_figures;
 mod lib_size;
 mod list;
+mod log_proofs;
 mod merge;
 mod photo_sync;
 mod report;
@@ -29,6 +30,8 @@ const SCENARIOS: &[&str] = &[
     "list",
     "media",
     "station-day",
+    "log-overhead",
+    "log-proofs",
     "photo-sync",
     "wire",
     "size",
@@ -56,7 +59,7 @@ enum Cmd {
         json: Option<PathBuf>,
     },
     /// Some scenarios: edit, apply, merge, list, media, station-day,
-    /// photo-sync, wire, size.
+    /// log-overhead, log-proofs, photo-sync, wire, size.
     Run {
         #[arg(required = true)]
         scenarios: Vec<String>,
@@ -139,6 +142,10 @@ fn main() -> anyhow::Result<()> {
         }
         Ok(r)
     })?;
+    step("log-overhead", &mut || {
+        station_day::log_overhead(dir.path(), quick)
+    })?;
+    step("log-proofs", &mut || log_proofs::run(quick))?;
     step("photo-sync", &mut || photo_sync::run(dir.path(), quick))?;
     step("wire", &mut station_day::wire)?;
     step("size", &mut || lib_size::run(quick))?;

@@ -26,11 +26,23 @@ const SERVE_ENV: &str = "FR_STATION_DAY_SERVE";
 /// The child's PostgreSQL database, when the day runs on that engine.
 const DATABASE_ENV: &str = "FR_STATION_DAY_DATABASE";
 
+/// The child's log switch: `off` runs the baseline without the
+/// transparency log.
+const LOG_ENV: &str = "FR_STATION_DAY_LOG";
+
 /// Opens the engine (blocking: outside the async workers).
-fn open(dir: &std::path::Path, database: Option<&str>) -> anyhow::Result<Arc<dyn StationStorage>> {
-    Ok(match database {
-        Some(url) => Arc::new(PostgresStorage::open(url, dir)?),
-        None => Arc::new(SqliteStorage::open(dir)?),
+fn open(
+    dir: &std::path::Path,
+    database: Option<&str>,
+    log_on: bool,
+) -> anyhow::Result<Arc<dyn StationStorage>> {
+    Ok(match (database, log_on) {
+        (Some(url), true) => Arc::new(PostgresStorage::open(url, dir)?),
+        (Some(url), false) => {
+            Arc::new(PostgresStorage::open(url, dir)?.without_log_for_benchmark())
+        }
+        (None, true) => Arc::new(SqliteStorage::open(dir)?),
+        (None, false) => Arc::new(SqliteStorage::open(dir)?.without_log_for_benchmark()),
     })
 }
 
@@ -57,7 +69,8 @@ struct Sizes {
 
 fn serve(dir: &str) -> anyhow::Result<()> {
     let database = std::env::var(DATABASE_ENV).ok();
-    let storage = open(std::path::Path::new(dir), database.as_deref())?;
+    let log_on = std::env::var(LOG_ENV).as_deref() != Ok("off");
+    let storage = open(std::path::Path::new(dir), database.as_deref(), log_on)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let l = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -254,6 +267,55 @@ pub fn run(
     quick: bool,
     database: Option<&str>,
 ) -> anyhow::Result<Vec<Row>> {
+    Ok(day(target, quick, database, true)?.rows)
+}
+
+/// One day's figures.
+struct Day {
+    rows: Vec<Row>,
+    push: std::time::Duration,
+    total: std::time::Duration,
+}
+
+/// The log's cost: the SQLite day with the log, against the same day with
+/// it off, in this run (the better of two days each, alternating, on the
+/// full sizes; one each on the quick ones).
+pub fn log_overhead(target: &std::path::Path, quick: bool) -> anyhow::Result<Vec<Row>> {
+    let rounds = if quick { 1 } else { 2 };
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        off.push(day(target, quick, None, false)?);
+        on.push(day(target, quick, None, true)?);
+    }
+    let best = |v: &[Day], f: fn(&Day) -> std::time::Duration| {
+        v.iter().map(f).min().unwrap_or_default().as_secs_f64()
+    };
+    let mut rows = Vec::new();
+    for (what, f) in [
+        (
+            "push phase",
+            (|d: &Day| d.push) as fn(&Day) -> std::time::Duration,
+        ),
+        ("whole day", |d: &Day| d.total),
+    ] {
+        let (with, without) = (best(&on, f), best(&off, f));
+        rows.push(Row::ratio(
+            format!("station day (SQLite), {what}: transparency log on vs off"),
+            format!("{with:.2} s"),
+            format!("{without:.2} s"),
+            with / without.max(1e-9),
+            1.10,
+        ));
+    }
+    Ok(rows)
+}
+
+fn day(
+    target: &std::path::Path,
+    quick: bool,
+    database: Option<&str>,
+    log_on: bool,
+) -> anyhow::Result<Day> {
     let engine = if database.is_some() {
         "PostgreSQL"
     } else {
@@ -283,6 +345,9 @@ pub fn run(
     if let Some(db) = database {
         cmd.env(DATABASE_ENV, db);
     }
+    if !log_on {
+        cmd.env(LOG_ENV, "off");
+    }
     let mut child = cmd
         .env(SERVE_ENV, data.path())
         .env("RUST_LOG", "warn")
@@ -294,7 +359,7 @@ pub fn run(
     std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
     let url = line.trim().to_string();
 
-    let admin = open(data.path(), database)?;
+    let admin = open(data.path(), database, log_on)?;
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async {
         let http = reqwest::Client::new();
@@ -424,7 +489,7 @@ pub fn run(
         "  ({pushed} changes pushed; each supervisor pulled {})",
         pulled[0]
     );
-    Ok(vec![
+    let rows = vec![
         Row::absolute(
             format!(
                 "station day, {engine}: {} devices × {} reports × {} edits + {} × {} MB photos, pushed concurrently; pulled by {} supervisors",
@@ -445,7 +510,12 @@ pub fn run(
             "< 500 MB",
             rss_kb < 500 * 1024,
         ),
-    ])
+    ];
+    Ok(Day {
+        rows,
+        push: push_time,
+        total,
+    })
 }
 
 /// Wire bytes of a one-field edit vs the whole report as JSON.

@@ -113,7 +113,19 @@ impl Witness {
             ));
         }
         crate::files::private_dir(dir)?;
-        let seed = load_or_create_seed(&dir.join(WITNESS_KEY_FILE))?;
+        let key_path = dir.join(WITNESS_KEY_FILE);
+        let state_path = dir.join(WITNESS_STATE_FILE);
+        let new_key = !key_path.exists();
+        let seed = load_or_create_seed(&key_path)?;
+        if new_key {
+            persist(&state_path, &WitnessState::default())?;
+        } else if !state_path.exists() {
+            // A key without its state would cosign any history from size 0.
+            return Err(StationError::Unavailable(format!(
+                "the witness key is there but its state {} is not: a witness that forgot what it cosigned must not go on with that key; retire it and start a new witness directory (a new key, announced anew)",
+                state_path.display()
+            )));
+        }
         let key = SigningKey::from_bytes(&seed);
         let name = match name {
             Some(n) => n.to_string(),
@@ -126,11 +138,10 @@ impl Witness {
         CosignerKey::new(&name, key.verifying_key()).map_err(|_| {
             StationError::BadRequest("bad_name", "a witness name may hold no space or '+'".into())
         })?;
-        let state_path = dir.join(WITNESS_STATE_FILE);
         let state = match std::fs::read(&state_path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|_| {
                 StationError::Unavailable(format!(
-                    "the witness state {} is not readable JSON: restore it from a backup",
+                    "the witness state {} is not readable JSON: do not restore an older copy (it would let the witness cosign a rolled-back log); retire the key and start a new witness directory",
                     state_path.display()
                 ))
             })?,
@@ -165,18 +176,28 @@ impl Witness {
             .split('\n')
             .next()
             .ok_or(Refusal::BadRequest("checkpoint"))?;
-        let log = self
-            .logs
-            .iter()
-            .find(|l| l.name == origin)
-            .ok_or(Refusal::UnknownLog)?;
-        let cp = match SignedCheckpoint::verify(req.checkpoint, log) {
-            Ok(cp) => cp,
-            Err(LogError::NotSignedByLog(_)) => return Err(Refusal::NotSigned),
-            Err(_) => return Err(Refusal::BadRequest("checkpoint")),
-        };
+        // Any of the log's trusted keys (a log rotating its key has two).
+        let keys: Vec<&NoteVerifier> = self.logs.iter().filter(|l| l.name == origin).collect();
+        if keys.is_empty() {
+            return Err(Refusal::UnknownLog);
+        }
+        let mut verified = None;
+        for key in keys {
+            match SignedCheckpoint::verify(req.checkpoint, key) {
+                Ok(cp) => {
+                    verified = Some(cp);
+                    break;
+                }
+                Err(LogError::NotSignedByLog(_)) => {}
+                Err(_) => return Err(Refusal::BadRequest("checkpoint")),
+            }
+        }
+        let cp = verified.ok_or(Refusal::NotSigned)?;
         if req.old > cp.size {
             return Err(Refusal::BadRequest("old size above the checkpoint's"));
+        }
+        if (req.old == 0 || req.old == cp.size) && !req.proof.is_empty() {
+            return Err(Refusal::BadRequest("a proof where none is due"));
         }
         let mut state = self.state.lock().await;
         let seen = state.logs.get(&cp.origin).cloned();
@@ -199,9 +220,6 @@ impl Witness {
             {
                 tracing::error!(origin = %cp.origin, old = seen_size, new = cp.size, "a log's checkpoint does not extend the one cosigned");
                 return Err(Refusal::Inconsistent);
-            }
-            None if !req.proof.is_empty() => {
-                return Err(Refusal::BadRequest("a proof from size 0"));
             }
             _ => {}
         }

@@ -139,6 +139,13 @@ fn a_witness_cosigns_only_what_extends_what_it_cosigned_and_remembers_it() {
     let (status, _, _) = post(&running.url, request(first.size + 1, &[], &first.note));
     assert_eq!(status, 400);
 
+    // A proof where none is due (from size 0): 400.
+    let (status, _, _) = post(
+        &running.url,
+        request(0, &[first.root.to_string()], &first.note),
+    );
+    assert_eq!(status, 400);
+
     // The first checkpoint from size 0: cosigned at the witness's time.
     let (status, _, line) = post(&running.url, request(0, &[], &first.note));
     assert_eq!(status, 200, "{line}");
@@ -215,9 +222,21 @@ fn a_witness_cosigns_only_what_extends_what_it_cosigned_and_remembers_it() {
         ),
     );
     assert_eq!(status, 200, "{line}");
+    // A witness whose state is lost does not go on with its key.
+    running.task.abort();
+    let state = dir.path().join("witness-state.json");
+    let kept = std::fs::read(&state).unwrap();
+    std::fs::remove_file(&state).unwrap();
+    let err = Witness::open(dir.path(), None, vec![v.clone()], clock.clone())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("retire it"), "{err}");
+    std::fs::write(&state, kept).unwrap();
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
         for f in ["witness.key", "witness-state.json"] {
             let mode = std::fs::metadata(dir.path().join(f))
                 .unwrap()

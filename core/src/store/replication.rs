@@ -63,12 +63,17 @@ impl Store {
         // of this device's own wall clock.
         let mut observed = w.hlc;
         if origin == Origin::Station {
-            // Changes we already held (ours, or a partner's) are now known
-            // to be at the station.
-            let mut st =
-                tx.prepare_cached("UPDATE changes SET acked = 1 WHERE hash = ?1 AND acked = 0")?;
+            // A partner's changes we already held are now known to be at
+            // the station. This device's own are acknowledged only by a
+            // push's checked receipts (a pull must not ack one whose
+            // push answer was lost).
+            let me = w.identity.as_ref().map(|i| i.device_id());
+            let mut st = tx.prepare_cached(
+                "UPDATE changes SET acked = 1 WHERE hash = ?1 AND acked = 0 AND device_id != ?2",
+            )?;
+            let mine: &[u8] = me.as_ref().map(|d| d.as_bytes().as_slice()).unwrap_or(&[]);
             for h in &verified.duplicate_hashes {
-                st.execute([h.as_slice()])?;
+                st.execute(rusqlite::params![h.as_slice(), mine])?;
             }
         }
         for c in &verified.new {
