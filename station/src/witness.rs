@@ -35,6 +35,11 @@ pub const WITNESS_KEY_FILE: &str = "witness.key";
 /// The last checkpoint cosigned per log, rewritten whole (atomically)
 /// before each cosignature is returned.
 pub const WITNESS_STATE_FILE: &str = "witness-state.json";
+/// Held while a witness runs on the directory: one process per state.
+pub const WITNESS_LOCK_FILE: &str = "witness.lock";
+/// Checkpoints the log key signed that the witness refused as another
+/// history (the evidence of a fork), one file each.
+pub const WITNESS_REFUSED_DIR: &str = "refused";
 /// A request is an old size, at most 63 proof lines and a checkpoint.
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
 const MAX_PROOF_LINES: usize = 63;
@@ -90,6 +95,9 @@ pub struct Witness {
     key: SigningKey,
     logs: Vec<NoteVerifier>,
     state_path: PathBuf,
+    refused_dir: PathBuf,
+    /// The directory's lock, held as long as this witness lives.
+    _lock: std::fs::File,
     /// Checking the old size and recording the new checkpoint happen
     /// under this lock, so two requests cannot roll the state back.
     state: tokio::sync::Mutex<WitnessState>,
@@ -113,6 +121,20 @@ impl Witness {
             ));
         }
         crate::files::private_dir(dir)?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(WITNESS_LOCK_FILE))?;
+        if let Err(e) = lock.try_lock() {
+            return Err(StationError::Unavailable(match e {
+                std::fs::TryLockError::WouldBlock => format!(
+                    "another witness runs on {}: one process per witness directory",
+                    dir.display()
+                ),
+                std::fs::TryLockError::Error(e) => format!("cannot lock {}: {e}", dir.display()),
+            }));
+        }
         let key_path = dir.join(WITNESS_KEY_FILE);
         let state_path = dir.join(WITNESS_STATE_FILE);
         let new_key = !key_path.exists();
@@ -153,6 +175,8 @@ impl Witness {
             key,
             logs,
             state_path,
+            refused_dir: dir.join(WITNESS_REFUSED_DIR),
+            _lock: lock,
             state: tokio::sync::Mutex::new(state),
             clock,
         })
@@ -211,6 +235,7 @@ impl Witness {
         match seen_root {
             Some(root) if seen_size == cp.size && root != cp.root => {
                 tracing::error!(origin = %cp.origin, size = cp.size, "a log showed two trees of one size");
+                self.keep_refused(body, "two-trees");
                 return Err(Refusal::Conflict(seen_size));
             }
             Some(root)
@@ -219,6 +244,7 @@ impl Witness {
                         .is_err() =>
             {
                 tracing::error!(origin = %cp.origin, old = seen_size, new = cp.size, "a log's checkpoint does not extend the one cosigned");
+                self.keep_refused(body, "inconsistent");
                 return Err(Refusal::Inconsistent);
             }
             _ => {}
@@ -236,12 +262,34 @@ impl Witness {
         );
         // Recorded before the cosignature leaves: a witness restarted
         // after answering never cosigns a smaller tree.
-        persist(&self.state_path, &next).map_err(|e| {
-            tracing::error!(error = %e, "witness state not written");
-            Refusal::Internal("its state cannot be written")
-        })?;
+        let (path, record) = (self.state_path.clone(), next.clone());
+        tokio::task::spawn_blocking(move || persist(&path, &record))
+            .await
+            .map_err(|_| Refusal::Internal("its state cannot be written"))?
+            .map_err(|e| {
+                tracing::error!(error = %e, "witness state not written");
+                Refusal::Internal("its state cannot be written")
+            })?;
         *state = next;
         Ok(line)
+    }
+}
+
+impl Witness {
+    /// Keeps a request whose checkpoint the log key signed and that tells
+    /// another history: what the office shows when it reports the fork.
+    /// Best effort (the refusal stands either way).
+    fn keep_refused(&self, body: &[u8], why: &str) {
+        let name = format!(
+            "{}-{why}-{}.txt",
+            self.clock.now_ms(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let kept = crate::files::private_dir(&self.refused_dir)
+            .and_then(|()| crate::files::write_new_private(&self.refused_dir.join(name), body));
+        if let Err(e) = kept {
+            tracing::error!(error = %e, "a refused checkpoint could not be kept");
+        }
     }
 }
 

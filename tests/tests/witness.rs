@@ -32,6 +32,12 @@ fn serve(st: &TestStation, w: Arc<Witness>) -> Running {
     Running { url, task }
 }
 
+/// Stops a served witness and waits until it is dropped (its lock freed).
+fn stop(st: &TestStation, running: Running) {
+    running.task.abort();
+    let _ = st.rt.block_on(running.task);
+}
+
 fn post(url: &str, body: String) -> (u16, Option<String>, String) {
     let resp = reqwest::blocking::Client::new()
         .post(format!("{url}/add-checkpoint"))
@@ -200,8 +206,27 @@ fn a_witness_cosigns_only_what_extends_what_it_cosigned_and_remembers_it() {
         (409, format!("{}\n", second.size).as_str())
     );
 
+    // Both refusals kept as evidence: the log key's own signatures on
+    // another history.
+    let refused: Vec<String> = std::fs::read_dir(dir.path().join("refused"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(refused.len(), 2);
+    assert!(
+        refused.iter().any(|r| r.ends_with(&fork.note))
+            && refused.iter().any(|r| r.ends_with(&twin.note))
+    );
+    // One witness per directory.
+    let second_process = Witness::open(dir.path(), None, vec![v.clone()], clock.clone());
+    assert!(second_process
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("another witness runs"));
+
     // Restarted from its directory: it still holds the second checkpoint.
-    running.task.abort();
+    stop(&st, running);
     let w = open();
     assert_eq!(w.key(), wkey, "the same key after a restart");
     let running = serve(&st, w);
@@ -223,7 +248,7 @@ fn a_witness_cosigns_only_what_extends_what_it_cosigned_and_remembers_it() {
     );
     assert_eq!(status, 200, "{line}");
     // A witness whose state is lost does not go on with its key.
-    running.task.abort();
+    stop(&st, running);
     let state = dir.path().join("witness-state.json");
     let kept = std::fs::read(&state).unwrap();
     std::fs::remove_file(&state).unwrap();

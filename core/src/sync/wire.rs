@@ -92,9 +92,10 @@ pub struct PushRequest {
 pub struct PushResponse {
     pub applied: usize,
     pub duplicates: usize,
-    /// The station's receipts for the changes this push stored: the
-    /// checkpoint it signed and, per change, its log index and inclusion
-    /// proof (docs/log.md). Absent when nothing new was stored.
+    /// The station's receipts for the changes of this push, new or held
+    /// before: a checkpoint and, per change, its log index and inclusion
+    /// proof in that tree (docs/log.md). Absent only when the station
+    /// could not read them back (the phone then sends the batch again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<PushLog>,
 }
