@@ -103,16 +103,24 @@ fn a_witness_cosigns_only_what_extends_what_it_cosigned_and_remembers_it() {
 
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::at(1_800_000_000_000);
+    // A restarted witness waits for the stopped one's connections (which
+    // hold it, and its directory lock) to close.
     let open = || {
-        Arc::new(
-            Witness::open(
+        for _ in 0..200 {
+            match Witness::open(
                 dir.path(),
                 Some("sao.example/witness"),
                 vec![v.clone()],
                 clock.clone(),
-            )
-            .unwrap(),
-        )
+            ) {
+                Ok(w) => return Arc::new(w),
+                Err(e) if e.to_string().contains("another witness runs") => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("the stopped witness still holds its directory");
     };
     let w = open();
     let wkey = w.key();
@@ -252,10 +260,17 @@ fn a_witness_cosigns_only_what_extends_what_it_cosigned_and_remembers_it() {
     let state = dir.path().join("witness-state.json");
     let kept = std::fs::read(&state).unwrap();
     std::fs::remove_file(&state).unwrap();
-    let err = Witness::open(dir.path(), None, vec![v.clone()], clock.clone())
-        .err()
-        .unwrap()
-        .to_string();
+    let mut err = String::new();
+    for _ in 0..200 {
+        err = Witness::open(dir.path(), None, vec![v.clone()], clock.clone())
+            .err()
+            .unwrap()
+            .to_string();
+        if !err.contains("another witness runs") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert!(err.contains("retire it"), "{err}");
     std::fs::write(&state, kept).unwrap();
     #[cfg(unix)]
