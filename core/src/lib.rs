@@ -4,6 +4,9 @@
 //! - [`crdt`]: the signed operation log and its conflict-keeping merge;
 //! - [`evidence`]: device keys, signatures and hash-chain verification;
 //! - [`store`]: the device store (SQLite) and media store;
+//! - `timestamp` (feature `package`): RFC 3161 time-stamps of log
+//!   checkpoints;
+//! - [`tlog`]: the transparency log's formats and proofs;
 //! - [`schema`]: the migration runner the device store and both station
 //!   engines share.
 //!
@@ -17,6 +20,8 @@ pub mod model;
 pub mod schema;
 pub mod store;
 pub mod sync;
+#[cfg(feature = "package")]
+pub mod timestamp;
 pub mod tlog;
 
 pub use crdt::{Change, ChangeId, Edit};

@@ -61,6 +61,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(public_csv))
         .routes(routes!(public_css))
         .routes(routes!(log_checkpoint))
+        .routes(routes!(log_attested))
+        .routes(routes!(log_timestamp))
         .routes(routes!(log_key))
         .routes(routes!(log_consistency))
         .routes(routes!(log_inclusion))
@@ -638,6 +640,76 @@ async fn log_checkpoint(State(s): State<AppState>) -> Result<Response> {
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
 }
 
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct AttestedQuery {
+    /// A tree size the log has a checkpoint of.
+    #[param(minimum = 1)]
+    size: u64,
+}
+
+fn size_query<T>(
+    q: std::result::Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T> {
+    q.map(|Query(q)| q)
+        .map_err(|_| StationError::BadRequest("bad_query", "size must be a tree size".into()))
+}
+
+#[utoipa::path(get, path = "/v1/log/cosigned", security(()),
+    description = "The checkpoint of `size` with every witness cosignature the station holds of it appended (C2SP tlog-cosignature lines after the log's signature): a phone or verifier checks the ones of the witnesses it trusts. See docs/log.md",
+    params(AttestedQuery),
+    responses((status = 200, description = "signed note", content_type = "text/plain", body = String), (status = 400, description = "`bad_query`", body = ErrorBody), (status = 404, description = "no checkpoint of that size", body = ErrorBody)))]
+async fn log_attested(
+    State(s): State<AppState>,
+    q: std::result::Result<Query<AttestedQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let q = size_query(q)?;
+    let note = s
+        .storage
+        .checkpoint_of(q.size)
+        .await?
+        .ok_or(StationError::NotFound)?;
+    let lines: Vec<String> = s
+        .storage
+        .attestations(q.size)
+        .await?
+        .into_iter()
+        .filter(|a| a.kind == crate::storage::AttestationKind::Cosignature)
+        .filter_map(|a| String::from_utf8(a.body).ok())
+        .collect();
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        crate::attest::cosigned_note(&note, &lines),
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/v1/log/timestamp", security(()),
+    description = "The RFC 3161 time-stamp response (DER) over the checkpoint of `size`, exactly as `/v1/log/checkpoint` served it; check it with `openssl ts -verify -data checkpoint.txt -in this.tsr -CAfile <the authority's CA>`",
+    params(AttestedQuery),
+    responses((status = 200, description = "the DER TimeStampResp (what an authority answers as application/timestamp-reply)", content_type = "application/octet-stream", body = Binary), (status = 400, description = "`bad_query`", body = ErrorBody), (status = 404, description = "no time-stamp of that checkpoint (yet)", body = ErrorBody)))]
+async fn log_timestamp(
+    State(s): State<AppState>,
+    q: std::result::Result<Query<AttestedQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let q = size_query(q)?;
+    let tsr = s
+        .storage
+        .attestations(q.size)
+        .await?
+        .into_iter()
+        .find(|a| a.kind == crate::storage::AttestationKind::Timestamp)
+        .ok_or(StationError::NotFound)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            fieldreport_core::timestamp::REPLY_MEDIA_TYPE,
+        )],
+        tsr.body,
+    )
+        .into_response())
+}
+
 #[utoipa::path(get, path = "/v1/log/key", security(()),
     description = "The log's verifier key in C2SP signed-note form (name+key id+base64 key): compare it with the one the department publishes",
     responses((status = 200, description = "verifier key", content_type = "text/plain", body = String)))]
@@ -801,7 +873,8 @@ async fn export(
             "evidence packages are for supervisors",
         ));
     }
-    let path = crate::export::export_tar(&s.storage, &d, report, &s.station_id).await?;
+    let path =
+        crate::export::export_tar(&s.storage, &s.attestors, &d, report, &s.station_id).await?;
     let file = tokio::fs::File::open(&path).await?;
     let len = file.metadata().await?.len();
     // The open handle keeps the bytes readable; nothing else needs the file.
@@ -944,8 +1017,10 @@ mod tests {
                 "GET /v1/events",
                 "GET /v1/log/checkpoint",
                 "GET /v1/log/consistency",
+                "GET /v1/log/cosigned",
                 "GET /v1/log/inclusion",
                 "GET /v1/log/key",
+                "GET /v1/log/timestamp",
                 "GET /v1/media/{sha}",
                 "GET /v1/media/{sha}/status",
                 "GET /v1/openapi.json",

@@ -158,6 +158,18 @@ enum Command {
         /// Skip the completeness check (packages made before the log).
         #[arg(long)]
         without_log: bool,
+        /// PEM certificate(s) of the RFC 3161 time-stamp authority trusted:
+        /// the checkpoint must carry a time-stamp whose signer chains to it.
+        #[arg(long, conflicts_with = "without_log")]
+        tsa_cert: Option<PathBuf>,
+        /// A witness's cosigner key (`name+id+key`, as the witness
+        /// prints it); repeat for several.
+        #[arg(long = "witness", conflicts_with = "without_log")]
+        witnesses: Vec<String>,
+        /// How many of the --witness keys must have cosigned the
+        /// checkpoint (default: all of them).
+        #[arg(long, requires = "witnesses")]
+        witness_quorum: Option<usize>,
     },
     /// Check the database against its transparency log: the newest
     /// checkpoint's signature and root, every change logged and every
@@ -302,7 +314,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
-            let station = crate::spawn_with_key(listener, storage, transport, key).await?;
+            let attestors = cfg.attestors()?;
+            let station =
+                crate::spawn_attested(listener, storage, transport, key, attestors).await?;
             tracing::info!(url = %station.url(), data = %cfg.data.display(), "station serving");
             // Plain lines on stdout for scripts (port 0 picks a free port):
             // the pin first, so a reader of "serving on" has both.
@@ -523,19 +537,27 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         } => {
             let cfg = storage.config(env)?;
             let storage = cfg.open_storage_async().await?;
+            let attestors = cfg.attestors()?;
             let station = station_name.unwrap_or_else(|| {
                 let dir = std::fs::canonicalize(&cfg.data).unwrap_or(cfg.data.clone());
                 format!("FieldReport station at {}", dir.display())
             });
             let bar = progress_bar();
             let b = bar.clone();
-            let summary =
-                crate::export::export_package(&storage, None, &reports, &station, &out, move |p| {
+            let summary = crate::export::export_package(
+                &storage,
+                &attestors,
+                None,
+                &reports,
+                &station,
+                &out,
+                move |p| {
                     b.set_message(p.phase.label());
                     b.set_length(p.total);
                     b.set_position(p.done);
-                })
-                .await;
+                },
+            )
+            .await;
             bar.finish_and_clear();
             let ids: Vec<String> = reports.iter().map(|r| r.to_string()).collect();
             let outcome = match &summary {
@@ -623,7 +645,34 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             dir,
             log_key,
             without_log,
+            tsa_cert,
+            witnesses,
+            witness_quorum,
         } => {
+            let timestamp_anchors = match tsa_cert {
+                Some(path) => {
+                    let pem = std::fs::read_to_string(&path).map_err(|e| {
+                        anyhow::anyhow!("cannot read --tsa-cert {}: {e}", path.display())
+                    })?;
+                    fieldreport_core::timestamp::certificates_from_pem(&pem)
+                        .map_err(|e| anyhow::anyhow!("--tsa-cert {}: {e}", path.display()))?
+                }
+                None => Vec::new(),
+            };
+            let witnesses = witnesses
+                .iter()
+                .map(|k| {
+                    fieldreport_core::tlog::CosignerKey::parse(k.trim())
+                        .map_err(|e| anyhow::anyhow!("--witness is not a cosigner key: {e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let witness_quorum = witness_quorum.unwrap_or(witnesses.len());
+            if witness_quorum > witnesses.len() {
+                anyhow::bail!(
+                    "--witness-quorum {witness_quorum} is more than the {} --witness keys given",
+                    witnesses.len()
+                );
+            }
             let options = fieldreport_core::evidence::package::VerifyOptions {
                 log_key: log_key
                     .map(|k| {
@@ -632,6 +681,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     })
                     .transpose()?,
                 without_log,
+                timestamp_anchors,
+                witnesses,
+                witness_quorum,
             };
             let bar = progress_bar();
             let b = bar.clone();

@@ -38,6 +38,25 @@ pub struct Config {
     pub station_key: Option<PathBuf>,
     /// CA certificates (PEM) for TLS to PostgreSQL; `None`: no TLS.
     pub database_ca: Option<PathBuf>,
+    /// The RFC 3161 time-stamp authority that stamps the log's
+    /// checkpoints (docs/log.md); `None`: no time-stamps.
+    pub timestamp_url: Option<String>,
+    /// PEM certificate(s) the authority's signer must chain to.
+    pub timestamp_ca: Option<PathBuf>,
+    /// Witnesses the station submits its checkpoints to.
+    pub witnesses: Vec<WitnessConfig>,
+    /// How often the newest checkpoint is attested.
+    pub attest_interval_seconds: u64,
+}
+
+/// One `[[witness]]` of the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// Its tlog-witness URL (the station posts to `URL/add-checkpoint`).
+    pub url: String,
+    /// Its cosigner key, `name+id+key`, as the witness prints it.
+    pub key: String,
 }
 
 impl Default for Config {
@@ -51,6 +70,10 @@ impl Default for Config {
             plain_http: false,
             station_key: None,
             database_ca: None,
+            timestamp_url: None,
+            timestamp_ca: None,
+            witnesses: Vec::new(),
+            attest_interval_seconds: 60,
         }
     }
 }
@@ -66,6 +89,11 @@ struct FileConfig {
     plain_http: Option<bool>,
     station_key: Option<PathBuf>,
     database_ca: Option<PathBuf>,
+    timestamp_url: Option<String>,
+    timestamp_ca: Option<PathBuf>,
+    attest_interval_seconds: Option<u64>,
+    #[serde(default)]
+    witness: Vec<WitnessConfig>,
 }
 
 impl Config {
@@ -97,6 +125,10 @@ impl Config {
             c.plain_http = f.plain_http.unwrap_or(false);
             c.station_key = f.station_key;
             c.database_ca = f.database_ca;
+            c.timestamp_url = f.timestamp_url;
+            c.timestamp_ca = f.timestamp_ca;
+            c.witnesses = f.witness;
+            c.attest_interval_seconds = f.attest_interval_seconds.unwrap_or(60);
         }
         if let Some(v) = env("FIELDREPORT_DATABASE_CA") {
             c.database_ca = Some(PathBuf::from(v));
@@ -129,6 +161,39 @@ impl Config {
             }
         }
         Ok(c)
+    }
+
+    /// Who attests the log's checkpoints: the time-stamp authority and
+    /// witnesses of the config file, checked.
+    pub fn attestors(&self) -> anyhow::Result<std::sync::Arc<crate::attest::Attestors>> {
+        let anchors = match &self.timestamp_ca {
+            Some(path) => {
+                let pem = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read timestamp_ca {}: {e}", path.display())
+                })?;
+                fieldreport_core::timestamp::certificates_from_pem(&pem)
+                    .map_err(|e| anyhow::anyhow!("timestamp_ca {}: {e}", path.display()))?
+            }
+            None => Vec::new(),
+        };
+        let witnesses = self
+            .witnesses
+            .iter()
+            .map(|w| {
+                Ok(crate::attest::WitnessEndpoint {
+                    url: w.url.clone(),
+                    key: fieldreport_core::tlog::CosignerKey::parse(&w.key).map_err(|e| {
+                        anyhow::anyhow!("the witness key for {} is not a cosigner key: {e}", w.url)
+                    })?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(crate::attest::Attestors::new(
+            self.timestamp_url.clone(),
+            anchors,
+            witnesses,
+            std::time::Duration::from_secs(self.attest_interval_seconds),
+        )?)
     }
 
     /// Applies the command line's TLS options and checks the combination.

@@ -104,6 +104,7 @@ pub async fn run(keep_running: bool, data: Option<PathBuf>) -> anyhow::Result<()
     let storage_dyn: Arc<dyn StationStorage> = storage.clone();
     let summary = crate::export::export_package(
         &storage_dyn,
+        &crate::attest::Attestors::default(),
         None,
         &[report],
         "FieldReport demo station",

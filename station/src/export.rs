@@ -11,13 +11,17 @@ use fieldreport_core::evidence::package::{
 };
 use uuid::Uuid;
 
+use crate::attest::Attestors;
 use crate::error::{Result, StationError};
-use crate::storage::{Enrolled, StationStorage};
+use crate::storage::{AttestationKind, Enrolled, StationStorage};
 
 /// Writes an evidence package of `reports` to `out`. `who` is the
 /// requesting device (`None`: the administrator at the station console).
+/// The package's checkpoint is attested by `attestors` first (a party
+/// that cannot be reached is left out of the package, and logged).
 pub async fn export_package(
     storage: &Arc<dyn StationStorage>,
+    attestors: &Attestors,
     who: Option<&Enrolled>,
     reports: &[Uuid],
     station: &str,
@@ -30,7 +34,29 @@ pub async fn export_package(
             "name at least one report to export".into(),
         ));
     }
-    let material = storage.export_material(who, reports).await?;
+    let (mut material, round) = attestors
+        .attest_while(storage.as_ref(), async {
+            let material = storage.export_material(who, reports).await?;
+            let note = material
+                .log
+                .as_ref()
+                .map(|l| l.checkpoint.clone())
+                .ok_or_else(|| StationError::Internal("an export without the log".into()))?;
+            Ok((material, note))
+        })
+        .await?;
+    if let Some(log) = material.log.as_mut() {
+        let all = storage.attestations(round.size).await?;
+        log.timestamp = all
+            .iter()
+            .find(|a| a.kind == AttestationKind::Timestamp)
+            .map(|a| a.body.clone());
+        log.cosignatures = all
+            .iter()
+            .filter(|a| a.kind == AttestationKind::Cosignature)
+            .filter_map(|a| String::from_utf8(a.body.clone()).ok())
+            .collect();
+    }
     let input = PackageInput {
         station: station.to_string(),
         exported_at: storage.clock().now(),
@@ -51,6 +77,7 @@ pub async fn export_package(
 /// archive in the station's scratch directory; returns the archive's path.
 pub async fn export_tar(
     storage: &Arc<dyn StationStorage>,
+    attestors: &Attestors,
     who: &Enrolled,
     report: Uuid,
     station: &str,
@@ -61,7 +88,16 @@ pub async fn export_tar(
         .tempdir_in(&scratch)?;
     let name = format!("fieldreport-{report}");
     let bag = work.path().join(&name);
-    export_package(storage, Some(who), &[report], station, &bag, |_| {}).await?;
+    export_package(
+        storage,
+        attestors,
+        Some(who),
+        &[report],
+        station,
+        &bag,
+        |_| {},
+    )
+    .await?;
     let tar_path = scratch.join(format!("{}.tar", Uuid::new_v4()));
     let tar_out = tar_path.clone();
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {

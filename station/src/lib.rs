@@ -21,6 +21,7 @@
 
 pub mod accounts;
 pub mod api;
+pub mod attest;
 pub mod audit;
 pub mod cli;
 pub mod clock;
@@ -152,6 +153,18 @@ pub async fn spawn_with_key(
     transport: Transport,
     key: Arc<keys::StationKey>,
 ) -> std::io::Result<RunningStation> {
+    spawn_attested(listener, storage, transport, key, attest::Attestors::none()).await
+}
+
+/// [`spawn_with_key`], with `attestors` time-stamping and cosigning the
+/// log's checkpoints in the background and in every export.
+pub async fn spawn_attested(
+    listener: tokio::net::TcpListener,
+    storage: Arc<dyn StationStorage>,
+    transport: Transport,
+    key: Arc<keys::StationKey>,
+    attestors: Arc<attest::Attestors>,
+) -> std::io::Result<RunningStation> {
     accounts::prepare(storage.as_ref(), &key)
         .await
         .map_err(std::io::Error::other)?;
@@ -159,8 +172,10 @@ pub async fn spawn_with_key(
     // before the first request.
     storage.seal_log().await.map_err(std::io::Error::other)?;
     let addr = listener.local_addr()?;
-    let state = AppState::new(storage.clone(), format!("station-{addr}"), key);
+    let mut state = AppState::new(storage.clone(), format!("station-{addr}"), key);
+    state.attestors = attestors.clone();
     spawn_log_sealer(storage.clone(), state.shutdown.clone());
+    attest::spawn_attester(attestors, storage.clone(), state.shutdown.clone());
     let app = router(state.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let stopped = async move {

@@ -33,6 +33,8 @@ pub struct AppState {
     pub station_key: Arc<StationKey>,
     /// The storage's clock: the one "now" of this station.
     pub clock: Arc<dyn Clock>,
+    /// Who time-stamps and cosigns the log's checkpoints.
+    pub attestors: Arc<crate::attest::Attestors>,
 }
 
 impl AppState {
@@ -57,6 +59,7 @@ impl AppState {
             sessions: Arc::new(Sessions::new()),
             signing_stores: Arc::default(),
             station_key,
+            attestors: crate::attest::Attestors::none(),
         }
     }
 }

@@ -21,6 +21,8 @@ use fieldreport_station::tls::StationTls;
 use fieldreport_station::{RunningStation, SqliteStorage, StationStorage, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub mod tsa;
+
 /// The PostgreSQL server for tests, from `FR_TEST_DATABASE_URL`. `None`
 /// (the caller skips, with a message) when unset, unless
 /// `FR_REQUIRE_POSTGRES` is set: then a missing server fails the test.

@@ -917,6 +917,7 @@ fn a_dropped_newest_change_an_unlogged_one_and_a_foreign_checkpoint_are_named() 
     let with_key = VerifyOptions {
         log_key: Some(published.clone()),
         without_log: false,
+        ..Default::default()
     };
     let check =
         |bag: &Path, o: &VerifyOptions| verify_package_with(bag, o, &mut |_, _| {}).unwrap();
@@ -1069,4 +1070,292 @@ fn a_dropped_newest_change_an_unlogged_one_and_a_foreign_checkpoint_are_named() 
         "is not in the station's log",
     );
     assert!(check(&clean, &with_key).is_ok());
+}
+
+/// A station with a time-stamp authority and a witness in its config: an
+/// export carries the authority's RFC 3161 response over the checkpoint
+/// (which `openssl ts -verify` accepts) and the witness's cosignature;
+/// `verify` with the authority's root and the witness's key says so, and
+/// names a missing or foreign time-stamp, an untrusted authority, a
+/// cosignature that does not verify and a quorum not met. An authority
+/// that answers for other bytes is refused on receipt, and one that is
+/// down leaves the package without a time-stamp (named when required).
+#[test]
+fn a_time_stamped_and_witnessed_checkpoint_travels_in_the_bag_and_its_faults_are_named() {
+    use fieldreport_core::tlog::{CosignerKey, SignedNote};
+    use fieldreport_e2e::tsa::{LocalTsa, TsaMode};
+    use fieldreport_station::attest::{Attestors, WitnessEndpoint};
+    use fieldreport_station::storage::AttestationKind;
+    use fieldreport_station::witness::{router, Witness};
+
+    let s = scene();
+    let published = NoteVerifier::parse(s.st.get_text("/v1/log/key").trim()).unwrap();
+    let tsa = LocalTsa::start(&s.st.rt, "Cook County Test TSA");
+    let other_tsa = tempfile::tempdir().unwrap();
+    fieldreport_e2e::tsa::make_authority(other_tsa.path(), "Another TSA");
+    let witness_dir = tempfile::tempdir().unwrap();
+    let witness = std::sync::Arc::new(
+        Witness::open(
+            witness_dir.path(),
+            Some("cook-county-sao"),
+            vec![published.clone()],
+            s.st.clock.clone(),
+        )
+        .unwrap(),
+    );
+    let witness_key = witness.key();
+    let listener =
+        s.st.rt
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
+            .unwrap();
+    let witness_url = format!("http://{}", listener.local_addr().unwrap());
+    let _served = s.st.rt.spawn(async move {
+        axum::serve(listener, router(witness)).await.unwrap();
+    });
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("station.toml");
+    fs::write(
+        &config,
+        format!(
+            "timestamp_url = \"{}\"\ntimestamp_ca = \"{}\"\n\n[[witness]]\nurl = \"{witness_url}\"\nkey = \"{}\"\n",
+            tsa.url,
+            tsa.ca_pem().display(),
+            witness_key.encode()
+        ),
+    )
+    .unwrap();
+    let export_with_config = |out: &Path| {
+        let mut args = vec![
+            "export".to_string(),
+            "--config".into(),
+            config.to_string_lossy().into_owned(),
+            "--out".into(),
+            out.to_string_lossy().into_owned(),
+            "--report".into(),
+            s.report.to_string(),
+        ];
+        args.extend(s.st.cli_args());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, stdout, stderr) = cli(&refs);
+        assert!(ok, "export failed: {stdout}{stderr}");
+        format!("{stdout}{stderr}")
+    };
+
+    let clean = work.path().join("clean");
+    let said = export_with_config(&clean);
+    let log = clean.join("data/log");
+    assert!(
+        log.join("checkpoint.tsr").is_file() && log.join("cosignatures.txt").is_file(),
+        "{said}"
+    );
+    // The outside validator: OpenSSL checks the token against the root.
+    let out = Command::new("openssl")
+        .args(["ts", "-verify", "-data"])
+        .arg(log.join("checkpoint.txt"))
+        .arg("-in")
+        .arg(log.join("checkpoint.tsr"))
+        .arg("-CAfile")
+        .arg(tsa.ca_pem())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Verification: OK"),
+        "openssl ts -verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The station serves the same time-stamp and the cosigned checkpoint.
+    let cp = SignedCheckpoint::verify(&fs::read(log.join("checkpoint.txt")).unwrap(), &published)
+        .unwrap();
+    let served =
+        s.st.http()
+            .get(format!("{}/v1/log/timestamp?size={}", s.st.url, cp.size))
+            .send()
+            .unwrap();
+    assert_eq!(served.status().as_u16(), 200);
+    assert_eq!(
+        served.bytes().unwrap().to_vec(),
+        fs::read(log.join("checkpoint.tsr")).unwrap()
+    );
+    let cosigned = s.st.get_text(&format!("/v1/log/cosigned?size={}", cp.size));
+    let note = SignedNote::parse(cosigned.as_bytes()).unwrap();
+    assert!(note.signed_by(&published) && note.cosigned_by(&witness_key).is_some());
+
+    let full = VerifyOptions {
+        log_key: Some(published.clone()),
+        timestamp_anchors: tsa.anchors(),
+        witnesses: vec![witness_key.clone()],
+        witness_quorum: 1,
+        ..Default::default()
+    };
+    let check =
+        |bag: &Path, o: &VerifyOptions| verify_package_with(bag, o, &mut |_, _| {}).unwrap();
+    let v = check(&clean, &full);
+    assert!(v.is_ok(), "{v}");
+    let facts = v.log.clone().unwrap();
+    assert!(facts.timestamp.as_ref().is_some_and(|t| t.trusted));
+    assert_eq!(facts.cosigned_by.len(), 1);
+    assert!(
+        v.to_string().contains("Time-stamped:")
+            && v.to_string().contains("Witnessed by cook-county-sao")
+    );
+    // Without the root and keys, the verdict says what was not checked.
+    let plain = check(
+        &clean,
+        &VerifyOptions {
+            log_key: Some(published.clone()),
+            ..Default::default()
+        },
+    );
+    assert!(plain.is_ok(), "{plain}");
+    assert!(
+        plain.to_string().contains("Time-stamp NOT trusted")
+            && plain.to_string().contains("1 cosignature(s) NOT checked"),
+        "{plain}"
+    );
+    // The command line, with the root file and the witness key.
+    let (ok, stdout, stderr) = cli(&[
+        "verify",
+        "--log-key",
+        &published.encode(),
+        "--tsa-cert",
+        &tsa.ca_pem().to_string_lossy(),
+        "--witness",
+        &witness_key.encode(),
+        &clean.to_string_lossy(),
+    ]);
+    assert!(ok && stdout.contains("Witnessed by"), "{stdout}{stderr}");
+
+    let tsr_rel = "data/log/checkpoint.tsr";
+    let cosig_rel = "data/log/cosignatures.txt";
+    let tampered = |name: &str, edit: &dyn Fn(&Path)| {
+        let bag = work.path().join(name);
+        copy_dir(&clean, &bag);
+        edit(&bag);
+        rewrite_manifests(&bag);
+        bag
+    };
+    // 1. The time-stamp removed.
+    let bag = tampered("no-tsr", &|b| fs::remove_file(b.join(tsr_rel)).unwrap());
+    assert_names(&check(&bag, &full), tsr_rel, None, "is missing");
+    // 2. A genuine token of the same authority, over other bytes.
+    let bag = tampered("other-tsr", &|b| {
+        let q = fieldreport_core::timestamp::request(b"another checkpoint\n", [1; 8]).unwrap();
+        fs::write(
+            b.join(tsr_rel),
+            fieldreport_e2e::tsa::reply(tsa.dir.path(), &q),
+        )
+        .unwrap();
+    });
+    assert_names(&check(&bag, &full), tsr_rel, None, "other data");
+    // 3. A token from an authority the verifier does not trust.
+    let bag = tampered("foreign-tsr", &|b| {
+        let q = fieldreport_core::timestamp::request(
+            &fs::read(b.join("data/log/checkpoint.txt")).unwrap(),
+            [2; 8],
+        )
+        .unwrap();
+        fs::write(
+            b.join(tsr_rel),
+            fieldreport_e2e::tsa::reply(other_tsa.path(), &q),
+        )
+        .unwrap();
+    });
+    assert_names(&check(&bag, &full), tsr_rel, None, "trusted authority");
+    // 4. A byte of the token's signature flipped.
+    let bag = tampered("flipped-tsr", &|b| {
+        let mut t = fs::read(b.join(tsr_rel)).unwrap();
+        let n = t.len();
+        t[n - 10] ^= 1;
+        fs::write(b.join(tsr_rel), t).unwrap();
+    });
+    assert_names(
+        &check(&bag, &full),
+        tsr_rel,
+        None,
+        "is not a good time-stamp",
+    );
+    // 5. The cosignature altered.
+    let bag = tampered("bad-cosig", &|b| {
+        let line = fs::read_to_string(b.join(cosig_rel)).unwrap();
+        let (head, sig) = line.trim_end().rsplit_once(' ').unwrap();
+        let mut raw = base64::engine::general_purpose::STANDARD
+            .decode(sig)
+            .unwrap();
+        let n = raw.len();
+        raw[n - 1] ^= 1;
+        let forged = format!(
+            "{head} {}\n",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        );
+        fs::write(b.join(cosig_rel), forged).unwrap();
+    });
+    let v = check(&bag, &full);
+    assert_names(&v, cosig_rel, None, "does not verify with its key");
+    assert_names(&v, cosig_rel, None, "fewer than the 1 required");
+    // 6. A quorum of two named witnesses, one of which never cosigned.
+    let absent = CosignerKey::new(
+        "inspector-general",
+        ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key(),
+    )
+    .unwrap();
+    let v = check(
+        &clean,
+        &VerifyOptions {
+            witnesses: vec![witness_key.clone(), absent],
+            witness_quorum: 2,
+            ..full.clone()
+        },
+    );
+    assert_eq!(v.failures.len(), 1, "{v}");
+    assert_names(&v, cosig_rel, None, "fewer than the 2 required");
+
+    // More changes, then an authority answering for other bytes: refused
+    // on receipt (nothing stored); the witness cosigns the larger tree
+    // with a consistency proof from the one it cosigned.
+    s.officer
+        .store
+        .set_field(s.report, "narrative", Value::Text("Addendum.".into()))
+        .unwrap();
+    s.officer.sync();
+    tsa.set_mode(TsaMode::OtherData);
+    let attestors = Attestors::new(
+        Some(tsa.url.clone()),
+        tsa.anchors(),
+        vec![WitnessEndpoint {
+            url: witness_url.clone(),
+            key: witness_key.clone(),
+        }],
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    let round =
+        s.st.rt
+            .block_on(attestors.attest_newest(s.st.storage.as_ref()))
+            .unwrap()
+            .unwrap();
+    assert!(round.size > cp.size);
+    assert_eq!(round.failed.len(), 1, "{round:?}");
+    assert!(round.failed[0].1.contains("other data"), "{round:?}");
+    assert_eq!(round.got.len(), 1);
+    assert_eq!(round.got[0].kind, AttestationKind::Cosignature);
+    let kept =
+        s.st.rt
+            .block_on(s.st.storage.attestations(round.size))
+            .unwrap();
+    assert!(
+        kept.iter().all(|a| a.kind == AttestationKind::Cosignature),
+        "{kept:?}"
+    );
+
+    // The authority down: the export goes on without a time-stamp, and a
+    // verifier that requires one names its absence.
+    tsa.set_mode(TsaMode::Down);
+    let late = work.path().join("late");
+    export_with_config(&late);
+    assert!(!late.join(tsr_rel).exists());
+    let v = check(&late, &full);
+    assert_eq!(v.failures.len(), 1, "{v}");
+    assert_names(&v, tsr_rel, None, "is missing");
+    tsa.set_mode(TsaMode::Honest);
 }

@@ -186,6 +186,7 @@ fn export_and_verify(
     st.rt
         .block_on(fieldreport_station::export::export_package(
             &st.storage,
+            &fieldreport_station::attest::Attestors::default(),
             None,
             &[report],
             "test station",

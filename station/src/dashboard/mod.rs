@@ -1173,7 +1173,8 @@ async fn export(
 ) -> Result<Response> {
     let report = Uuid::parse_str(&id)
         .map_err(|_| StationError::BadRequest("bad_id", "report id must be a UUID".into()))?;
-    let path = crate::export::export_tar(&s.storage, &sup.who, report, &s.station_id).await?;
+    let path = crate::export::export_tar(&s.storage, &s.attestors, &sup.who, report, &s.station_id)
+        .await?;
     let bytes = tokio::fs::read(&path).await?;
     let _ = tokio::fs::remove_file(&path).await;
     Ok((

@@ -19,7 +19,7 @@ use fieldreport_core::sync::wire::{ClockSkew, ReportEvent};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use super::{AuditEntry, Counts, DashboardAccount};
+use super::{Attestation, AttestationKind, AuditEntry, Counts, DashboardAccount};
 use crate::error::{Result, StationError};
 
 /// The 32 zero bytes stored as `prev` of a chain root.
@@ -281,6 +281,13 @@ pub trait Engine: Send + Sync + 'static {
     async fn log_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>>;
     /// The checkpoint of `size`, or the newest one.
     async fn checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>>;
+    /// Stores an attestation of a stored checkpoint; a second one of the
+    /// same checkpoint, kind and party is ignored (the first stands).
+    async fn add_attestation(&self, a: Attestation) -> Result<()>;
+    /// The attestations of the checkpoint of `size`, by kind and party.
+    async fn attestations(&self, size: u64) -> Result<Vec<Attestation>>;
+    /// The largest checkpoint `party` attested as `kind`.
+    async fn last_attested(&self, kind: AttestationKind, party: &str) -> Result<Option<u64>>;
     /// Log leaves `from..to`.
     async fn log_leaves(&self, from: u64, to: u64) -> Result<Vec<LogRow>>;
     /// Stored changes with their ids, in id order, after `after`, at most

@@ -68,6 +68,44 @@ pub struct AuditEntry {
     pub outcome: String,
 }
 
+/// What an outside party said of one of the log's checkpoints
+/// (docs/log.md): a time-stamp authority's RFC 3161 response, or a
+/// witness's cosignature line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attestation {
+    /// The checkpoint's tree size.
+    pub size: u64,
+    pub kind: AttestationKind,
+    /// The authority's URL, or the witness's name.
+    pub party: String,
+    /// The DER response, or the cosignature line (UTF-8, no newline).
+    pub body: Vec<u8>,
+    pub received_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttestationKind {
+    Timestamp,
+    Cosignature,
+}
+
+impl AttestationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttestationKind::Timestamp => "timestamp",
+            AttestationKind::Cosignature => "cosignature",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AttestationKind> {
+        match s {
+            "timestamp" => Some(AttestationKind::Timestamp),
+            "cosignature" => Some(AttestationKind::Cosignature),
+            _ => None,
+        }
+    }
+}
+
 /// A supervisor's dashboard account as the station keeps it: nothing in
 /// it opens anything without the station key (kept apart, see
 /// [`crate::keys`]) or the supervisor's password. Name, star number, role
@@ -275,6 +313,14 @@ pub trait StationStorage: Send + Sync + 'static {
     async fn consistency(&self, old: u64, new: u64) -> Result<ConsistencyResponse>;
     /// Checks the database against its own log.
     async fn check_log(&self) -> Result<crate::storage::transparency::LogCheck>;
+    /// Keeps what an outside party said of a stored checkpoint (checked
+    /// by [`crate::attest`] before); a second one of the same checkpoint,
+    /// kind and party is ignored.
+    async fn add_attestation(&self, a: Attestation) -> Result<()>;
+    /// What outside parties said of the checkpoint of `size`.
+    async fn attestations(&self, size: u64) -> Result<Vec<Attestation>>;
+    /// The largest checkpoint `party` attested as `kind`.
+    async fn last_attested(&self, kind: AttestationKind, party: &str) -> Result<Option<u64>>;
 
     fn shared_events(&self) -> Option<broadcast::Sender<(String, ReportEvent)>> {
         None

@@ -38,7 +38,7 @@ use uuid::Uuid;
 use super::common::with_person_secret;
 use super::engine::*;
 use super::service::Service;
-use super::{AuditEntry, Counts, DashboardAccount};
+use super::{Attestation, AttestationKind, AuditEntry, Counts, DashboardAccount};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, StationError};
 use fieldreport_core::schema::Migrations;
@@ -52,6 +52,7 @@ pub const MIGRATIONS: Migrations = Migrations::new(&[
     include_str!("../../migrations/postgres/0005_dashboard_accounts.sql"),
     include_str!("../../migrations/postgres/0006_settings.sql"),
     include_str!("../../migrations/postgres/0007_transparency_log.sql"),
+    include_str!("../../migrations/postgres/0008_log_attestations.sql"),
 ]);
 
 /// Advisory lock keys (arbitrary, fixed).
@@ -1009,6 +1010,57 @@ impl Engine for PostgresEngine {
             }
         };
         Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get(1))))
+    }
+
+    async fn add_attestation(&self, a: Attestation) -> Result<()> {
+        self.execute(
+            "INSERT INTO log_attestations (size, kind, party, body, received_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            &[
+                &(a.size as i64),
+                &a.kind.as_str(),
+                &a.party,
+                &a.body,
+                &a.received_at_ms,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn attestations(&self, size: u64) -> Result<Vec<Attestation>> {
+        let rows = self
+            .query(
+                "SELECT kind, party, body, received_at FROM log_attestations
+                 WHERE size = $1 ORDER BY kind, party",
+                &[&(size as i64)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let kind = AttestationKind::parse(r.get(0))
+                    .ok_or_else(|| StationError::Internal("attestation kind".into()))?;
+                Ok(Attestation {
+                    size,
+                    kind,
+                    party: r.get(1),
+                    body: r.get(2),
+                    received_at_ms: r.get(3),
+                })
+            })
+            .collect()
+    }
+
+    async fn last_attested(&self, kind: AttestationKind, party: &str) -> Result<Option<u64>> {
+        let row = self
+            .query_opt(
+                "SELECT MAX(size) FROM log_attestations WHERE kind = $1 AND party = $2",
+                &[&kind.as_str(), &party],
+            )
+            .await?;
+        Ok(row
+            .and_then(|r| r.get::<_, Option<i64>>(0))
+            .map(|n| n as u64))
     }
 
     async fn log_leaves(&self, from: u64, to: u64) -> Result<Vec<LogRow>> {

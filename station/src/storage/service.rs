@@ -34,8 +34,8 @@ use super::engine::{
 };
 use super::transparency::{self, LogSigner};
 use super::{
-    AuditEntry, Counts, DashboardAccount, Enrolled, ExportMaterial, PullPage, PushOutcome,
-    StationStorage, CREDENTIAL_LIFETIME_MS,
+    Attestation, AttestationKind, AuditEntry, Counts, DashboardAccount, Enrolled, ExportMaterial,
+    PullPage, PushOutcome, StationStorage, CREDENTIAL_LIFETIME_MS,
 };
 use crate::clock::Clock;
 use crate::error::{Result, StationError};
@@ -882,6 +882,23 @@ impl<E: Engine> StationStorage for Service<E> {
         })
     }
 
+    async fn add_attestation(&self, a: Attestation) -> Result<()> {
+        if self.engine.checkpoint(Some(a.size)).await?.is_none() {
+            return Err(transparency::unknown_size(a.size));
+        }
+        self.engine.add_attestation(a).await
+    }
+
+    async fn attestations(&self, size: u64) -> Result<Vec<Attestation>> {
+        let mut all = self.engine.attestations(size).await?;
+        all.sort_by(|a, b| (a.kind.as_str(), &a.party).cmp(&(b.kind.as_str(), &b.party)));
+        Ok(all)
+    }
+
+    async fn last_attested(&self, kind: AttestationKind, party: &str) -> Result<Option<u64>> {
+        self.engine.last_attested(kind, party).await
+    }
+
     async fn check_log(&self) -> Result<transparency::LogCheck> {
         transparency::check(self.engine.as_ref(), &self.log.verifier()).await
     }
@@ -913,7 +930,7 @@ impl<E: Engine> StationStorage for Service<E> {
         // A stored change the log lacks is kept in: the package's own
         // check names it and the export is refused.
         let mut attempt = 0;
-        let (rows, checkpoint, leaves) = loop {
+        let (rows, size, checkpoint, leaves) = loop {
             attempt += 1;
             let rows = self.engine.export_rows(&reports).await?;
             let (size, checkpoint) = self
@@ -941,9 +958,10 @@ impl<E: Engine> StationStorage for Service<E> {
                 logged.get(&report_commitment(*r)).copied().unwrap_or(0) <= stored.len()
             });
             if caught_up || attempt == 5 {
-                break (rows, checkpoint, leaves);
+                break (rows, size, checkpoint, leaves);
             }
         };
+        let attestations = self.attestations(size).await?;
         let mut out = ExportMaterial {
             reports: Vec::new(),
             devices: Vec::new(),
@@ -953,6 +971,15 @@ impl<E: Engine> StationStorage for Service<E> {
                 key: self.log_verifier(),
                 checkpoint,
                 leaves,
+                timestamp: attestations
+                    .iter()
+                    .find(|a| a.kind == AttestationKind::Timestamp)
+                    .map(|a| a.body.clone()),
+                cosignatures: attestations
+                    .iter()
+                    .filter(|a| a.kind == AttestationKind::Cosignature)
+                    .filter_map(|a| String::from_utf8(a.body.clone()).ok())
+                    .collect(),
             }),
         };
         let mut authors = BTreeSet::new();

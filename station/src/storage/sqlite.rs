@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::common::with_person_secret;
 use super::engine::*;
 use super::service::Service;
-use super::{AuditEntry, Counts, DashboardAccount};
+use super::{Attestation, AttestationKind, AuditEntry, Counts, DashboardAccount};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, StationError};
 use fieldreport_core::schema::Migrations;
@@ -40,6 +40,7 @@ pub const MIGRATIONS: Migrations = Migrations::new(&[
     include_str!("../../migrations/sqlite/0006_settings.sql"),
     include_str!("../../migrations/sqlite/0007_changes_report_index.sql"),
     include_str!("../../migrations/sqlite/0008_transparency_log.sql"),
+    include_str!("../../migrations/sqlite/0009_log_attestations.sql"),
 ]);
 
 /// The station's storage on SQLite.
@@ -766,6 +767,69 @@ impl Engine for SqliteEngine {
                     .optional()?,
             };
             Ok(row.map(|(n, note)| (n as u64, note)))
+        })
+        .await
+    }
+
+    async fn add_attestation(&self, a: Attestation) -> Result<()> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO log_attestations (size, kind, party, body, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                params![
+                    a.size as i64,
+                    a.kind.as_str(),
+                    a.party,
+                    a.body,
+                    a.received_at_ms
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn attestations(&self, size: u64) -> Result<Vec<Attestation>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT kind, party, body, received_at FROM log_attestations
+                 WHERE size = ?1 ORDER BY kind, party",
+            )?;
+            let rows = st.query_map([size as i64], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (kind, party, body, at) = row?;
+                let kind = AttestationKind::parse(&kind)
+                    .ok_or_else(|| StationError::Internal("attestation kind".into()))?;
+                out.push(Attestation {
+                    size,
+                    kind,
+                    party,
+                    body,
+                    received_at_ms: at,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn last_attested(&self, kind: AttestationKind, party: &str) -> Result<Option<u64>> {
+        let party = party.to_string();
+        self.read(move |c| {
+            let n: Option<i64> = c.query_row(
+                "SELECT MAX(size) FROM log_attestations WHERE kind = ?1 AND party = ?2",
+                params![kind.as_str(), party],
+                |r| r.get(0),
+            )?;
+            Ok(n.map(|n| n as u64))
         })
         .await
     }

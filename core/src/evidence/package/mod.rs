@@ -15,6 +15,8 @@
 //! data/log/checkpoint.txt            the station log's checkpoint at the export
 //! data/log/key.txt                   the log's verifier key (compare it with the published one)
 //! data/log/leaves.txt                every log entry up to that checkpoint, base64, one a line
+//! data/log/checkpoint.tsr            (when the station has a time-stamp authority) its RFC 3161 response over checkpoint.txt
+//! data/log/cosignatures.txt          (when the station has witnesses) their cosignature lines of the checkpoint
 //! ```
 //!
 //! Each line of `changes.jsonl` carries the change's exact signed bytes
@@ -58,6 +60,8 @@ pub const README_FILE: &str = "data/README.txt";
 pub const LOG_CHECKPOINT_FILE: &str = "data/log/checkpoint.txt";
 pub const LOG_KEY_FILE: &str = "data/log/key.txt";
 pub const LOG_LEAVES_FILE: &str = "data/log/leaves.txt";
+pub const LOG_TIMESTAMP_FILE: &str = "data/log/checkpoint.tsr";
+pub const LOG_COSIGNATURES_FILE: &str = "data/log/cosignatures.txt";
 const COPY_BUFFER: usize = 1 << 20;
 
 /// A device as the exporting station knows it: key, person, enrollment.
@@ -101,6 +105,12 @@ pub struct LogMaterial {
     pub checkpoint: String,
     /// Every leaf's bytes, index 0 up to the checkpoint's size.
     pub leaves: Vec<Vec<u8>>,
+    /// A time-stamp authority's RFC 3161 response over `checkpoint`'s
+    /// bytes (DER), if the station has one.
+    pub timestamp: Option<Vec<u8>>,
+    /// Witnesses' cosignature lines of the checkpoint (C2SP
+    /// `tlog-cosignature`), without their newlines.
+    pub cosignatures: Vec<String>,
 }
 
 /// Where a long export is.
@@ -316,6 +326,7 @@ pub fn write_package(
     let options = VerifyOptions {
         log_key: input.log.as_ref().map(|l| l.key.clone()),
         without_log: input.log.is_none(),
+        ..VerifyOptions::default()
     };
     let result = build(&mut input, &tmp, progress).and_then(|summary| {
         let verdict = verify_package_with(&tmp, &options, &mut |done, total| {
@@ -462,6 +473,17 @@ fn build(
             lines.push('\n');
         }
         write_file(root, LOG_LEAVES_FILE, lines.as_bytes(), &mut manifest)?;
+        if let Some(tsr) = &log.timestamp {
+            write_file(root, LOG_TIMESTAMP_FILE, tsr, &mut manifest)?;
+        }
+        if !log.cosignatures.is_empty() {
+            let mut text = String::new();
+            for line in &log.cosignatures {
+                text.push_str(line);
+                text.push('\n');
+            }
+            write_file(root, LOG_COSIGNATURES_FILE, text.as_bytes(), &mut manifest)?;
+        }
     }
 
     // Devices that authored the history.
@@ -664,8 +686,17 @@ What the payload holds:
                                 report's, and no other report's content,
                                 author or id (only how many entries share
                                 each unnamed report).
+  log/checkpoint.tsr            (if the station uses a time-stamp authority)
+                                its RFC 3161 response over checkpoint.txt:
+                                the log held all of the above by that time.
+                                openssl ts -verify -data log/checkpoint.txt
+                                -in log/checkpoint.tsr -CAfile <the TSA's CA>
+  log/cosignatures.txt          (if the station has witnesses) each witness's
+                                cosignature line of checkpoint.txt: the
+                                witness saw this tree and checked that it
+                                extends every tree of this log it saw before.
 
-`fieldreport-station verify [--log-key KEY] <this directory>` checks, beyond the manifests:
+`fieldreport-station verify [--log-key KEY] [--tsa-cert PEM] [--witness KEY]... <this directory>` checks, beyond the manifests:
 every signature against the device keys, every device's hash chain, that no
 change names an operation missing from the history, that every attached file
 has the signed hash and size, that the readable fields say what the signed
@@ -675,5 +706,8 @@ phone, proves nothing: the time a change claims is set by whoever holds
 it), that replaying the history gives exactly report.json and
 report.pdf, and that the log's entries hash to the signed checkpoint and
 hold exactly this package's changes of each report: a change dropped from
-the package, or one added that the station never logged, is named.
+the package, or one added that the station never logged, is named. With
+--tsa-cert it requires a time-stamp over the checkpoint whose signer chains
+to that authority; with --witness (and --witness-quorum) it requires those
+witnesses' cosignatures.
 ";

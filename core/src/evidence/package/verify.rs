@@ -18,11 +18,15 @@ use uuid::Uuid;
 use super::{
     attached_media, change_line, decode_path, media_path, package_time, pdf, receipt_line,
     receipts_path, replay, report_dir, report_json, DeviceEnrollment, DEVICES_FILE,
-    LOG_CHECKPOINT_FILE, LOG_KEY_FILE, LOG_LEAVES_FILE, README_FILE,
+    LOG_CHECKPOINT_FILE, LOG_COSIGNATURES_FILE, LOG_KEY_FILE, LOG_LEAVES_FILE, LOG_TIMESTAMP_FILE,
+    README_FILE,
 };
 use crate::crdt::{Change, ChangeId, Hash, OpId};
 use crate::error::{Error, Result};
-use crate::tlog::{report_commitment, Leaf, LeafView, NoteVerifier, SignedCheckpoint, TreeBuilder};
+use crate::tlog::{
+    report_commitment, CosignerKey, Leaf, LeafView, NoteVerifier, SignedCheckpoint, SignedNote,
+    TreeBuilder,
+};
 
 /// One problem found in a package.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +76,21 @@ pub struct LogFacts {
     /// The checkpoint was checked against a key given to the verifier
     /// (the published one), not only the one in the bag.
     pub published_key: bool,
+    /// What the RFC 3161 time-stamp over the checkpoint says, if the
+    /// package has one that checks.
+    pub timestamp: Option<TimestampFacts>,
+    /// The required witnesses whose cosignatures verify, with their times.
+    pub cosigned_by: Vec<(String, DateTime<Utc>)>,
+    /// Cosignature lines not checked (no key given for their witness).
+    pub unchecked_cosignatures: usize,
+}
+
+/// A time-stamp over the package's checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimestampFacts {
+    pub time: DateTime<Utc>,
+    /// Its signer chains to an authority the verifier was given.
+    pub trusted: bool,
 }
 
 /// How to check a package.
@@ -83,6 +102,14 @@ pub struct VerifyOptions {
     /// Do not check completeness (packages made before the log, or
     /// outside a station). The verdict says so.
     pub without_log: bool,
+    /// Certificates (DER) of the time-stamp authorities trusted: when
+    /// given, the checkpoint must carry a time-stamp whose signer chains
+    /// to one of them.
+    pub timestamp_anchors: Vec<Vec<u8>>,
+    /// Witnesses whose cosignatures count.
+    pub witnesses: Vec<CosignerKey>,
+    /// How many of `witnesses` must have cosigned the checkpoint.
+    pub witness_quorum: usize,
 }
 
 impl Verdict {
@@ -117,6 +144,33 @@ impl fmt::Display for Verdict {
                         writeln!(
                             f,
                             "NOT ANCHORED: the checkpoint was checked with the key in data/log/key.txt only, which whoever made the package chose. Compare that key with the one the department publishes, or pass it with --log-key."
+                        )?;
+                    }
+                    match &l.timestamp {
+                        Some(t) if t.trusted => writeln!(
+                            f,
+                            "Time-stamped: the log held all of it by {} (RFC 3161, signed by a time-stamp authority given with --tsa-cert).",
+                            t.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        )?,
+                        Some(t) => writeln!(
+                            f,
+                            "Time-stamp NOT trusted: it says {}, but its signer was not checked against an authority (pass --tsa-cert).",
+                            t.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        )?,
+                        None => writeln!(f, "No time-stamp: nothing outside the station says when the log held it.")?,
+                    }
+                    for (name, at) in &l.cosigned_by {
+                        writeln!(
+                            f,
+                            "Witnessed by {name} at {}: it checked this tree extends every one of this log it cosigned before.",
+                            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        )?;
+                    }
+                    if l.unchecked_cosignatures > 0 {
+                        writeln!(
+                            f,
+                            "{} cosignature(s) NOT checked: pass their witnesses' keys with --witness.",
+                            l.unchecked_cosignatures
                         )?;
                     }
                     Ok(())
@@ -397,7 +451,13 @@ pub fn verify_package_with(
     }
 
     // Completeness, against the station's log.
-    for f in [LOG_CHECKPOINT_FILE, LOG_KEY_FILE, LOG_LEAVES_FILE] {
+    for f in [
+        LOG_CHECKPOINT_FILE,
+        LOG_KEY_FILE,
+        LOG_LEAVES_FILE,
+        LOG_TIMESTAMP_FILE,
+        LOG_COSIGNATURES_FILE,
+    ] {
         expected_files.insert(f.to_string());
     }
     if options.without_log {
@@ -626,11 +686,114 @@ fn check_log(
             );
         }
     }
+    let timestamp = check_timestamp(ck, options, &note);
+    let (cosigned_by, unchecked_cosignatures) = check_cosignatures(ck, options, &cp);
     Some(LogFacts {
         origin: cp.origin,
         size: cp.size,
         published_key: options.log_key.is_some(),
+        timestamp,
+        cosigned_by,
+        unchecked_cosignatures,
     })
+}
+
+/// The time-stamp over the checkpoint's bytes: required (and its signer
+/// checked) when the verifier trusts an authority; otherwise checked as
+/// far as it can be and reported as not trusted.
+fn check_timestamp(
+    ck: &mut Checker,
+    options: &VerifyOptions,
+    note: &[u8],
+) -> Option<TimestampFacts> {
+    use crate::timestamp;
+    let required = !options.timestamp_anchors.is_empty();
+    let Ok(response) = fs::read(ck.dir.join(LOG_TIMESTAMP_FILE)) else {
+        if required {
+            ck.fail(
+                LOG_TIMESTAMP_FILE,
+                "is missing: the checkpoint is not time-stamped, and a time-stamp was required (--tsa-cert)",
+            );
+        }
+        return None;
+    };
+    let checked = if required {
+        timestamp::verify(&response, note, &options.timestamp_anchors)
+    } else {
+        timestamp::check_response(&response, note, None)
+    };
+    match checked {
+        Ok(t) => Some(TimestampFacts {
+            time: t.time,
+            trusted: required,
+        }),
+        Err(e) => {
+            ck.fail(
+                LOG_TIMESTAMP_FILE,
+                format!("is not a good time-stamp of {LOG_CHECKPOINT_FILE}: {e}"),
+            );
+            None
+        }
+    }
+}
+
+/// The witnesses' cosignature lines of the checkpoint: each line naming a
+/// given witness must verify with its key, and at least the quorum of the
+/// given witnesses must have cosigned.
+fn check_cosignatures(
+    ck: &mut Checker,
+    options: &VerifyOptions,
+    cp: &SignedCheckpoint,
+) -> (Vec<(String, DateTime<Utc>)>, usize) {
+    let text = fs::read_to_string(ck.dir.join(LOG_COSIGNATURES_FILE)).unwrap_or_default();
+    let mut cosigned = Vec::new();
+    let mut unchecked = 0;
+    for (i, line) in text.lines().enumerate() {
+        let note = format!("{}\n{line}\n", cp.text);
+        let Ok(parsed) = SignedNote::parse(note.as_bytes()) else {
+            ck.fail_line(LOG_COSIGNATURES_FILE, i + 1, "is not a signature line");
+            continue;
+        };
+        let Some((name, ..)) = parsed.signatures.first() else {
+            continue;
+        };
+        let named: Vec<&CosignerKey> = options
+            .witnesses
+            .iter()
+            .filter(|w| &w.name == name)
+            .collect();
+        if named.is_empty() {
+            unchecked += 1;
+            continue;
+        }
+        match named.iter().find_map(|w| parsed.cosigned_by(w)) {
+            Some(at) => {
+                if !cosigned.iter().any(|(n, _)| n == name) {
+                    let at = i64::try_from(at)
+                        .ok()
+                        .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0))
+                        .unwrap_or_default();
+                    cosigned.push((name.clone(), at));
+                }
+            }
+            None => ck.fail_line(
+                LOG_COSIGNATURES_FILE,
+                i + 1,
+                format!("is a cosignature of the witness {name} that does not verify with its key"),
+            ),
+        }
+    }
+    if cosigned.len() < options.witness_quorum {
+        ck.fail(
+            LOG_COSIGNATURES_FILE,
+            format!(
+                "holds verifying cosignatures of {} of the given witnesses, fewer than the {} required",
+                cosigned.len(),
+                options.witness_quorum
+            ),
+        );
+    }
+    (cosigned, unchecked)
 }
 
 /// Decodes and checks one report's history; returns each decoded change of
