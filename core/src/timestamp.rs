@@ -30,6 +30,10 @@ const MESSAGE_DIGEST_ATTR: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.
 /// OID's DER value bytes.
 const EKU_TIME_STAMPING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x08];
 
+/// The largest response read: an authority's answer is a few KiB, and
+/// the ASN.1 decoder's work grows faster than the input's size.
+pub const MAX_RESPONSE: usize = 64 * 1024;
+
 /// The media types of RFC 3161 over HTTP.
 pub const QUERY_MEDIA_TYPE: &str = "application/timestamp-query";
 pub const REPLY_MEDIA_TYPE: &str = "application/timestamp-reply";
@@ -39,7 +43,7 @@ pub const REPLY_MEDIA_TYPE: &str = "application/timestamp-reply";
 pub enum TimestampError {
     #[error("not an RFC 3161 time-stamp response ({0})")]
     Malformed(String),
-    #[error("the time-stamp authority refused the request (status {0})")]
+    #[error("the time-stamp authority did not grant the request (PKIStatus {0}: 2 rejection, 3 waiting, 4-5 revocation)")]
     Refused(u8),
     #[error("the time-stamp covers other data (its SHA-256 imprint differs)")]
     OtherData,
@@ -74,6 +78,9 @@ pub struct Timestamp {
     pub time: DateTime<Utc>,
     /// The DER of the certificate whose key signed it.
     pub signer: Vec<u8>,
+    /// That certificate's subject (RFC 4514), for the verdict: the root
+    /// says which authorities may sign, this says which one did.
+    pub signer_subject: String,
 }
 
 /// Checks a response to [`request`] on receipt: granted, over `data`,
@@ -86,7 +93,12 @@ pub fn check_response(
 ) -> Result<Timestamp, TimestampError> {
     let (tst, signed) = open(response)?;
     signed_attributes_as_sent(&signed, response)?;
-    if tst.message_imprint != imprint(data)? {
+    // The algorithm by OID (an authority may echo absent or NULL
+    // parameters) and the hash itself.
+    let want = imprint(data)?;
+    if tst.message_imprint.hash_algorithm.oid != want.hash_algorithm.oid
+        || tst.message_imprint.hashed_message != want.hashed_message
+    {
         return Err(TimestampError::OtherData);
     }
     if let Some(n) = nonce {
@@ -95,8 +107,15 @@ pub fn check_response(
         }
     }
     let signer = signer_certificate(&signed)?;
+    let signer_subject = <cms::cert::x509::Certificate as Decode>::from_der(&signer)
+        .map(|c| c.tbs_certificate.subject.to_string())
+        .map_err(malformed)?;
     let time = DateTime::<Utc>::from(tst.gen_time.to_system_time());
-    Ok(Timestamp { time, signer })
+    Ok(Timestamp {
+        time,
+        signer,
+        signer_subject,
+    })
 }
 
 /// Checks a stored response over `data` in full: [`check_response`], and
@@ -180,6 +199,11 @@ fn nonce_int(mut nonce: [u8; 8]) -> Result<Int, TimestampError> {
 /// The granted response's TSTInfo and the SignedData around it, with the
 /// signer's signed attributes binding that TSTInfo.
 fn open(response: &[u8]) -> Result<(TstInfo, SignedData), TimestampError> {
+    if response.len() > MAX_RESPONSE {
+        return Err(TimestampError::Malformed(format!(
+            "larger than {MAX_RESPONSE} bytes"
+        )));
+    }
     let resp = TimeStampResp::from_der(response).map_err(malformed)?;
     let status = resp.status.status as u8;
     if status > 1 {

@@ -628,15 +628,27 @@ async fn public_css() -> Response {
         .into_response()
 }
 
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct CheckpointQuery {
+    /// A tree size the log signed a checkpoint of; the newest when left out.
+    #[param(minimum = 1)]
+    size: Option<u64>,
+}
+
 #[utoipa::path(get, path = "/v1/log/checkpoint", security(()),
-    description = "The log's newest checkpoint: a C2SP signed note (tlog-checkpoint text: origin, tree size, base64 root; a blank line; the log key's Ed25519 signature line). See docs/log.md",
-    responses((status = 200, description = "signed note", content_type = "text/plain", body = String), (status = 404, description = "the log is empty", body = ErrorBody)))]
-async fn log_checkpoint(State(s): State<AppState>) -> Result<Response> {
-    let note = s
-        .storage
-        .checkpoint()
-        .await?
-        .ok_or(StationError::NotFound)?;
+    description = "The log's newest checkpoint, or the one of `size`: a C2SP signed note (tlog-checkpoint text: origin, tree size, base64 root; a blank line; the log key's Ed25519 signature line), byte for byte as stored (what a time-stamp covers). See docs/log.md",
+    params(CheckpointQuery),
+    responses((status = 200, description = "signed note", content_type = "text/plain", body = String), (status = 400, description = "`bad_query`", body = ErrorBody), (status = 404, description = "the log is empty, or has no checkpoint of that size", body = ErrorBody)))]
+async fn log_checkpoint(
+    State(s): State<AppState>,
+    q: std::result::Result<Query<CheckpointQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let note = match size_query(q)?.size {
+        Some(size) => s.storage.checkpoint_of(size).await?,
+        None => s.storage.checkpoint().await?,
+    }
+    .ok_or(StationError::NotFound)?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
 }
 
@@ -685,7 +697,7 @@ async fn log_attested(
 }
 
 #[utoipa::path(get, path = "/v1/log/timestamp", security(()),
-    description = "The RFC 3161 time-stamp response (DER) over the checkpoint of `size`, exactly as `/v1/log/checkpoint` served it; check it with `openssl ts -verify -data checkpoint.txt -in this.tsr -CAfile <the authority's CA>`",
+    description = "The RFC 3161 time-stamp response (DER) over the checkpoint of `size`, exactly as `/v1/log/checkpoint?size=` serves it; check it with `openssl ts -verify -data checkpoint.txt -in this.tsr -CAfile <the authority's CA>`",
     params(AttestedQuery),
     responses((status = 200, description = "the DER TimeStampResp (what an authority answers as application/timestamp-reply)", content_type = "application/octet-stream", body = Binary), (status = 400, description = "`bad_query`", body = ErrorBody), (status = 404, description = "no time-stamp of that checkpoint (yet)", body = ErrorBody)))]
 async fn log_timestamp(

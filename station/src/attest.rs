@@ -24,7 +24,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// How many times a witness that names another old size is asked again.
 const CONFLICT_RETRIES: usize = 3;
 /// The largest answer read from an authority or a witness.
-const MAX_ANSWER: usize = 64 * 1024;
+const MAX_ANSWER: usize = fieldreport_core::timestamp::MAX_RESPONSE;
+/// The shortest time between background rounds (a failing party is asked
+/// again each round).
+const MIN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A witness the station submits its checkpoints to.
 #[derive(Debug, Clone)]
@@ -41,8 +44,8 @@ pub struct WitnessEndpoint {
 pub struct Attestors {
     /// The RFC 3161 authority's URL.
     pub timestamp_url: Option<String>,
-    /// PEM anchors the authority's signer must chain to (checked on
-    /// receipt when given).
+    /// Roots (DER) the authority's signer must chain to, checked on
+    /// receipt (required with `timestamp_url`).
     pub timestamp_anchors: Vec<Vec<u8>>,
     pub witnesses: Vec<WitnessEndpoint>,
     pub interval: Duration,
@@ -71,12 +74,18 @@ impl Attestors {
         witnesses: Vec<WitnessEndpoint>,
         interval: Duration,
     ) -> Result<Arc<Attestors>> {
+        if timestamp_url.is_some() && timestamp_anchors.is_empty() {
+            // Without a root, anyone on the path to the authority could
+            // answer with a token of their own, kept for good.
+            return Err(StationError::Unavailable(
+                "a time-stamp authority needs its root certificate (timestamp_ca)".into(),
+            ));
+        }
         for url in timestamp_url.iter().chain(witnesses.iter().map(|w| &w.url)) {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(StationError::BadRequest(
-                    "bad_url",
-                    format!("{url} is not an http(s) URL"),
-                ));
+                return Err(StationError::Unavailable(format!(
+                    "the attestation URL {url} is not an http(s) URL"
+                )));
             }
         }
         let http = reqwest::Client::builder()
@@ -88,7 +97,7 @@ impl Attestors {
             timestamp_url,
             timestamp_anchors,
             witnesses,
-            interval: interval.max(Duration::from_secs(1)),
+            interval: interval.max(MIN_INTERVAL),
             http: Some(http),
             lock: tokio::sync::Mutex::new(()),
         }))
@@ -138,22 +147,34 @@ impl Attestors {
         let has = |kind: AttestationKind, party: &str| {
             have.iter().any(|a| a.kind == kind && a.party == party)
         };
-        if let Some(url) = &self.timestamp_url {
-            if !has(AttestationKind::Timestamp, url) {
-                match self.time_stamp(http, url, note).await {
-                    Ok(body) => round.got.push(
-                        self.keep(storage, &cp, AttestationKind::Timestamp, url, body)
-                            .await?,
-                    ),
-                    Err(e) => round.failed.push((url.clone(), e)),
+        // Every party at once: one that is slow or down delays the round
+        // by its own timeout only.
+        let stamp = async {
+            match &self.timestamp_url {
+                Some(url) if !has(AttestationKind::Timestamp, url) => {
+                    Some((url, self.time_stamp(http, url, note).await))
                 }
+                _ => None,
             }
+        };
+        let cp_ref = &cp;
+        let cosigns = futures_util::future::join_all(
+            self.witnesses
+                .iter()
+                .filter(|w| !has(AttestationKind::Cosignature, &w.key.name))
+                .map(|w| async move { (w, self.cosign(http, storage, w, cp_ref, note).await) }),
+        );
+        let (stamp, cosigns) = tokio::join!(stamp, cosigns);
+        match stamp {
+            Some((url, Ok(body))) => round.got.push(
+                self.keep(storage, &cp, AttestationKind::Timestamp, url, body)
+                    .await?,
+            ),
+            Some((url, Err(e))) => round.failed.push((url.clone(), e)),
+            None => {}
         }
-        for w in &self.witnesses {
-            if has(AttestationKind::Cosignature, &w.key.name) {
-                continue;
-            }
-            match self.cosign(http, storage, w, &cp).await {
+        for (w, got) in cosigns {
+            match got {
                 Ok(line) => round.got.push(
                     self.keep(
                         storage,
@@ -216,10 +237,8 @@ impl Attestors {
         let body = read_capped(resp).await?;
         timestamp::check_response(&body, note.as_bytes(), Some(nonce))
             .map_err(|e| e.to_string())?;
-        if !self.timestamp_anchors.is_empty() {
-            timestamp::verify(&body, note.as_bytes(), &self.timestamp_anchors)
-                .map_err(|e| e.to_string())?;
-        }
+        timestamp::verify(&body, note.as_bytes(), &self.timestamp_anchors)
+            .map_err(|e| e.to_string())?;
         Ok(body)
     }
 
@@ -232,6 +251,7 @@ impl Attestors {
         storage: &dyn StationStorage,
         w: &WitnessEndpoint,
         cp: &SignedCheckpoint,
+        note: &str,
     ) -> std::result::Result<String, String> {
         let mut old = storage
             .last_attested(AttestationKind::Cosignature, &w.key.name)
@@ -261,7 +281,7 @@ impl Attestors {
                 body.push('\n');
             }
             body.push('\n');
-            body.push_str(&cp.note);
+            body.push_str(note);
             let resp = http
                 .post(&url)
                 .body(body)
@@ -355,4 +375,32 @@ pub fn cosigned_note(note: &str, lines: &[String]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_authority_without_its_root_or_a_url_that_is_not_http_is_refused() {
+        let e = Attestors::new(
+            Some("https://tsa.example/tsr".into()),
+            Vec::new(),
+            Vec::new(),
+            Duration::from_secs(60),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("timestamp_ca"), "{e}");
+        let e = Attestors::new(
+            Some("ftp://tsa.example/tsr".into()),
+            vec![vec![0x30]],
+            Vec::new(),
+            Duration::from_secs(60),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not an http(s) URL"), "{e}");
+        let none = Attestors::new(None, Vec::new(), Vec::new(), Duration::from_secs(1)).unwrap();
+        assert!(none.is_empty());
+        assert_eq!(none.interval, MIN_INTERVAL);
+    }
 }

@@ -160,7 +160,7 @@ enum Command {
         without_log: bool,
         /// PEM certificate(s) of the RFC 3161 time-stamp authority trusted:
         /// the checkpoint must carry a time-stamp whose signer chains to it.
-        #[arg(long, conflicts_with = "without_log")]
+        #[arg(long, visible_alias = "tsa-ca", conflicts_with = "without_log")]
         tsa_cert: Option<PathBuf>,
         /// A witness's cosigner key (`name+id+key`, as the witness
         /// prints it); repeat for several.
@@ -666,12 +666,19 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                         .map_err(|e| anyhow::anyhow!("--witness is not a cosigner key: {e}"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let witness_quorum = witness_quorum.unwrap_or(witnesses.len());
-            if witness_quorum > witnesses.len() {
-                anyhow::bail!(
-                    "--witness-quorum {witness_quorum} is more than the {} --witness keys given",
-                    witnesses.len()
-                );
+            let mut names = std::collections::BTreeSet::new();
+            for w in &witnesses {
+                if !names.insert(w.name.as_str()) {
+                    anyhow::bail!("--witness names {} twice", w.name);
+                }
+            }
+            if let Some(q) = witness_quorum {
+                if q > witnesses.len() {
+                    anyhow::bail!(
+                        "--witness-quorum {q} is more than the {} --witness keys given",
+                        witnesses.len()
+                    );
+                }
             }
             let options = fieldreport_core::evidence::package::VerifyOptions {
                 log_key: log_key

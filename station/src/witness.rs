@@ -121,11 +121,11 @@ impl Witness {
             ));
         }
         crate::files::private_dir(dir)?;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(WITNESS_LOCK_FILE))?;
+        let mut open = std::fs::OpenOptions::new();
+        open.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+        let lock = open.open(dir.join(WITNESS_LOCK_FILE))?;
         if let Err(e) = lock.try_lock() {
             return Err(StationError::Unavailable(match e {
                 std::fs::TryLockError::WouldBlock => format!(

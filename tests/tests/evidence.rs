@@ -1185,7 +1185,7 @@ fn a_time_stamped_and_witnessed_checkpoint_travels_in_the_bag_and_its_faults_are
         log_key: Some(published.clone()),
         timestamp_anchors: tsa.anchors(),
         witnesses: vec![witness_key.clone()],
-        witness_quorum: 1,
+        witness_quorum: Some(1),
         ..Default::default()
     };
     let check =
@@ -1293,7 +1293,25 @@ fn a_time_stamped_and_witnessed_checkpoint_travels_in_the_bag_and_its_faults_are
     let v = check(&bag, &full);
     assert_names(&v, cosig_rel, None, "does not verify with its key");
     assert_names(&v, cosig_rel, None, "fewer than the 1 required");
-    // 6. A quorum of two named witnesses, one of which never cosigned.
+    // 6. The same line twice counts once; a line of another checkpoint
+    //    (the witness's own, of the tree before) does not verify here.
+    let bag = tampered("twice", &|b| {
+        let line = fs::read_to_string(b.join(cosig_rel)).unwrap();
+        fs::write(b.join(cosig_rel), format!("{line}{line}")).unwrap();
+    });
+    assert!(check(&bag, &full).is_ok());
+    let twice_bag = bag;
+    // 7. An oversized time-stamp is refused before it is parsed.
+    let bag = tampered("huge-tsr", &|b| {
+        fs::write(b.join(tsr_rel), vec![0x30; 200_000]).unwrap();
+    });
+    assert_names(
+        &check(&bag, &full),
+        tsr_rel,
+        None,
+        "larger than a time-stamp",
+    );
+    // 8. A quorum of two named witnesses, one of which never cosigned.
     let absent = CosignerKey::new(
         "inspector-general",
         ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key(),
@@ -1302,13 +1320,32 @@ fn a_time_stamped_and_witnessed_checkpoint_travels_in_the_bag_and_its_faults_are
     let v = check(
         &clean,
         &VerifyOptions {
-            witnesses: vec![witness_key.clone(), absent],
-            witness_quorum: 2,
+            witnesses: vec![witness_key.clone(), absent.clone()],
+            witness_quorum: Some(2),
             ..full.clone()
         },
     );
     assert_eq!(v.failures.len(), 1, "{v}");
-    assert_names(&v, cosig_rel, None, "fewer than the 2 required");
+    assert_names(
+        &v,
+        cosig_rel,
+        None,
+        "1 of the 2 given witnesses, fewer than the 2 required",
+    );
+    let v = check(
+        &twice_bag,
+        &VerifyOptions {
+            witnesses: vec![witness_key.clone(), absent],
+            witness_quorum: Some(2),
+            ..full.clone()
+        },
+    );
+    assert_names(
+        &v,
+        cosig_rel,
+        None,
+        "1 of the 2 given witnesses, fewer than the 2 required",
+    );
 
     // More changes, then an authority answering for other bytes: refused
     // on receipt (nothing stored); the witness cosigns the larger tree
@@ -1347,6 +1384,28 @@ fn a_time_stamped_and_witnessed_checkpoint_travels_in_the_bag_and_its_faults_are
         kept.iter().all(|a| a.kind == AttestationKind::Cosignature),
         "{kept:?}"
     );
+    // The witness's line of this later tree does not verify over the
+    // package's checkpoint.
+    let later = round.got[0].body.clone();
+    let bag = tampered("other-checkpoint-cosig", &|b| {
+        fs::write(b.join(cosig_rel), [later.as_slice(), b"\n"].concat()).unwrap();
+    });
+    assert_names(
+        &check(&bag, &full),
+        cosig_rel,
+        None,
+        "does not verify with its key",
+    );
+    // The command line refuses a witness named twice.
+    let (ok, _, stderr) = cli(&[
+        "verify",
+        "--witness",
+        &witness_key.encode(),
+        "--witness",
+        &witness_key.encode(),
+        &clean.to_string_lossy(),
+    ]);
+    assert!(!ok && stderr.contains("twice"), "{stderr}");
 
     // The authority down: the export goes on without a time-stamp, and a
     // verifier that requires one names its absence.

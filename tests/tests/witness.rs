@@ -277,7 +277,7 @@ fn a_witness_cosigns_only_what_extends_what_it_cosigned_and_remembers_it() {
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
-        for f in ["witness.key", "witness-state.json"] {
+        for f in ["witness.key", "witness-state.json", "witness.lock"] {
             let mode = std::fs::metadata(dir.path().join(f))
                 .unwrap()
                 .permissions()

@@ -89,6 +89,8 @@ pub struct LogFacts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TimestampFacts {
     pub time: DateTime<Utc>,
+    /// The signing certificate's subject.
+    pub signer: String,
     /// Its signer chains to an authority the verifier was given.
     pub trusted: bool,
 }
@@ -108,8 +110,9 @@ pub struct VerifyOptions {
     pub timestamp_anchors: Vec<Vec<u8>>,
     /// Witnesses whose cosignatures count.
     pub witnesses: Vec<CosignerKey>,
-    /// How many of `witnesses` must have cosigned the checkpoint.
-    pub witness_quorum: usize,
+    /// How many of `witnesses` must have cosigned the checkpoint
+    /// (`None`: all of them).
+    pub witness_quorum: Option<usize>,
 }
 
 impl Verdict {
@@ -149,12 +152,14 @@ impl fmt::Display for Verdict {
                     match &l.timestamp {
                         Some(t) if t.trusted => writeln!(
                             f,
-                            "Time-stamped: the log held all of it by {} (RFC 3161, signed by a time-stamp authority given with --tsa-cert).",
-                            t.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                            "Time-stamped: the log held all of it by {}, says {} (RFC 3161; its certificate chains to the root given with --tsa-cert).",
+                            t.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                            t.signer
                         )?,
                         Some(t) => writeln!(
                             f,
-                            "Time-stamp NOT trusted: it says {}, but its signer was not checked against an authority (pass --tsa-cert).",
+                            "Time-stamp NOT trusted: {} says {}, but its certificate was not checked against a root (pass --tsa-cert).",
+                            t.signer,
                             t.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                         )?,
                         None => writeln!(f, "No time-stamp: nothing outside the station says when the log held it.")?,
@@ -708,14 +713,31 @@ fn check_timestamp(
 ) -> Option<TimestampFacts> {
     use crate::timestamp;
     let required = !options.timestamp_anchors.is_empty();
-    let Ok(response) = fs::read(ck.dir.join(LOG_TIMESTAMP_FILE)) else {
-        if required {
+    let path = ck.dir.join(LOG_TIMESTAMP_FILE);
+    let response = match fs::metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if required {
+                ck.fail(
+                    LOG_TIMESTAMP_FILE,
+                    "is missing: the checkpoint is not time-stamped, and a time-stamp was required (--tsa-cert)",
+                );
+            }
+            return None;
+        }
+        Ok(m) if m.len() > timestamp::MAX_RESPONSE as u64 => {
             ck.fail(
                 LOG_TIMESTAMP_FILE,
-                "is missing: the checkpoint is not time-stamped, and a time-stamp was required (--tsa-cert)",
+                format!("is larger than a time-stamp ({} bytes)", m.len()),
             );
+            return None;
         }
-        return None;
+        _ => match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                ck.fail(LOG_TIMESTAMP_FILE, format!("cannot be read: {e}"));
+                return None;
+            }
+        },
     };
     let checked = if required {
         timestamp::verify(&response, note, &options.timestamp_anchors)
@@ -725,6 +747,7 @@ fn check_timestamp(
     match checked {
         Ok(t) => Some(TimestampFacts {
             time: t.time,
+            signer: t.signer_subject,
             trusted: required,
         }),
         Err(e) => {
@@ -745,7 +768,20 @@ fn check_cosignatures(
     options: &VerifyOptions,
     cp: &SignedCheckpoint,
 ) -> (Vec<(String, DateTime<Utc>)>, usize) {
-    let text = fs::read_to_string(ck.dir.join(LOG_COSIGNATURES_FILE)).unwrap_or_default();
+    let text = match fs::read(ck.dir.join(LOG_COSIGNATURES_FILE)) {
+        Ok(b) => match String::from_utf8(b) {
+            Ok(t) => t,
+            Err(_) => {
+                ck.fail(LOG_COSIGNATURES_FILE, "is not UTF-8 text");
+                String::new()
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            ck.fail(LOG_COSIGNATURES_FILE, format!("cannot be read: {e}"));
+            String::new()
+        }
+    };
     let mut cosigned = Vec::new();
     let mut unchecked = 0;
     for (i, line) in text.lines().enumerate() {
@@ -769,11 +805,17 @@ fn check_cosignatures(
         match named.iter().find_map(|w| parsed.cosigned_by(w)) {
             Some(at) => {
                 if !cosigned.iter().any(|(n, _)| n == name) {
-                    let at = i64::try_from(at)
+                    match i64::try_from(at)
                         .ok()
                         .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0))
-                        .unwrap_or_default();
-                    cosigned.push((name.clone(), at));
+                    {
+                        Some(at) => cosigned.push((name.clone(), at)),
+                        None => ck.fail_line(
+                            LOG_COSIGNATURES_FILE,
+                            i + 1,
+                            format!("is a cosignature of {name} with an impossible time"),
+                        ),
+                    }
                 }
             }
             None => ck.fail_line(
@@ -783,13 +825,15 @@ fn check_cosignatures(
             ),
         }
     }
-    if cosigned.len() < options.witness_quorum {
+    let distinct: BTreeSet<&str> = options.witnesses.iter().map(|w| w.name.as_str()).collect();
+    let quorum = options.witness_quorum.unwrap_or(distinct.len());
+    if cosigned.len() < quorum {
         ck.fail(
             LOG_COSIGNATURES_FILE,
             format!(
-                "holds verifying cosignatures of {} of the given witnesses, fewer than the {} required",
+                "holds verifying cosignatures of {} of the {} given witnesses, fewer than the {quorum} required",
                 cosigned.len(),
-                options.witness_quorum
+                distinct.len(),
             ),
         );
     }
