@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::tls::{check_station_url, PinVerifier, StationPin};
 use super::wire::*;
-use crate::crdt::Change;
+use crate::crdt::{Change, ChangeId};
 use crate::error::{Error, Result};
 use crate::evidence::DeviceIdentity;
 use crate::model::media_refs;
@@ -677,11 +677,14 @@ impl SyncClient {
         let key = self.log_key(store, cancel)?;
         let cp = self.extends_held(store, cancel, &key, &log.checkpoint)?;
         let mut kept = Vec::with_capacity(log.receipts.len());
+        // By (device, seq): a push holds up to a batch of changes, each
+        // with its receipt.
+        let by_author: std::collections::HashMap<(Uuid, u64), &Change> = batch
+            .iter()
+            .map(|c| ((c.device(), c.body().seq), c))
+            .collect();
         for r in &log.receipts {
-            let Some(change) = batch
-                .iter()
-                .find(|c| c.device() == r.device && c.body().seq == r.seq)
-            else {
+            let Some(change) = by_author.get(&(r.device, r.seq)).copied() else {
                 return Err(Error::StationLog(LogError::BadInclusion));
             };
             let leaf = Leaf::Change {
@@ -703,10 +706,8 @@ impl SyncClient {
             });
         }
         // Every change pushed has its receipt, new or sent before.
-        let missing = batch
-            .iter()
-            .filter(|c| !kept.iter().any(|k| k.change == c.id()))
-            .count() as u64;
+        let received: std::collections::HashSet<ChangeId> = kept.iter().map(|k| k.change).collect();
+        let missing = batch.iter().filter(|c| !received.contains(&c.id())).count() as u64;
         if missing > 0 {
             return Err(Error::StationLog(LogError::MissingReceipts { missing }));
         }
