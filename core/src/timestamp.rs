@@ -34,9 +34,8 @@ const EKU_TIME_STAMPING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x0
 /// the ASN.1 decoder's work grows faster than the input's size.
 pub const MAX_RESPONSE: usize = 64 * 1024;
 
-/// The media types of RFC 3161 over HTTP.
+/// The media type of an RFC 3161 request over HTTP.
 pub const QUERY_MEDIA_TYPE: &str = "application/timestamp-query";
-pub const REPLY_MEDIA_TYPE: &str = "application/timestamp-reply";
 
 /// Why a time-stamp is refused. Carries no content of what was stamped.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -91,6 +90,15 @@ pub fn check_response(
     data: &[u8],
     nonce: Option<[u8; 8]>,
 ) -> Result<Timestamp, TimestampError> {
+    checked(response, data, nonce).map(|(stamp, _)| stamp)
+}
+
+/// [`check_response`], with the SignedData it opened.
+fn checked(
+    response: &[u8],
+    data: &[u8],
+    nonce: Option<[u8; 8]>,
+) -> Result<(Timestamp, SignedData), TimestampError> {
     let (tst, signed) = open(response)?;
     signed_attributes_as_sent(&signed, response)?;
     // The algorithm by OID (an authority may echo absent or NULL
@@ -111,23 +119,27 @@ pub fn check_response(
         .map(|c| c.tbs_certificate.subject.to_string())
         .map_err(malformed)?;
     let time = DateTime::<Utc>::from(tst.gen_time.to_system_time());
-    Ok(Timestamp {
-        time,
-        signer,
-        signer_subject,
-    })
+    Ok((
+        Timestamp {
+            time,
+            signer,
+            signer_subject,
+        },
+        signed,
+    ))
 }
 
-/// Checks a stored response over `data` in full: [`check_response`], and
-/// its signer chains to one of `anchors` (DER certificates), with the
-/// time-stamping extended key usage, at the stamp's own time.
+/// Checks a response over `data` in full: [`check_response`] (with the
+/// request's `nonce`, when checked on receipt), and its signer chains to
+/// one of `anchors` (DER certificates), with the time-stamping extended
+/// key usage, at the stamp's own time.
 pub fn verify(
     response: &[u8],
     data: &[u8],
+    nonce: Option<[u8; 8]>,
     anchors: &[Vec<u8>],
 ) -> Result<Timestamp, TimestampError> {
-    let stamp = check_response(response, data, None)?;
-    let (_, signed) = open(response)?;
+    let (stamp, signed) = checked(response, data, nonce)?;
     let others: Vec<CertificateDer<'static>> = carried_certificates(&signed)?
         .into_iter()
         .filter(|c| *c != stamp.signer)

@@ -14,14 +14,14 @@ const DATA: &[u8] = b"fuzz checkpoint\n";
 fuzz_target!(|data: &[u8]| {
     let anchors = certificates_from_pem(ROOT).unwrap();
     let _ = check_response(data, DATA, None);
-    let _ = verify(data, DATA, &anchors);
+    let _ = verify(data, DATA, None, &anchors);
     // The genuine response, with (offset, byte) edits from the input.
     let mut edited = GOOD.to_vec();
     for edit in data.chunks_exact(3) {
         let at = usize::from(u16::from_be_bytes([edit[0], edit[1]])) % edited.len();
         edited[at] = edit[2];
     }
-    let checked = verify(&edited, DATA, &anchors);
+    let checked = verify(&edited, DATA, None, &anchors);
     if edited == GOOD {
         assert!(checked.is_ok(), "the genuine response: {checked:?}");
     }

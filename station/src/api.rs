@@ -681,14 +681,7 @@ async fn log_attested(
         .checkpoint_of(q.size)
         .await?
         .ok_or(StationError::NotFound)?;
-    let lines: Vec<String> = s
-        .storage
-        .attestations(q.size)
-        .await?
-        .into_iter()
-        .filter(|a| a.kind == crate::storage::AttestationKind::Cosignature)
-        .filter_map(|a| String::from_utf8(a.body).ok())
-        .collect();
+    let lines = crate::attest::cosignature_lines(&s.storage.attestations(q.size).await?);
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         crate::attest::cosigned_note(&note, &lines),
@@ -705,21 +698,10 @@ async fn log_timestamp(
     q: std::result::Result<Query<AttestedQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response> {
     let q = size_query(q)?;
-    let tsr = s
-        .storage
-        .attestations(q.size)
-        .await?
-        .into_iter()
-        .find(|a| a.kind == crate::storage::AttestationKind::Timestamp)
+    let tsr = crate::attest::timestamp_of(&s.storage.attestations(q.size).await?)
         .ok_or(StationError::NotFound)?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            fieldreport_core::timestamp::REPLY_MEDIA_TYPE,
-        )],
-        tsr.body,
-    )
-        .into_response())
+    // As the description says: a stored file, not an authority's answer.
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], tsr).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/log/key", security(()),

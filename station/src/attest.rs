@@ -235,9 +235,7 @@ impl Attestors {
             return Err(format!("answered HTTP {}", resp.status().as_u16()));
         }
         let body = read_capped(resp).await?;
-        timestamp::check_response(&body, note.as_bytes(), Some(nonce))
-            .map_err(|e| e.to_string())?;
-        timestamp::verify(&body, note.as_bytes(), &self.timestamp_anchors)
+        timestamp::verify(&body, note.as_bytes(), Some(nonce), &self.timestamp_anchors)
             .map_err(|e| e.to_string())?;
         Ok(body)
     }
@@ -312,6 +310,21 @@ impl Attestors {
         }
         Err("the witness kept naming another size".into())
     }
+}
+
+/// The time-stamp response among a checkpoint's attestations.
+pub fn timestamp_of(all: &[Attestation]) -> Option<Vec<u8>> {
+    all.iter()
+        .find(|a| a.kind == AttestationKind::Timestamp)
+        .map(|a| a.body.clone())
+}
+
+/// The cosignature lines among a checkpoint's attestations.
+pub fn cosignature_lines(all: &[Attestation]) -> Vec<String> {
+    all.iter()
+        .filter(|a| a.kind == AttestationKind::Cosignature)
+        .filter_map(|a| String::from_utf8(a.body.clone()).ok())
+        .collect()
 }
 
 /// The witness's verifying line among `answer`'s signature lines.

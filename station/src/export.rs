@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::attest::Attestors;
 use crate::error::{Result, StationError};
-use crate::storage::{AttestationKind, Enrolled, StationStorage};
+use crate::storage::{Enrolled, StationStorage};
 
 /// Writes an evidence package of `reports` to `out`. `who` is the
 /// requesting device (`None`: the administrator at the station console).
@@ -47,15 +47,8 @@ pub async fn export_package(
         .await?;
     if let Some(log) = material.log.as_mut() {
         let all = storage.attestations(round.size).await?;
-        log.timestamp = all
-            .iter()
-            .find(|a| a.kind == AttestationKind::Timestamp)
-            .map(|a| a.body.clone());
-        log.cosignatures = all
-            .iter()
-            .filter(|a| a.kind == AttestationKind::Cosignature)
-            .filter_map(|a| String::from_utf8(a.body.clone()).ok())
-            .collect();
+        log.timestamp = crate::attest::timestamp_of(&all);
+        log.cosignatures = crate::attest::cosignature_lines(&all);
     }
     let input = PackageInput {
         station: station.to_string(),

@@ -930,7 +930,7 @@ impl<E: Engine> StationStorage for Service<E> {
         // A stored change the log lacks is kept in: the package's own
         // check names it and the export is refused.
         let mut attempt = 0;
-        let (rows, size, checkpoint, leaves) = loop {
+        let (rows, checkpoint, leaves) = loop {
             attempt += 1;
             let rows = self.engine.export_rows(&reports).await?;
             let (size, checkpoint) = self
@@ -958,10 +958,9 @@ impl<E: Engine> StationStorage for Service<E> {
                 logged.get(&report_commitment(*r)).copied().unwrap_or(0) <= stored.len()
             });
             if caught_up || attempt == 5 {
-                break (rows, size, checkpoint, leaves);
+                break (rows, checkpoint, leaves);
             }
         };
-        let attestations = self.attestations(size).await?;
         let mut out = ExportMaterial {
             reports: Vec::new(),
             devices: Vec::new(),
@@ -971,15 +970,9 @@ impl<E: Engine> StationStorage for Service<E> {
                 key: self.log_verifier(),
                 checkpoint,
                 leaves,
-                timestamp: attestations
-                    .iter()
-                    .find(|a| a.kind == AttestationKind::Timestamp)
-                    .map(|a| a.body.clone()),
-                cosignatures: attestations
-                    .iter()
-                    .filter(|a| a.kind == AttestationKind::Cosignature)
-                    .filter_map(|a| String::from_utf8(a.body.clone()).ok())
-                    .collect(),
+                // Filled by the export once the checkpoint is attested.
+                timestamp: None,
+                cosignatures: Vec::new(),
             }),
         };
         let mut authors = BTreeSet::new();

@@ -740,7 +740,7 @@ fn check_timestamp(
         },
     };
     let checked = if required {
-        timestamp::verify(&response, note, &options.timestamp_anchors)
+        timestamp::verify(&response, note, None, &options.timestamp_anchors)
     } else {
         timestamp::check_response(&response, note, None)
     };
