@@ -65,6 +65,12 @@ pub enum FieldReportError {
     /// audit was told. Show it to the officer and their supervisor.
     #[error("the station's log is inconsistent: {reason}")]
     StationLogInconsistent { reason: String },
+    /// The station's witnessed checkpoint lacks cosignatures of the
+    /// witnesses this device requires (`set_required_witnesses`): the
+    /// station's witnesses are not this device's. Everything was synced;
+    /// the receipts stay unwitnessed.
+    #[error("the station's witnessed checkpoint has {got} of the {needed} cosignatures required")]
+    WitnessQuorumNotMet { needed: u32, got: u32 },
     /// The store was wiped; open a new one.
     #[error("this store has been wiped")]
     Wiped,
@@ -90,7 +96,8 @@ impl From<CoreError> for FieldReportError {
             | CoreError::BadKey { .. }
             | CoreError::BadPin { .. }
             | CoreError::InsecureUrl { .. }
-            | CoreError::NotThisLog(_) => FieldReportError::InvalidInput { reason },
+            | CoreError::NotThisLog(_)
+            | CoreError::BadWitnesses { .. } => FieldReportError::InvalidInput { reason },
             CoreError::ReportNotFound(_) | CoreError::MediaNotFound(_) => {
                 FieldReportError::NotFound { reason }
             }
@@ -130,6 +137,9 @@ impl From<CoreError> for FieldReportError {
             CoreError::StationLog(e) => FieldReportError::StationLogInconsistent {
                 reason: e.to_string(),
             },
+            CoreError::WitnessQuorum { needed, got } => {
+                FieldReportError::WitnessQuorumNotMet { needed, got }
+            }
         }
     }
 }

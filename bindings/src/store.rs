@@ -6,8 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fieldreport_core::model::LifecycleState;
-use fieldreport_core::store::{ListQuery, MediaMeta, Store, StoreKey};
+use fieldreport_core::store::{ListQuery, MediaMeta, Store, StoreKey, WitnessPolicy};
 use fieldreport_core::sync::client::{CancelToken, Progress, SyncClient};
+use fieldreport_core::tlog::CosignerKey;
 use fieldreport_core::Error as CoreError;
 
 use crate::error::{guard, FieldReportError, Result};
@@ -480,6 +481,31 @@ impl FieldReportStore {
             let client = SyncClient::for_store(&self.store)?;
             Ok(client.observe_checkpoint(&self.store, &CancelToken::new(), &note)?)
         })
+    }
+
+    /// Requires `quorum` of `witnesses` (C2SP cosigner keys,
+    /// `name+id+key`, from the department's app configuration) to have
+    /// cosigned a tree before this device counts its receipts in it as
+    /// witnessed; 0 requires none. Checked at the end of every sync.
+    pub fn set_required_witnesses(&self, witnesses: Vec<String>, quorum: u32) -> Result<()> {
+        guard(|| {
+            let keys = witnesses
+                .iter()
+                .map(|w| {
+                    CosignerKey::parse(w.trim()).map_err(|_| CoreError::BadWitnesses {
+                        reason: "a witness key is not a cosigner key (name+id+key)",
+                    })
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(self
+                .store
+                .set_witness_policy(&WitnessPolicy::new(keys, quorum)?)?)
+        })
+    }
+
+    /// Where the required witnesses stand (none when none are required).
+    pub fn witness_status(&self) -> Result<Option<WitnessStatusInfo>> {
+        guard(|| Ok(self.store.witness_status()?.map(Into::into)))
     }
 
     /// The station's receipts for this device's changes to a report: each

@@ -305,6 +305,30 @@ pub struct SyncSummary {
     pub pushed: u64,
     pub pulled: u64,
     pub media_downloaded: u64,
+    /// Where the witnesses this device requires stand (none required:
+    /// none).
+    pub witnessed: Option<WitnessStatusInfo>,
+}
+
+/// How far the witnesses this device requires have seen the station's log.
+#[derive(Debug, Clone, Copy, uniffi::Record)]
+pub struct WitnessStatusInfo {
+    /// How many of the required witnesses must cosign.
+    pub quorum: u32,
+    /// The newest tree size they cosigned (0: none yet).
+    pub witnessed_size: u64,
+    /// This device's receipts not yet in a tree they cosigned.
+    pub receipts_awaiting: u64,
+}
+
+impl From<fieldreport_core::store::WitnessStatus> for WitnessStatusInfo {
+    fn from(w: fieldreport_core::store::WitnessStatus) -> Self {
+        WitnessStatusInfo {
+            quorum: w.quorum,
+            witnessed_size: w.size,
+            receipts_awaiting: w.receipts_awaiting,
+        }
+    }
 }
 
 impl From<SyncReport> for SyncSummary {
@@ -315,6 +339,7 @@ impl From<SyncReport> for SyncSummary {
             pushed: r.pushed,
             pulled: r.pulled,
             media_downloaded: r.media_downloaded,
+            witnessed: r.witnessed.map(Into::into),
         }
     }
 }

@@ -124,3 +124,32 @@ fn bad_input_is_typed_and_quotes_no_values() {
         Err(FieldReportError::Wiped)
     ));
 }
+
+#[test]
+fn required_witnesses_are_checked_before_they_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = fieldreport_ffi::generate_store_key().unwrap();
+    let store = FieldReportStore::open(dir.path().join("s").to_string_lossy().into(), key).unwrap();
+    let sk = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let witness = fieldreport_core::tlog::CosignerKey::new("sao.example/w", sk.verifying_key())
+        .unwrap()
+        .encode();
+    assert!(store.witness_status().unwrap().is_none());
+    for (keys, quorum) in [
+        (vec!["not a key".to_string()], 1),
+        (vec![witness.clone()], 2),
+        (vec![witness.clone(), witness.clone()], 1),
+    ] {
+        let e = store.set_required_witnesses(keys, quorum).unwrap_err();
+        assert!(matches!(e, FieldReportError::InvalidInput { .. }), "{e:?}");
+        assert!(store.witness_status().unwrap().is_none());
+    }
+    store
+        .set_required_witnesses(vec![format!("{witness}\n")], 1)
+        .unwrap();
+    let s = store.witness_status().unwrap().unwrap();
+    assert_eq!((s.quorum, s.witnessed_size, s.receipts_awaiting), (1, 0, 0));
+    // Quorum 0: none required again.
+    store.set_required_witnesses(Vec::new(), 0).unwrap();
+    assert!(store.witness_status().unwrap().is_none());
+}

@@ -131,6 +131,15 @@ pub enum Error {
     NotThisLog(crate::tlog::LogError),
     #[error("station URL refused: {reason}")]
     InsecureUrl { reason: &'static str },
+    /// The witnesses a device is told to require are not a usable set.
+    #[error("witnesses refused: {reason}")]
+    BadWitnesses { reason: &'static str },
+    /// The station's newest checkpoint cosigned by enough witnesses (as
+    /// it counts them) has fewer verifying cosignatures of the witnesses
+    /// this device requires: the station's witnesses are not this
+    /// device's, or it holds cosignatures that do not verify.
+    #[error("the station's witnessed checkpoint has {got} of the {needed} cosignatures this device requires")]
+    WitnessQuorum { needed: u32, got: u32 },
 }
 
 impl From<rusqlite::Error> for Error {

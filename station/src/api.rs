@@ -667,21 +667,41 @@ fn size_query<T>(
         .map_err(|_| StationError::BadRequest("bad_query", "size must be a tree size".into()))
 }
 
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct CosignedQuery {
+    /// A tree size the log has a checkpoint of. Left out: the newest
+    /// checkpoint at least `witnesses` witnesses cosigned.
+    #[param(minimum = 1)]
+    size: Option<u64>,
+    /// Without `size`: how many witnesses must have cosigned (default 1).
+    #[param(minimum = 1)]
+    witnesses: Option<u32>,
+}
+
 #[utoipa::path(get, path = "/v1/log/cosigned", security(()),
-    description = "The checkpoint of `size` with every witness cosignature the station holds of it appended (C2SP tlog-cosignature lines after the log's signature): a phone or verifier checks the ones of the witnesses it trusts. See docs/log.md",
-    params(AttestedQuery),
-    responses((status = 200, description = "signed note", content_type = "text/plain", body = String), (status = 400, description = "`bad_query`", body = ErrorBody), (status = 404, description = "no checkpoint of that size", body = ErrorBody)))]
+    description = "The checkpoint of `size` (or the newest one that `witnesses` witnesses cosigned) with every witness cosignature the station holds of it appended (C2SP tlog-cosignature lines after the log's signature): a phone or verifier checks the ones of the witnesses it trusts. See docs/log.md",
+    params(CosignedQuery),
+    responses((status = 200, description = "signed note", content_type = "text/plain", body = String), (status = 400, description = "`bad_query`", body = ErrorBody), (status = 404, description = "no checkpoint of that size, or none cosigned by that many witnesses yet", body = ErrorBody)))]
 async fn log_attested(
     State(s): State<AppState>,
-    q: std::result::Result<Query<AttestedQuery>, axum::extract::rejection::QueryRejection>,
+    q: std::result::Result<Query<CosignedQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response> {
     let q = size_query(q)?;
+    let size = match q.size {
+        Some(size) => size,
+        None => s
+            .storage
+            .newest_cosigned(q.witnesses.unwrap_or(1))
+            .await?
+            .ok_or(StationError::NotFound)?,
+    };
     let note = s
         .storage
-        .checkpoint_of(q.size)
+        .checkpoint_of(size)
         .await?
         .ok_or(StationError::NotFound)?;
-    let lines = crate::attest::cosignature_lines(&s.storage.attestations(q.size).await?);
+    let lines = crate::attest::cosignature_lines(&s.storage.attestations(size).await?);
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         crate::attest::cosigned_note(&note, &lines),

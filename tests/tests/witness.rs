@@ -287,3 +287,227 @@ fn a_witness_cosigns_only_what_extends_what_it_cosigned_and_remembers_it() {
         }
     }
 }
+
+fn try_sync(d: &Device) -> fieldreport_core::Result<fieldreport_core::sync::SyncReport> {
+    d.client.sync(
+        &d.store,
+        &fieldreport_core::sync::NoProgress,
+        &Default::default(),
+    )
+}
+
+#[test]
+fn a_phone_requiring_witnesses_counts_receipts_witnessed_only_once_they_cosigned() {
+    use fieldreport_core::store::{WitnessPolicy, WitnessStatus};
+    use fieldreport_station::attest::{Attestors, WitnessEndpoint};
+    use fieldreport_station::storage::{Attestation, AttestationKind};
+
+    let st = TestStation::start();
+    let officer = st.device(
+        &person("Officer Quorumname", "73011", Role::Officer, "D4"),
+        None,
+    );
+    let v = NoteVerifier::parse(st.get_text("/v1/log/key").trim()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(1_800_000_000_000);
+    let w =
+        Arc::new(Witness::open(dir.path(), Some("sao.example/w"), vec![v.clone()], clock).unwrap());
+    let wkey = w.key();
+    let running = serve(&st, w);
+    let attestors = Attestors::new(
+        None,
+        Vec::new(),
+        vec![WitnessEndpoint {
+            url: running.url.clone(),
+            key: wkey.clone(),
+        }],
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+
+    // None required: nothing is counted.
+    push(&st, &officer, 2);
+    assert_eq!(officer.store.witness_status().unwrap(), None);
+
+    // A quorum the set cannot meet, or a witness named twice: refused,
+    // and the policy stays as it was.
+    for bad in [
+        WitnessPolicy::new(vec![wkey.clone()], 2),
+        WitnessPolicy::new(vec![wkey.clone(), wkey.clone()], 1),
+    ] {
+        assert!(matches!(
+            bad,
+            Err(fieldreport_core::Error::BadWitnesses { .. })
+        ));
+    }
+    officer
+        .store
+        .set_witness_policy(&WitnessPolicy::new(vec![wkey.clone()], 1).unwrap())
+        .unwrap();
+    // Before the witness has seen anything, every receipt waits.
+    push(&st, &officer, 3);
+    // (Each push: a report's creation and its edits.)
+    let receipts = officer.store.receipts_awaiting_witness().unwrap();
+    assert_eq!(receipts, 3 + 4);
+    let report = officer.sync();
+    assert_eq!(
+        report.witnessed,
+        Some(WitnessStatus {
+            quorum: 1,
+            size: 0,
+            receipts_awaiting: 7
+        })
+    );
+
+    // The station's witness cosigns its newest tree: the next sync counts
+    // them witnessed.
+    let round = st
+        .rt
+        .block_on(attestors.attest_newest(st.storage.as_ref()))
+        .unwrap()
+        .unwrap();
+    assert!(round.failed.is_empty(), "{:?}", round.failed);
+    let report = officer.sync();
+    let status = report.witnessed.unwrap();
+    assert_eq!((status.size, status.receipts_awaiting), (round.size, 0));
+    let kept = officer.store.witnessed_checkpoint().unwrap().unwrap();
+    assert!(SignedNote::parse(kept.note.as_bytes())
+        .unwrap()
+        .cosigned_by(&wkey)
+        .is_some());
+    // Newer changes wait again until the next round.
+    push(&st, &officer, 1);
+    let status = officer.store.witness_status().unwrap().unwrap();
+    assert_eq!((status.size, status.receipts_awaiting), (round.size, 2));
+
+    // A device told to require another witness: the station's witnessed
+    // checkpoint does not count, but its changes still reach the station.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Witness::open(
+        other_dir.path(),
+        Some("ig.example/w"),
+        vec![v.clone()],
+        ManualClock::at(1_800_000_000_000),
+    )
+    .unwrap()
+    .key();
+    officer
+        .store
+        .set_witness_policy(&WitnessPolicy::new(vec![other], 1).unwrap())
+        .unwrap();
+    let r = officer.store.create_report().unwrap();
+    officer
+        .store
+        .set_field(r, "narrative", Value::Text("Pushed anyway.".into()))
+        .unwrap();
+    let err = try_sync(&officer).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            fieldreport_core::Error::WitnessQuorum { needed: 1, got: 0 }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(officer.store.outbox_len().unwrap(), 0);
+
+    // The station shows its witness a tree of another history (a size it
+    // never showed this phone): the phone, holding the real one, refuses
+    // it and tells the audit.
+    officer
+        .store
+        .set_witness_policy(&WitnessPolicy::new(vec![wkey.clone()], 1).unwrap())
+        .unwrap();
+    let held = officer.store.newest_log_checkpoint().unwrap().unwrap().0;
+    let gap = (round.size + 1..held)
+        .find(|k| {
+            st.rt
+                .block_on(st.storage.checkpoint_of(*k))
+                .unwrap()
+                .is_none()
+        })
+        .expect("a size the log signed no checkpoint of");
+    let signer =
+        LogSigner::load_or_create(&st.dir.path().join("station").join("log.key"), None).unwrap();
+    let forged = signer.sign(gap, TreeHash([7; 32])).unwrap();
+    let sql = format!(
+        "INSERT INTO log_checkpoints (size, note) VALUES ({gap}, '{}')",
+        forged.note.replace('\'', "''")
+    );
+    exec_sql(&st, &sql, &sql);
+    // The witness that cosigned the real tree refuses it (the station's
+    // own proof is of the real tree of that size)...
+    let (status, _, line) = post(
+        &running.url,
+        request(round.size, &proof(&st, round.size, gap), &forged.note),
+    );
+    assert_eq!(status, 422, "{line}");
+    // ...so the station shows it to a witness that never saw this log.
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let fresh = Arc::new(
+        Witness::open(
+            fresh_dir.path(),
+            Some("sao.example/w2"),
+            vec![v.clone()],
+            ManualClock::at(1_800_000_000_000),
+        )
+        .unwrap(),
+    );
+    let fresh_key = fresh.key();
+    let fresh_running = serve(&st, fresh);
+    let (status, _, line) = post(&fresh_running.url, request(0, &[], &forged.note));
+    assert_eq!(status, 200, "{line}");
+    st.rt
+        .block_on(st.storage.add_attestation(Attestation {
+            size: gap,
+            kind: AttestationKind::Cosignature,
+            party: fresh_key.name.clone(),
+            body: line.trim_end().as_bytes().to_vec(),
+            received_at_ms: 1_800_000_000_000,
+        }))
+        .unwrap();
+    officer
+        .store
+        .set_witness_policy(&WitnessPolicy::new(vec![fresh_key], 1).unwrap())
+        .unwrap();
+    let alarms_before = audit_alarms(&st);
+    let err = try_sync(&officer).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            fieldreport_core::Error::StationLog(fieldreport_core::tlog::LogError::BadConsistency)
+        ),
+        "{err:?}"
+    );
+    assert_eq!(audit_alarms(&st), alarms_before + 1);
+    // What the phone holds is untouched.
+    assert_eq!(
+        officer.store.newest_log_checkpoint().unwrap().unwrap().0,
+        held
+    );
+    assert_eq!(officer.store.witnessed_checkpoint().unwrap().unwrap(), kept);
+    stop(&st, fresh_running);
+    stop(&st, running);
+}
+
+fn audit_alarms(st: &TestStation) -> usize {
+    st.rt
+        .block_on(st.storage.audit_log(0, 10_000))
+        .unwrap()
+        .iter()
+        .filter(|e| e.action == "log alarm")
+        .count()
+}
+
+fn exec_sql(st: &TestStation, sqlite: &str, postgres: &str) {
+    match &st.database {
+        None => {
+            let c = rusqlite::Connection::open(st.dir.path().join("station").join("station.db"))
+                .unwrap();
+            c.execute_batch(sqlite).unwrap();
+        }
+        Some(url) => {
+            let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+            c.batch_execute(postgres).unwrap();
+        }
+    }
+}

@@ -48,7 +48,7 @@ pub use key::StoreKey;
 pub use log::SqlLookup;
 use log::{decode_row, hash_of, insert_change, load_doc, upsert_device, uuid_of, ZERO_HASH};
 pub use media::{MediaKey, MediaReader, MediaStore, StoredMedia};
-pub use receipts::StoredReceipt;
+pub use receipts::{StoredReceipt, WitnessPolicy, WitnessStatus, WitnessedCheckpoint};
 
 /// Source of wall-clock time (replaceable in tests: skewed clocks).
 pub trait WallClock: Send + Sync {

@@ -4,6 +4,7 @@
 //! checked, so that the officer can later show what the station signed.
 
 use super::*;
+use crate::tlog::CosignerKey;
 
 /// Where the station's log put one of this device's changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +21,77 @@ pub struct StoredReceipt {
     /// (kept one per line).
     pub proof: Vec<String>,
 }
+
+/// The witnesses whose cosignatures this device requires before it counts
+/// a receipt as witnessed, and how many of them (0: none required).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WitnessPolicy {
+    pub witnesses: Vec<CosignerKey>,
+    pub quorum: u32,
+}
+
+impl WitnessPolicy {
+    /// Checks the set: distinct witness names, a quorum they can meet.
+    pub fn new(witnesses: Vec<CosignerKey>, quorum: u32) -> Result<Self> {
+        let names: std::collections::BTreeSet<&str> =
+            witnesses.iter().map(|w| w.name.as_str()).collect();
+        if names.len() != witnesses.len() {
+            return Err(Error::BadWitnesses {
+                reason: "a witness is named twice",
+            });
+        }
+        if quorum as usize > witnesses.len() {
+            return Err(Error::BadWitnesses {
+                reason: "the quorum is larger than the number of witnesses",
+            });
+        }
+        Ok(WitnessPolicy { witnesses, quorum })
+    }
+
+    fn encode(&self) -> String {
+        let mut s = format!("quorum {}\n", self.quorum);
+        for w in &self.witnesses {
+            s.push_str(&w.encode());
+            s.push('\n');
+        }
+        s
+    }
+
+    fn decode(text: &str) -> Result<Self> {
+        let corrupt = || Error::Corrupt("witness policy".into());
+        let mut lines = text.lines();
+        let quorum = lines
+            .next()
+            .and_then(|l| l.strip_prefix("quorum "))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(corrupt)?;
+        let witnesses = lines
+            .map(|l| CosignerKey::parse(l).map_err(|_| corrupt()))
+            .collect::<Result<_>>()?;
+        Ok(WitnessPolicy { witnesses, quorum })
+    }
+}
+
+/// The newest checkpoint this device saw cosigned by its quorum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessedCheckpoint {
+    pub size: u64,
+    /// The checkpoint with the cosignatures that made the quorum.
+    pub note: String,
+}
+
+/// How far the witnesses this device requires have seen the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WitnessStatus {
+    pub quorum: u32,
+    /// The newest tree size the quorum cosigned (0: none yet).
+    pub size: u64,
+    /// This device's receipts in larger trees: not yet witnessed.
+    pub receipts_awaiting: u64,
+}
+
+const KEY_WITNESS_POLICY: &str = "witness_policy";
+const KEY_WITNESSED: &str = "witnessed_checkpoint";
 
 fn size_param(n: u64) -> Result<i64> {
     i64::try_from(n).map_err(|_| Error::Corrupt(format!("log size {n} out of range")))
@@ -103,6 +175,71 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The witnesses this device requires (none until set).
+    pub fn witness_policy(&self) -> Result<WitnessPolicy> {
+        self.sync_value(KEY_WITNESS_POLICY)?
+            .map(|t| WitnessPolicy::decode(&t))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Sets the witnesses this device requires (the department's app
+    /// configuration, never the station: the station is what they watch).
+    pub fn set_witness_policy(&self, policy: &WitnessPolicy) -> Result<()> {
+        self.set_sync_value(KEY_WITNESS_POLICY, &policy.encode())
+    }
+
+    /// The newest checkpoint seen cosigned by the quorum.
+    pub fn witnessed_checkpoint(&self) -> Result<Option<WitnessedCheckpoint>> {
+        let Some(v) = self.sync_value(KEY_WITNESSED)? else {
+            return Ok(None);
+        };
+        let (size, note) = v
+            .split_once('\n')
+            .and_then(|(s, n)| Some((s.parse().ok()?, n.to_string())))
+            .ok_or_else(|| Error::Corrupt("witnessed checkpoint".into()))?;
+        Ok(Some(WitnessedCheckpoint { size, note }))
+    }
+
+    /// Keeps `cp` if it is larger than the one kept (checked before by
+    /// the sync client); one statement, so a crash keeps one or the other.
+    pub fn record_witnessed_checkpoint(&self, cp: &WitnessedCheckpoint) -> Result<()> {
+        if self
+            .witnessed_checkpoint()?
+            .is_some_and(|old| old.size >= cp.size)
+        {
+            return Ok(());
+        }
+        self.set_sync_value(KEY_WITNESSED, &format!("{}\n{}", cp.size, cp.note))
+    }
+
+    /// Where the required witnesses stand; none when none are required.
+    pub fn witness_status(&self) -> Result<Option<WitnessStatus>> {
+        let quorum = self.witness_policy()?.quorum;
+        if quorum == 0 {
+            return Ok(None);
+        }
+        Ok(Some(WitnessStatus {
+            quorum,
+            size: self.witnessed_checkpoint()?.map_or(0, |w| w.size),
+            receipts_awaiting: self.receipts_awaiting_witness()?,
+        }))
+    }
+
+    /// Receipts whose checkpoint is larger than the newest one the quorum
+    /// cosigned: what the witnesses have not yet seen the station hold.
+    pub fn receipts_awaiting_witness(&self) -> Result<u64> {
+        let witnessed = self.witnessed_checkpoint()?.map_or(0, |w| w.size);
+        let witnessed = size_param(witnessed)?;
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM log_receipts WHERE checkpoint_size > ?1",
+                [witnessed],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
+        })
     }
 
     /// The receipts of one report's changes, in log order.

@@ -24,10 +24,10 @@ use crate::crdt::{Change, ChangeId};
 use crate::error::{Error, Result};
 use crate::evidence::DeviceIdentity;
 use crate::model::media_refs;
-use crate::store::{Origin, Store, StoredReceipt};
+use crate::store::{Origin, Store, StoredReceipt, WitnessStatus, WitnessedCheckpoint};
 use crate::tlog::{
     check_consistency, check_inclusion, decode_hashes, Leaf, LogError, NoteVerifier,
-    SignedCheckpoint,
+    SignedCheckpoint, SignedNote,
 };
 
 const KEY_URL: &str = "station_url";
@@ -117,6 +117,9 @@ pub struct SyncReport {
     pub pushed: u64,
     pub pulled: u64,
     pub media_downloaded: u64,
+    /// When this device requires witnesses: where they stand after this
+    /// run.
+    pub witnessed: Option<WitnessStatus>,
 }
 
 pub struct SyncClient {
@@ -353,6 +356,10 @@ impl SyncClient {
         })?;
         let wanted_media = self.pull(store, progress, cancel, &mut report)?;
         self.download_media(store, &wanted_media, progress, cancel, &mut report)?;
+        // Last, so that no record waits on the witnesses to reach the
+        // station.
+        report.witnessed =
+            self.reporting_log_trouble(store, cancel, |c| c.check_witnessed(store, cancel))?;
         progress.on_progress(Progress::start(Phase::Done, 0, 0));
         Ok(report)
     }
@@ -616,6 +623,67 @@ impl SyncClient {
             self.check_one_history(cancel, &old, &new)?;
         }
         Ok(new)
+    }
+
+    /// With a witness quorum set: fetches the station's newest checkpoint
+    /// cosigned by that many witnesses, counts the cosignatures of the
+    /// required ones, checks it is one history with the tree this device
+    /// holds (so the witnesses saw what it was shown) and keeps it.
+    fn check_witnessed(
+        &self,
+        store: &Store,
+        cancel: &CancelToken,
+    ) -> Result<Option<WitnessStatus>> {
+        let policy = store.witness_policy()?;
+        if policy.quorum == 0 {
+            return Ok(None);
+        }
+        let key = self.log_key(store, cancel)?;
+        let note = self.retry(cancel, || {
+            let resp = self
+                .auth(
+                    self.http
+                        .get(self.url(&format!("/v1/log/cosigned?witnesses={}", policy.quorum))),
+                )
+                .send()
+                .map_err(|e| network_error(&self.verifier, e))?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            check(resp)?
+                .text()
+                .map(Some)
+                .map_err(|e| Error::Network(e.to_string()))
+        })?;
+        if let Some(note) = note {
+            let cp = SignedCheckpoint::verify(note.as_bytes(), &key).map_err(Error::StationLog)?;
+            let signed = SignedNote::parse(note.as_bytes()).map_err(Error::StationLog)?;
+            let got = policy
+                .witnesses
+                .iter()
+                .filter(|w| signed.cosigned_by(w).is_some())
+                .count() as u32;
+            if got < policy.quorum {
+                return Err(Error::WitnessQuorum {
+                    needed: policy.quorum,
+                    got,
+                });
+            }
+            let held = self.held_checkpoint(store, &key)?;
+            if let Some(held) = &held {
+                self.check_one_history(cancel, held, &cp)?;
+            }
+            if held.is_none_or(|h| h.size < cp.size) {
+                // Newer than the tree this device holds: now the one the
+                // next sync must extend.
+                store.record_log_checkpoint(cp.size, &cp.note)?;
+            }
+            store.record_witnessed_checkpoint(&WitnessedCheckpoint {
+                size: cp.size,
+                note,
+            })?;
+        }
+        store.witness_status()
     }
 
     /// Checks a checkpoint this device got from elsewhere (another phone,

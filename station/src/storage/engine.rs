@@ -288,6 +288,8 @@ pub trait Engine: Send + Sync + 'static {
     async fn attestations(&self, size: u64) -> Result<Vec<Attestation>>;
     /// The largest checkpoint `party` attested as `kind`.
     async fn last_attested(&self, kind: AttestationKind, party: &str) -> Result<Option<u64>>;
+    /// The largest checkpoint at least `witnesses` witnesses cosigned.
+    async fn newest_cosigned(&self, witnesses: u32) -> Result<Option<u64>>;
     /// Log leaves `from..to`.
     async fn log_leaves(&self, from: u64, to: u64) -> Result<Vec<LogRow>>;
     /// Stored changes with their ids, in id order, after `after`, at most

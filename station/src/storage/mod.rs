@@ -321,6 +321,9 @@ pub trait StationStorage: Send + Sync + 'static {
     async fn attestations(&self, size: u64) -> Result<Vec<Attestation>>;
     /// The largest checkpoint `party` attested as `kind`.
     async fn last_attested(&self, kind: AttestationKind, party: &str) -> Result<Option<u64>>;
+    /// The largest checkpoint at least `witnesses` witnesses cosigned
+    /// (at least one).
+    async fn newest_cosigned(&self, witnesses: u32) -> Result<Option<u64>>;
 
     fn shared_events(&self) -> Option<broadcast::Sender<(String, ReportEvent)>> {
         None

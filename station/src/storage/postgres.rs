@@ -1063,6 +1063,17 @@ impl Engine for PostgresEngine {
             .map(|n| n as u64))
     }
 
+    async fn newest_cosigned(&self, witnesses: u32) -> Result<Option<u64>> {
+        let row = self
+            .query_opt(
+                "SELECT size FROM log_attestations WHERE kind = 'cosignature'
+                 GROUP BY size HAVING COUNT(*) >= $1 ORDER BY size DESC LIMIT 1",
+                &[&i64::from(witnesses)],
+            )
+            .await?;
+        Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+    }
+
     async fn log_leaves(&self, from: u64, to: u64) -> Result<Vec<LogRow>> {
         Ok(self
             .query(

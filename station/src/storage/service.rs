@@ -899,6 +899,10 @@ impl<E: Engine> StationStorage for Service<E> {
         self.engine.last_attested(kind, party).await
     }
 
+    async fn newest_cosigned(&self, witnesses: u32) -> Result<Option<u64>> {
+        self.engine.newest_cosigned(witnesses.max(1)).await
+    }
+
     async fn check_log(&self) -> Result<transparency::LogCheck> {
         transparency::check(self.engine.as_ref(), &self.log.verifier()).await
     }

@@ -834,6 +834,22 @@ impl Engine for SqliteEngine {
         .await
     }
 
+    async fn newest_cosigned(&self, witnesses: u32) -> Result<Option<u64>> {
+        self.read(move |c| {
+            // Newest first along the primary key (size, kind, party).
+            let n: Option<i64> = c
+                .query_row(
+                    "SELECT size FROM log_attestations WHERE kind = 'cosignature'
+                     GROUP BY size HAVING COUNT(*) >= ?1 ORDER BY size DESC LIMIT 1",
+                    [i64::from(witnesses)],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(n.map(|n| n as u64))
+        })
+        .await
+    }
+
     async fn log_leaves(&self, from: u64, to: u64) -> Result<Vec<LogRow>> {
         self.read(move |c| {
             let mut st = c.prepare_cached(

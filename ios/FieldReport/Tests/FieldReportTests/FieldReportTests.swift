@@ -192,6 +192,11 @@ final class FieldReportTests: XCTestCase {
         // A refused call changed nothing.
         XCTAssertNil(try s.field(reportId: r, path: "narrative"))
         XCTAssertTrue(try s.report(reportId: r).media.isEmpty)
+        // Witnesses to require: a key that is not one is bad input, and none are kept.
+        XCTAssertThrowsError(try s.setRequiredWitnesses(witnesses: ["not a key"], quorum: 1)) { e in
+            guard case FieldReportError.InvalidInput = e else { return XCTFail("\(e)") }
+        }
+        XCTAssertNil(try s.witnessStatus())
         // Sign out and wipe refuses while work is unsynced.
         XCTAssertThrowsError(try s.wipe(force: false)) { e in
             guard case let FieldReportError.UnsyncedWork(changes, _) = e, changes >= 1 else { return XCTFail("\(e)") }

@@ -197,6 +197,10 @@ class FieldReportTest {
             // A refused call changed nothing.
             assertNull(s.field(r, "narrative"))
             assertTrue(s.report(r).media.isEmpty())
+            // Witnesses to require: a key that is not one is bad input, and none are kept.
+            assertThrows(FieldReportException.InvalidInput::class.java) { s.setRequiredWitnesses(listOf("not a key"), 1u) }
+            assertThrows(FieldReportException.InvalidInput::class.java) { s.setRequiredWitnesses(emptyList(), 1u) }
+            assertNull(s.witnessStatus())
             // Sign out and wipe refuses while work is unsynced.
             val unsynced = assertThrows(FieldReportException.UnsyncedWork::class.java) { s.wipe(false) }
             assertTrue(unsynced.changes >= 1uL)
