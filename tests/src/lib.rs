@@ -639,3 +639,17 @@ pub fn test_seed(var: &str) -> u64 {
     eprintln!("seed {seed} ({var} to replay)");
     seed
 }
+
+/// Whether `text` holds `word` with no ASCII letter or digit right before
+/// or after it. Checks that a name or star number is absent use it: a key,
+/// a hex digest or a time in milliseconds may hold `81001` by chance.
+pub fn holds_word(text: &str, word: &str) -> bool {
+    let bytes = text.as_bytes();
+    text.match_indices(word).any(|(at, _)| {
+        let end = at + word.len();
+        let before = at.checked_sub(1).map(|i| bytes[i]);
+        let after = bytes.get(end).copied();
+        !before.is_some_and(|b| b.is_ascii_alphanumeric())
+            && !after.is_some_and(|b| b.is_ascii_alphanumeric())
+    })
+}
