@@ -90,6 +90,9 @@ impl Refusal {
 }
 
 /// One witness: its key, the logs it follows, its recorded state.
+/// At most this many refused requests are kept in `refused/`.
+pub const MAX_REFUSED: usize = 1000;
+
 pub struct Witness {
     name: String,
     key: SigningKey,
@@ -235,7 +238,7 @@ impl Witness {
         match seen_root {
             Some(root) if seen_size == cp.size && root != cp.root => {
                 tracing::error!(origin = %cp.origin, size = cp.size, "a log showed two trees of one size");
-                self.keep_refused(body, "two-trees");
+                self.keep_refused(body, req.checkpoint, "two-trees");
                 return Err(Refusal::Conflict(seen_size));
             }
             Some(root)
@@ -243,8 +246,10 @@ impl Witness {
                     && check_consistency(&req.proof, seen_size, root, cp.size, cp.root)
                         .is_err() =>
             {
-                tracing::error!(origin = %cp.origin, old = seen_size, new = cp.size, "a log's checkpoint does not extend the one cosigned");
-                self.keep_refused(body, "inconsistent");
+                // A fork, or a made-up proof for a real checkpoint: kept
+                // for the office to look at (the proof is in the file).
+                tracing::warn!(origin = %cp.origin, old = seen_size, new = cp.size, "a consistency proof from the tree cosigned does not verify");
+                self.keep_refused(body, req.checkpoint, "inconsistent");
                 return Err(Refusal::Inconsistent);
             }
             _ => {}
@@ -279,16 +284,32 @@ impl Witness {
     /// Keeps a request whose checkpoint the log key signed and that tells
     /// another history: what the office shows when it reports the fork.
     /// Best effort (the refusal stands either way).
-    fn keep_refused(&self, body: &[u8], why: &str) {
-        let name = format!(
-            "{}-{why}-{}.txt",
-            self.clock.now_ms(),
-            uuid::Uuid::new_v4().simple()
-        );
-        let kept = crate::files::private_dir(&self.refused_dir)
-            .and_then(|()| crate::files::write_new_private(&self.refused_dir.join(name), body));
-        if let Err(e) = kept {
-            tracing::error!(error = %e, "a refused checkpoint could not be kept");
+    /// Keeps a refused request whose checkpoint the log key signed: one
+    /// file per checkpoint (named by its digest), so that replaying a
+    /// public checkpoint with made-up proofs fills nothing, and at most
+    /// [`MAX_REFUSED`] files.
+    fn keep_refused(&self, body: &[u8], checkpoint: &[u8], why: &str) {
+        use sha2::Digest;
+        let digest = hex::encode(sha2::Sha256::digest(checkpoint));
+        let name = format!("{why}-{digest}.txt");
+        let path = self.refused_dir.join(&name);
+        let kept = crate::files::private_dir(&self.refused_dir).and_then(|()| {
+            if path.exists() {
+                return Ok(());
+            }
+            let held = std::fs::read_dir(&self.refused_dir)?.count();
+            if held >= MAX_REFUSED {
+                tracing::error!(
+                    checkpoint = %digest,
+                    "refused/ holds {MAX_REFUSED} files: this refusal is not kept"
+                );
+                return Ok(());
+            }
+            crate::files::write_new_private(&path, body)
+        });
+        match kept {
+            Ok(()) => tracing::info!(checkpoint = %digest, file = %name, "refused checkpoint kept"),
+            Err(e) => tracing::error!(error = %e, "a refused checkpoint could not be kept"),
         }
     }
 }

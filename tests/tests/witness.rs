@@ -214,8 +214,16 @@ fn a_witness_cosigns_only_what_extends_what_it_cosigned_and_remembers_it() {
         (409, format!("{}\n", second.size).as_str())
     );
 
-    // Both refusals kept as evidence: the log key's own signatures on
-    // another history.
+    // The same signed checkpoint again with a made-up proof (anyone can
+    // replay a public checkpoint): refused, and not kept a second time.
+    let (status, _, _) = post(
+        &running.url,
+        request(second.size, &[first.root.to_string()], &fork.note),
+    );
+    assert_eq!(status, 422);
+
+    // Both refusals kept as evidence, once each: the log key's own
+    // signatures on another history.
     let refused: Vec<String> = std::fs::read_dir(dir.path().join("refused"))
         .unwrap()
         .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())

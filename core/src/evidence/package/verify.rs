@@ -83,6 +83,33 @@ pub struct LogFacts {
     pub cosigned_by: Vec<(String, DateTime<Utc>)>,
     /// Cosignature lines not checked (no key given for their witness).
     pub unchecked_cosignatures: usize,
+    /// The package's own `Export-Time`, to set beside when the checkpoint
+    /// was attested: completeness holds only up to the checkpoint.
+    pub exported_at: Option<DateTime<Utc>>,
+}
+
+/// A checkpoint attested this long before the export is said to be old:
+/// the package may lack what the station logged since (a package made
+/// from an old checkpoint is complete only up to it).
+pub const STALE_CHECKPOINT_SECS: i64 = 3600;
+
+impl LogFacts {
+    /// The newest outside time the checkpoint was attested at (its
+    /// time-stamp, its checked cosignatures).
+    pub fn attested_at(&self) -> Option<DateTime<Utc>> {
+        self.timestamp
+            .iter()
+            .map(|t| t.time)
+            .chain(self.cosigned_by.iter().map(|(_, at)| *at))
+            .max()
+    }
+
+    /// How much older than the export the checkpoint's newest attestation
+    /// is, when more than [`STALE_CHECKPOINT_SECS`].
+    pub fn staleness(&self) -> Option<chrono::Duration> {
+        let gap = self.exported_at? - self.attested_at()?;
+        (gap.num_seconds() > STALE_CHECKPOINT_SECS).then_some(gap)
+    }
 }
 
 /// A time-stamp over the package's checkpoint.
@@ -169,6 +196,14 @@ impl fmt::Display for Verdict {
                             f,
                             "Witnessed by {name} at {}: it checked this tree extends every one of this log it cosigned before.",
                             at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        )?;
+                    }
+                    if let Some(gap) = l.staleness() {
+                        writeln!(
+                            f,
+                            "OLD CHECKPOINT: it was last attested {} hour(s) before the package's Export-Time; whatever the station logged after it is not covered. Ask a witness or the public page for the log's newest size, and compare it with {}.",
+                            gap.num_hours(),
+                            l.size
                         )?;
                     }
                     if l.unchecked_cosignatures > 0 {
@@ -378,6 +413,25 @@ pub fn verify_package_with(
     if report_dirs.is_empty() {
         ck.fail("data/reports", "holds no report");
     }
+    // The reports the package says it holds are the ones it holds: a
+    // report dropped whole from a referral is named.
+    let tagged: BTreeSet<String> = info
+        .iter()
+        .filter(|(key, _)| key.eq_ignore_ascii_case("FieldReport-Report"))
+        .map(|(_, v)| v.trim().to_string())
+        .collect();
+    for missing in tagged.difference(&report_dirs) {
+        ck.fail(
+            &format!("data/reports/{missing}"),
+            "is named in bag-info.txt (FieldReport-Report) but missing",
+        );
+    }
+    for extra in report_dirs.difference(&tagged) {
+        ck.fail(
+            &format!("data/reports/{extra}"),
+            "is not named in bag-info.txt (FieldReport-Report)",
+        );
+    }
     let mut logged: Vec<LoggedReport> = Vec::new();
     for name in report_dirs {
         let Ok(id) = Uuid::parse_str(&name) else {
@@ -468,7 +522,10 @@ pub fn verify_package_with(
     if options.without_log {
         verdict.log_skipped = true;
     } else {
-        verdict.log = check_log(&mut ck, options, &logged);
+        verdict.log = check_log(&mut ck, options, &logged).map(|mut l| {
+            l.exported_at = exported_at;
+            l
+        });
     }
 
     // Media: the bytes must be what the signed changes attach.
@@ -700,6 +757,7 @@ fn check_log(
         timestamp,
         cosigned_by,
         unchecked_cosignatures,
+        exported_at: None,
     })
 }
 
