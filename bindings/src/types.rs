@@ -302,7 +302,14 @@ impl From<Progress> for SyncProgress {
 pub struct SyncSummary {
     pub media_uploaded: u64,
     pub media_bytes_sent: u64,
+    /// Changes the station acknowledged, forwarded ones included.
     pub pushed: u64,
+    /// Of those, partners' changes (handed over phone to phone) this
+    /// device forwarded.
+    pub forwarded: u64,
+    /// Forwarded changes the station refused (their author's phone was
+    /// revoked first): kept on this device, not sent again.
+    pub forward_refused: u64,
     pub pulled: u64,
     pub media_downloaded: u64,
     /// Where the witnesses this device requires stand (none required:
@@ -337,6 +344,8 @@ impl From<SyncReport> for SyncSummary {
             media_uploaded: r.media_uploaded,
             media_bytes_sent: r.media_bytes_sent,
             pushed: r.pushed,
+            forwarded: r.forwarded,
+            forward_refused: r.forward_refused,
             pulled: r.pulled,
             media_downloaded: r.media_downloaded,
             witnessed: r.witnessed.map(Into::into),

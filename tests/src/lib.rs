@@ -327,6 +327,35 @@ impl Device {
             .unwrap()
     }
 
+    /// Hands every change `to` lacks over phone to phone, with the media
+    /// this phone holds that `to` lacks; how many media files went over.
+    pub fn hand_over_with_media_to(&self, to: &Device) -> usize {
+        let changes = self
+            .store
+            .changes_missing_from(&to.store.heads().unwrap())
+            .unwrap();
+        // Every photo this phone holds that the partner lacks, of any
+        // change (an earlier hand-over may have left one behind).
+        let all = self
+            .store
+            .changes_missing_from(&Default::default())
+            .unwrap();
+        let mut media = self.store.media_for(&all);
+        media.retain(|sha| !to.store.media().contains(sha));
+        to.store
+            .apply_changes(changes, fieldreport_core::store::Origin::Peer)
+            .unwrap();
+        for sha in &media {
+            let mut file = self.store.media().open_reader(sha).unwrap();
+            let mut read = |buf: &mut [u8]| {
+                std::io::Read::read(&mut file, buf)
+                    .map_err(|e| fieldreport_core::Error::Io(e.kind()))
+            };
+            to.store.receive_peer_media(sha, &mut read).unwrap();
+        }
+        media.len()
+    }
+
     pub fn sync(&self) -> fieldreport_core::sync::SyncReport {
         self.client
             .sync(

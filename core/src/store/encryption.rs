@@ -67,7 +67,7 @@ impl Store {
         let mut w = self.writer()?;
         let changes: u64 =
             w.conn
-                .query_row("SELECT COUNT(*) FROM changes WHERE acked = 0", [], |r| {
+                .query_row("SELECT COUNT(*) FROM changes WHERE acked != 1", [], |r| {
                     r.get::<_, i64>(0)
                 })? as u64;
         let media: u64 =

@@ -466,9 +466,29 @@ impl MediaStore {
         &self,
         read: &mut dyn FnMut(&mut [u8]) -> Result<usize>,
     ) -> Result<StoredMedia> {
+        self.ingest_checked(read, None)?
+            .ok_or_else(|| Error::Corrupt("media ingest".into()))
+    }
+
+    /// As [`MediaStore::ingest_from`], for bytes that must hash to
+    /// `sha256` (from a peer or the station): `None`, and nothing kept,
+    /// when they do not.
+    pub fn ingest_expecting(
+        &self,
+        read: &mut dyn FnMut(&mut [u8]) -> Result<usize>,
+        sha256: &str,
+    ) -> Result<Option<StoredMedia>> {
+        self.ingest_checked(read, Some(sha256))
+    }
+
+    fn ingest_checked(
+        &self,
+        read: &mut dyn FnMut(&mut [u8]) -> Result<usize>,
+        expected: Option<&str>,
+    ) -> Result<Option<StoredMedia>> {
         let tmp = tempfile_in(&self.dir.join("tmp"))?;
-        let result = self.ingest_to(&tmp, read);
-        if result.is_err() {
+        let result = self.ingest_to(&tmp, read, expected);
+        if !matches!(result, Ok(Some(_))) {
             let _ = fs::remove_file(&tmp);
         }
         result
@@ -478,7 +498,8 @@ impl MediaStore {
         &self,
         tmp: &Path,
         read: &mut dyn FnMut(&mut [u8]) -> Result<usize>,
-    ) -> Result<StoredMedia> {
+        expected: Option<&str>,
+    ) -> Result<Option<StoredMedia>> {
         let mut out = File::create(tmp)?;
         let mut sealer = self.key.as_ref().map(Sealer::new).transpose()?;
         if let Some(s) = &sealer {
@@ -536,12 +557,15 @@ impl MediaStore {
             write_result?;
             Ok((hex::encode(hasher.finalize()), size))
         })?;
+        if expected.is_some_and(|e| e != hash) {
+            return Ok(None);
+        }
         let dest = self.path_of(&hash);
         let parent = dest.parent().unwrap_or(&self.dir);
         fs::create_dir_all(parent)?;
         fs::rename(tmp, &dest)?;
         File::open(parent)?.sync_all()?;
-        Ok(StoredMedia { sha256: hash, size })
+        Ok(Some(StoredMedia { sha256: hash, size }))
     }
 }
 

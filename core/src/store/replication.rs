@@ -135,6 +135,51 @@ impl Store {
         })
     }
 
+    /// Media that the changes a peer lacks (see
+    /// [`Store::changes_missing_from`]) attach and this store holds: what
+    /// to hand over beside them, so that the peer can forward them.
+    pub fn media_for(&self, changes: &[Change]) -> Vec<String> {
+        let mut shas = crate::model::media_refs(changes);
+        shas.sort();
+        shas.dedup();
+        shas.retain(|sha| self.media.contains(sha));
+        shas
+    }
+
+    /// Takes a media file a partner's phone handed over with the changes
+    /// that attach it. The bytes must hash to `sha256` and a change this
+    /// store holds must attach it (hand the changes over first); anything
+    /// else is refused and nothing is kept. It is kept as not yet at the
+    /// station, so the next sync forwards it with those changes.
+    pub fn receive_peer_media(
+        &self,
+        sha256: &str,
+        read: &mut dyn FnMut(&mut [u8]) -> Result<usize>,
+    ) -> Result<StoredMedia> {
+        let Some(mime) = self.read(|c| attaching_mime_type(c, sha256))? else {
+            return Err(Error::MediaNotFound(sha256.to_string()));
+        };
+        if self.media.contains(sha256) {
+            let size = self.media.open_reader(sha256)?.size();
+            return Ok(StoredMedia {
+                sha256: sha256.to_string(),
+                size,
+            });
+        }
+        let Some(stored) = self.media.ingest_expecting(read, sha256)? else {
+            return Err(Error::InvalidValue {
+                path: "media/sha256".into(),
+                reason: "the bytes do not hash to the media's sha256",
+            });
+        };
+        let w = self.writer()?;
+        w.conn.execute(
+            "INSERT OR IGNORE INTO media (sha256, size, mime_type, stored_at, uploaded) VALUES (?1, ?2, ?3, ?4, 0)",
+            params![stored.sha256, stored.size as i64, mime, self.clock.now_ms()],
+        )?;
+        Ok(stored)
+    }
+
     pub fn has_change(&self, id: ChangeId) -> Result<bool> {
         self.read(|c| Ok(SqlLookup(c).stored(id)?.is_some()))
     }
@@ -196,4 +241,55 @@ impl Store {
         }
         Ok(count)
     }
+}
+
+/// The MIME type of the media entry a stored change attaches with
+/// `sha256`, if any change does.
+fn attaching_mime_type(c: &Connection, sha256: &str) -> Result<Option<String>> {
+    let mut st = c.prepare("SELECT body, signature FROM changes ORDER BY id")?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let change = decode_row(r.get(0)?, r.get(1)?)?;
+        let mut entry = None;
+        for op in &change.body().ops {
+            if let (
+                Target::EntryField {
+                    collection,
+                    entry: e,
+                    field,
+                },
+                Action::Set(Value::Text(h)),
+            ) = (&op.target, &op.action)
+            {
+                if collection == schema::MEDIA_COLLECTION && field == "sha256" && h == sha256 {
+                    entry = Some(*e);
+                }
+            }
+        }
+        let Some(entry) = entry else { continue };
+        let mime = change
+            .body()
+            .ops
+            .iter()
+            .find_map(|op| match (&op.target, &op.action) {
+                (
+                    Target::EntryField {
+                        collection,
+                        entry: e,
+                        field,
+                    },
+                    Action::Set(Value::Text(m)),
+                ) if collection == schema::MEDIA_COLLECTION
+                    && *e == entry
+                    && field == "mime_type" =>
+                {
+                    Some(m.clone())
+                }
+                _ => None,
+            });
+        return Ok(Some(
+            mime.unwrap_or_else(|| "application/octet-stream".into()),
+        ));
+    }
+    Ok(None)
 }

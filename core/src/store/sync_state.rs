@@ -5,9 +5,7 @@ use super::*;
 
 impl Store {
     /// This device's changes the station has not acknowledged yet, oldest
-    /// first. Changes received from a partner's phone are not forwarded
-    /// (they may attach media this device lacks); they are acknowledged
-    /// when they come back from the station.
+    /// first.
     pub fn outbox(&self, limit: u32) -> Result<Vec<Change>> {
         let Some(me) = self.identity().map(|r| r.device_id) else {
             return Ok(Vec::new());
@@ -25,16 +23,134 @@ impl Store {
         })
     }
 
+    /// Changes a partner's phone handed over that the station has not
+    /// acknowledged, of one author, oldest first: this device forwards
+    /// them, so that they reach the station even if the partner's phone
+    /// never does. One author per batch, so that the station refusing an
+    /// author (a revoked phone) refuses no one else's. A change that
+    /// attaches media this device does not hold is held back, with the
+    /// rest of its author's chain on that report: the station refuses a
+    /// change whose media it lacks, and a chain with a gap.
+    pub fn forward_outbox(&self, limit: u32) -> Result<Vec<Change>> {
+        let limit = limit as usize;
+        let mut author = None;
+        self.forwardable(
+            |c| {
+                let this = *author.get_or_insert(c.device());
+                this == c.device()
+            },
+            limit,
+        )
+    }
+
+    /// How many changes this device would still send: its own and those
+    /// it forwards.
     pub fn outbox_len(&self) -> Result<u64> {
         let Some(me) = self.identity().map(|r| r.device_id) else {
             return Ok(0);
         };
-        self.read(|c| {
+        let own = self.read(|c| {
             Ok(c.query_row(
                 "SELECT COUNT(*) FROM changes WHERE acked = 0 AND device_id = ?1",
                 [me.as_bytes().as_slice()],
                 |r| r.get::<_, i64>(0),
             )? as u64)
+        })?;
+        let forwarded = self.forwardable(|_| true, usize::MAX)?.len() as u64;
+        Ok(own + forwarded)
+    }
+
+    /// Partners' changes not yet at the station that wait for a photo
+    /// they attach (see [`Store::forward_outbox`]).
+    pub fn forward_held_back(&self) -> Result<u64> {
+        let Some(me) = self.identity().map(|r| r.device_id) else {
+            return Ok(0);
+        };
+        let foreign = self.read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM changes WHERE acked = 0 AND device_id != ?1",
+                [me.as_bytes().as_slice()],
+                |r| r.get::<_, i64>(0),
+            )? as u64)
+        })?;
+        let sendable = self.forwardable(|_| true, usize::MAX)?.len() as u64;
+        Ok(foreign.saturating_sub(sendable))
+    }
+
+    /// Other devices' unacknowledged changes that can be sent now (see
+    /// [`Store::forward_outbox`]), in log order, that `take` accepts, up
+    /// to `limit`.
+    fn forwardable(
+        &self,
+        mut take: impl FnMut(&Change) -> bool,
+        limit: usize,
+    ) -> Result<Vec<Change>> {
+        let Some(me) = self.identity().map(|r| r.device_id) else {
+            return Ok(Vec::new());
+        };
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT body, signature FROM changes WHERE acked = 0 AND device_id != ?1 ORDER BY id",
+            )?;
+            let mut rows = st.query([me.as_bytes().as_slice()])?;
+            let mut out = Vec::new();
+            let mut held_back: BTreeSet<(Uuid, Uuid)> = BTreeSet::new();
+            while let Some(r) = rows.next()? {
+                if out.len() >= limit {
+                    break;
+                }
+                let change = decode_row(r.get(0)?, r.get(1)?)?;
+                let chain = (change.device(), change.report());
+                if held_back.contains(&chain)
+                    || crate::model::media_refs(std::slice::from_ref(&change))
+                        .iter()
+                        .any(|sha| !self.media.contains(sha))
+                {
+                    held_back.insert(chain);
+                    continue;
+                }
+                if take(&change) {
+                    out.push(change);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records that the station refused to take these forwarded changes
+    /// (their author's phone was revoked before they reached it): they
+    /// stay in this store, as everything does, but are not sent again.
+    pub fn mark_forward_refused(&self, ids: &[ChangeId]) -> Result<()> {
+        let Some(me) = self.identity().map(|r| r.device_id) else {
+            return Ok(());
+        };
+        let mut w = self.writer()?;
+        let tx = w.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "UPDATE changes SET acked = 2 WHERE device_id = ?1 AND seq = ?2 AND acked = 0 AND device_id != ?3",
+            )?;
+            for id in ids {
+                st.execute(params![
+                    id.device.as_bytes().as_slice(),
+                    id.seq as i64,
+                    me.as_bytes().as_slice()
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forwarded changes the station refused (see
+    /// [`Store::mark_forward_refused`]).
+    pub fn forward_refused_count(&self) -> Result<u64> {
+        self.read(|c| {
+            Ok(
+                c.query_row("SELECT COUNT(*) FROM changes WHERE acked = 2", [], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64,
+            )
         })
     }
 

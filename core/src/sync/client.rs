@@ -114,7 +114,15 @@ pub struct SyncReport {
     pub media_uploaded: u64,
     /// Media bytes actually sent in this run (a resumed upload sends only the rest).
     pub media_bytes_sent: u64,
+    /// Changes the station acknowledged in this run, forwarded ones
+    /// included.
     pub pushed: u64,
+    /// Of those, changes of other devices (handed over phone to phone)
+    /// this device forwarded.
+    pub forwarded: u64,
+    /// Forwarded changes the station refused (their author's phone was
+    /// revoked before they reached it): kept here, not sent again.
+    pub forward_refused: u64,
     pub pulled: u64,
     pub media_downloaded: u64,
     /// When this device requires witnesses: where they stand after this
@@ -453,11 +461,51 @@ impl SyncClient {
     ) -> Result<()> {
         let mut p = Progress::start(Phase::Push, store.outbox_len()?, 0);
         progress.on_progress(p);
+        // This device's own changes first, then those it forwards for
+        // partners, one author per batch.
+        let mut forwarding = false;
         loop {
-            let batch = store.outbox(PUSH_BATCH)?;
+            let batch = if forwarding {
+                store.forward_outbox(PUSH_BATCH)?
+            } else {
+                store.outbox(PUSH_BATCH)?
+            };
             if batch.is_empty() {
-                return Ok(());
+                if forwarding {
+                    return Ok(());
+                }
+                forwarding = true;
+                continue;
             }
+            if forwarding {
+                match self.push_batch(store, cancel, &batch) {
+                    // The station refuses to take this author's changes
+                    // (a phone revoked before they reached it): they stay
+                    // here, and are not sent again.
+                    Err(Error::Station { status: 403, .. }) => {
+                        let ids: Vec<_> = batch.iter().map(Change::id).collect();
+                        store.mark_forward_refused(&ids)?;
+                        report.forward_refused += ids.len() as u64;
+                    }
+                    Err(e) => return Err(e),
+                    Ok(()) => {
+                        report.pushed += batch.len() as u64;
+                        report.forwarded += batch.len() as u64;
+                    }
+                }
+            } else {
+                self.push_batch(store, cancel, &batch)?;
+                report.pushed += batch.len() as u64;
+            }
+            p.items_done += batch.len() as u64;
+            progress.on_progress(p);
+        }
+    }
+
+    /// Pushes one batch and keeps its checked receipts (the changes are
+    /// then acknowledged).
+    fn push_batch(&self, store: &Store, cancel: &CancelToken, batch: &[Change]) -> Result<()> {
+        {
             let body = PushRequest {
                 changes: batch.iter().map(WireChange::from_change).collect(),
             };
@@ -481,11 +529,9 @@ impl SyncClient {
                     "the station gave no log receipts; the changes stay in the outbox".into(),
                 ));
             };
-            let (cp, receipts) = self.check_receipts(store, cancel, &batch, log)?;
+            let (cp, receipts) = self.check_receipts(store, cancel, batch, log)?;
             store.ack_with_receipts(&ids, Some((cp.size, &cp.note)), &receipts)?;
-            report.pushed += ids.len() as u64;
-            p.items_done += ids.len() as u64;
-            progress.on_progress(p);
+            Ok(())
         }
     }
 
@@ -878,15 +924,14 @@ impl SyncClient {
                     cancel.check()?;
                     resp.read(buf).map_err(|e| Error::Network(e.to_string()))
                 };
-                Ok((store.media().ingest_from(&mut read)?, mime))
+                Ok((store.media().ingest_expecting(&mut read, sha)?, mime))
             })?;
-            let (stored, mime) = stored;
-            if &stored.sha256 != sha {
+            let (Some(stored), mime) = stored else {
                 return Err(Error::Station {
                     status: 200,
                     code: "media_hash_mismatch".into(),
                 });
-            }
+            };
             store.record_downloaded_media(&stored, &mime)?;
             report.media_downloaded += 1;
             p.items_done += 1;
