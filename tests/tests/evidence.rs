@@ -611,6 +611,20 @@ fn a_referral_packs_several_reports_in_one_bag() {
     if let Some(bagit) = tool("bagit.py") {
         run_ok(&bagit, &["--validate", &bag.to_string_lossy()]);
     }
+
+    // One report dropped whole, every manifest rewritten: the report
+    // bag-info.txt names is missing, and verify says so.
+    let cut = work.path().join("cut");
+    copy_dir(&bag, &cut);
+    fs::remove_dir_all(cut.join(format!("data/reports/{second}"))).unwrap();
+    rewrite_manifests(&cut);
+    let v = verify(&cut);
+    assert_names(
+        &v,
+        &format!("data/reports/{second}"),
+        None,
+        "named in bag-info.txt (FieldReport-Report) but missing",
+    );
 }
 
 /// Any single corrupted byte anywhere in the bag (payload, manifest,

@@ -1320,3 +1320,52 @@ fn first_difference(
         _ => Some(if at.is_empty() { "(root)".into() } else { at }),
     }
 }
+
+#[cfg(test)]
+mod staleness_tests {
+    use super::*;
+
+    fn facts(exported: &str, stamped: Option<&str>, cosigned: &[&str]) -> LogFacts {
+        let at = |t: &str| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc);
+        LogFacts {
+            origin: "o".into(),
+            size: 7,
+            published_key: true,
+            timestamp: stamped.map(|t| TimestampFacts {
+                time: at(t),
+                signer: "CN=tsa".into(),
+                trusted: true,
+            }),
+            cosigned_by: cosigned.iter().map(|t| ("w".to_string(), at(t))).collect(),
+            unchecked_cosignatures: 0,
+            exported_at: Some(at(exported)),
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_attested_over_an_hour_before_the_export_is_old() {
+        let old = facts("2026-12-01T12:00:00Z", Some("2026-12-01T10:30:00Z"), &[]);
+        assert_eq!(old.staleness().map(|g| g.num_minutes()), Some(90));
+        assert!(old.to_string_for_test().contains("OLD CHECKPOINT"));
+        // The newest attestation counts: a recent cosignature.
+        let cosigned = facts(
+            "2026-12-01T12:00:00Z",
+            Some("2026-12-01T10:30:00Z"),
+            &["2026-12-01T11:50:00Z"],
+        );
+        assert_eq!(cosigned.staleness(), None);
+        // Nothing outside the station says when: nothing to compare.
+        assert_eq!(facts("2026-12-01T12:00:00Z", None, &[]).staleness(), None);
+    }
+
+    impl LogFacts {
+        fn to_string_for_test(&self) -> String {
+            Verdict {
+                reports: vec![Uuid::nil()],
+                log: Some(self.clone()),
+                ..Default::default()
+            }
+            .to_string()
+        }
+    }
+}
