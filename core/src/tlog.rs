@@ -54,6 +54,21 @@ pub enum LogError {
     MalformedLeaf,
 }
 
+impl LogError {
+    /// The log shows another history than one it signed before: smaller,
+    /// forked, not provably extending it, or without a tree it signed (a
+    /// rollback, unless a restore in the log explains it).
+    pub fn is_history(&self) -> bool {
+        matches!(
+            self,
+            LogError::Shrunk { .. }
+                | LogError::Forked { .. }
+                | LogError::BadConsistency
+                | LogError::Forgotten { .. }
+        )
+    }
+}
+
 /// The longest note this module reads (a checkpoint is a few hundred bytes).
 pub const MAX_NOTE_LEN: usize = 64 * 1024;
 /// Signature lines read from one note at most.
@@ -61,13 +76,18 @@ pub const MAX_SIGNATURES: usize = 100;
 
 const CHANGE_LEAF_TAG: &[u8] = b"fieldreport/change/v1\n";
 const AUDIT_LEAF_TAG: &[u8] = b"fieldreport/audit/v1\n";
+const RESTORE_LEAF_TAG: &[u8] = b"fieldreport/restore/v1\n";
 const REPORT_COMMIT_TAG: &[u8] = b"fieldreport/report/v1\n";
 const CHANGE_COMMIT_TAG: &[u8] = b"fieldreport/change-body/v1\n";
 
 /// One entry of the log. A change's leaf names what the station accepted
 /// (the change's hash, its author, sequence number and report) and when it
 /// received it; an audit leaf seals a batch of audit rows by their count,
-/// id range and SHA-256 over their canonical bytes.
+/// id range and SHA-256 over their canonical bytes; a restore leaf says
+/// that the station was restored from a backup whose log ended at the
+/// tree of `restored_size` and `restored_root` (it is the first entry
+/// after it): what phones holding a larger tree accept instead of a
+/// rollback, and send again what the station lost (docs/log.md).
 ///
 /// A change leaf's bytes hold only two commitments: one to its report
 /// (the same for every change of the report) and one to the rest. So a
@@ -88,6 +108,12 @@ pub enum Leaf {
         last_id: i64,
         digest: [u8; 32],
     },
+    Restore {
+        restored_size: u64,
+        restored_root: [u8; 32],
+        /// When the backup was made (the station's clock), ms.
+        backup_at_ms: i64,
+    },
 }
 
 /// What a leaf's bytes show (see [`Leaf`]).
@@ -101,6 +127,11 @@ pub enum LeafView {
         first_id: i64,
         last_id: i64,
         digest: [u8; 32],
+    },
+    Restore {
+        restored_size: u64,
+        restored_root: [u8; 32],
+        backup_at_ms: i64,
     },
 }
 
@@ -147,6 +178,15 @@ impl Leaf {
                 last_id,
                 digest,
             },
+            Leaf::Restore {
+                restored_size,
+                restored_root,
+                backup_at_ms,
+            } => LeafView::Restore {
+                restored_size,
+                restored_root,
+                backup_at_ms,
+            },
         }
     }
 
@@ -188,6 +228,16 @@ impl LeafView {
                 out.extend_from_slice(&last_id.to_be_bytes());
                 out.extend_from_slice(digest);
             }
+            LeafView::Restore {
+                restored_size,
+                restored_root,
+                backup_at_ms,
+            } => {
+                out.extend_from_slice(RESTORE_LEAF_TAG);
+                out.extend_from_slice(&restored_size.to_be_bytes());
+                out.extend_from_slice(restored_root);
+                out.extend_from_slice(&backup_at_ms.to_be_bytes());
+            }
         }
         out
     }
@@ -216,6 +266,13 @@ impl LeafView {
                 first_id: i64::from_be_bytes(arr(&mut b)?),
                 last_id: i64::from_be_bytes(arr(&mut b)?),
                 digest: arr(&mut b)?,
+            };
+            (leaf, b)
+        } else if let Some(mut b) = bytes.strip_prefix(RESTORE_LEAF_TAG) {
+            let leaf = LeafView::Restore {
+                restored_size: u64::from_be_bytes(arr(&mut b)?),
+                restored_root: arr(&mut b)?,
+                backup_at_ms: i64::from_be_bytes(arr(&mut b)?),
             };
             (leaf, b)
         } else {
@@ -918,6 +975,11 @@ mod tests {
                 first_id: 1,
                 last_id: 5,
                 digest: [7; 32],
+            },
+            Leaf::Restore {
+                restored_size: 41,
+                restored_root: [8; 32],
+                backup_at_ms: 1_800_000_000_000,
             },
         ];
         for leaf in leaves {

@@ -66,6 +66,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(log_key))
         .routes(routes!(log_consistency))
         .routes(routes!(log_inclusion))
+        .routes(routes!(log_restores))
         .routes(routes!(log_alarm).layer(DefaultBodyLimit::max(MAX_ALARM_BYTES)))
 }
 
@@ -786,6 +787,16 @@ async fn log_inclusion(
     Ok(Json(s.storage.inclusion(&d, q.index, q.size).await?))
 }
 
+#[utoipa::path(get, path = "/v1/log/restores",
+    description = "The restores of this station from a backup that its log records (restore leaves, base64, each with its inclusion proof in the newest checkpoint, which comes with them). A phone holding a larger tree than a restored station's asks for them before it refuses the station; see docs/log.md. For enrolled devices",
+    responses((status = 200, description = "restore leaves and proofs", body = RestoresResponse), (status = 401, description = "refused", body = ErrorBody), (status = 404, description = "the log is empty", body = ErrorBody)))]
+async fn log_restores(
+    State(s): State<AppState>,
+    Device(_): Device,
+) -> Result<Json<RestoresResponse>> {
+    Ok(Json(s.storage.restores().await?))
+}
+
 /// A log alarm is a short phrase and one checkpoint.
 const MAX_ALARM_BYTES: usize = 16 * 1024;
 
@@ -1034,6 +1045,7 @@ mod tests {
                 "GET /v1/log/cosigned",
                 "GET /v1/log/inclusion",
                 "GET /v1/log/key",
+                "GET /v1/log/restores",
                 "GET /v1/log/timestamp",
                 "GET /v1/media/{sha}",
                 "GET /v1/media/{sha}/status",

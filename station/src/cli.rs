@@ -206,6 +206,35 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Back up a station on SQLite while it serves: the database at one
+    /// committed state, its media, its keys (log key, station key, the
+    /// development TLS pair) and the dashboard accounts' signing stores,
+    /// with a manifest of every file's SHA-256; the copy is checked
+    /// before the command succeeds. PostgreSQL: see docs/operations.md.
+    Backup {
+        #[command(flatten)]
+        storage: StorageArgs,
+        /// Directory to create (must not exist, or be empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a backup: every file against the manifest, the database's
+    /// integrity and its log checkpoint against the log key.
+    BackupCheck {
+        /// The backup directory.
+        dir: PathBuf,
+    },
+    /// Restore a backup into a new data directory (refused if it is not
+    /// empty): checks the backup first, copies it, and records the
+    /// restore in the restored station's log and audit log, so that
+    /// phones holding what the backup lacks send it again.
+    Restore {
+        /// The backup directory.
+        from: PathBuf,
+        /// The new data directory.
+        #[arg(long)]
+        data: PathBuf,
+    },
     /// Run the guided demo: a station, two officers and a supervisor.
     Demo {
         /// Leave the station running afterwards.
@@ -435,6 +464,93 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 anyhow::bail!("no unrevoked device {device}");
             }
             println!("device {device} revoked");
+        }
+        Command::Backup { storage, out } => {
+            let cfg = storage.config(env)?;
+            if cfg.database.is_some() {
+                anyhow::bail!(
+                    "backup copies a station on SQLite; for PostgreSQL use pg_basebackup or pg_dump and copy the data directory (docs/operations.md)"
+                );
+            }
+            let storage = cfg.open_storage_async().await?;
+            let key = cfg.station_key(storage.as_ref()).await?;
+            let key_file = cfg
+                .station_key
+                .clone()
+                .unwrap_or_else(|| crate::keys::default_path(&cfg.data));
+            let accounts = storage.dashboard_accounts().await?;
+            let now = storage.clock().now_ms();
+            let data = cfg.data.clone();
+            let target = out.clone();
+            let summary = tokio::task::spawn_blocking(move || {
+                crate::backup::backup(
+                    &data,
+                    &key_file,
+                    &key,
+                    &accounts,
+                    &target,
+                    now,
+                    &mut |step| eprintln!("backup: {step}"),
+                )
+            })
+            .await??;
+            admin_audit(
+                storage.as_ref(),
+                "station backed up",
+                format!("log size {}", summary.manifest.log_size),
+                "ok",
+            )
+            .await?;
+            println!(
+                "backed up to {}: log size {}, {} media file(s), {} dashboard store(s), {} bytes in {} files; checked",
+                out.display(),
+                summary.manifest.log_size,
+                summary.media_files,
+                summary.dashboard_stores,
+                summary.bytes,
+                summary.manifest.files.len()
+            );
+        }
+        Command::BackupCheck { dir } => {
+            let m = tokio::task::spawn_blocking(move || crate::backup::check(&dir)).await??;
+            println!(
+                "OK: backup of {} (log size {}), {} files",
+                chrono::DateTime::from_timestamp_millis(m.created_at_ms)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default(),
+                m.log_size,
+                m.files.len()
+            );
+        }
+        Command::Restore { from, data } => {
+            let target = data.clone();
+            let manifest = tokio::task::spawn_blocking(move || {
+                crate::backup::restore(&from, &target, &mut |step| eprintln!("restore: {step}"))
+            })
+            .await??;
+            let cfg = Config::load(None, env, None, Some(data.clone()))?;
+            let storage = cfg.open_storage_async().await.map_err(|e| {
+                anyhow::anyhow!(
+                    "the files are in {}, but the station does not open ({e:#}); delete the directory and restore again",
+                    data.display()
+                )
+            })?;
+            let index = storage.record_restore(manifest.created_at_ms).await?;
+            admin_audit(
+                storage.as_ref(),
+                "station restored from backup",
+                format!(
+                    "backup at {} ms, log size {}, restore entry {index}",
+                    manifest.created_at_ms, manifest.log_size
+                ),
+                "ok",
+            )
+            .await?;
+            println!(
+                "restored into {}: log size {} at the backup; the log records the restore at entry {index}. Phones that hold what the backup lacks send it again at their next sync. Revoke again any device revoked after the backup.",
+                data.display(),
+                manifest.log_size
+            );
         }
         Command::ForgetStationKey { storage, confirm } => {
             if !confirm {

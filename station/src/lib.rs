@@ -23,6 +23,7 @@ pub mod accounts;
 pub mod api;
 pub mod attest;
 pub mod audit;
+pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -237,6 +237,26 @@ impl TestStation {
         self.station = Some(station);
     }
 
+    /// Stops the station and serves the SQLite station in `data` (a
+    /// restored copy, say) on the same address, with the TLS pair in it.
+    pub fn restart_on(&mut self, data: &std::path::Path) {
+        let addr = self.addr();
+        if let Some(s) = self.station.take() {
+            self.rt.block_on(s.stop());
+        }
+        let storage = open_storage(data, None, self.clock.clone());
+        let tls = Arc::new(StationTls::load_or_generate_dev(data, &[]).unwrap().0);
+        let station = self.rt.block_on(async {
+            let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+            fieldreport_station::spawn(l, storage.clone(), Transport::Tls(tls.clone()))
+                .await
+                .unwrap()
+        });
+        self.storage = storage;
+        self.tls = tls;
+        self.station = Some(station);
+    }
+
     /// The body of a GET of `path` (no credential), refused statuses failing.
     pub fn get_text(&self, path: &str) -> String {
         self.http()

@@ -13,11 +13,13 @@
 //! integrity), `sync_state` (outbox, pending media, sync values),
 //! `receipts` (the station log's checkpoints and receipts this device
 //! holds) and
-//! `encryption` (open encrypted, rekey, wipe) beside it; `log` holds the
+//! `encryption` (open encrypted, rekey, wipe) beside it; `copy` an online
+//! copy of a store directory (the station's backup); `log` holds the
 //! change-log SQL the station's SQLite engine shares, `media` the sealed
 //! media files, `key` the store key, `migrations` the schema steps.
 
 mod authoring;
+mod copy;
 mod encryption;
 pub mod key;
 pub mod log;
@@ -44,6 +46,7 @@ use crate::evidence::{verify_batch, ChainLookup, DeviceIdentity, DeviceRecord, P
 use crate::model::schema::{self, LIFECYCLE_FIELD, RETURN_COMMENT_FIELD};
 use crate::model::workflow;
 use crate::model::{LifecycleState, Report, Value};
+pub use copy::copy_store;
 pub use key::StoreKey;
 pub use log::SqlLookup;
 use log::{decode_row, hash_of, insert_change, load_doc, upsert_device, uuid_of, ZERO_HASH};

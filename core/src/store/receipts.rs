@@ -134,6 +134,77 @@ impl Store {
         Ok(())
     }
 
+    /// Takes in that the station was restored from a backup whose log
+    /// ended at `restored_size` (its log says so, and the sync client
+    /// checked that). In one transaction: the checkpoints held of larger
+    /// trees (the lost history) are kept aside, under
+    /// `log_retired_checkpoints` in the sync values, and no longer held;
+    /// every change the restored station may lack (its receipt is at or
+    /// past `restored_size`, or it has none) is to be sent again, and
+    /// every media file uploaded again (the station answers at once for
+    /// those it holds); the pull cursor starts over (the restored station
+    /// numbers its changes again). Returns how many changes are to be
+    /// sent again.
+    pub fn accept_station_restore(&self, restored_size: u64, restore_note: &str) -> Result<u64> {
+        let size = size_param(restored_size)?;
+        let mut w = self.writer()?;
+        let tx = w.conn.transaction()?;
+        let retired: Vec<String> = tx
+            .prepare("SELECT note FROM log_checkpoints WHERE size > ?1 ORDER BY size")?
+            .query_map([size], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut kept: Vec<String> = tx
+            .query_row(
+                "SELECT value FROM sync_state WHERE key = 'log_retired_checkpoints'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .and_then(|v| serde_json::from_str(&v).ok())
+            .unwrap_or_default();
+        kept.extend(retired);
+        kept.push(format!("restore seen: {restore_note}"));
+        tx.execute(
+            "INSERT INTO sync_state (key, value) VALUES ('log_retired_checkpoints', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [serde_json::to_string(&kept).map_err(|e| Error::Corrupt(e.to_string()))?],
+        )?;
+        tx.execute("DELETE FROM log_checkpoints WHERE size > ?1", [size])?;
+        let resent = tx.execute(
+            "UPDATE changes SET acked = 0 WHERE acked = 1 AND NOT EXISTS (
+                 SELECT 1 FROM log_receipts r
+                 WHERE r.device_id = changes.device_id AND r.seq = changes.seq
+                   AND r.log_index < ?1)",
+            [size],
+        )? as u64;
+        tx.execute("UPDATE media SET uploaded = 0", [])?;
+        tx.execute("DELETE FROM sync_state WHERE key = 'pull_cursor'", [])?;
+        tx.commit()?;
+        Ok(resent)
+    }
+
+    /// The newest checkpoint held of a tree of at most `size` entries.
+    pub fn log_checkpoints_up_to(&self, size: u64) -> Result<Option<String>> {
+        let size = size_param(size)?;
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT note FROM log_checkpoints WHERE size <= ?1 ORDER BY size DESC LIMIT 1",
+                [size],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+    }
+
+    /// The checkpoints of histories a station lost in a restore, and the
+    /// restores seen (`restore seen: <checkpoint>`), oldest first.
+    pub fn retired_log_checkpoints(&self) -> Result<Vec<String>> {
+        Ok(self
+            .sync_value("log_retired_checkpoints")?
+            .and_then(|v| serde_json::from_str(&v).ok())
+            .unwrap_or_default())
+    }
+
     /// Records that the station holds these changes, with the receipts it
     /// gave and the checkpoint they prove inclusion in: one transaction,
     /// so that no change is acknowledged with its receipt half kept.

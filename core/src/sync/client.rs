@@ -26,8 +26,8 @@ use crate::evidence::DeviceIdentity;
 use crate::model::media_refs;
 use crate::store::{Origin, Store, StoredReceipt, WitnessStatus, WitnessedCheckpoint};
 use crate::tlog::{
-    check_consistency, check_inclusion, decode_hashes, Leaf, LogError, NoteVerifier,
-    SignedCheckpoint, SignedNote,
+    check_consistency, check_inclusion, decode_hashes, Leaf, LeafView, LogError, NoteVerifier,
+    SignedCheckpoint, SignedNote, TreeHash,
 };
 
 const KEY_URL: &str = "station_url";
@@ -128,6 +128,23 @@ pub struct SyncReport {
     /// When this device requires witnesses: where they stand after this
     /// run.
     pub witnessed: Option<WitnessStatus>,
+    /// The station was found restored from a backup in this run (its log
+    /// says so): what this device then sent again.
+    pub station_restored: Option<RestoreSeen>,
+}
+
+/// A station restore a device took in (docs/log.md, "A station restored
+/// from a backup").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreSeen {
+    /// The log's size at the backup: where the restored history goes on.
+    pub restored_size: u64,
+    /// The size of the tree this device held, which the station lost.
+    pub held_size: u64,
+    /// When the backup was made (the station's clock), ms.
+    pub backup_at_ms: i64,
+    /// Changes this device marked to send again.
+    pub resent: u64,
 }
 
 pub struct SyncClient {
@@ -358,7 +375,7 @@ impl SyncClient {
             // Before anything is sent: a station whose log does not extend
             // the one this device saw (restored from an old copy, or
             // forked) gets nothing, and the outbox stays as it is.
-            c.check_log(store, cancel)?;
+            c.check_log(store, cancel, &mut report)?;
             c.upload_media(store, progress, cancel, &mut report)?;
             c.push(store, progress, cancel, &mut report)
         })?;
@@ -568,7 +585,12 @@ impl SyncClient {
 
     /// Checks the station's newest checkpoint against the one this device
     /// holds, and keeps it.
-    fn check_log(&self, store: &Store, cancel: &CancelToken) -> Result<()> {
+    fn check_log(
+        &self,
+        store: &Store,
+        cancel: &CancelToken,
+        report: &mut SyncReport,
+    ) -> Result<()> {
         let key = self.log_key(store, cancel)?;
         let note = self.retry(cancel, || {
             let resp = self
@@ -584,10 +606,21 @@ impl SyncClient {
                 .map_err(|e| Error::Network(e.to_string()))
         })?;
         match note {
-            Some(note) => {
-                let new = self.extends_held(store, cancel, &key, &note)?;
-                store.record_log_checkpoint(new.size, &new.note)
-            }
+            Some(note) => match self.extends_held(store, cancel, &key, &note) {
+                Ok(new) => store.record_log_checkpoint(new.size, &new.note),
+                Err(Error::StationLog(problem)) if problem.is_history() => {
+                    // A station restored from a backup says so in its log;
+                    // any other history is refused.
+                    match self.restore_explains(store, cancel, &key)? {
+                        Some(seen) => {
+                            report.station_restored = Some(seen);
+                            Ok(())
+                        }
+                        None => Err(Error::StationLog(problem)),
+                    }
+                }
+                Err(e) => Err(e),
+            },
             // An empty log where this device saw entries: rolled back.
             None => match self.held_checkpoint(store, &key)? {
                 Some(old) if old.size > 0 => Err(Error::StationLog(LogError::Shrunk {
@@ -597,6 +630,115 @@ impl SyncClient {
                 _ => Ok(()),
             },
         }
+    }
+
+    /// Whether the station's log records a restore from a backup that
+    /// explains why it no longer extends the tree this device holds: a
+    /// restore leaf, in the station's newest signed tree, first after the
+    /// restored tree, which is smaller than the held one and a prefix of
+    /// the newest (by the station's consistency proof); and the newest
+    /// tree extends the largest tree this device held up to the restored
+    /// size. If so, the device takes in the restore
+    /// ([`Store::accept_station_restore`]: what the station may have lost
+    /// is sent again), holds the newest checkpoint, and tells the
+    /// station's audit.
+    fn restore_explains(
+        &self,
+        store: &Store,
+        cancel: &CancelToken,
+        key: &NoteVerifier,
+    ) -> Result<Option<RestoreSeen>> {
+        let Some(held) = self.held_checkpoint(store, key)? else {
+            return Ok(None);
+        };
+        let answer: Option<RestoresResponse> = self.retry(cancel, || {
+            let resp = self
+                .auth(self.http.get(self.url("/v1/log/restores")))
+                .send()
+                .map_err(|e| network_error(&self.verifier, e))?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            check(resp)?
+                .json()
+                .map(Some)
+                .map_err(|e| Error::Network(e.to_string()))
+        })?;
+        let Some(answer) = answer else {
+            return Ok(None);
+        };
+        let newest = SignedCheckpoint::verify(answer.checkpoint.as_bytes(), key)
+            .map_err(Error::StationLog)?;
+        // The latest restore that explains it.
+        let mut found = None;
+        for r in answer.restores.iter().rev() {
+            let Ok(bytes) =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &r.leaf)
+            else {
+                continue;
+            };
+            let Ok(
+                view @ LeafView::Restore {
+                    restored_size,
+                    restored_root,
+                    backup_at_ms,
+                },
+            ) = LeafView::decode(&bytes)
+            else {
+                continue;
+            };
+            if r.index != restored_size || restored_size >= held.size || r.size != newest.size {
+                continue;
+            }
+            let proof = decode_hashes(&r.proof).map_err(Error::StationLog)?;
+            check_inclusion(&proof, newest.size, newest.root, r.index, view.hash())
+                .map_err(Error::StationLog)?;
+            if restored_size > 0 {
+                let proof = self.consistency_proof(cancel, restored_size, newest.size)?;
+                check_consistency(
+                    &proof,
+                    restored_size,
+                    TreeHash(restored_root),
+                    newest.size,
+                    newest.root,
+                )
+                .map_err(Error::StationLog)?;
+            }
+            found = Some((restored_size, backup_at_ms));
+            break;
+        }
+        let Some((restored_size, backup_at_ms)) = found else {
+            return Ok(None);
+        };
+        // What this device held of the history before the backup must be
+        // in the restored one.
+        let earlier = store
+            .log_checkpoints_up_to(restored_size)?
+            .map(|note| SignedCheckpoint::verify(note.as_bytes(), key))
+            .transpose()
+            .map_err(Error::StationLog)?;
+        if let Some(earlier) = &earlier {
+            self.check_one_history(cancel, earlier, &newest)?;
+        }
+        let resent = store.accept_station_restore(restored_size, &newest.note)?;
+        store.record_log_checkpoint(newest.size, &newest.note)?;
+        let body = LogAlarm {
+            problem: format!(
+                "restore seen: the log was restored to {restored_size} entries (this device held {}); {resent} changes to send again",
+                held.size
+            ),
+            held: Some(held.note.clone()),
+        };
+        let _ = self.retry(cancel, || {
+            self.send(self.http.post(self.url("/v1/log/alarm")).json(&body))
+                .map(drop)
+        });
+        Ok(Some(RestoreSeen {
+            restored_size,
+            held_size: held.size,
+            backup_at_ms,
+            resent,
+        }))
     }
 
     /// The consistency proof from the station between two sizes it signed.

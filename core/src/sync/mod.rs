@@ -9,5 +9,7 @@ pub mod tls;
 pub mod wire;
 
 #[cfg(feature = "sync-client")]
-pub use client::{CancelToken, NoProgress, Phase, Progress, SyncClient, SyncProgress, SyncReport};
+pub use client::{
+    CancelToken, NoProgress, Phase, Progress, RestoreSeen, SyncClient, SyncProgress, SyncReport,
+};
 pub use pin::StationPin;

@@ -147,6 +147,17 @@ pub struct ConsistencyResponse {
     pub proof: Vec<String>,
 }
 
+/// The restores the station's log records (docs/log.md, "A station
+/// restored from a backup"): each restore leaf with its inclusion proof in
+/// the tree of `checkpoint`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RestoresResponse {
+    /// The newest checkpoint (a signed note) the proofs lead to.
+    pub checkpoint: String,
+    pub restores: Vec<InclusionResponse>,
+}
+
 /// One leaf of the log with its inclusion proof.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -292,6 +292,9 @@ pub trait Engine: Send + Sync + 'static {
     async fn newest_cosigned(&self, witnesses: u32) -> Result<Option<u64>>;
     /// Log leaves `from..to`.
     async fn log_leaves(&self, from: u64, to: u64) -> Result<Vec<LogRow>>;
+    /// The log's restore leaves (neither a change nor an audit seal), by
+    /// index: rare, read by phones that find the log went back.
+    async fn log_restores(&self) -> Result<Vec<(u64, Vec<u8>)>>;
     /// Stored changes with their ids, in id order, after `after`, at most
     /// `limit` (the log check reads every row as stored).
     async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, StoredChange)>>;

@@ -313,6 +313,14 @@ pub trait StationStorage: Send + Sync + 'static {
     async fn consistency(&self, old: u64, new: u64) -> Result<ConsistencyResponse>;
     /// Checks the database against its own log.
     async fn check_log(&self) -> Result<crate::storage::transparency::LogCheck>;
+    /// Records in the log that this station was restored from a backup
+    /// made at `backup_at_ms` (a restore leaf, first after the restored
+    /// tree; docs/log.md). Run once, by `restore`, before it serves.
+    /// The restore leaf's index.
+    async fn record_restore(&self, backup_at_ms: i64) -> Result<u64>;
+    /// The log's restore leaves with their inclusion proofs in the newest
+    /// checkpoint.
+    async fn restores(&self) -> Result<fieldreport_core::sync::wire::RestoresResponse>;
     /// Keeps what an outside party said of a stored checkpoint (checked
     /// by [`crate::attest`] before); a second one of the same checkpoint,
     /// kind and party is ignored.

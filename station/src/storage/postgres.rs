@@ -1087,6 +1087,19 @@ impl Engine for PostgresEngine {
             .collect())
     }
 
+    async fn log_restores(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        Ok(self
+            .query(
+                "SELECT idx, leaf FROM log_leaves
+                 WHERE change_id IS NULL AND audit_last IS NULL ORDER BY idx",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get(1)))
+            .collect())
+    }
+
     async fn logged_changes(&self, hashes: &[[u8; 32]]) -> Result<Vec<(u64, Uuid, u64, i64)>> {
         let hashes: Vec<Vec<u8>> = hashes.iter().map(|h| h.to_vec()).collect();
         Ok(self

@@ -907,6 +907,69 @@ impl<E: Engine> StationStorage for Service<E> {
         transparency::check(self.engine.as_ref(), &self.log.verifier()).await
     }
 
+    async fn record_restore(&self, backup_at_ms: i64) -> Result<u64> {
+        let (restored_size, restored_root) = match self.engine.checkpoint(None).await? {
+            Some((_, note)) => {
+                let cp = SignedCheckpoint::verify(note.as_bytes(), &self.log.verifier()).map_err(
+                    |e| {
+                        StationError::Unavailable(format!(
+                            "the restored log's checkpoint does not verify with its key: {e}"
+                        ))
+                    },
+                )?;
+                (cp.size, cp.root.0)
+            }
+            None => (0, [0; 32]),
+        };
+        let this = self.clone();
+        to_completion(async move {
+            let mut tx = this.engine.begin(TxKind::Log).await?;
+            tx.lock_log().await?;
+            let leaf = Leaf::Restore {
+                restored_size,
+                restored_root,
+                backup_at_ms,
+            };
+            let x = transparency::extend_with(tx.as_mut(), &this.log, Some(leaf), Vec::new())
+                .await?
+                .ok_or_else(|| StationError::Internal("restore leaf not logged".into()))?;
+            if x.checkpoint.size <= restored_size {
+                return Err(StationError::Internal("restore leaf not logged".into()));
+            }
+            tx.commit().await?;
+            Ok(restored_size)
+        })
+        .await
+    }
+
+    async fn restores(&self) -> Result<fieldreport_core::sync::wire::RestoresResponse> {
+        let Some((size, note)) = self.engine.checkpoint(None).await? else {
+            return Err(StationError::NotFound);
+        };
+        let rows: Vec<(u64, Vec<u8>)> = self
+            .engine
+            .log_restores()
+            .await?
+            .into_iter()
+            .filter(|(i, _)| *i < size)
+            .collect();
+        let indexes: Vec<u64> = rows.iter().map(|r| r.0).collect();
+        let proofs = transparency::inclusion_proofs(self.engine.as_ref(), &indexes, size).await?;
+        Ok(fieldreport_core::sync::wire::RestoresResponse {
+            checkpoint: note,
+            restores: rows
+                .into_iter()
+                .zip(proofs)
+                .map(|((index, leaf), proof)| InclusionResponse {
+                    index,
+                    size,
+                    leaf: B64.encode(leaf),
+                    proof: encode_hashes(&proof),
+                })
+                .collect(),
+        })
+    }
+
     fn shared_events(&self) -> Option<broadcast::Sender<(String, ReportEvent)>> {
         self.engine.shared_events()
     }

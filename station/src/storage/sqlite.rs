@@ -871,6 +871,18 @@ impl Engine for SqliteEngine {
         .await
     }
 
+    async fn log_restores(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT idx, leaf FROM log_leaves
+                 WHERE change_id IS NULL AND audit_last IS NULL ORDER BY idx",
+            )?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
     async fn logged_changes(&self, hashes: &[[u8; 32]]) -> Result<Vec<(u64, Uuid, u64, i64)>> {
         let hashes = hashes.to_vec();
         self.read(move |c| {

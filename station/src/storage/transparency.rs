@@ -252,26 +252,39 @@ pub async fn extend(
     signer: &LogSigner,
     new: Vec<(i64, StoredChange)>,
 ) -> Result<Option<Extended>> {
+    extend_with(tx, signer, None, new).await
+}
+
+/// [`extend`], with `first` (a restore leaf) as the first new entry.
+pub async fn extend_with(
+    tx: &mut dyn WriteTx,
+    signer: &LogSigner,
+    first: Option<Leaf>,
+    new: Vec<(i64, StoredChange)>,
+) -> Result<Option<Extended>> {
     let backlog = tx.log_backlog().await?;
-    let mut leaves: Vec<(Option<i64>, Option<i64>, Leaf)> = backlog
-        .backfill
-        .iter()
-        .filter(|(id, _)| !new.iter().any(|(n, _)| n == id))
-        .chain(new.iter())
-        .map(|(id, s)| {
-            (
-                Some(*id),
-                None,
-                Leaf::Change {
-                    hash: *s.change.hash(),
-                    device: s.change.device(),
-                    seq: s.change.body().seq,
-                    report: s.change.report(),
-                    received_at_ms: s.received_at,
-                },
-            )
-        })
-        .collect();
+    let mut leaves: Vec<(Option<i64>, Option<i64>, Leaf)> =
+        first.into_iter().map(|leaf| (None, None, leaf)).collect();
+    leaves.extend(
+        backlog
+            .backfill
+            .iter()
+            .filter(|(id, _)| !new.iter().any(|(n, _)| n == id))
+            .chain(new.iter())
+            .map(|(id, s)| {
+                (
+                    Some(*id),
+                    None,
+                    Leaf::Change {
+                        hash: *s.change.hash(),
+                        device: s.change.device(),
+                        seq: s.change.body().seq,
+                        report: s.change.report(),
+                        received_at_ms: s.received_at,
+                    },
+                )
+            }),
+    );
     if let Some(seal) = audit_leaf(&backlog.audit) {
         leaves.push((None, backlog.audit.last().map(|e| e.id), seal));
     }
@@ -573,6 +586,9 @@ pub async fn check<E: Engine>(engine: &E, verifier: &NoteVerifier) -> Result<Log
                     }
                     audit_after = last_id;
                 }
+                // Says where a restored history starts; nothing stored
+                // stands for it.
+                Ok(LeafView::Restore { .. }) => {}
                 Err(_) => out.problems.push(format!("log entry {idx} is malformed")),
             }
         }

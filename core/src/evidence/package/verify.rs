@@ -723,7 +723,7 @@ fn check_log(
             };
             let found = match leaf.view() {
                 LeafView::Change { body, .. } => in_log.remove(&body).is_some(),
-                LeafView::Audit { .. } => false,
+                LeafView::Audit { .. } | LeafView::Restore { .. } => false,
             };
             if !found {
                 ck.fail_change(
