@@ -235,6 +235,17 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
     },
+    /// Record in a station's log that it was restored from a backup made
+    /// at `--backup-time`, when it was restored by other means than
+    /// `restore` (a PostgreSQL database from `pg_dump`, docs/operations.md).
+    /// Run it once, before any `serve` starts on the restored station.
+    RecordRestore {
+        #[command(flatten)]
+        storage: StorageArgs,
+        /// When the backup was taken (RFC 3339, e.g. 2026-12-07T02:00:00Z).
+        #[arg(long)]
+        backup_time: String,
+    },
     /// Run the guided demo: a station, two officers and a supervisor.
     Demo {
         /// Leave the station running afterwards.
@@ -535,21 +546,25 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     data.display()
                 )
             })?;
-            let index = storage.record_restore(manifest.created_at_ms).await?;
-            admin_audit(
-                storage.as_ref(),
-                "station restored from backup",
-                format!(
-                    "backup at {} ms, log size {}, restore entry {index}",
-                    manifest.created_at_ms, manifest.log_size
-                ),
-                "ok",
-            )
-            .await?;
+            let index = record_restore(storage.as_ref(), manifest.created_at_ms).await?;
             println!(
                 "restored into {}: log size {} at the backup; the log records the restore at entry {index}. Phones that hold what the backup lacks send it again at their next sync. Revoke again any device revoked after the backup.",
                 data.display(),
                 manifest.log_size
+            );
+        }
+        Command::RecordRestore {
+            storage,
+            backup_time,
+        } => {
+            let at = chrono::DateTime::parse_from_rfc3339(&backup_time)
+                .map_err(|e| anyhow::anyhow!("--backup-time is not an RFC 3339 time: {e}"))?
+                .timestamp_millis();
+            let cfg = storage.config(env)?;
+            let storage = cfg.open_storage_async().await?;
+            let index = record_restore(storage.as_ref(), at).await?;
+            println!(
+                "the log records the restore at entry {index}. Phones that hold what the backup lacks send it again at their next sync. Revoke again any device revoked after the backup."
             );
         }
         Command::ForgetStationKey { storage, confirm } => {
@@ -846,6 +861,22 @@ fn progress_bar() -> indicatif::ProgressBar {
 
 /// Records an administrator's console command in the audit log: what, on
 /// what (ids only, never a name or star number) and how it ended.
+/// Appends the restore entry to the log, and audits it.
+async fn record_restore(
+    storage: &dyn crate::storage::StationStorage,
+    backup_at_ms: i64,
+) -> anyhow::Result<u64> {
+    let index = storage.record_restore(backup_at_ms).await?;
+    admin_audit(
+        storage,
+        "station restored from backup",
+        format!("backup at {backup_at_ms} ms, log size {index}, restore entry {index}"),
+        "ok",
+    )
+    .await?;
+    Ok(index)
+}
+
 async fn admin_audit(
     storage: &dyn crate::storage::StationStorage,
     action: &str,

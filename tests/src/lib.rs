@@ -237,14 +237,16 @@ impl TestStation {
         self.station = Some(station);
     }
 
-    /// Stops the station and serves the SQLite station in `data` (a
-    /// restored copy, say) on the same address, with the TLS pair in it.
-    pub fn restart_on(&mut self, data: &std::path::Path) {
+    /// Stops the station and serves the station in `data` (and
+    /// `database`, on PostgreSQL; a restored copy, say) on the same
+    /// address, with the TLS pair in `data`.
+    pub fn restart_on(&mut self, data: &std::path::Path, database: Option<String>) {
         let addr = self.addr();
         if let Some(s) = self.station.take() {
             self.rt.block_on(s.stop());
         }
-        let storage = open_storage(data, None, self.clock.clone());
+        let storage = open_storage(data, database.as_deref(), self.clock.clone());
+        self.database = database;
         let tls = Arc::new(StationTls::load_or_generate_dev(data, &[]).unwrap().0);
         let station = self.rt.block_on(async {
             let l = tokio::net::TcpListener::bind(addr).await.unwrap();

@@ -2,11 +2,11 @@
 //! a running station under load, `restore` puts the copy in a new data
 //! directory and records the restore in its log, and the phones, finding
 //! the log went back, see the restore there and send again every change
-//! and photo the station lost. SQLite (the `backup` command); PostgreSQL
-//! stations back up with the database's tools (docs/operations.md).
+//! and photo the station lost. SQLite with the `backup` command,
+//! PostgreSQL with the database's tools (docs/operations.md).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use fieldreport_core::{Role, Value};
 use fieldreport_e2e::*;
@@ -42,12 +42,140 @@ fn path(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// How a station is backed up while it serves, and restored into a new
+/// data directory (and database), recording the restore.
+trait Engine {
+    fn backup(&self, st: &TestStation, into: &Path);
+    /// The new data directory and database, restored and recorded.
+    fn restore(&self, backup: &Path, work: &Path) -> (std::path::PathBuf, Option<String>);
+}
+
+struct Sqlite;
+
+impl Engine for Sqlite {
+    fn backup(&self, st: &TestStation, into: &Path) {
+        let mut args = vec!["backup".to_string(), "--out".into(), path(into)];
+        args.extend(st.cli_args());
+        let (ok, out) = cli(&args);
+        assert!(ok, "{out}");
+        assert!(out.contains("checked"), "{out}");
+        let (ok, out) = cli(&["backup-check".into(), path(into)]);
+        assert!(ok && out.starts_with("OK"), "{out}");
+    }
+
+    fn restore(&self, backup: &Path, work: &Path) -> (std::path::PathBuf, Option<String>) {
+        // A damaged backup is refused before anything is copied.
+        let damaged = work.join("damaged");
+        copy_tree(backup, &damaged);
+        let media_file = first_file_under(&damaged.join("media"));
+        let mut bytes = std::fs::read(&media_file).unwrap();
+        bytes[10] ^= 1;
+        std::fs::write(&media_file, bytes).unwrap();
+        let (ok, out) = cli(&["backup-check".into(), path(&damaged)]);
+        assert!(!ok && out.contains("the manifest says"), "{out}");
+        let refused = work.join("refused");
+        let (ok, _) = cli(&[
+            "restore".into(),
+            path(&damaged),
+            "--data".into(),
+            path(&refused),
+        ]);
+        assert!(!ok);
+        assert!(!refused.join("station.db").exists(), "nothing restored");
+
+        let restored = work.join("restored");
+        let (ok, out) = cli(&[
+            "restore".into(),
+            path(backup),
+            "--data".into(),
+            path(&restored),
+        ]);
+        assert!(ok, "{out}");
+        // Not over a station.
+        let (ok, out) = cli(&[
+            "restore".into(),
+            path(backup),
+            "--data".into(),
+            path(&restored),
+        ]);
+        assert!(!ok && out.contains("not empty"), "{out}");
+        (restored, None)
+    }
+}
+
+/// docs/operations.md's procedure: `pg_dump` while the stations serve,
+/// then the data directory; `pg_restore` into a new database, the
+/// directory back, `record-restore`.
+struct Postgres {
+    backup_time: std::sync::Mutex<String>,
+}
+
+fn pg_tool(name: &str) -> String {
+    let bin = std::env::var("FR_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    format!("{bin}/{name}")
+}
+
+impl Engine for Postgres {
+    fn backup(&self, st: &TestStation, into: &Path) {
+        std::fs::create_dir_all(into).unwrap();
+        *self.backup_time.lock().unwrap() = chrono::DateTime::from_timestamp_millis(st.now_ms())
+            .unwrap()
+            .to_rfc3339();
+        let out = std::process::Command::new(pg_tool("pg_dump"))
+            .args(["--format=custom", "--no-owner", "--file"])
+            .arg(into.join("db.dump"))
+            .args(["--dbname", st.database.as_deref().unwrap()])
+            .output()
+            .expect("run pg_dump (set FR_PG_BIN to its directory)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        copy_tree(&st.dir.path().join("station"), &into.join("data"));
+    }
+
+    fn restore(&self, backup: &Path, work: &Path) -> (std::path::PathBuf, Option<String>) {
+        let admin = std::env::var("FR_TEST_DATABASE_URL").unwrap();
+        let url = fresh_database(&admin);
+        let out = std::process::Command::new(pg_tool("pg_restore"))
+            .args(["--no-owner", "--exit-on-error", "--dbname", &url])
+            .arg(backup.join("db.dump"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let data = work.join("restored");
+        copy_tree(&backup.join("data"), &data);
+        let (ok, out) = cli(&[
+            "record-restore".into(),
+            "--database".into(),
+            url.clone(),
+            "--data".into(),
+            path(&data),
+            "--backup-time".into(),
+            self.backup_time.lock().unwrap().clone(),
+        ]);
+        assert!(ok, "{out}");
+        (data, Some(url))
+    }
+}
+
 #[test]
 fn a_station_restored_from_a_backup_is_refilled_by_its_phones() {
     if on_postgres() {
-        eprintln!("backup is the SQLite engine's; PostgreSQL: docs/operations.md");
-        return;
+        refilled_after_restore(&Postgres {
+            backup_time: Default::default(),
+        });
+    } else {
+        refilled_after_restore(&Sqlite);
     }
+}
+
+fn refilled_after_restore(engine: &dyn Engine) {
     let mut st = TestStation::start();
     let a = st.device(&person("Rstann Able", "71001", Role::Officer, "D9"), None);
     let b = st.device(&person("Rstbob Baker", "71002", Role::Officer, "D9"), None);
@@ -69,29 +197,26 @@ fn a_station_restored_from_a_backup_is_refilled_by_its_phones() {
     // The backup, while C keeps editing and syncing.
     let work = tempfile::tempdir().unwrap();
     let backup = work.path().join("backup");
-    let stop = AtomicBool::new(false);
-    let (ok, out) = std::thread::scope(|s| {
+    let (stop, synced) = (AtomicBool::new(false), AtomicUsize::new(0));
+    std::thread::scope(|s| {
         let load = s.spawn(|| {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 edit(&c, rc, &format!("C edit {n}"));
                 c.sync();
                 n += 1;
+                synced.store(n, Ordering::Relaxed);
             }
             n
         });
-        let mut args = vec!["backup".to_string(), "--out".into(), path(&backup)];
-        args.extend(st.cli_args());
-        let result = cli(&args);
+        while synced.load(Ordering::Relaxed) == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        engine.backup(&st, &backup);
         stop.store(true, Ordering::Relaxed);
         let edits = load.join().unwrap();
         assert!(edits > 0, "C synced during the backup");
-        result
     });
-    assert!(ok, "{out}");
-    assert!(out.contains("checked"), "{out}");
-    let (ok, out) = cli(&["backup-check".into(), path(&backup)]);
-    assert!(ok && out.starts_with("OK"), "{out}");
 
     // After the backup: more work, all of it acknowledged with receipts.
     edit(&a, ra, "after the backup");
@@ -109,44 +234,9 @@ fn a_station_restored_from_a_backup_is_refilled_by_its_phones() {
     let acknowledged = st.counts();
     let seen_by_sup = sup.store.list_reports(&Default::default()).unwrap();
 
-    // The disk dies. A damaged backup is refused before anything is
-    // copied; the good one is restored into a new directory.
-    let damaged = work.path().join("damaged");
-    copy_tree(&backup, &damaged);
-    let media_file = first_file_under(&damaged.join("media"));
-    let mut bytes = std::fs::read(&media_file).unwrap();
-    bytes[10] ^= 1;
-    std::fs::write(&media_file, bytes).unwrap();
-    let (ok, out) = cli(&["backup-check".into(), path(&damaged)]);
-    assert!(!ok && out.contains("the manifest says"), "{out}");
-    let refused = work.path().join("refused");
-    let (ok, _) = cli(&[
-        "restore".into(),
-        path(&damaged),
-        "--data".into(),
-        path(&refused),
-    ]);
-    assert!(!ok);
-    assert!(!refused.join("station.db").exists(), "nothing restored");
-
-    let restored = work.path().join("restored");
-    let (ok, out) = cli(&[
-        "restore".into(),
-        path(&backup),
-        "--data".into(),
-        path(&restored),
-    ]);
-    assert!(ok, "{out}");
-    // Not over a station.
-    let (ok, out) = cli(&[
-        "restore".into(),
-        path(&backup),
-        "--data".into(),
-        path(&restored),
-    ]);
-    assert!(!ok && out.contains("not empty"), "{out}");
-
-    st.restart_on(&restored);
+    // The disk dies; the backup is restored into a new directory.
+    let (restored, database) = engine.restore(&backup, work.path());
+    st.restart_on(&restored, database);
     let before_refill = st.counts();
     assert!(
         before_refill.changes < acknowledged.changes,
@@ -236,7 +326,7 @@ fn a_copy_put_back_without_restore_is_still_refused() {
     let by_hand = work.path().join("by-hand");
     copy_tree(&backup, &by_hand);
     std::fs::remove_file(by_hand.join("MANIFEST.json")).unwrap();
-    st.restart_on(&by_hand);
+    st.restart_on(&by_hand, None);
     let err = a
         .client
         .sync(
