@@ -310,11 +310,30 @@ pub struct SyncSummary {
     /// Forwarded changes the station refused (their author's phone was
     /// revoked first): kept on this device, not sent again.
     pub forward_refused: u64,
+    /// Forwarded changes the station refused for another reason: kept,
+    /// tried again at the next sync.
+    pub forward_set_aside: u64,
     pub pulled: u64,
     pub media_downloaded: u64,
     /// Where the witnesses this device requires stand (none required:
     /// none).
     pub witnessed: Option<WitnessStatusInfo>,
+    /// The station was found restored from a backup in this sync (its log
+    /// records it): what this device sent again. Worth telling the user.
+    pub station_restored: Option<StationRestoreInfo>,
+}
+
+/// A station restore this device took in (docs/log.md).
+#[derive(Debug, Clone, Copy, uniffi::Record)]
+pub struct StationRestoreInfo {
+    /// The log's size at the backup.
+    pub restored_size: u64,
+    /// The size of the tree this device held, which the station lost.
+    pub held_size: u64,
+    /// When the backup was made, ms since the epoch (the station's clock).
+    pub backup_at_ms: i64,
+    /// Changes this device marked to send again.
+    pub resent: u64,
 }
 
 /// How far the witnesses this device requires have seen the station's log.
@@ -346,9 +365,16 @@ impl From<SyncReport> for SyncSummary {
             pushed: r.pushed,
             forwarded: r.forwarded,
             forward_refused: r.forward_refused,
+            forward_set_aside: r.forward_set_aside,
             pulled: r.pulled,
             media_downloaded: r.media_downloaded,
             witnessed: r.witnessed.map(Into::into),
+            station_restored: r.station_restored.map(|s| StationRestoreInfo {
+                restored_size: s.restored_size,
+                held_size: s.held_size,
+                backup_at_ms: s.backup_at_ms,
+                resent: s.resent,
+            }),
         }
     }
 }

@@ -488,9 +488,25 @@ pub async fn act(
         for d in &devices {
             store.add_known_device(d)?;
         }
+        let at_station: std::collections::HashSet<_> = changes.iter().map(|c| c.id()).collect();
         store.apply_changes(changes, Origin::Station)?;
         action(&store)?;
-        Ok((store.outbox(1000)?, store))
+        // This account's changes to the report that the station lacks, in
+        // chain order, then the rest of its outbox: a station restored
+        // from a backup made before this store's last copy lacks some it
+        // had acknowledged, and would refuse the next one's chain.
+        let me = account.device_id;
+        let mut push: Vec<_> = store
+            .report_changes(report)?
+            .into_iter()
+            .filter(|c| c.device() == me && !at_station.contains(&c.id()))
+            .collect();
+        for c in store.outbox(1000)? {
+            if !push.iter().any(|p| p.id() == c.id()) {
+                push.push(c);
+            }
+        }
+        Ok((push, store))
     })
     .await?;
     let ids: Vec<_> = changes.iter().map(|c| c.id()).collect();

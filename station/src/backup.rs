@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
@@ -154,8 +154,11 @@ fn files_under(root: &Path) -> Result<Vec<String>> {
             let kind = entry.file_type()?;
             if kind.is_dir() {
                 walk(root, &path, out)?;
-            } else {
+            } else if kind.is_file() {
                 out.push(path);
+            } else {
+                // A link or a device could point anywhere.
+                return Err(bad(format!("{path} is not a regular file")));
             }
         }
         Ok(())
@@ -170,6 +173,28 @@ fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
+
+/// Syncs every directory under `root`, deepest first, then `root`: after
+/// a power cut, every file synced before is still found by its name.
+fn sync_tree(root: &Path) -> Result<()> {
+    for entry in fs::read_dir(root)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sync_tree(&entry.path())?;
+        }
+    }
+    sync_dir(root)
+}
+
+/// Where media file `sha256` sits under a data directory.
+fn media_rel(sha256: &str) -> String {
+    let fan = sha256.get(..2).unwrap_or("xx");
+    format!("media/{fan}/{sha256}")
+}
+
+/// Set in a restored data directory until its restore is recorded in the
+/// log; `serve` refuses to start while it is there.
+pub const RESTORE_PENDING_FILE: &str = "RESTORE_PENDING";
 
 /// The newest checkpoint in a station database.
 fn newest_checkpoint(c: &Connection) -> Result<(u64, Option<String>)> {
@@ -291,6 +316,7 @@ pub fn backup(
         dashboard_stores += 1;
     }
 
+    sync_tree(out)?;
     // The manifest, over what is now on disk.
     progress("manifest");
     let mut files = Vec::new();
@@ -348,6 +374,9 @@ pub fn check(dir: &Path) -> Result<Manifest> {
         .iter()
         .map(|f| (f.path.as_str(), f))
         .collect();
+    if listed.len() != manifest.files.len() {
+        problems.push("the manifest lists a file twice".to_string());
+    }
     let present = files_under(dir)?;
     for path in &present {
         if path != MANIFEST_FILE && !listed.contains_key(path.as_str()) {
@@ -389,6 +418,21 @@ pub fn check(dir: &Path) -> Result<Manifest> {
                 "{DB_FILE} fails SQLite's integrity check: {integrity}"
             ));
         }
+        // Every photo the database holds complete is in the backup, under
+        // its hash.
+        let shas: Vec<String> = db
+            .prepare("SELECT sha256 FROM media WHERE complete = 1 ORDER BY sha256")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for sha in shas {
+            match listed.get(media_rel(&sha).as_str()) {
+                Some(f) if f.sha256 == sha => {}
+                Some(_) => problems.push(format!("media {sha} does not hash to its name")),
+                None => problems.push(format!(
+                    "media {sha} is complete in {DB_FILE} but not in the backup"
+                )),
+            }
+        }
         let (size, note) = newest_checkpoint(&db)?;
         if (size, &note) != (manifest.log_size, &manifest.log_checkpoint) {
             problems.push(format!(
@@ -429,30 +473,66 @@ pub fn check(dir: &Path) -> Result<Manifest> {
 }
 
 /// Restores the backup in `from` into `data`, which must be missing or
-/// empty: checks it first, then copies every file in place (private, each
-/// synced). The caller opens the restored station and records the restore
-/// ([`crate::storage::StationStorage::record_restore`]).
+/// empty: checks it first, copies every file into a sibling
+/// `<data>.partial` (private, each synced), syncs every directory, leaves
+/// a [`RESTORE_PENDING_FILE`] marker holding the backup's time, and
+/// renames it into place. The caller opens the restored station, records
+/// the restore ([`crate::storage::StationStorage::record_restore`]) and
+/// then removes the marker ([`finish_restore`]); `serve` refuses a data
+/// directory with the marker, so an interrupted restore never serves
+/// without its restore entry.
 pub fn restore(from: &Path, data: &Path, progress: &mut dyn FnMut(&str)) -> Result<Manifest> {
     progress("check");
     let manifest = check(from)?;
     fresh_dir(data, "the data directory")?;
+    let name = data
+        .file_name()
+        .ok_or_else(|| bad(format!("{} is not a directory name", data.display())))?;
+    let partial = data.with_file_name(format!("{}.partial", name.to_string_lossy()));
+    if partial.exists() {
+        fs::remove_dir_all(&partial)?;
+    }
+    crate::files::private_dir(&partial)?;
     progress("copy");
     for f in &manifest.files {
-        let (sha, _) = copy_hashing(&from.join(&f.path), &data.join(&f.path))?;
+        let (sha, _) = copy_hashing(&from.join(&f.path), &partial.join(&f.path))?;
         if sha != f.sha256 {
             return Err(bad(format!("{} changed while it was restored", f.path)));
         }
     }
-    let mut dirs: Vec<PathBuf> = manifest
-        .files
-        .iter()
-        .filter_map(|f| data.join(&f.path).parent().map(Path::to_path_buf))
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    for d in dirs.iter().rev() {
-        sync_dir(d)?;
+    crate::files::write_new_private(
+        &partial.join(RESTORE_PENDING_FILE),
+        manifest.created_at_ms.to_string().as_bytes(),
+    )?;
+    sync_tree(&partial)?;
+    // `data` is empty (checked above): the rename replaces it.
+    if data.exists() {
+        fs::remove_dir(data)?;
     }
-    sync_dir(data)?;
+    fs::rename(&partial, data)?;
+    if let Some(parent) = data.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
+    }
     Ok(manifest)
+}
+
+/// The backup time a restored data directory's marker holds, if its
+/// restore is not recorded yet.
+pub fn pending_restore(data: &Path) -> Result<Option<i64>> {
+    match fs::read_to_string(data.join(RESTORE_PENDING_FILE)) {
+        Ok(t) => Ok(Some(t.trim().parse().map_err(|_| {
+            bad(format!(
+                "{RESTORE_PENDING_FILE} in {} is not a time",
+                data.display()
+            ))
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes the marker once the restore is recorded.
+pub fn finish_restore(data: &Path) -> Result<()> {
+    fs::remove_file(data.join(RESTORE_PENDING_FILE))?;
+    sync_dir(data)
 }

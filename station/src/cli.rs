@@ -242,9 +242,11 @@ enum Command {
     RecordRestore {
         #[command(flatten)]
         storage: StorageArgs,
-        /// When the backup was taken (RFC 3339, e.g. 2026-12-07T02:00:00Z).
+        /// When the backup was taken (RFC 3339, e.g. 2026-12-07T02:00:00Z);
+        /// after an interrupted `restore`, the time it left in the data
+        /// directory is used.
         #[arg(long)]
-        backup_time: String,
+        backup_time: Option<String>,
     },
     /// Run the guided demo: a station, two officers and a supervisor.
     Demo {
@@ -323,6 +325,13 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let cfg = Config::load(config.as_deref(), env, listen, data)?
                 .with_database(database)?
                 .with_tls(tls_cert, tls_key, plain_http)?;
+            if crate::backup::pending_restore(&cfg.data)?.is_some() {
+                anyhow::bail!(
+                    "the restore into {} did not finish: run `fieldreport-station record-restore --data {}` first (phones would refuse a restored station whose log does not say so)",
+                    cfg.data.display(),
+                    cfg.data.display()
+                );
+            }
             let storage = cfg.open_storage_async().await?;
             let shift = crate::clock::SystemClock::from_env()?.offset_ms;
             if shift != 0 {
@@ -539,7 +548,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 crate::backup::restore(&from, &target, &mut |step| eprintln!("restore: {step}"))
             })
             .await??;
-            let cfg = Config::load(None, env, None, Some(data.clone()))?;
+            // The restored directory alone: no database, station key or
+            // other setting from the environment.
+            let cfg = Config::load(None, |_| None, None, Some(data.clone()))?;
             let storage = cfg.open_storage_async().await.map_err(|e| {
                 anyhow::anyhow!(
                     "the files are in {}, but the station does not open ({e:#}); delete the directory and restore again",
@@ -547,6 +558,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 )
             })?;
             let index = record_restore(storage.as_ref(), manifest.created_at_ms).await?;
+            crate::backup::finish_restore(&data)?;
             println!(
                 "restored into {}: log size {} at the backup; the log records the restore at entry {index}. Phones that hold what the backup lacks send it again at their next sync. Revoke again any device revoked after the backup.",
                 data.display(),
@@ -557,12 +569,22 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             storage,
             backup_time,
         } => {
-            let at = chrono::DateTime::parse_from_rfc3339(&backup_time)
-                .map_err(|e| anyhow::anyhow!("--backup-time is not an RFC 3339 time: {e}"))?
-                .timestamp_millis();
             let cfg = storage.config(env)?;
+            let pending = crate::backup::pending_restore(&cfg.data)?;
+            let at = match (&backup_time, pending) {
+                (Some(t), _) => chrono::DateTime::parse_from_rfc3339(t)
+                    .map_err(|e| anyhow::anyhow!("--backup-time is not an RFC 3339 time: {e}"))?
+                    .timestamp_millis(),
+                (None, Some(at)) => at,
+                (None, None) => {
+                    anyhow::bail!("--backup-time is needed: when was the backup taken?")
+                }
+            };
             let storage = cfg.open_storage_async().await?;
             let index = record_restore(storage.as_ref(), at).await?;
+            if pending.is_some() {
+                crate::backup::finish_restore(&cfg.data)?;
+            }
             println!(
                 "the log records the restore at entry {index}. Phones that hold what the backup lacks send it again at their next sync. Revoke again any device revoked after the backup."
             );

@@ -225,10 +225,18 @@ fn refilled_after_restore(engine: &dyn Engine) {
     let rb2 = b.store.create_report().unwrap();
     edit(&b, rb2, "a report the backup never saw");
     edit(&c, rc, "C after the backup");
-    for d in [&a, &b, &c, &sup] {
+    // An officer enrolled after the backup: the restored station will not
+    // know the device. A holds its report (handed over at a scene).
+    let late = st.device(&person("Rstlee Late", "71004", Role::Officer, "D9"), None);
+    a.client.refresh_devices(&a.store).unwrap();
+    let rl = late.store.create_report().unwrap();
+    edit(&late, rl, "by an officer enrolled after the backup");
+    late.hand_over_to(&a);
+    let late_changes = late.store.report_changes(rl).unwrap().len() as u64;
+    for d in [&a, &b, &c, &late, &sup] {
         d.sync();
     }
-    for d in [&a, &b, &c] {
+    for d in [&a, &b, &c, &late] {
         assert_eq!(d.store.outbox_len().unwrap(), 0);
     }
     let acknowledged = st.counts();
@@ -250,14 +258,25 @@ fn refilled_after_restore(engine: &dyn Engine) {
     let seen = report.station_restored.expect("A saw the restore");
     assert!(seen.restored_size < seen.held_size, "{seen:?}");
     assert!(seen.resent > 0);
+    // The late officer's changes: refused by a station that does not know
+    // the device, kept on A, and the rest of the sync done.
+    assert_eq!(report.forward_set_aside, late_changes, "{report:?}");
+    assert!(report.pulled > 0, "the pull ran: {report:?}");
     for d in [&b, &c, &sup] {
         assert!(d.sync().station_restored.is_some());
     }
     let refilled = st.counts();
     assert_eq!(
         (refilled.changes, refilled.media_complete),
-        (acknowledged.changes, acknowledged.media_complete),
-        "every change and photo acknowledged before is back"
+        (
+            acknowledged.changes - late_changes,
+            acknowledged.media_complete
+        ),
+        "every change and photo acknowledged before is back, but the unknown device's"
+    );
+    assert_eq!(
+        a.store.report_changes(rl).unwrap().len() as u64,
+        late_changes
     );
     let found = st.rt.block_on(st.storage.check_log()).unwrap();
     assert!(found.ok(), "{:?}", found.problems);
@@ -265,7 +284,8 @@ fn refilled_after_restore(engine: &dyn Engine) {
     // gets them all, the late photo included.
     assert_eq!(
         sup.store.list_reports(&Default::default()).unwrap().len(),
-        seen_by_sup.len()
+        seen_by_sup.len(),
+        "the supervisor's phone keeps every report it had"
     );
     let fresh = st.device(
         &person("Rstnew Chief", "71010", Role::Supervisor, "D9"),
@@ -274,7 +294,8 @@ fn refilled_after_restore(engine: &dyn Engine) {
     let got = fresh.sync();
     assert_eq!(
         fresh.store.list_reports(&Default::default()).unwrap().len(),
-        seen_by_sup.len()
+        seen_by_sup.len() - 1,
+        "all but the unknown device's"
     );
     assert!(got.media_downloaded >= 2);
     assert!(fresh.store.media().contains(&late_photo));
@@ -290,7 +311,7 @@ fn refilled_after_restore(engine: &dyn Engine) {
     // happened.
     let again = a.sync();
     assert!(again.station_restored.is_none());
-    assert_eq!(again.pushed, 0);
+    assert_eq!((again.pushed, again.forward_set_aside), (0, late_changes));
     let retired = a.store.retired_log_checkpoints().unwrap();
     assert!(retired.iter().any(|n| n.starts_with("restore seen")));
     assert!(retired.len() >= 2);

@@ -92,6 +92,10 @@ pub struct WitnessStatus {
 
 const KEY_WITNESS_POLICY: &str = "witness_policy";
 const KEY_WITNESSED: &str = "witnessed_checkpoint";
+/// The checkpoints of histories a station lost in a restore.
+const KEY_RETIRED: &str = "log_retired_checkpoints";
+/// The restore entries this device took in.
+const KEY_RESTORES: &str = "log_restores_accepted";
 
 fn size_param(n: u64) -> Result<i64> {
     i64::try_from(n).map_err(|_| Error::Corrupt(format!("log size {n} out of range")))
@@ -135,39 +139,76 @@ impl Store {
     }
 
     /// Takes in that the station was restored from a backup whose log
-    /// ended at `restored_size` (its log says so, and the sync client
-    /// checked that). In one transaction: the checkpoints held of larger
-    /// trees (the lost history) are kept aside, under
+    /// ended at `restored_size` (its log says so at entry
+    /// `restore_index`, and the sync client checked that the restored
+    /// history extends this device's tree of `trusted_size`, the largest
+    /// it held up to the restored size). In one transaction: the
+    /// checkpoints held of larger trees (the lost history) and a witnessed
+    /// checkpoint past the restored size are kept aside, under
     /// `log_retired_checkpoints` in the sync values, and no longer held;
-    /// every change the restored station may lack (its receipt is at or
-    /// past `restored_size`, or it has none) is to be sent again, and
-    /// every media file uploaded again (the station answers at once for
-    /// those it holds); the pull cursor starts over (the restored station
-    /// numbers its changes again). Returns how many changes are to be
-    /// sent again.
-    pub fn accept_station_restore(&self, restored_size: u64, restore_note: &str) -> Result<u64> {
+    /// every change the restored station may lack (no receipt inside the
+    /// tree of `trusted_size`: only that much of the old history was
+    /// checked against the new; every later tree this device held was
+    /// checked to extend it) is to be sent again, and every media file
+    /// uploaded again (the station answers at once for those it holds);
+    /// the pull cursor starts over (the restored station numbers its
+    /// changes again); the restore entry is remembered, so that it never
+    /// explains a later rollback. Returns how many changes are to be sent
+    /// again.
+    pub fn accept_station_restore(
+        &self,
+        restored_size: u64,
+        restore_index: u64,
+        trusted_size: u64,
+        restore_note: &str,
+    ) -> Result<u64> {
         let size = size_param(restored_size)?;
+        let trusted = size_param(trusted_size.min(restored_size))?;
         let mut w = self.writer()?;
         let tx = w.conn.transaction()?;
         let retired: Vec<String> = tx
             .prepare("SELECT note FROM log_checkpoints WHERE size > ?1 ORDER BY size")?
             .query_map([size], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        let mut kept: Vec<String> = tx
-            .query_row(
-                "SELECT value FROM sync_state WHERE key = 'log_retired_checkpoints'",
-                [],
-                |r| r.get::<_, String>(0),
-            )
-            .optional()?
+        let value = |key: &str| -> Result<Option<String>> {
+            Ok(tx
+                .query_row("SELECT value FROM sync_state WHERE key = ?1", [key], |r| {
+                    r.get::<_, String>(0)
+                })
+                .optional()?)
+        };
+        let mut kept: Vec<String> = value(KEY_RETIRED)?
             .and_then(|v| serde_json::from_str(&v).ok())
             .unwrap_or_default();
         kept.extend(retired);
+        if let Some(witnessed) = value(KEY_WITNESSED)? {
+            let past = witnessed
+                .split_once('\n')
+                .and_then(|(n, _)| n.parse::<u64>().ok())
+                .is_none_or(|n| n > restored_size);
+            if past {
+                kept.push(format!("witnessed: {witnessed}"));
+                tx.execute("DELETE FROM sync_state WHERE key = ?1", [KEY_WITNESSED])?;
+            }
+        }
         kept.push(format!("restore seen: {restore_note}"));
-        tx.execute(
-            "INSERT INTO sync_state (key, value) VALUES ('log_retired_checkpoints', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [serde_json::to_string(&kept).map_err(|e| Error::Corrupt(e.to_string()))?],
+        let mut accepted: Vec<u64> = value(KEY_RESTORES)?
+            .and_then(|v| serde_json::from_str(&v).ok())
+            .unwrap_or_default();
+        accepted.push(restore_index);
+        let set = |key: &str, v: String| -> Result<()> {
+            tx.execute(
+                "INSERT INTO sync_state (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, v],
+            )?;
+            Ok(())
+        };
+        let json = |e: serde_json::Error| Error::Corrupt(e.to_string());
+        set(KEY_RETIRED, serde_json::to_string(&kept).map_err(json)?)?;
+        set(
+            KEY_RESTORES,
+            serde_json::to_string(&accepted).map_err(json)?,
         )?;
         tx.execute("DELETE FROM log_checkpoints WHERE size > ?1", [size])?;
         let resent = tx.execute(
@@ -175,12 +216,20 @@ impl Store {
                  SELECT 1 FROM log_receipts r
                  WHERE r.device_id = changes.device_id AND r.seq = changes.seq
                    AND r.log_index < ?1)",
-            [size],
+            [trusted],
         )? as u64;
         tx.execute("UPDATE media SET uploaded = 0", [])?;
         tx.execute("DELETE FROM sync_state WHERE key = 'pull_cursor'", [])?;
         tx.commit()?;
         Ok(resent)
+    }
+
+    /// The restore entries (log indexes) this device has taken in.
+    pub fn accepted_restores(&self) -> Result<Vec<u64>> {
+        Ok(self
+            .sync_value(KEY_RESTORES)?
+            .and_then(|v| serde_json::from_str(&v).ok())
+            .unwrap_or_default())
     }
 
     /// The newest checkpoint held of a tree of at most `size` entries.
@@ -200,7 +249,7 @@ impl Store {
     /// restores seen (`restore seen: <checkpoint>`), oldest first.
     pub fn retired_log_checkpoints(&self) -> Result<Vec<String>> {
         Ok(self
-            .sync_value("log_retired_checkpoints")?
+            .sync_value(KEY_RETIRED)?
             .and_then(|v| serde_json::from_str(&v).ok())
             .unwrap_or_default())
     }

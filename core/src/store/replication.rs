@@ -159,18 +159,20 @@ impl Store {
         let Some(mime) = self.read(|c| attaching_mime_type(c, sha256))? else {
             return Err(Error::MediaNotFound(sha256.to_string()));
         };
-        if self.media.contains(sha256) {
-            let size = self.media.open_reader(sha256)?.size();
-            return Ok(StoredMedia {
+        // Already in place (handed over before, the row maybe lost to a
+        // crash): the row is made all the same.
+        let stored = if self.media.contains(sha256) {
+            StoredMedia {
                 sha256: sha256.to_string(),
-                size,
-            });
-        }
-        let Some(stored) = self.media.ingest_expecting(read, sha256)? else {
-            return Err(Error::InvalidValue {
-                path: "media/sha256".into(),
-                reason: "the bytes do not hash to the media's sha256",
-            });
+                size: self.media.open_reader(sha256)?.size(),
+            }
+        } else {
+            self.media
+                .ingest_expecting(read, sha256)?
+                .ok_or_else(|| Error::InvalidValue {
+                    path: "media/sha256".into(),
+                    reason: "the bytes do not hash to the media's sha256",
+                })?
         };
         let w = self.writer()?;
         w.conn.execute(

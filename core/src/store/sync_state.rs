@@ -31,11 +31,16 @@ impl Store {
     /// attaches media this device does not hold is held back, with the
     /// rest of its author's chain on that report: the station refuses a
     /// change whose media it lacks, and a chain with a gap.
-    pub fn forward_outbox(&self, limit: u32) -> Result<Vec<Change>> {
+    /// Authors in `skip` are left out (the sync client sets aside, for
+    /// the rest of a sync, an author whose batch the station refused).
+    pub fn forward_outbox(&self, limit: u32, skip: &BTreeSet<Uuid>) -> Result<Vec<Change>> {
         let limit = limit as usize;
         let mut author = None;
         self.forwardable(
             |c| {
+                if skip.contains(&c.device()) {
+                    return false;
+                }
                 let this = *author.get_or_insert(c.device());
                 this == c.device()
             },

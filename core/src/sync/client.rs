@@ -123,6 +123,10 @@ pub struct SyncReport {
     /// Forwarded changes the station refused (their author's phone was
     /// revoked before they reached it): kept here, not sent again.
     pub forward_refused: u64,
+    /// Forwarded changes the station refused for another reason (an
+    /// author it does not know, say, after a restore): kept, and tried
+    /// again at the next sync.
+    pub forward_set_aside: u64,
     pub pulled: u64,
     pub media_downloaded: u64,
     /// When this device requires witnesses: where they stand after this
@@ -479,40 +483,46 @@ impl SyncClient {
         let mut p = Progress::start(Phase::Push, store.outbox_len()?, 0);
         progress.on_progress(p);
         // This device's own changes first, then those it forwards for
-        // partners, one author per batch.
-        let mut forwarding = false;
+        // partners, one author per batch. Forwarding never fails the
+        // sync: an author whose batch the station refuses is set aside
+        // until the next sync (for good, marked refused, when the station
+        // says the author's phone was revoked first).
         loop {
-            let batch = if forwarding {
-                store.forward_outbox(PUSH_BATCH)?
-            } else {
-                store.outbox(PUSH_BATCH)?
-            };
+            let batch = store.outbox(PUSH_BATCH)?;
             if batch.is_empty() {
-                if forwarding {
-                    return Ok(());
-                }
-                forwarding = true;
-                continue;
+                break;
             }
-            if forwarding {
-                match self.push_batch(store, cancel, &batch) {
-                    // The station refuses to take this author's changes
-                    // (a phone revoked before they reached it): they stay
-                    // here, and are not sent again.
-                    Err(Error::Station { status: 403, .. }) => {
-                        let ids: Vec<_> = batch.iter().map(Change::id).collect();
-                        store.mark_forward_refused(&ids)?;
-                        report.forward_refused += ids.len() as u64;
-                    }
-                    Err(e) => return Err(e),
-                    Ok(()) => {
-                        report.pushed += batch.len() as u64;
-                        report.forwarded += batch.len() as u64;
-                    }
+            self.push_batch(store, cancel, &batch)?;
+            report.pushed += batch.len() as u64;
+            p.items_done += batch.len() as u64;
+            progress.on_progress(p);
+        }
+        let mut set_aside = std::collections::BTreeSet::new();
+        loop {
+            let batch = store.forward_outbox(PUSH_BATCH, &set_aside)?;
+            let Some(author) = batch.first().map(Change::device) else {
+                return Ok(());
+            };
+            match self.push_batch(store, cancel, &batch) {
+                Ok(()) => {
+                    report.pushed += batch.len() as u64;
+                    report.forwarded += batch.len() as u64;
                 }
-            } else {
-                self.push_batch(store, cancel, &batch)?;
-                report.pushed += batch.len() as u64;
+                Err(Error::Station { status: 403, code }) if code == "device_revoked" => {
+                    let ids: Vec<_> = batch.iter().map(Change::id).collect();
+                    store.mark_forward_refused(&ids)?;
+                    report.forward_refused += ids.len() as u64;
+                }
+                // The station refuses this author's changes for another
+                // reason (a device it does not know, a change it holds
+                // otherwise, not permitted): kept, tried at the next sync.
+                Err(Error::Station { status, .. })
+                    if (400..500).contains(&status) && status != 429 =>
+                {
+                    set_aside.insert(author);
+                    report.forward_set_aside += batch.len() as u64;
+                }
+                Err(e) => return Err(e),
             }
             p.items_done += batch.len() as u64;
             progress.on_progress(p);
@@ -669,9 +679,14 @@ impl SyncClient {
         };
         let newest = SignedCheckpoint::verify(answer.checkpoint.as_bytes(), key)
             .map_err(Error::StationLog)?;
-        // The latest restore that explains it.
+        // The latest restore that explains it; never one this device
+        // took in before (it cannot explain a later rollback).
+        let accepted = store.accepted_restores()?;
         let mut found = None;
         for r in answer.restores.iter().rev() {
+            if accepted.contains(&r.index) {
+                continue;
+            }
             let Ok(bytes) =
                 base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &r.leaf)
             else {
@@ -704,10 +719,10 @@ impl SyncClient {
                 )
                 .map_err(Error::StationLog)?;
             }
-            found = Some((restored_size, backup_at_ms));
+            found = Some((r.index, restored_size, backup_at_ms));
             break;
         }
-        let Some((restored_size, backup_at_ms)) = found else {
+        let Some((restore_index, restored_size, backup_at_ms)) = found else {
             return Ok(None);
         };
         // What this device held of the history before the backup must be
@@ -720,7 +735,9 @@ impl SyncClient {
         if let Some(earlier) = &earlier {
             self.check_one_history(cancel, earlier, &newest)?;
         }
-        let resent = store.accept_station_restore(restored_size, &newest.note)?;
+        let trusted = earlier.as_ref().map_or(0, |e| e.size);
+        let resent =
+            store.accept_station_restore(restored_size, restore_index, trusted, &newest.note)?;
         store.record_log_checkpoint(newest.size, &newest.note)?;
         let body = LogAlarm {
             problem: format!(

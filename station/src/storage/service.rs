@@ -921,10 +921,35 @@ impl<E: Engine> StationStorage for Service<E> {
             }
             None => (0, [0; 32]),
         };
+        // Once: a second restore entry on top of the first would say the
+        // station was restored twice.
+        if restored_size > 0 {
+            let last = self
+                .engine
+                .log_leaves(restored_size - 1, restored_size)
+                .await?;
+            if last
+                .first()
+                .is_some_and(|row| matches!(Leaf::decode(&row.3), Ok(LeafView::Restore { .. })))
+            {
+                return Err(StationError::Conflict(
+                    "restore_recorded",
+                    "the log's newest entry already records a restore".into(),
+                ));
+            }
+        }
         let this = self.clone();
         to_completion(async move {
             let mut tx = this.engine.begin(TxKind::Log).await?;
             tx.lock_log().await?;
+            // The restore entry goes right after the restored tree: the
+            // log must hold exactly the entries its checkpoint signed.
+            let held = tx.log_backlog().await?.size;
+            if held != restored_size {
+                return Err(StationError::Unavailable(format!(
+                    "the restored log holds {held} entries, its newest checkpoint {restored_size}: run log-check"
+                )));
+            }
             let leaf = Leaf::Restore {
                 restored_size,
                 restored_root,

@@ -654,8 +654,30 @@ fn check_log(
         .collect();
     let mut views: Vec<(u64, [u8; 32], [u8; 32])> = Vec::new();
     let mut tree = TreeBuilder::default();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let n = i + 1;
+    // A log entry is under 200 characters: a longer line is refused
+    // without reading it whole (a made-up bag must not fill memory).
+    const MAX_LINE: u64 = 512;
+    let mut reader = std::io::BufReader::new(file);
+    let mut n = 0usize;
+    loop {
+        let mut raw = Vec::new();
+        let read = std::io::Read::take(&mut reader, MAX_LINE + 1).read_until(b'\n', &mut raw);
+        match read {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => {
+                ck.fail(LOG_LEAVES_FILE, "cannot be read");
+                return None;
+            }
+        }
+        n += 1;
+        if raw.last() == Some(&b'\n') {
+            raw.pop();
+        } else if raw.len() as u64 > MAX_LINE {
+            ck.fail_line(LOG_LEAVES_FILE, n, "is too long to be a log entry");
+            return None;
+        }
+        let line = String::from_utf8(raw);
         if tree.size() == cp.size {
             ck.fail(
                 LOG_LEAVES_FILE,
