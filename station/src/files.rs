@@ -34,8 +34,15 @@ pub fn private_by_default() {
     }
 }
 
-/// Creates `dir` (and its parents) if needed and makes it `0700`.
+/// Creates `dir` (and its parents) if needed and makes it `0700`. Each
+/// directory it creates is synced into its parent, so that its name
+/// survives a power cut (a station whose `tls/` vanished would make a new
+/// key, and every phone would refuse it).
 pub fn private_dir(dir: &Path) -> Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
     #[cfg(unix)]
     {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -43,13 +50,21 @@ pub fn private_dir(dir: &Path) -> Result<()> {
             .recursive(true)
             .mode(DIR_MODE)
             .create(dir)?;
+        for made in missing.iter().rev() {
+            if let Some(parent) = made.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::File::open(parent)?.sync_all()?;
+            }
+        }
         let meta = std::fs::metadata(dir)?;
         if meta.permissions().mode() & 0o777 != DIR_MODE {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))?;
         }
     }
     #[cfg(not(unix))]
-    std::fs::create_dir_all(dir)?;
+    {
+        let _ = missing;
+        std::fs::create_dir_all(dir)?;
+    }
     Ok(())
 }
 

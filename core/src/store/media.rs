@@ -323,7 +323,7 @@ impl MediaStore {
 
     /// A store whose files are sealed with `key` when given.
     pub fn open_with(dir: PathBuf, key: Option<MediaKey>) -> Result<Self> {
-        fs::create_dir_all(dir.join("tmp"))?;
+        create_dir_durable(&dir.join("tmp"))?;
         // Leftovers of an ingest interrupted by a crash are never referenced.
         for e in fs::read_dir(dir.join("tmp"))?.flatten() {
             let _ = fs::remove_file(e.path());
@@ -453,7 +453,7 @@ impl MediaStore {
         input.sync_all()?;
         let dest = self.path_of(&sha256);
         let parent = dest.parent().unwrap_or(&self.dir);
-        fs::create_dir_all(parent)?;
+        create_dir_durable(parent)?;
         fs::rename(file, &dest)?;
         File::open(parent)?.sync_all()?;
         Ok(Some(StoredMedia { sha256, size }))
@@ -562,11 +562,34 @@ impl MediaStore {
         }
         let dest = self.path_of(&hash);
         let parent = dest.parent().unwrap_or(&self.dir);
-        fs::create_dir_all(parent)?;
+        create_dir_durable(parent)?;
         fs::rename(tmp, &dest)?;
         File::open(parent)?.sync_all()?;
         Ok(Some(StoredMedia { sha256: hash, size }))
     }
+}
+
+/// Creates `dir` and any missing parent so that it survives a power cut:
+/// each new directory's name is synced into its parent (a new name is
+/// durable only once its directory is synced; the power-loss test finds
+/// a store or a photo's directory gone otherwise).
+pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        create_dir_durable(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e.into()),
+    }
+    if let Some(parent) = parent {
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Asks the kernel to start writing a range to disk, without waiting.

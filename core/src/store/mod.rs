@@ -331,7 +331,7 @@ impl Store {
 
     pub fn open_with(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir)?;
+        media::create_dir_durable(&dir)?;
         let path = dir.join(DB_FILE);
         let key = options.key;
         if let Some(key) = &key {
@@ -356,6 +356,9 @@ impl Store {
             return Err(Error::Corrupt("cannot enable WAL".into()));
         }
         migrations::migrate(&mut conn)?;
+        // A new database file's name (SQLite syncs the directory for a new
+        // WAL, not for the database itself) survives a power cut.
+        std::fs::File::open(&dir)?.sync_all()?;
         rematerialise_pending(&mut conn)?;
         // Checkpoint every 4000 pages (16 MiB of WAL) rather than 1000: an
         // edit writes several pages (log row, indexes, materialised report),

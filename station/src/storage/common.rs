@@ -166,6 +166,7 @@ pub fn ms_time(ms: Option<i64>) -> Option<chrono::DateTime<chrono::Utc>> {
 /// bytes now held.
 pub fn write_chunk(partial: &std::path::Path, offset: u64, bytes: &[u8]) -> Result<u64> {
     use std::io::{Seek, SeekFrom, Write};
+    let new = !partial.exists();
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -175,6 +176,13 @@ pub fn write_chunk(partial: &std::path::Path, offset: u64, bytes: &[u8]) -> Resu
     f.seek(SeekFrom::Start(offset))?;
     f.write_all(bytes)?;
     f.sync_data()?;
+    // A new partial file's name survives a power cut with its bytes: the
+    // database will say how much of it the station holds.
+    if new {
+        if let Some(dir) = partial.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+    }
     u64::try_from(bytes.len())
         .ok()
         .and_then(|n| offset.checked_add(n))

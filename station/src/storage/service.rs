@@ -85,12 +85,12 @@ impl<E: Engine> Service<E> {
     pub fn new(engine: E, data: &Path, clock: Arc<dyn Clock>) -> Result<Self> {
         let media = MediaStore::open(data.join("media"))?;
         let partial_dir = data.join("media").join("partial");
-        std::fs::create_dir_all(&partial_dir)?;
+        crate::files::private_dir(&partial_dir)?;
         // Exports are built here. Another process (the `export` command
         // beside a running server) may be using it, so only leftovers of a
         // crash, a day old, are removed.
         let scratch = data.join("exports-tmp");
-        std::fs::create_dir_all(&scratch)?;
+        crate::files::private_dir(&scratch)?;
         remove_stale(&scratch, Duration::from_secs(24 * 3600));
         let log = Arc::new(LogSigner::load_or_create(
             &data.join(crate::storage::transparency::LOG_KEY_FILE),
