@@ -136,7 +136,12 @@ fn crash_loop() {
         let (tx, rx) = mpsc::channel();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let parts: Vec<&str> = line.split_whitespace().collect();
+                // The test runner may print `test … ` before the first
+                // line on the same line.
+                let Some(at) = line.find("ACK ") else {
+                    continue;
+                };
+                let parts: Vec<&str> = line[at..].split_whitespace().collect();
                 if let ["ACK", dev, seq] = parts.as_slice() {
                     let _ = tx.send(ChangeId {
                         device: Uuid::parse_str(dev).unwrap(),

@@ -505,10 +505,8 @@ pub fn restore(from: &Path, data: &Path, progress: &mut dyn FnMut(&str)) -> Resu
         manifest.created_at_ms.to_string().as_bytes(),
     )?;
     sync_tree(&partial)?;
-    // `data` is empty (checked above): the rename replaces it.
-    if data.exists() {
-        fs::remove_dir(data)?;
-    }
+    // `data` is missing or empty (checked above): the rename replaces it
+    // in one step (there is never no directory at all).
     fs::rename(&partial, data)?;
     if let Some(parent) = data.parent().filter(|p| !p.as_os_str().is_empty()) {
         sync_dir(parent)?;

@@ -77,6 +77,22 @@ pub fn open_data_dir(dir: &Path) -> Result<()> {
     private_dir(dir)?;
     #[cfg(unix)]
     tighten(dir)?;
+    // Names an earlier process made and died before syncing (its keys,
+    // its TLS pair, the database) are made durable before anything relies
+    // on them.
+    for d in [
+        dir.join("tls"),
+        dir.join("keys"),
+        dir.join("media"),
+        dir.to_path_buf(),
+    ] {
+        if d.is_dir() {
+            std::fs::File::open(&d)?.sync_all()?;
+        }
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
     Ok(())
 }
 

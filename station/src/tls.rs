@@ -93,7 +93,9 @@ impl StationTls {
         extra_names: &[String],
     ) -> anyhow::Result<(StationTls, bool)> {
         let (cert, key) = dev_paths(data);
-        if cert.exists() || key.exists() {
+        // The key is written first: a key without its certificate is a
+        // pair whose making was cut short (no phone can have pinned it).
+        if cert.exists() {
             return Ok((StationTls::from_files(&cert, &key)?, false));
         }
         let (tls, cert_pem, key_pem) = StationTls::generate(extra_names)?;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use fieldreport_core::store::{Store, StoreOptions};
 use fieldreport_core::sync::{NoProgress, StationPin, SyncClient};
-use fieldreport_core::{Role, Value};
+use fieldreport_core::{Change, Role, Value};
 use fieldreport_e2e::*;
 use fieldreport_station::storage::StationStorage;
 use fieldreport_station::SqliteStorage;
@@ -49,8 +49,25 @@ impl Rng {
     }
 }
 
+/// A `serve` process, killed when dropped (a failing round leaves no
+/// station behind holding the mount).
+struct Station(Child);
+
+impl Station {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Station {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// `serve` on `data`, at `port`; its key pin.
-fn serve(data: &Path, port: u16) -> (Child, StationPin) {
+fn serve(data: &Path, port: u16) -> (Station, StationPin) {
     let mut child = Command::new(CLI)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
         .arg(data)
@@ -63,7 +80,7 @@ fn serve(data: &Path, port: u16) -> (Child, StationPin) {
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         match line {
             Ok(l) if l.starts_with("serving on") => {
-                return (child, pin.expect("the station prints its pin"));
+                return (Station(child), pin.expect("the station prints its pin"));
             }
             Ok(l) => {
                 if let Some(p) = l.strip_prefix("station pin: ") {
@@ -76,10 +93,18 @@ fn serve(data: &Path, port: u16) -> (Child, StationPin) {
     panic!("the station did not start");
 }
 
-/// The station's data on the disk the power cut left: it opens, its log
-/// checks, it holds `acked` changes of each device, and its complete
-/// photos are whole.
-fn check(data: &Path, acked: &[(uuid::Uuid, u64)], round: u32) -> usize {
+/// The station's data on the disk the power cut left: its keys are the
+/// ones it started with, it opens, its log checks, it holds every change
+/// `acked` lists, and every photo those attach is complete and whole, as
+/// is every photo it holds as complete. Returns the photos checked.
+fn check(data: &Path, keys: &[(String, Vec<u8>)], acked: &[Change], round: u32) -> usize {
+    for (file, bytes) in keys {
+        assert_eq!(
+            std::fs::read(data.join(file)).ok().as_ref(),
+            Some(bytes),
+            "round {round}: {file} lost or changed"
+        );
+    }
     let storage = SqliteStorage::open(data)
         .unwrap_or_else(|e| panic!("round {round}: the station does not open: {e}"));
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -87,28 +112,36 @@ fn check(data: &Path, acked: &[(uuid::Uuid, u64)], round: u32) -> usize {
     assert!(found.ok(), "round {round}: {:?}", found.problems);
     drop(storage);
     let db = rusqlite::Connection::open(data.join("station.db")).unwrap();
-    for (device, count) in acked {
+    for c in acked {
         let held: i64 = db
             .query_row(
-                "SELECT COUNT(*) FROM changes WHERE device_id = ?1",
-                [device.as_bytes().as_slice()],
+                "SELECT COUNT(*) FROM changes WHERE device_id = ?1 AND seq = ?2",
+                rusqlite::params![c.device().as_bytes().as_slice(), c.body().seq as i64],
                 |r| r.get(0),
             )
             .unwrap();
-        assert!(
-            held as u64 >= *count,
-            "round {round}: device {device}: {count} changes acknowledged, {held} held"
+        assert_eq!(
+            held,
+            1,
+            "round {round}: acknowledged change {} lost",
+            c.id()
         );
     }
-    let complete: Vec<String> = db
+    let mut complete: std::collections::BTreeSet<String> = db
         .prepare("SELECT sha256 FROM media WHERE complete = 1")
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
+    for sha in fieldreport_core::model::media_refs(acked) {
+        assert!(
+            complete.contains(&sha),
+            "round {round}: photo {sha} of an acknowledged change not complete"
+        );
+    }
     let photos = complete.len();
-    for sha in complete {
+    for sha in std::mem::take(&mut complete) {
         let path = data.join("media").join(&sha[..2]).join(&sha);
         let bytes = std::fs::read(&path)
             .unwrap_or_else(|e| panic!("round {round}: complete photo {sha} missing: {e}"));
@@ -121,16 +154,23 @@ fn check(data: &Path, acked: &[(uuid::Uuid, u64)], round: u32) -> usize {
     photos
 }
 
-/// How many of its own changes each phone has had acknowledged (a phone
-/// here holds only its own).
-fn acknowledged(phones: &[(Store, tempfile::TempDir)]) -> Vec<(uuid::Uuid, u64)> {
-    phones
-        .iter()
-        .map(|(s, _)| {
-            let me = s.identity().unwrap().device_id;
-            (me, s.change_count().unwrap() - s.outbox_len().unwrap())
-        })
-        .collect()
+/// Every change a phone has had acknowledged (its own; a phone here holds
+/// only its own).
+fn acknowledged(phones: &[(Store, tempfile::TempDir)]) -> Vec<Change> {
+    let mut out = Vec::new();
+    for (s, _) in phones {
+        let waiting: std::collections::HashSet<_> =
+            s.outbox(10_000).unwrap().iter().map(Change::id).collect();
+        for r in s.list_reports(&Default::default()).unwrap() {
+            out.extend(
+                s.report_changes(r.id)
+                    .unwrap()
+                    .into_iter()
+                    .filter(|c| !waiting.contains(&c.id())),
+            );
+        }
+    }
+    out
 }
 
 #[test]
@@ -190,11 +230,30 @@ fn a_station_losing_power_keeps_every_change_and_photo_it_acknowledged() {
         .map(|(s, _)| s.create_report().unwrap())
         .collect();
     // Everything so far made durable (a clean shutdown), then the rounds.
-    station.kill().unwrap();
-    station.wait().unwrap();
+    station.kill();
     let mut disk = Some(fs.cut_power());
     drop(session);
     let _ = fs;
+    // The keys as they are now, on the durable disk: every later round
+    // must find them unchanged (phones pinned the TLS key).
+    let keys: Vec<(String, Vec<u8>)> = {
+        let (_fs, session) = lazyfs::mount(mnt.path(), disk.clone()).unwrap();
+        let keys = [
+            "log.key",
+            "keys/station.key",
+            "tls/station-cert.pem",
+            "tls/station-key.pem",
+        ]
+        .into_iter()
+        .map(|f| {
+            let bytes = std::fs::read(data.join(f))
+                .unwrap_or_else(|e| panic!("{f} lost at the first clean stop: {e}"));
+            (f.to_string(), bytes)
+        })
+        .collect();
+        drop(session);
+        keys
+    };
 
     let (mut at_sync, mut at_random, mut syncs, mut progressed) = (0u32, 0u32, 0u64, 0u32);
     let mut before: u64 = 0;
@@ -226,6 +285,11 @@ fn a_station_losing_power_keeps_every_change_and_photo_it_acknowledged() {
         }
         let (fs, session) = lazyfs::mount(mnt.path(), disk.take()).unwrap();
         let (mut station, pin) = serve(&data, port);
+        assert_eq!(
+            Some(pin),
+            pin_of(&phones[0].0),
+            "round {round}: a new TLS key"
+        );
         let chosen = round.is_multiple_of(2);
         if chosen {
             fs.cut_at_sync(fs.syncs() + 1 + rng.next(30));
@@ -258,8 +322,7 @@ fn a_station_losing_power_keeps_every_change_and_photo_it_acknowledged() {
             };
             // The machine is off: the station goes with its disk, and the
             // phones' requests end.
-            station.kill().unwrap();
-            station.wait().unwrap();
+            station.kill();
             cut
         });
         if chosen {
@@ -271,13 +334,13 @@ fn a_station_losing_power_keeps_every_change_and_photo_it_acknowledged() {
         drop(session);
 
         let acked = acknowledged(&phones);
-        let now: u64 = acked.iter().map(|a| a.1).sum();
+        let now = acked.len() as u64;
         if now > before {
             progressed += 1;
         }
         before = now;
         let (_fs, session) = lazyfs::mount(mnt.path(), Some(cut.clone())).unwrap();
-        check(&data, &acked, round);
+        check(&data, &keys, &acked, round);
         drop(session);
         disk = Some(cut);
     }
@@ -306,12 +369,11 @@ fn a_station_losing_power_keeps_every_change_and_photo_it_acknowledged() {
             "a phone could not finish its sync: {last:?}"
         );
     }
-    station.kill().unwrap();
-    station.wait().unwrap();
+    station.kill();
     let acked = acknowledged(&phones);
-    let photos = check(&data, &acked, rounds);
+    let photos = check(&data, &keys, &acked, rounds);
     drop(session);
-    let total: u64 = acked.iter().map(|a| a.1).sum();
+    let total = acked.len();
     eprintln!(
         "station power loss: {rounds} power cuts ({at_sync} at a chosen fsync, {at_random} at a random moment; {syncs} fsyncs seen), {progressed} rounds with pushes acknowledged, {total} changes and {photos} photos held, lost 0, torn 0, in {:.0?} (seed {seed})",
         started.elapsed()

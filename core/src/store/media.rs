@@ -574,10 +574,15 @@ impl MediaStore {
 /// durable only once its directory is synced; the power-loss test finds
 /// a store or a photo's directory gone otherwise).
 pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
     if dir.is_dir() {
+        // Made by a process that died before syncing it, maybe: its name
+        // is synced again (cheap, and this runs once per photo or open).
+        if let Some(parent) = parent {
+            File::open(parent)?.sync_all()?;
+        }
         return Ok(());
     }
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(parent) = parent {
         create_dir_durable(parent)?;
     }

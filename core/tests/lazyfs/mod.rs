@@ -6,11 +6,14 @@
 //! disk) and returns what a disk would hold after a power cut: only the
 //! durable state. Mounting that state again is the reboot.
 //!
-//! What it models, strictly: a file's data and size survive only from its
-//! last `fsync` (`fdatasync` alike); a name (created, renamed, removed)
+//! What it models: a file's data and size survive only from its last
+//! `fsync` (`fdatasync` alike); a name (created, renamed, removed)
 //! survives only from the last `fsync` of its directory; a file whose name
-//! is not durable is gone. Real file systems often keep more; a program
-//! that is right here is right on them.
+//! is not durable is gone. It catches a missing fsync of a file or of a
+//! directory. It does not model what real file systems also do: write
+//! renames and creations to disk in order without a sync, or keep some
+//! unsynced blocks of a file (a torn file under its final name); code
+//! that renames a file into place must sync the file first, as ours does.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

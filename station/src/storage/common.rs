@@ -166,7 +166,8 @@ pub fn ms_time(ms: Option<i64>) -> Option<chrono::DateTime<chrono::Utc>> {
 /// bytes now held.
 pub fn write_chunk(partial: &std::path::Path, offset: u64, bytes: &[u8]) -> Result<u64> {
     use std::io::{Seek, SeekFrom, Write};
-    let new = !partial.exists();
+    // A first chunk (or one at 0 again) makes the file's name durable too.
+    let new = offset == 0 || !partial.exists();
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
