@@ -16,6 +16,8 @@
 mod common;
 mod lazyfs;
 
+use lazyfs::{skip, Rng};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -127,14 +129,6 @@ fn power_child() {
     }
 }
 
-/// Skips with a message, or fails when `FR_REQUIRE_TOOLS` is set.
-fn skip(why: &str) {
-    if std::env::var_os("FR_REQUIRE_TOOLS").is_some() {
-        panic!("{why}, and FR_REQUIRE_TOOLS is set: this test must run");
-    }
-    eprintln!("SKIPPED: {why}");
-}
-
 fn seed() -> u64 {
     std::env::var("FR_POWER_SEED")
         .ok()
@@ -145,18 +139,6 @@ fn seed() -> u64 {
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(7)
         })
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n.max(1)
-    }
 }
 
 /// Checks the store in `dir` after a power cut: it opens, verifies, holds

@@ -103,24 +103,21 @@ fn copy_hashing(from: &Path, to: &Path) -> Result<(String, u64)> {
         use std::os::unix::fs::PermissionsExt;
         out.set_permissions(fs::Permissions::from_mode(crate::files::FILE_MODE))?;
     }
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = input.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])?;
-        size += n as u64;
-    }
+    let hashed = hash_stream(&mut input, |chunk| out.write_all(chunk))?;
     out.sync_all()?;
-    Ok((hex::encode(hasher.finalize()), size))
+    Ok(hashed)
 }
 
 fn hash_file(path: &Path) -> Result<(String, u64)> {
-    let mut input = fs::File::open(path)?;
+    hash_stream(&mut fs::File::open(path)?, |_| Ok(()))
+}
+
+/// Reads `input` to its end, handing each chunk to `sink`: its SHA-256
+/// (hex) and size.
+fn hash_stream(
+    input: &mut impl Read,
+    mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> Result<(String, u64)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
@@ -130,6 +127,7 @@ fn hash_file(path: &Path) -> Result<(String, u64)> {
             break;
         }
         hasher.update(&buf[..n]);
+        sink(&buf[..n])?;
         size += n as u64;
     }
     Ok((hex::encode(hasher.finalize()), size))

@@ -15,6 +15,8 @@
 #[path = "../../core/tests/lazyfs/mod.rs"]
 mod lazyfs;
 
+use lazyfs::{skip, Rng};
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -29,25 +31,6 @@ use fieldreport_station::SqliteStorage;
 use sha2::Digest;
 
 const CLI: &str = env!("CARGO_BIN_EXE_station-cli");
-
-fn skip(why: &str) {
-    if std::env::var_os("FR_REQUIRE_TOOLS").is_some() {
-        panic!("{why}, and FR_REQUIRE_TOOLS is set: this test must run");
-    }
-    eprintln!("SKIPPED: {why}");
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n.max(1)
-    }
-}
 
 /// A `serve` process, killed when dropped (a failing round leaves no
 /// station behind holding the mount).

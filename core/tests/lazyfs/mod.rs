@@ -552,3 +552,25 @@ impl Filesystem for Fuse {
         }
     }
 }
+
+/// Skips a power-loss test with a message, or fails it when
+/// `FR_REQUIRE_TOOLS` is set (CI must never pass it by skipping).
+pub fn skip(why: &str) {
+    if std::env::var_os("FR_REQUIRE_TOOLS").is_some() {
+        panic!("{why}, and FR_REQUIRE_TOOLS is set: this test must run");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
+/// Where the power-loss tests cut: a seeded generator (the seed printed).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n.max(1)
+    }
+}
