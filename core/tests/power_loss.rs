@@ -177,14 +177,10 @@ fn check(dir: &Path, key: &str, acked: &[(ChangeId, Option<String>)], round: u32
 
 #[test]
 fn power_loss_rounds() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
-        return skip("the power-loss file system needs root and /dev/fuse");
+    if !lazyfs::available() {
+        return;
     }
-    let rounds: u32 = std::env::var("FR_POWER_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let rounds = lazyfs::rounds();
     let seed = seed();
     eprintln!("power_loss: seed {seed} (FR_POWER_SEED), {rounds} rounds (FR_POWER_ROUNDS)");
     let mut rng = Rng(seed);

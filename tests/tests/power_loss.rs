@@ -161,14 +161,10 @@ fn a_station_losing_power_keeps_every_change_and_photo_it_acknowledged() {
     if on_postgres() {
         return;
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
-        return skip("the power-loss file system needs root and /dev/fuse");
+    if !lazyfs::available() {
+        return;
     }
-    let rounds: u32 = std::env::var("FR_POWER_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let rounds = lazyfs::rounds();
     let seed = test_seed("FR_POWER_SEED");
     let mut rng = Rng(seed);
     let mnt = tempfile::tempdir().unwrap();

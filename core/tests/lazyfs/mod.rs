@@ -574,3 +574,22 @@ impl Rng {
         (self.0 >> 33) % n.max(1)
     }
 }
+
+/// Whether this machine can mount the power-loss file system (root and
+/// /dev/fuse); if not, the test is skipped (see [`skip`]).
+pub fn available() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/dev/fuse").exists() {
+        skip("the power-loss file system needs root and /dev/fuse");
+        return false;
+    }
+    true
+}
+
+/// Power cuts per test: `FR_POWER_ROUNDS`, 200 by default.
+pub fn rounds() -> u32 {
+    std::env::var("FR_POWER_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200)
+}
